@@ -1,0 +1,61 @@
+"""runbook-celery: YAML workflows of Bash steps, compiled to Celery canvas, run on Redis."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    BackendUnavailable,
+    DefinitionError,
+    InvalidDefinition,
+    InvalidOperation,
+    InvalidParams,
+    RunbookError,
+    RunFailed,
+    RunNotFound,
+    WaitTimeout,
+)
+from .loader import load_workflow
+from .model import Step, Workflow
+from .runrecord import RunRecord, StepRecord
+
+if TYPE_CHECKING:
+    from .api import Run, get_run, submit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "DefinitionError",
+    "InvalidDefinition",
+    "InvalidOperation",
+    "InvalidParams",
+    "Run",
+    "RunFailed",
+    "RunNotFound",
+    "RunRecord",
+    "RunbookError",
+    "Step",
+    "StepRecord",
+    "WaitTimeout",
+    "Workflow",
+    "__version__",
+    "get_run",
+    "load_workflow",
+    "submit",
+]
+
+_LAZY = {"submit": "api", "Run": "api", "get_run": "api"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import Celery only when something needs it; `celery -A runbook_celery` finds the app."""
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    if name == "celery":
+        from .app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,130 @@
+"""The Python API: submit a workflow, follow a run, read records. The CLI calls only this."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import redis
+from kombu.exceptions import OperationalError
+
+from .compile import build_snapshot, make_plan, snapshot_graph, snapshot_sha256
+from .errors import BackendUnavailable, RunFailed, WaitTimeout
+from .events import TERMINAL_EVENTS
+from .loader import LoadedWorkflow, from_model, load_workflow
+from .model import Workflow
+from .redisconn import get_client, redact
+from .runrecord import RunRecord
+from .settings import Settings, get_settings
+from .store import RunStore
+
+WorkflowSource = str | Path | Workflow | LoadedWorkflow
+
+
+def _store(settings: Settings) -> RunStore:
+    return RunStore(get_client(settings), settings.prefix, settings.retention)
+
+
+class Run:
+    """A handle on one run: its id, its live record, and waiting for its end."""
+
+    def __init__(self, run_id: str, settings: Settings | None = None) -> None:
+        self.id = run_id
+        self.settings = settings or get_settings()
+        self.store = _store(self.settings)
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r})"
+
+    def status(self) -> RunRecord:
+        """The current record (status of the run and of every step)."""
+        return self.store.get_run(self.id)
+
+    def _ended(self) -> bool:
+        return self.store.run_status(self.id) in ("succeeded", "failed", "cancelled")
+
+    def wait(self, timeout: float | None = None, *, raise_on_failure: bool = False) -> RunRecord:
+        """Block until the run ends and return its final record.
+
+        Follows the run's event stream with a blocking read, so it returns as soon as the
+        final event is written (no polling interval).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        record = self.status()
+        if not record.finished:
+            block_ms = 1000
+            try:
+                for _eid, event in self.store.follow_events(self.id, block_ms=block_ms):
+                    if event.get("type") in TERMINAL_EVENTS:
+                        break
+                    if not event and self._ended():  # heartbeat; the stream may be trimmed
+                        break
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise WaitTimeout(self.id, timeout or 0)
+            except redis.RedisError as exc:
+                raise BackendUnavailable(f"lost Redis while waiting: {redact(str(exc))}") from exc
+            record = self.status()
+        if raise_on_failure and not record.succeeded:
+            raise RunFailed(record)
+        return record
+
+
+def _load(source: WorkflowSource) -> LoadedWorkflow:
+    if isinstance(source, LoadedWorkflow):
+        return source
+    if isinstance(source, Workflow):
+        return from_model(source)
+    return load_workflow(source)
+
+
+def submit(
+    source: WorkflowSource,
+    params: Mapping[str, Any] | None = None,
+    *,
+    settings: Settings | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> Run:
+    """Validate, snapshot, record and enqueue a run. Nothing is recorded if it cannot start.
+
+    Raises:
+        InvalidDefinition / InvalidParams: the workflow or params are not valid.
+        BackendUnavailable: Redis or the broker did not answer.
+    """
+    settings = settings or get_settings()
+    loaded = _load(source)
+    snapshot = build_snapshot(loaded, params)
+    return submit_snapshot(snapshot, settings=settings, extra=extra)
+
+
+def submit_snapshot(
+    snapshot: dict[str, Any],
+    *,
+    settings: Settings | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> Run:
+    """Record and enqueue a run from an already frozen snapshot (submit, rerun)."""
+    from .dispatch import publish_run
+
+    settings = settings or get_settings()
+    store = _store(settings)
+    run_id = uuid.uuid4().hex
+    plan = make_plan(snapshot_graph(snapshot))
+    store.create_run(run_id, snapshot, snapshot_sha256(snapshot), **dict(extra or {}))
+    try:
+        publish_run(snapshot, run_id, plan.tree)
+    except (OperationalError, redis.RedisError, OSError) as exc:
+        with contextlib.suppress(redis.RedisError):
+            store.delete_run(run_id)
+        raise BackendUnavailable(
+            f"broker at {redact(settings.broker_url)} is unreachable: {redact(str(exc))}"
+        ) from None
+    return Run(run_id, settings)
+
+
+def get_run(run_id: str, *, settings: Settings | None = None) -> RunRecord:
+    """The current record of a run. Raises RunNotFound."""
+    return Run(run_id, settings).status()

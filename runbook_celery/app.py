@@ -1,0 +1,74 @@
+"""The Celery app: JSON only, at-least-once delivery, task events for Flower.
+
+Settings follow CELERY-NOTES.md section 3.1. The step task guards against duplicate
+deliveries itself (see tasks.py), so acks_late + reject_on_worker_lost are safe.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.backends.redis import RedisBackend
+
+from .settings import Settings, get_settings
+
+STEP_TASK = "runbook.step"
+
+
+class ResultBackend(RedisBackend):
+    """The Redis result backend, minus the per-publish result subscription.
+
+    Celery's Redis backend subscribes to a pub/sub channel for every task a client sends,
+    so that ``AsyncResult.get()`` can wake up. We never call ``get()`` (runs are followed
+    through their event stream), so the subscription is only a wasted round trip per step.
+    """
+
+    def on_task_call(self, producer, task_id):  # type: ignore[no-untyped-def]
+        return None
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    s = settings or get_settings()
+    app = Celery(
+        "runbook_celery",
+        broker=s.broker_url,
+        backend=f"runbook_celery.app:ResultBackend+{s.redis_url}",
+        include=["runbook_celery.tasks"],
+    )
+    transport = {"visibility_timeout": s.visibility_timeout}
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_default_queue=s.default_queue,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_track_started=True,
+        result_extended=True,
+        result_expires=s.retention,
+        result_chord_join_timeout=30,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        visibility_timeout=s.visibility_timeout,
+        worker_soft_shutdown_timeout=0,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        redis_socket_connect_timeout=5,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+    )
+    return app
+
+
+app = make_app()

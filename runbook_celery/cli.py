@@ -1,0 +1,183 @@
+"""The `runbook-celery` command. The only place errors become messages and exit codes.
+
+Exit codes: 0 ok, 1 run failed, 2 invalid input, 3 Redis/broker unreachable, 4 not found.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    InvalidDefinition,
+    InvalidParams,
+    RunbookError,
+)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InvalidParams(f"param {pair!r} must look like KEY=VALUE")
+        key, value = pair.split("=", 1)
+        params[key.strip()] = value
+    return params
+
+
+def _exit_for(status: str) -> int:
+    return EXIT_OK if status == "succeeded" else EXIT_RUN_FAILED
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="runbook-celery")
+def cli() -> None:
+    """Run YAML workflows of Bash steps on Celery workers, with Redis as broker and backend."""
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(files: tuple[Path, ...]) -> None:
+    """Check workflow files; print FILE:LINE: message for each problem."""
+    from .loader import load_workflow
+
+    bad = 0
+    for path in files:
+        try:
+            load_workflow(path)
+        except InvalidDefinition as exc:
+            bad += 1
+            for problem in exc.problems:
+                click.echo(problem.render(), err=True)
+        else:
+            click.echo(f"{path}: ok")
+    if bad:
+        raise SystemExit(EXIT_INVALID)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+def plan(file: Path) -> None:
+    """Print how a workflow is dispatched: its Celery canvas, or dynamic dispatch."""
+    from .compile import make_plan
+    from .loader import load_workflow
+
+    loaded = load_workflow(file)
+    click.echo(f"workflow {loaded.workflow.name}: {len(loaded.workflow.steps)} steps")
+    click.echo(make_plan(loaded.graph).render())
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a param."
+)
+@click.option(
+    "--wait", is_flag=True, help="Follow the run to its end; exit 0 if it succeeded, 1 if not."
+)
+@json_option
+def trigger(file: Path, params: tuple[str, ...], wait: bool, as_json: bool) -> None:
+    """Validate FILE, snapshot it and start a run; prints the run id."""
+    from .api import submit
+
+    run = submit(file, _parse_params(params))
+    if not wait:
+        if as_json:
+            click.echo(json.dumps(run.status().to_dict()))
+        else:
+            click.echo(run.id)
+        return
+    if not as_json:
+        click.echo(run.id)
+    record = _follow(run, echo=None if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(record.to_dict()))
+    else:
+        from .render import record_table
+
+        click.echo(record_table(record))
+    raise SystemExit(_exit_for(record.status))
+
+
+def _follow(run: Any, echo: Callable[[str], None] | None) -> Any:
+    """Print one line per event until the run ends; return the final record."""
+    from .events import TERMINAL_EVENTS
+    from .render import event_line
+
+    if echo is None:
+        return run.wait()
+    for _eid, event in run.store.follow_events(run.id, block_ms=1000):
+        if not event:
+            if run.store.run_status(run.id) in ("succeeded", "failed", "cancelled"):
+                break
+            continue
+        echo(event_line(event))
+        if event.get("type") in TERMINAL_EVENTS:
+            break
+    return run.status()
+
+
+@cli.command()
+@click.argument("run_id")
+@json_option
+def status(run_id: str, as_json: bool) -> None:
+    """Show a run's current record."""
+    from .api import get_run
+    from .render import record_table
+
+    record = get_run(run_id)
+    click.echo(json.dumps(record.to_dict()) if as_json else record_table(record))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("-c", "--concurrency", type=int, default=None, help="Parallel steps (default: CPUs).")
+@click.option("-Q", "--queues", default=None, help="Comma-separated queues to consume.")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    concurrency: int | None, queues: str | None, loglevel: str, celery_args: tuple[str, ...]
+) -> None:
+    """Start a Celery worker for runbook steps (extra arguments go to Celery)."""
+    from .app import app
+    from .settings import get_settings
+
+    argv = ["worker", f"--loglevel={loglevel}", "-E", "-Q", queues or get_settings().default_queue]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    argv += list(celery_args)
+    app.worker_main(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn our errors into messages and exit codes."""
+    try:
+        code = cli.main(args=argv, prog_name="runbook-celery", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        code = 130
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except InvalidDefinition as exc:
+        for problem in exc.problems:
+            click.echo(problem.render(), err=True)
+        code = exc.exit_code
+    except RunbookError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = exc.exit_code
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code or 0)

@@ -1,0 +1,290 @@
+"""Workflow -> run snapshot -> execution plan. Pure: no Celery objects, no Redis.
+
+The snapshot is everything a run needs, frozen at trigger time (commands, script contents,
+params); the plan says how the DAG is dispatched: as one Celery canvas when its order is
+series-parallel, or by exact dynamic dispatch (a Redis join per step) when it is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+from . import expressions as ex
+from .errors import DefinitionError, InvalidDefinition, InvalidParams
+from .graph import Graph, Leaf, Series, SPTree
+from .loader import LoadedWorkflow
+from .model import Scalar
+
+CANVAS = "canvas"
+DYNAMIC = "dynamic"
+SNAPSHOT_VERSION = 1
+
+
+# ---------------------------------------------------------------- expressions in Bash text
+
+
+def _var_name(ref: ex.Ref, taken: dict[str, str]) -> str:
+    """A readable environment variable name for a reference, unique within a step."""
+    if ref.kind == "params":
+        base = f"RUNBOOK_PARAM_{ref.name}"
+    elif ref.kind == "outputs":
+        base = f"RUNBOOK_OUT_{ref.name}__{ref.key}"
+    elif ref.kind == "all_outputs":
+        base = f"RUNBOOK_OUTS_{ref.name}"
+    elif ref.kind == "matrix":
+        base = f"RUNBOOK_MATRIX_{ref.name}"
+    else:
+        base = "RUNBOOK_ITEM"
+    base = re.sub(r"[^A-Za-z0-9_]", "_", base)
+    name, n = base, 1
+    while name in taken and taken[name] != ref.text():
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
+def rewrite_command(text: str, vars_out: dict[str, str]) -> str:
+    """Replace each ``${{ ref }}`` with a quoted reference to an environment variable.
+
+    The value never becomes shell text, so ``$(...)``, backticks and quotes in it run
+    nothing. ``vars_out`` receives ``{VAR: expression source}``. Quoting follows the
+    context: ``"${VAR}"`` outside quotes, ``${VAR}`` inside double quotes, and
+    ``'"${VAR}"'`` inside single quotes (close, reference, reopen).
+    """
+    occurrences = ex.find(text)
+    if not occurrences:
+        return text
+    contexts = _quote_contexts(text, [o.start for o in occurrences])
+    out: list[str] = []
+    pos = 0
+    for occ, ctx in zip(occurrences, contexts, strict=True):
+        refs = ex.refs(occ.node)
+        if not (len(refs) == 1 and isinstance(occ.node, ex.Ref)):
+            raise ex.ExpressionError(
+                f"${{{{ {occ.source} }}}}: only a single reference can be used in a command"
+            )
+        ref = refs[0]
+        var = _var_name(ref, vars_out)
+        vars_out[var] = ref.text()
+        if ctx == '"':
+            replacement = f"${{{var}}}"
+        elif ctx == "'":
+            replacement = f"'\"${{{var}}}\"'"
+        else:
+            replacement = f'"${{{var}}}"'
+        out.append(text[pos : occ.start])
+        out.append(replacement)
+        pos = occ.end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _quote_contexts(text: str, positions: list[int]) -> list[str]:
+    """The quote context ('', '"' or "'") at each position of a Bash text."""
+    wanted = set(positions)
+    found: dict[int, str] = {}
+    state = ""
+    i = 0
+    while i < len(text):
+        if i in wanted:
+            found[i] = state
+        c = text[i]
+        if state == "'":
+            if c == "'":
+                state = ""
+        elif c == "\\":
+            i += 1  # the next character is escaped (outside quotes and inside "...")
+        elif c == '"':
+            state = "" if state == '"' else '"'
+        elif c == "'" and state == "":
+            state = "'"
+        i += 1
+    return [found.get(p, state) for p in positions]
+
+
+def substitute_text(template: str, resolve) -> str:  # type: ignore[no-untyped-def]
+    """Fill a value template (env values) with resolved expressions. Values stay data."""
+    occurrences = ex.find(template)
+    if not occurrences:
+        return template
+    out, pos = [], 0
+    for occ in occurrences:
+        out.append(template[pos : occ.start])
+        out.append(ex.to_text(ex.evaluate(occ.node, resolve)))
+        pos = occ.end
+    out.append(template[pos:])
+    return "".join(out)
+
+
+# ---------------------------------------------------------------- snapshot
+
+
+def resolve_params(
+    declared: Mapping[str, Scalar], given: Mapping[str, Any] | None
+) -> dict[str, str]:
+    """Defaults overridden by trigger params; unknown names and non-scalars are errors."""
+    out = {k: ex.to_text(v) for k, v in declared.items()}
+    problems: list[str] = []
+    for key, value in (given or {}).items():
+        if key not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            problems.append(f"unknown param {key!r} (this workflow declares: {known})")
+        elif value is None or not isinstance(value, str | int | float | bool):
+            problems.append(f"param {key!r} must be a string, number or boolean")
+        elif isinstance(value, str) and "\x00" in value:
+            problems.append(f"param {key!r} contains a NUL byte")
+        else:
+            out[key] = ex.to_text(value)
+    if problems:
+        raise InvalidParams("; ".join(problems))
+    return out
+
+
+def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = None) -> dict:
+    """Freeze a workflow for one run: commands, script contents, params, plan mode."""
+    wf = loaded.workflow
+    values = resolve_params(wf.params, params)
+
+    def param_only(ref: ex.Ref) -> str:
+        return values[ref.name]
+
+    env = {k: substitute_text(v, param_only) for k, v in wf.env.items()}
+    steps = []
+    for i, step in enumerate(wf.steps):
+        vars_: dict[str, str] = {}
+        if step.script is not None:
+            command = _read_script(loaded, i, step.script)
+        else:
+            command = rewrite_command(step.run or "", vars_)
+        working_dir = None
+        if step.working_dir:
+            working_dir = str((loaded.base_dir / step.working_dir).resolve())
+        steps.append(
+            {
+                "id": step.id,
+                "name": step.name or step.id,
+                "needs": list(step.needs),
+                "command": command,
+                "env": dict(step.env),
+                "vars": vars_,
+                "working_dir": working_dir,
+            }
+        )
+    tree = loaded.graph.series_parallel()
+    return {
+        "version": SNAPSHOT_VERSION,
+        "workflow": wf.name,
+        "description": wf.description,
+        "file": loaded.file,
+        "base_dir": str(loaded.base_dir),
+        "params": values,
+        "env": env,
+        "steps": steps,
+        "order": loaded.graph.topological(),
+        "mode": CANVAS if tree is not None else DYNAMIC,
+    }
+
+
+def _read_script(loaded: LoadedWorkflow, index: int, script: str) -> str:
+    path = (loaded.base_dir / script).resolve()
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InvalidDefinition(
+            [
+                DefinitionError(
+                    f"cannot read script {script!r} ({path}): {reason}",
+                    file=loaded.file,
+                    path=f"steps[{index}].script",
+                    step_id=loaded.workflow.steps[index].id,
+                ).problem
+            ]
+        ) from None
+
+
+def snapshot_sha256(snapshot: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(snapshot).encode()).hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def snapshot_graph(snapshot: Mapping[str, Any]) -> Graph:
+    return Graph({s["id"]: s["needs"] for s in snapshot["steps"]})
+
+
+# ---------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a run is dispatched; printable for `runbook-celery plan`."""
+
+    mode: str
+    tree: SPTree | None
+    graph: Graph
+    witness: tuple[str, str, str, str] | None = None
+
+    def render(self) -> str:
+        if self.tree is not None:
+            return "canvas (exact mirror of the DAG):\n" + _render_tree(self.tree, 1)
+        lines = ["dynamic dispatch (the DAG is not series-parallel, so no canvas mirrors it)"]
+        if self.witness:
+            a, b, c, d = self.witness
+            lines.append(
+                f"  N-shape: {c} needs {a}; {d} needs {a} and {b}; {b} and {c} are unrelated, "
+                f"so a canvas would make {c} wait for {b} or {d} wait for more"
+            )
+        lines.append("  each step is published when all of its needs have finished (Redis join):")
+        for step in self.graph.topological():
+            needs = self.graph.needs[step]
+            after = f" after {', '.join(needs)}" if needs else " at start"
+            lines.append(f"    {step}{after}")
+        return "\n".join(lines)
+
+
+def make_plan(graph: Graph) -> Plan:
+    tree = graph.series_parallel()
+    if tree is not None:
+        return Plan(CANVAS, tree, graph)
+    return Plan(DYNAMIC, None, graph, _n_witness(graph))
+
+
+def _render_tree(tree: SPTree, depth: int) -> str:
+    pad = "  " * depth
+    if isinstance(tree, Leaf):
+        return f"{pad}{tree.step}"
+    name = "chain" if isinstance(tree, Series) else "group"
+    inner = ",\n".join(_render_tree(p, depth + 1) for p in tree.parts)
+    return f"{pad}{name}(\n{inner}\n{pad})"
+
+
+def _n_witness(graph: Graph, limit: int = 40) -> tuple[str, str, str, str] | None:
+    """Four steps a<c, a<d, b<d with b||c, a||b, c||d: why the DAG is not series-parallel."""
+    steps = graph.topological()
+    if len(steps) > limit:
+        return None
+    lt = graph.precedes
+
+    def unrelated(u: str, v: str) -> bool:
+        return not lt(u, v) and not lt(v, u)
+
+    for a, b in combinations(steps, 2):
+        for x, y in ((a, b), (b, a)):
+            if not unrelated(x, y):
+                continue
+            for c in steps:
+                if not lt(x, c) or not unrelated(y, c):
+                    continue
+                for d in steps:
+                    if d != c and lt(x, d) and lt(y, d) and unrelated(c, d):
+                        return (x, y, c, d)
+    return None

@@ -1,0 +1,315 @@
+"""The ``${{ ... }}`` expression language: parsing, references and evaluation.
+
+Grammar (small on purpose)::
+
+    expr    := or
+    or      := and ('||' and)*
+    and     := unary ('&&' unary)*
+    unary   := '!' unary | cmp
+    cmp     := atom (('==' | '!=') atom)?
+    atom    := STRING | NUMBER | 'true' | 'false' | call | ref | '(' expr ')'
+    call    := ('success' | 'failure' | 'always' | 'cancelled') '(' ')'
+    ref     := 'params' '.' NAME | 'steps' '.' ID '.' 'outputs' ('.' NAME)?
+             | 'matrix' '.' NAME | 'item'
+
+Expressions are never pasted into shell text: see ``compile.rewrite_command``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+OPEN = "${{"
+CLOSE = "}}"
+FUNCTIONS = ("success", "failure", "always", "cancelled")
+_NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
+_TOKEN = re.compile(
+    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<op>==|!=|&&|\|\||!|\(|\)|\.)"
+    rf"|(?P<name>{_NAME}))"
+)
+
+
+class ExpressionError(ValueError):
+    """A malformed expression; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to a value: ``params.x``, ``steps.a.outputs.k``, ``matrix.k``, ``item``."""
+
+    kind: str  # params | outputs | all_outputs | matrix | item
+    name: str = ""
+    key: str = ""
+
+    def text(self) -> str:
+        if self.kind == "params":
+            return f"params.{self.name}"
+        if self.kind == "outputs":
+            return f"steps.{self.name}.outputs.{self.key}"
+        if self.kind == "all_outputs":
+            return f"steps.{self.name}.outputs"
+        if self.kind == "matrix":
+            return f"matrix.{self.name}"
+        return "item"
+
+
+@dataclass(frozen=True)
+class Literal:
+    value: Any
+
+
+@dataclass(frozen=True)
+class Call:
+    name: str
+
+
+@dataclass(frozen=True)
+class Not:
+    operand: Node
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str  # && || == !=
+    left: Node
+    right: Node
+
+
+Node = Ref | Literal | Call | Not | BinOp
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One ``${{ ... }}`` in a text: its span and its parsed body."""
+
+    start: int
+    end: int
+    source: str
+    node: Node
+
+
+def find(text: str) -> list[Occurrence]:
+    """Every expression in ``text``, parsed. Raises ExpressionError on a malformed one."""
+    out: list[Occurrence] = []
+    pos = 0
+    while True:
+        start = text.find(OPEN, pos)
+        if start < 0:
+            return out
+        end = text.find(CLOSE, start + len(OPEN))
+        if end < 0:
+            snippet = text[start : start + 30].splitlines()[0]
+            raise ExpressionError(f"unterminated expression {snippet!r} (missing '}}}}')")
+        body = text[start + len(OPEN) : end]
+        out.append(Occurrence(start, end + len(CLOSE), body.strip(), parse(body)))
+        pos = end + len(CLOSE)
+
+
+def parse(source: str) -> Node:
+    """Parse an expression body (without the ``${{ }}``)."""
+    tokens = _tokenize(source)
+    if not tokens:
+        raise ExpressionError("empty expression")
+    parser = _Parser(tokens, source)
+    node = parser.parse_or()
+    if parser.pos != len(tokens):
+        raise ExpressionError(f"unexpected {tokens[parser.pos][1]!r} in expression {source!r}")
+    return node
+
+
+def parse_condition(text: str) -> Node:
+    """An ``if:`` value: either a bare expression or one wrapped in ``${{ }}``."""
+    stripped = text.strip()
+    if stripped.startswith(OPEN):
+        occ = find(stripped)
+        if len(occ) != 1 or occ[0].start != 0 or occ[0].end != len(stripped):
+            raise ExpressionError("an if: condition must be a single expression")
+        return occ[0].node
+    return parse(stripped)
+
+
+def refs(node: Node) -> list[Ref]:
+    """Every reference in an expression, in order."""
+    if isinstance(node, Ref):
+        return [node]
+    if isinstance(node, Not):
+        return refs(node.operand)
+    if isinstance(node, BinOp):
+        return refs(node.left) + refs(node.right)
+    return []
+
+
+def calls(node: Node) -> set[str]:
+    """Status functions used by an expression."""
+    if isinstance(node, Call):
+        return {node.name}
+    if isinstance(node, Not):
+        return calls(node.operand)
+    if isinstance(node, BinOp):
+        return calls(node.left) | calls(node.right)
+    return set()
+
+
+def to_text(value: Any) -> str:
+    """How a value becomes an environment variable's text."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def evaluate(
+    node: Node, resolve: Callable[[Ref], Any], status: Mapping[str, bool] | None = None
+) -> Any:
+    """Evaluate with ``resolve`` for references and ``status`` for the functions."""
+    if isinstance(node, Literal):
+        return node.value
+    if isinstance(node, Ref):
+        return resolve(node)
+    if isinstance(node, Call):
+        return bool((status or {}).get(node.name, False))
+    if isinstance(node, Not):
+        return not truthy(evaluate(node.operand, resolve, status))
+    if node.op == "&&":
+        return truthy(evaluate(node.left, resolve, status)) and truthy(
+            evaluate(node.right, resolve, status)
+        )
+    if node.op == "||":
+        return truthy(evaluate(node.left, resolve, status)) or truthy(
+            evaluate(node.right, resolve, status)
+        )
+    left = to_text(evaluate(node.left, resolve, status))
+    right = to_text(evaluate(node.right, resolve, status))
+    return (left == right) if node.op == "==" else (left != right)
+
+
+def truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value not in ("", "false", "0")
+    return bool(value)
+
+
+def _tokenize(source: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(source):
+        if source[pos:].strip() == "":
+            break
+        m = _TOKEN.match(source, pos)
+        if not m or m.end() == pos:
+            bad = source[pos:].strip()[:20]
+            raise ExpressionError(f"cannot parse {bad!r} in expression {source.strip()!r}")
+        kind = m.lastgroup or ""
+        tokens.append((kind, m.group(kind)))
+        pos = m.end()
+    return tokens
+
+
+class _Parser:
+    def __init__(self, tokens: list[tuple[str, str]], source: str) -> None:
+        self.tokens = tokens
+        self.pos = 0
+        self.source = source.strip()
+
+    def _peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def _take(self, value: str | None = None, kind: str | None = None) -> str:
+        tok = self._peek()
+        if tok is None or (value and tok[1] != value) or (kind and tok[0] != kind):
+            want = repr(value) if value else (kind or "a token")
+            got = repr(tok[1]) if tok else "end of expression"
+            raise ExpressionError(f"expected {want}, got {got} in expression {self.source!r}")
+        self.pos += 1
+        return tok[1]
+
+    def parse_or(self) -> Node:
+        node = self.parse_and()
+        while (tok := self._peek()) and tok[1] == "||":
+            self.pos += 1
+            node = BinOp("||", node, self.parse_and())
+        return node
+
+    def parse_and(self) -> Node:
+        node = self.parse_unary()
+        while (tok := self._peek()) and tok[1] == "&&":
+            self.pos += 1
+            node = BinOp("&&", node, self.parse_unary())
+        return node
+
+    def parse_unary(self) -> Node:
+        tok = self._peek()
+        if tok and tok[1] == "!":
+            self.pos += 1
+            return Not(self.parse_unary())
+        return self.parse_cmp()
+
+    def parse_cmp(self) -> Node:
+        node = self.parse_atom()
+        tok = self._peek()
+        if tok and tok[1] in ("==", "!="):
+            self.pos += 1
+            return BinOp(tok[1], node, self.parse_atom())
+        return node
+
+    def parse_atom(self) -> Node:
+        tok = self._peek()
+        if tok is None:
+            raise ExpressionError(f"expression {self.source!r} ends too early")
+        kind, value = tok
+        if kind == "str":
+            self.pos += 1
+            return Literal(value[1:-1].replace("''", "'"))
+        if kind == "num":
+            self.pos += 1
+            return Literal(float(value) if "." in value else int(value))
+        if value == "(":
+            self.pos += 1
+            node = self.parse_or()
+            self._take(")")
+            return node
+        if kind != "name":
+            raise ExpressionError(f"unexpected {value!r} in expression {self.source!r}")
+        self.pos += 1
+        if value in ("true", "false"):
+            return Literal(value == "true")
+        if value in FUNCTIONS:
+            self._take("(")
+            self._take(")")
+            return Call(value)
+        nxt = self._peek()
+        if nxt and nxt[1] == "(":
+            raise ExpressionError(
+                f"unknown function {value}() in expression {self.source!r}; "
+                f"known: {', '.join(f + '()' for f in FUNCTIONS)}"
+            )
+        if value == "params":
+            self._take(".")
+            return Ref("params", self._take(kind="name"))
+        if value == "matrix":
+            self._take(".")
+            return Ref("matrix", self._take(kind="name"))
+        if value == "item":
+            return Ref("item")
+        if value == "steps":
+            self._take(".")
+            step = self._take(kind="name")
+            self._take(".")
+            self._take("outputs")
+            if (t := self._peek()) and t[1] == ".":
+                self.pos += 1
+                return Ref("outputs", step, self._take(kind="name"))
+            return Ref("all_outputs", step)
+        raise ExpressionError(
+            f"unknown name {value!r} in expression {self.source!r}; "
+            "expected params.NAME, steps.ID.outputs.KEY, matrix.KEY or item"
+        )

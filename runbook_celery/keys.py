@@ -1,0 +1,52 @@
+"""Every Redis key name runbook-celery uses, derived from one configurable prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under ``prefix``; a test or a tenant picks its own prefix."""
+
+    prefix: str = "runbook"
+
+    @property
+    def runs_index(self) -> str:
+        """Sorted set of run ids scored by creation time."""
+        return f"{self.prefix}:runs"
+
+    @property
+    def global_events(self) -> str:
+        return f"{self.prefix}:events"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}"
+
+    def run_events(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:events"
+
+    def step(self, run_id: str, step_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:step:{step_id}"
+
+    def lease(self, run_id: str, step_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:lease:{step_id}"
+
+    def arrived(self, run_id: str, step_id: str) -> str:
+        """Set of needs of ``step_id`` that have finished (dynamic dispatch join)."""
+        return f"{self.prefix}:run:{run_id}:arrived:{step_id}"
+
+    def logs(self, run_id: str, step_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:logs:{step_id}"
+
+    def run_keys(self, run_id: str, step_ids: list[str]) -> list[str]:
+        """Every key belonging to one run (for expiry and cleanup)."""
+        keys = [self.run(run_id), self.run_events(run_id)]
+        for sid in step_ids:
+            keys += [
+                self.step(run_id, sid),
+                self.lease(run_id, sid),
+                self.arrived(run_id, sid),
+                self.logs(run_id, sid),
+            ]
+        return keys

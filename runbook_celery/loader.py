@@ -1,0 +1,214 @@
+"""From a YAML file to a validated Workflow, collecting every problem with its line."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import expressions as ex
+from .errors import DefinitionError, InvalidDefinition, Problem
+from .graph import Graph, find_cycle
+from .model import Step, Workflow
+from .settings import get_settings
+from .yamlload import LoadedYaml, YamlPath, format_path, load_yaml_file, load_yaml_text
+
+
+@dataclass(frozen=True)
+class LoadedWorkflow:
+    """A valid workflow with where it came from (scripts and working dirs resolve from there)."""
+
+    workflow: Workflow
+    file: str
+    base_dir: Path
+    graph: Graph
+
+
+def load_workflow(path: str | Path) -> LoadedWorkflow:
+    """Load and validate one workflow file. Raises InvalidDefinition listing every problem."""
+    settings = get_settings()
+    try:
+        doc = load_yaml_file(path, max_bytes=settings.max_file_bytes)
+    except DefinitionError as exc:
+        raise InvalidDefinition([exc.problem]) from None
+    return _validate(doc, Path(path).resolve().parent)
+
+
+def load_workflow_text(text: str, *, file: str = "<string>", base_dir: Path | None = None):
+    """Validate a workflow given as YAML text (for tests and embedding)."""
+    try:
+        doc = load_yaml_text(text, file=file)
+    except DefinitionError as exc:
+        raise InvalidDefinition([exc.problem]) from None
+    return _validate(doc, base_dir or Path.cwd())
+
+
+def from_model(workflow: Workflow, *, base_dir: Path | None = None) -> LoadedWorkflow:
+    """Validate a Workflow built in Python (graph and expression checks still apply)."""
+    doc = LoadedYaml(data=workflow.model_dump(), file=f"<workflow {workflow.name}>")
+    problems = _check_semantics(workflow, doc)
+    if problems:
+        raise InvalidDefinition(problems)
+    return LoadedWorkflow(
+        workflow, doc.file, base_dir or Path.cwd(), Graph({s.id: s.needs for s in workflow.steps})
+    )
+
+
+def _validate(doc: LoadedYaml, base_dir: Path) -> LoadedWorkflow:
+    if not isinstance(doc.data, dict):
+        kind = type(doc.data).__name__
+        raise InvalidDefinition(
+            [Problem(doc.file, doc.line_of(()), f"expected a mapping of workflow keys, got {kind}")]
+        )
+    try:
+        workflow = Workflow.model_validate(doc.data)
+    except ValidationError as exc:
+        raise InvalidDefinition(_pydantic_problems(exc, doc)) from None
+    problems = _check_semantics(workflow, doc)
+    if problems:
+        raise InvalidDefinition(problems)
+    graph = Graph({s.id: s.needs for s in workflow.steps})
+    return LoadedWorkflow(workflow, doc.file, base_dir, graph)
+
+
+def _step_id_at(doc: LoadedYaml, loc: tuple[Any, ...]) -> str | None:
+    if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+        steps = doc.data.get("steps") if isinstance(doc.data, dict) else None
+        if isinstance(steps, list) and loc[1] < len(steps) and isinstance(steps[loc[1]], dict):
+            sid = steps[loc[1]].get("id")
+            return sid if isinstance(sid, str) else None
+    return None
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    if len(loc) == 1:
+        return list(Workflow.model_fields)
+    if len(loc) == 3 and loc[0] == "steps":
+        return list(Step.model_fields)
+    return []
+
+
+def _pydantic_problems(exc: ValidationError, doc: LoadedYaml) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function"))
+        kind = err["type"]
+        path: YamlPath = loc  # type: ignore[assignment]
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            hint = difflib.get_close_matches(key, _known_keys(loc), n=1)
+            message = f"unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            path = loc[:-1]
+            line = doc.line_of(loc)
+        elif kind == "missing":
+            message = f"missing required key {loc[-1]!r}"
+            path = loc[:-1]
+            line = doc.line_of(path)
+        else:
+            message = err["msg"]
+            if kind == "string_pattern_mismatch" and loc and loc[-1] in ("id", "name"):
+                message = (
+                    "must start with a letter or '_' and contain only letters, digits, "
+                    "'_' and '-' (at most 64 characters)"
+                )
+            elif "input" in err and kind.endswith("_type"):
+                message += f" (got {type(err['input']).__name__})"
+            line = doc.line_of(loc)
+        problems.append(Problem(doc.file, line, message, format_path(path), _step_id_at(doc, loc)))
+    return problems
+
+
+def _check_semantics(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
+    """Graph and expression checks that pydantic cannot express."""
+    problems: list[Problem] = []
+
+    def add(path: YamlPath, message: str, step: str | None = None) -> None:
+        problems.append(Problem(doc.file, doc.line_of(path), message, format_path(path), step))
+
+    seen: dict[str, int] = {}
+    for i, step in enumerate(wf.steps):
+        if step.id in seen:
+            add(
+                ("steps", i, "id"),
+                f"duplicate step id {step.id!r} (first at steps[{seen[step.id]}])",
+                step.id,
+            )
+        else:
+            seen[step.id] = i
+        if step.run is None and step.script is None:
+            add(("steps", i), f"step {step.id!r} needs either 'run' or 'script'", step.id)
+        if step.run is not None and step.script is not None:
+            add(("steps", i), f"step {step.id!r} has both 'run' and 'script'; keep one", step.id)
+        for j, need in enumerate(step.needs):
+            if need == step.id:
+                add(("steps", i, "needs", j), f"step {step.id!r} needs itself", step.id)
+            elif need not in seen and need not in {s.id for s in wf.steps}:
+                hint = difflib.get_close_matches(need, wf.step_ids, n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                add(("steps", i, "needs", j), f"unknown step {need!r}{extra}", step.id)
+            if step.needs.index(need) != j:
+                add(("steps", i, "needs", j), f"{need!r} is listed twice", step.id)
+    if problems:
+        return problems
+
+    needs = {s.id: [n for n in s.needs if n != s.id] for s in wf.steps}
+    cycle = find_cycle(needs)
+    if cycle:
+        first = wf.step_ids.index(cycle[0])
+        add(
+            ("steps", first, "needs"),
+            "dependency cycle: " + " -> ".join(cycle) + " (each needs the next)",
+            cycle[0],
+        )
+        return problems
+
+    graph = Graph(needs)
+    for key, value in wf.env.items():
+        _check_text(value, ("env", key), None, wf, graph, add)
+    for i, step in enumerate(wf.steps):
+        if step.run is not None:
+            _check_text(step.run, ("steps", i, "run"), step, wf, graph, add)
+        for key, value in step.env.items():
+            _check_text(value, ("steps", i, "env", key), step, wf, graph, add)
+    return problems
+
+
+def _check_text(
+    text: str, path: YamlPath, step: Step | None, wf: Workflow, graph: Graph, add
+) -> None:  # type: ignore[no-untyped-def]
+    sid = step.id if step else None
+    try:
+        occurrences = ex.find(text)
+    except ex.ExpressionError as exc:
+        add(path, str(exc), sid)
+        return
+    for occ in occurrences:
+        for problem in reference_problems(occ.node, step, wf, graph):
+            add(path, f"${{{{ {occ.source} }}}}: {problem}", sid)
+        if ex.calls(occ.node):
+            add(path, f"${{{{ {occ.source} }}}}: status functions belong in 'if:' only", sid)
+
+
+def reference_problems(node: ex.Node, step: Step | None, wf: Workflow, graph: Graph) -> list[str]:
+    """What is wrong with the references of one expression used by ``step``."""
+    out: list[str] = []
+    for ref in ex.refs(node):
+        if ref.kind == "params" and ref.name not in wf.params:
+            known = ", ".join(sorted(wf.params)) or "none defined"
+            out.append(f"unknown param {ref.name!r} (params: {known})")
+        elif ref.kind in ("outputs", "all_outputs"):
+            if step is None:
+                out.append("workflow-level env may use params only, not step outputs")
+            elif ref.name not in graph.needs:
+                out.append(f"unknown step {ref.name!r}")
+            elif ref.name not in graph.ancestors(step.id):
+                out.append(
+                    f"step {step.id!r} does not need {ref.name!r}; add it to 'needs' "
+                    "(directly or through a step it needs)"
+                )
+        elif ref.kind in ("matrix", "item"):
+            out.append(f"'{ref.text()}' is only available in a step with matrix/for_each")
+    return out

@@ -1,0 +1,102 @@
+"""Frozen, JSON-able views of a run and its steps, as users and the CLI see them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import RunStatus
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    status: str
+    exit_code: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    attempts: int = 0
+    reason: str | None = None
+    stderr_tail: list[str] = field(default_factory=list)
+    allowed_failure: bool = False
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> StepRecord:
+        return cls(
+            status=h.get("status", "pending"),
+            exit_code=int(h["exit_code"]) if h.get("exit_code") not in (None, "") else None,
+            started_at=h.get("started_at"),
+            finished_at=h.get("finished_at"),
+            outputs=json.loads(h["outputs"]) if h.get("outputs") else {},
+            attempts=int(h.get("attempts") or 0),
+            reason=h.get("reason") or None,
+            stderr_tail=json.loads(h["stderr_tail"]) if h.get("stderr_tail") else [],
+            allowed_failure=h.get("allowed_failure") == "1",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "outputs": dict(self.outputs),
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "stderr_tail": list(self.stderr_tail),
+        }
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    workflow: str
+    status: str
+    params: dict[str, str]
+    steps: dict[str, StepRecord]
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    sha256: str | None = None
+    mode: str | None = None
+    rerun_of: str | None = None
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str], steps: dict[str, StepRecord]) -> RunRecord:
+        return cls(
+            id=h["id"],
+            workflow=h.get("workflow", ""),
+            status=h.get("status", "pending"),
+            params=json.loads(h.get("params") or "{}"),
+            steps=steps,
+            created_at=h.get("created_at"),
+            started_at=h.get("started_at"),
+            finished_at=h.get("finished_at"),
+            sha256=h.get("sha256"),
+            mode=h.get("mode"),
+            rerun_of=h.get("rerun_of") or None,
+        )
+
+    @property
+    def finished(self) -> bool:
+        return RunStatus(self.status).terminal
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == RunStatus.SUCCEEDED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "workflow": self.workflow,
+            "status": self.status,
+            "params": dict(self.params),
+            "steps": {sid: s.to_dict() for sid, s in self.steps.items()},
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "sha256": self.sha256,
+            "mode": self.mode,
+            "rerun_of": self.rerun_of,
+        }
