@@ -25,6 +25,9 @@ class ResultBackend(RedisBackend):
     def on_task_call(self, producer, task_id):  # type: ignore[no-untyped-def]
         return None
 
+    def on_result_fulfilled(self, result):  # type: ignore[no-untyped-def]
+        return None  # nothing was subscribed, so there is nothing to unsubscribe
+
 
 def make_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()

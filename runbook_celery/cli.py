@@ -159,6 +159,27 @@ def worker(
     app.worker_main(argv)
 
 
+EXTRA_COMMAND_MODULES = ("cli_control", "cli_observe", "cli_ecosystem")
+
+
+def _register_extra_commands() -> None:
+    """Commands of each area live in their own module, which exposes ``COMMANDS``."""
+    from importlib import import_module
+
+    for name in EXTRA_COMMAND_MODULES:
+        try:
+            module = import_module(f".{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.{name}":
+                continue
+            raise
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register_extra_commands()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn our errors into messages and exit codes."""
     try:

@@ -30,15 +30,23 @@ def step_signature(snapshot: Mapping[str, Any], run_id: str, step_id: str) -> Si
     )
 
 
-def build_canvas(snapshot: Mapping[str, Any], run_id: str, tree: SPTree) -> Signature:
-    """Mirror the series-parallel tree: Series -> chain, Parallel -> group (chord when joined)."""
+def build_canvas(
+    snapshot: Mapping[str, Any], run_id: str, tree: SPTree, _groups: list[int] | None = None
+) -> Signature:
+    """Mirror the series-parallel tree: Series -> chain, Parallel -> group (chord when joined).
+
+    Group ids are derived from the run id (``<run>.group<n>``) so that every key Celery
+    writes for a run can be found from the run id.
+    """
+    counter = _groups if _groups is not None else [0]
     if isinstance(tree, Leaf):
         return step_signature(snapshot, run_id, tree.step)
-    parts = [build_canvas(snapshot, run_id, p) for p in tree.parts]
+    parts = [build_canvas(snapshot, run_id, p, counter) for p in tree.parts]
     if isinstance(tree, Series):
         return chain(*parts)
     assert isinstance(tree, Parallel)
-    return group(*parts)
+    counter[0] += 1
+    return group(*parts).set(task_id=f"{run_id}.group{counter[0]}")
 
 
 def publish_run(snapshot: Mapping[str, Any], run_id: str, tree: SPTree | None) -> None:
