@@ -24,6 +24,7 @@ from .compile import CANVAS, DYNAMIC, snapshot_graph, substitute_text
 from .errors import RunNotFound
 from .events import FailureReason, StepStatus
 from .graph import Graph
+from .logsink import StepLogSink
 from .redisconn import get_client
 from .runner import BashResult, run_bash
 from .settings import Settings, get_settings, worker_environment
@@ -184,22 +185,30 @@ class StepExecution:
         env["RUNBOOK_WORKFLOW"] = self.ctx.workflow
         env["RUNBOOK_STEP_ATTEMPT"] = str(self.attempt or 1)
         cwd = self.spec.get("working_dir") or self.ctx.snapshot.get("base_dir")
-        return run_bash(
-            self.spec["command"],
-            env,
-            cwd=cwd,
-            output_limit=self.settings.output_limit,
-            kill_grace=self.settings.kill_grace,
-            tick=self._tick(),
+        sink = StepLogSink(
+            self.store.r, self.store.keys, self.run_id, self.step_id, self.settings.log_lines
         )
+        try:
+            return run_bash(
+                self.spec["command"],
+                env,
+                cwd=cwd,
+                output_limit=self.settings.output_limit,
+                kill_grace=self.settings.kill_grace,
+                tick=self._tick(sink),
+                on_line=sink,
+            )
+        finally:
+            sink.close()
 
-    def _tick(self):  # type: ignore[no-untyped-def]
-        """Called while Bash runs: keep our lease alive, notice a cancel request."""
+    def _tick(self, sink: StepLogSink):  # type: ignore[no-untyped-def]
+        """Called while Bash runs: flush logs, keep our lease alive, notice a cancel request."""
         every = max(1.0, self.settings.lease_seconds / 3)
         last_refresh = time.monotonic()
 
         def tick() -> bool:
             nonlocal last_refresh
+            sink.flush()
             try:
                 if time.monotonic() - last_refresh >= every:
                     last_refresh = time.monotonic()
