@@ -118,7 +118,8 @@ def worker_running(env: dict[str, str]) -> bool:
         "import sys\n"
         "sys.exit(0 if app.control.ping(timeout=1.0) else 1)\n"
     )
-    return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True)
+    return result.returncode == 0
 
 
 @contextlib.contextmanager
