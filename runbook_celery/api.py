@@ -12,8 +12,15 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 
-from .compile import build_snapshot, make_plan, snapshot_graph, snapshot_sha256
-from .errors import BackendUnavailable, RunFailed, WaitTimeout
+from .compile import (
+    build_snapshot,
+    cancel_survivors,
+    make_plan,
+    mode_for_snapshot,
+    snapshot_graph,
+    snapshot_sha256,
+)
+from .errors import BackendUnavailable, InvalidOperation, RunFailed, WaitTimeout
 from .events import TERMINAL_EVENTS
 from .loader import LoadedWorkflow, from_model, load_workflow
 from .model import Workflow
@@ -43,6 +50,20 @@ class Run:
     def status(self) -> RunRecord:
         """The current record (status of the run and of every step)."""
         return self.store.get_run(self.id)
+
+    def cancel(self) -> RunRecord:
+        """Stop the run: nothing new starts, running steps are killed (SIGTERM, grace, SIGKILL).
+
+        Steps whose ``if:`` uses ``always()`` or ``cancelled()`` still run (cleanup).
+        Returns the record as it is right after the request.
+        """
+        keep = cancel_survivors(self.store.snapshot(self.id))
+        self.store.cancel_run(self.id, reason="cancelled", keep=keep)
+        return self.status()
+
+    def rerun(self, *, from_failed: bool = False, from_step: str | None = None) -> Run:
+        """A new run from this run's snapshot; see ``rerun()``."""
+        return rerun(self.id, from_failed=from_failed, from_step=from_step, settings=self.settings)
 
     def _ended(self) -> bool:
         return self.store.run_status(self.id) in ("succeeded", "failed", "cancelled")
@@ -112,10 +133,13 @@ def submit_snapshot(
     settings = settings or get_settings()
     store = _store(settings)
     run_id = uuid.uuid4().hex
-    plan = make_plan(snapshot_graph(snapshot))
+    graph = snapshot_graph(snapshot)
+    plan = make_plan(graph)
+    if not graph.needs:  # a rerun with nothing left to do
+        raise InvalidOperation("nothing to run: every step would be reused")
     store.create_run(run_id, snapshot, snapshot_sha256(snapshot), **dict(extra or {}))
     try:
-        publish_run(snapshot, run_id, plan.tree)
+        publish_run(snapshot, run_id, plan.tree, graph.sources())
     except (OperationalError, redis.RedisError, OSError) as exc:
         with contextlib.suppress(redis.RedisError):
             store.delete_run(run_id)
@@ -123,6 +147,46 @@ def submit_snapshot(
             f"broker at {redact(settings.broker_url)} is unreachable: {redact(str(exc))}"
         ) from None
     return Run(run_id, settings)
+
+
+def rerun(
+    run_id: str,
+    *,
+    from_failed: bool = False,
+    from_step: str | None = None,
+    settings: Settings | None = None,
+) -> Run:
+    """Start a new run from an earlier run's snapshot (never today's YAML).
+
+    ``from_failed`` reuses the outputs of the steps that succeeded and runs the failed,
+    skipped and cancelled ones; ``from_step`` reruns that step and everything downstream
+    (and anything that had not succeeded). The original run is left unchanged.
+    """
+    settings = settings or get_settings()
+    store = _store(settings)
+    original = store.get_run(run_id)
+    if not original.finished:
+        raise InvalidOperation(f"run {run_id} is still {original.status}; wait or cancel it first")
+    snapshot = store.snapshot(run_id)
+    snapshot.pop("reused", None)
+    full = snapshot_graph(snapshot)
+    if from_step is not None and from_step not in full.needs:
+        known = ", ".join(full.order_hint)
+        raise InvalidOperation(f"run {run_id} has no step {from_step!r} (steps: {known})")
+    not_ok = {sid for sid in full.needs if original.steps[sid].status != "succeeded"}
+    if from_step is not None:
+        todo = {from_step} | full.descendants(from_step) | not_ok
+    elif from_failed:
+        todo = set(not_ok)
+    else:
+        todo = set(full.needs)
+    for sid in list(todo):
+        todo |= full.descendants(sid)
+    reused = {sid: original.steps[sid].outputs for sid in full.needs if sid not in todo}
+    if reused:
+        snapshot["reused"] = reused
+    snapshot["mode"], snapshot["mode_reason"] = mode_for_snapshot(snapshot)
+    return submit_snapshot(snapshot, settings=settings, extra={"rerun_of": run_id})
 
 
 def get_run(run_id: str, *, settings: Settings | None = None) -> RunRecord:

@@ -12,6 +12,8 @@ from celery.backends.redis import RedisBackend
 from .settings import Settings, get_settings
 
 STEP_TASK = "runbook.step"
+FANIN_TASK = "runbook.fan_in"
+RUN_TIMEOUT_TASK = "runbook.run_timeout"
 
 
 class ResultBackend(RedisBackend):

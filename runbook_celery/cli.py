@@ -75,7 +75,7 @@ def plan(file: Path) -> None:
 
     loaded = load_workflow(file)
     click.echo(f"workflow {loaded.workflow.name}: {len(loaded.workflow.steps)} steps")
-    click.echo(make_plan(loaded.graph).render())
+    click.echo(make_plan(loaded.graph, loaded.workflow).render())
 
 
 @cli.command()
@@ -111,21 +111,12 @@ def trigger(file: Path, params: tuple[str, ...], wait: bool, as_json: bool) -> N
 
 
 def _follow(run: Any, echo: Callable[[str], None] | None) -> Any:
-    """Print one line per event until the run ends; return the final record."""
-    from .events import TERMINAL_EVENTS
-    from .render import event_line
-
+    """Show the run until it ends (live table on a terminal, else one line per event)."""
     if echo is None:
         return run.wait()
-    for _eid, event in run.store.follow_events(run.id, block_ms=1000):
-        if not event:
-            if run.store.run_status(run.id) in ("succeeded", "failed", "cancelled"):
-                break
-            continue
-        echo(event_line(event))
-        if event.get("type") in TERMINAL_EVENTS:
-            break
-    return run.status()
+    from .live import follow_run
+
+    return follow_run(run, echo)
 
 
 @cli.command()

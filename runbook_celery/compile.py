@@ -155,8 +155,10 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
         return values[ref.name]
 
     env = {k: substitute_text(v, param_only) for k, v in wf.env.items()}
+    defaults = wf.defaults
     steps = []
     for i, step in enumerate(wf.steps):
+        retries = step.retries or (defaults.retries if defaults else None)
         vars_: dict[str, str] = {}
         if step.script is not None:
             command = _read_script(loaded, i, step.script)
@@ -174,9 +176,20 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
                 "env": dict(step.env),
                 "vars": vars_,
                 "working_dir": working_dir,
+                "retries": retries.model_dump() if retries else None,
+                "timeout": step.timeout or (defaults.timeout if defaults else None),
+                "kill_grace": _first(step.kill_grace, defaults.kill_grace if defaults else None),
+                "continue_on_error": step.continue_on_error,
+                "if": step.if_.strip() if step.if_ else None,
+                "matrix": {k: [ex.to_text(v) for v in vs] for k, vs in step.matrix.items()}
+                if step.matrix
+                else None,
+                "for_each": step.for_each.strip() if step.for_each else None,
+                "max_parallel": step.max_parallel,
+                "queue": step.queue,
             }
         )
-    tree = loaded.graph.series_parallel()
+    mode, reason = choose_mode(loaded.workflow, loaded.graph)
     return {
         "version": SNAPSHOT_VERSION,
         "workflow": wf.name,
@@ -187,8 +200,26 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
         "env": env,
         "steps": steps,
         "order": loaded.graph.topological(),
-        "mode": CANVAS if tree is not None else DYNAMIC,
+        "mode": mode,
+        "mode_reason": reason,
+        "timeout": wf.timeout,
     }
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def choose_mode(wf: Any, graph: Graph) -> tuple[str, str]:
+    """Canvas when it mirrors the DAG and Celery's own flow control says all; else dynamic."""
+    for step in wf.steps:
+        if step.if_ is not None:
+            return DYNAMIC, f"step {step.id!r} has an if: condition"
+        if step.matrix is not None or step.for_each is not None:
+            return DYNAMIC, f"step {step.id!r} fans out (matrix/for_each)"
+    if graph.series_parallel() is None:
+        return DYNAMIC, "the DAG is not series-parallel"
+    return CANVAS, "the DAG is series-parallel"
 
 
 def _read_script(loaded: LoadedWorkflow, index: int, script: str) -> str:
@@ -218,7 +249,30 @@ def canonical_json(value: Any) -> str:
 
 
 def snapshot_graph(snapshot: Mapping[str, Any]) -> Graph:
-    return Graph({s["id"]: s["needs"] for s in snapshot["steps"]})
+    """The DAG still to execute: steps reused from an earlier run (rerun) are left out."""
+    reused = snapshot.get("reused") or {}
+    return Graph(
+        {
+            s["id"]: [n for n in s["needs"] if n not in reused]
+            for s in snapshot["steps"]
+            if s["id"] not in reused
+        }
+    )
+
+
+def mode_for_snapshot(snapshot: Mapping[str, Any]) -> tuple[str, str]:
+    """choose_mode for a frozen snapshot (used when a rerun executes part of a DAG)."""
+    reused = snapshot.get("reused") or {}
+    for spec in snapshot["steps"]:
+        if spec["id"] in reused:
+            continue
+        if spec.get("if"):
+            return DYNAMIC, f"step {spec['id']!r} has an if: condition"
+        if spec.get("matrix") or spec.get("for_each"):
+            return DYNAMIC, f"step {spec['id']!r} fans out (matrix/for_each)"
+    if snapshot_graph(snapshot).series_parallel() is None:
+        return DYNAMIC, "the DAG is not series-parallel"
+    return CANVAS, "the DAG is series-parallel"
 
 
 # ---------------------------------------------------------------- plan
@@ -232,11 +286,15 @@ class Plan:
     tree: SPTree | None
     graph: Graph
     witness: tuple[str, str, str, str] | None = None
+    reason: str = ""
 
     def render(self) -> str:
-        if self.tree is not None:
+        if self.mode == CANVAS and self.tree is not None:
             return "canvas (exact mirror of the DAG):\n" + _render_tree(self.tree, 1)
-        lines = ["dynamic dispatch (the DAG is not series-parallel, so no canvas mirrors it)"]
+        if self.tree is None:
+            lines = ["dynamic dispatch (the DAG is not series-parallel, so no canvas mirrors it)"]
+        else:
+            lines = [f"dynamic dispatch ({self.reason}; Celery cannot express it in canvas)"]
         if self.witness:
             a, b, c, d = self.witness
             lines.append(
@@ -251,11 +309,15 @@ class Plan:
         return "\n".join(lines)
 
 
-def make_plan(graph: Graph) -> Plan:
+def make_plan(graph: Graph, workflow: Any = None) -> Plan:
+    """The dispatch plan; with ``workflow``, step features that need dynamic mode count too."""
     tree = graph.series_parallel()
-    if tree is not None:
-        return Plan(CANVAS, tree, graph)
-    return Plan(DYNAMIC, None, graph, _n_witness(graph))
+    if tree is None:
+        return Plan(DYNAMIC, None, graph, _n_witness(graph), "the DAG is not series-parallel")
+    if workflow is not None:
+        mode, reason = choose_mode(workflow, graph)
+        return Plan(mode, tree, graph, reason=reason)
+    return Plan(CANVAS, tree, graph, reason="the DAG is series-parallel")
 
 
 def _render_tree(tree: SPTree, depth: int) -> str:
@@ -288,3 +350,17 @@ def _n_witness(graph: Graph, limit: int = 40) -> tuple[str, str, str, str] | Non
                     if d != c and lt(x, d) and lt(y, d) and unrelated(c, d):
                         return (x, y, c, d)
     return None
+
+
+def cancel_survivors(snapshot: Mapping[str, Any]) -> list[str]:
+    """Steps that still run after a cancel: their if: uses always() or cancelled()."""
+    out = []
+    for spec in snapshot["steps"]:
+        if spec.get("if"):
+            try:
+                used = ex.calls(ex.parse_condition(spec["if"]))
+            except ex.ExpressionError:
+                continue
+            if used & {"always", "cancelled"}:
+                out.append(spec["id"])
+    return out

@@ -9,24 +9,40 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from celery import chain, group
+from celery import chain, chord, group
 from celery.canvas import Signature
 
-from .app import STEP_TASK, app
+from .app import FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
 from .compile import CANVAS
 from .graph import Leaf, Parallel, Series, SPTree
 
 
-def step_signature(snapshot: Mapping[str, Any], run_id: str, step_id: str) -> Signature:
-    """The message for one step; named ``<workflow>.<step>`` in Flower."""
+def _queue_of(snapshot: Mapping[str, Any], step_id: str) -> str | None:
+    base = step_id.rsplit("[", 1)[0]
+    for spec in snapshot["steps"]:
+        if spec["id"] == base:
+            return spec.get("queue")
+    return None
+
+
+def step_signature(
+    snapshot: Mapping[str, Any], run_id: str, step_id: str, task: str = STEP_TASK
+) -> Signature:
+    """The message for one step; named ``<workflow>.<step>`` in Flower, routed by `queue:`."""
+    options: dict[str, Any] = {}
+    queue = _queue_of(snapshot, step_id) if task == STEP_TASK else None
+    if queue:
+        options["queue"] = queue
+    suffix = "" if task == STEP_TASK else ".join"
     return app.signature(
-        STEP_TASK,
+        task,
         args=(run_id, step_id),
         immutable=True,
-        task_id=f"{run_id}.{step_id}",
-        shadow=f"{snapshot['workflow']}.{step_id}",
+        task_id=f"{run_id}.{step_id}{suffix}",
+        shadow=f"{snapshot['workflow']}.{step_id}{suffix}",
         argsrepr=f"run={run_id} step={step_id}",
         kwargsrepr="{}",
+        **options,
     )
 
 
@@ -49,13 +65,39 @@ def build_canvas(
     return group(*parts).set(task_id=f"{run_id}.group{counter[0]}")
 
 
-def publish_run(snapshot: Mapping[str, Any], run_id: str, tree: SPTree | None) -> None:
+def publish_run(
+    snapshot: Mapping[str, Any], run_id: str, tree: SPTree | None, sources: list[str]
+) -> None:
     """Send a new run to the broker. Every step's Celery root_id is the run id."""
+    if snapshot.get("timeout"):
+        app.signature(RUN_TIMEOUT_TASK, args=(run_id,), immutable=True).apply_async(
+            countdown=snapshot["timeout"], task_id=f"{run_id}.timeout", root_id=run_id
+        )
     if snapshot["mode"] == CANVAS and tree is not None:
         build_canvas(snapshot, run_id, tree).apply_async(root_id=run_id)
         return
-    sources = [s["id"] for s in snapshot["steps"] if not s["needs"]]
     publish_steps(snapshot, run_id, sources)
+
+
+def publish_fan_out(
+    snapshot: Mapping[str, Any],
+    run_id: str,
+    parent: str,
+    instance_ids: list[str],
+    max_parallel: int | None,
+) -> None:
+    """Instances as a Celery group (``max_parallel`` lanes of chains), joined by a chord."""
+    lanes_count = min(max_parallel or len(instance_ids), len(instance_ids))
+    lanes: list[list[Signature]] = [[] for _ in range(lanes_count)]
+    for i, iid in enumerate(instance_ids):
+        lanes[i % lanes_count].append(step_signature(snapshot, run_id, iid))
+    parts = [lane[0] if len(lane) == 1 else chain(*lane) for lane in lanes]
+    join = step_signature(snapshot, run_id, parent, task=FANIN_TASK)
+    if len(parts) == 1:
+        chain(parts[0], join).apply_async()
+        return
+    header = group(*parts).set(task_id=f"{run_id}.{parent}.instances")
+    chord(header, join).apply_async()
 
 
 def publish_steps(snapshot: Mapping[str, Any], run_id: str, step_ids: Iterable[str]) -> None:

@@ -1,8 +1,21 @@
-"""The vocabulary of run and step statuses and event types, defined once."""
+"""The vocabulary of run and step statuses and event types, defined once; reading events.
+
+``events.read()`` and ``events.follow()`` give Python code the same durable, resumable
+event streams the ``runbook-celery events`` command prints.
+"""
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .settings import Settings
+    from .store import RunStore
 
 
 class RunStatus(StrEnum):
@@ -20,6 +33,7 @@ class RunStatus(StrEnum):
 class StepStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -27,7 +41,7 @@ class StepStatus(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self not in (StepStatus.PENDING, StepStatus.RUNNING)
+        return self not in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING)
 
 
 class EventType(StrEnum):
@@ -35,12 +49,14 @@ class EventType(StrEnum):
     WORKFLOW_SUCCEEDED = "workflow_succeeded"
     WORKFLOW_FAILED = "workflow_failed"
     WORKFLOW_CANCELLED = "workflow_cancelled"
+    WORKFLOW_CANCELLING = "workflow_cancelling"
     STEP_STARTED = "step_started"
     STEP_SUCCEEDED = "step_succeeded"
     STEP_FAILED = "step_failed"
     STEP_SKIPPED = "step_skipped"
     STEP_CANCELLED = "step_cancelled"
     STEP_RETRYING = "step_retrying"
+    STEP_HANDED_BACK = "step_handed_back"
 
 
 class FailureReason(StrEnum):
@@ -55,3 +71,186 @@ class FailureReason(StrEnum):
 TERMINAL_EVENTS = frozenset(
     {EventType.WORKFLOW_SUCCEEDED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELLED}
 )
+
+
+# ---------------------------------------------------------------------------- reading events
+#
+# The per-run stream ``keys.run_events(run_id)`` and the global stream ``keys.global_events``
+# are Redis Streams: every entry has an id (``<ms>-<seq>``) that only grows, so a consumer
+# that remembers the last id it handled resumes exactly after it with ``since=<id>``.
+
+START = "0-0"  # the beginning of a stream
+LATEST = "$"  # only events added from now on
+_STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event as stored; ``id`` is its stream id, the point to resume after."""
+
+    id: str
+    type: str
+    run_id: str
+    workflow: str
+    ts: str
+    step: str | None = None
+    attempt: int | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: Mapping[str, str]) -> Event:
+        return cls(
+            id=entry_id,
+            type=fields.get("type", ""),
+            run_id=fields.get("run_id", ""),
+            workflow=fields.get("workflow", ""),
+            ts=fields.get("ts", ""),
+            step=fields.get("step") or None,
+            attempt=_int_or_none(fields.get("attempt")),
+            exit_code=_int_or_none(fields.get("exit_code")),
+            reason=fields.get("reason") or None,
+        )
+
+    @property
+    def ends_run(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_since(since: str) -> str:
+    """Validate a resume point: a stream id, ``0`` (start) or ``$`` (only new events).
+
+    Raises:
+        InvalidOperation: ``since`` is not a stream id.
+    """
+    from .errors import InvalidOperation
+
+    if since == LATEST or _STREAM_ID.match(since):
+        return since
+    raise InvalidOperation(
+        f"--since {since!r} is not an event id: use an id printed by `events` "
+        "(like 1700000000000-0), 0 for the beginning, or $ for new events only"
+    )
+
+
+def read(
+    run_id: str | None = None,
+    since: str = START,
+    *,
+    types: Iterable[str] | None = None,
+    settings: Settings | None = None,
+) -> Iterator[Event]:
+    """The events stored after ``since``, oldest first, without waiting for new ones.
+
+    ``run_id=None`` reads the global stream (every run). Raises RunNotFound for an unknown
+    or expired run, BackendUnavailable when Redis does not answer.
+    """
+    store = _open(run_id, settings)
+    wanted = _types(types)
+    last = _resolve(store, run_id, check_since(since))
+    while True:
+        page = _guard(lambda after=last: store.events(run_id, since=after, count=_PAGE))
+        for entry_id, fields in page:
+            last = entry_id
+            event = Event.from_entry(entry_id, fields)
+            if wanted is None or event.type in wanted:
+                yield event
+        if len(page) < _PAGE:
+            return
+
+
+def follow(
+    run_id: str | None = None,
+    since: str = START,
+    *,
+    types: Iterable[str] | None = None,
+    timeout: float | None = None,
+    settings: Settings | None = None,
+) -> Iterator[Event]:
+    """The events after ``since``, then new ones as they are written (blocking, no polling).
+
+    Following one run ends after its final event (``workflow_succeeded`` and friends);
+    following the global stream goes on until ``timeout`` seconds have passed, if given.
+
+    Example::
+
+        for event in events.follow(types={"step_failed"}):
+            page_someone(event.run_id, event.step, event.exit_code)
+    """
+    store = _open(run_id, settings)
+    wanted = _types(types)
+    last = _resolve(store, run_id, check_since(since))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    block_ms = 1000 if timeout is None else max(1, min(1000, int(timeout * 1000)))
+    stream = store.follow_events(run_id, since=last, block_ms=block_ms)
+    while True:
+        entry_id, fields = _guard(lambda: next(stream))
+        if entry_id:
+            event = Event.from_entry(entry_id, fields)
+            if wanted is None or event.type in wanted:
+                yield event
+            if run_id and event.ends_run:
+                return
+        elif run_id and _guard(lambda: store.run_status(run_id)) in _ENDED_OR_GONE:
+            return  # nothing more will be written (or the run expired meanwhile)
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+
+
+_ENDED_OR_GONE = frozenset({None, RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+def _open(run_id: str | None, settings: Settings | None) -> RunStore:
+    from .errors import RunNotFound
+    from .redisconn import get_client
+    from .settings import get_settings
+    from .store import RunStore
+
+    s = settings or get_settings()
+    store = RunStore(get_client(s), s.prefix, s.retention)
+    if run_id is not None and _guard(lambda: store.run_status(run_id)) is None:
+        raise RunNotFound(run_id)
+    return store
+
+
+def _resolve(store: RunStore, run_id: str | None, since: str) -> str:
+    """Pin ``$`` to the current last id, so no event slips between two blocking reads."""
+    if since != LATEST:
+        return since
+    key = store.keys.run_events(run_id) if run_id else store.keys.global_events
+    newest = _guard(lambda: store.r.xrevrange(key, count=1))
+    if not newest:
+        return START
+    entry_id = newest[0][0]
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+
+def _types(types: Iterable[str] | None) -> frozenset[str] | None:
+    return None if types is None else frozenset(str(t) for t in types)
+
+
+_T = TypeVar("_T")
+
+
+def _guard(call: Callable[[], _T]) -> _T:
+    """Run one Redis call; a lost connection becomes BackendUnavailable."""
+    import redis
+
+    from .errors import BackendUnavailable
+    from .redisconn import redact
+
+    try:
+        return call()
+    except redis.RedisError as exc:
+        raise BackendUnavailable(f"cannot read events from Redis: {redact(str(exc))}") from exc
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None

@@ -17,6 +17,11 @@ class Keys:
         return f"{self.prefix}:runs"
 
     @property
+    def leases(self) -> str:
+        """Sorted set of running steps (``run|step``) scored by lease expiry (epoch seconds)."""
+        return f"{self.prefix}:leases"
+
+    @property
     def global_events(self) -> str:
         return f"{self.prefix}:events"
 

@@ -48,7 +48,7 @@ def load_workflow_text(text: str, *, file: str = "<string>", base_dir: Path | No
 
 def from_model(workflow: Workflow, *, base_dir: Path | None = None) -> LoadedWorkflow:
     """Validate a Workflow built in Python (graph and expression checks still apply)."""
-    doc = LoadedYaml(data=workflow.model_dump(), file=f"<workflow {workflow.name}>")
+    doc = LoadedYaml(data=workflow.model_dump(by_alias=True), file=f"<workflow {workflow.name}>")
     problems = _check_semantics(workflow, doc)
     if problems:
         raise InvalidDefinition(problems)
@@ -85,9 +85,9 @@ def _step_id_at(doc: LoadedYaml, loc: tuple[Any, ...]) -> str | None:
 
 def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     if len(loc) == 1:
-        return list(Workflow.model_fields)
+        return [f.alias or n for n, f in Workflow.model_fields.items()]
     if len(loc) == 3 and loc[0] == "steps":
-        return list(Step.model_fields)
+        return [f.alias or n for n, f in Step.model_fields.items()]
     return []
 
 
@@ -173,7 +173,50 @@ def _check_semantics(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
             _check_text(step.run, ("steps", i, "run"), step, wf, graph, add)
         for key, value in step.env.items():
             _check_text(value, ("steps", i, "env", key), step, wf, graph, add)
+        _check_step_control(i, step, wf, graph, add)
     return problems
+
+
+def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add) -> None:  # type: ignore[no-untyped-def]
+    """if:, matrix/for_each and max_parallel: what pydantic cannot check alone."""
+    if step.if_ is not None:
+        try:
+            node = ex.parse_condition(step.if_)
+        except ex.ExpressionError as exc:
+            add(("steps", i, "if"), str(exc), step.id)
+        else:
+            for problem in reference_problems(node, step, wf, graph):
+                add(("steps", i, "if"), f"{step.if_.strip()}: {problem}", step.id)
+    if step.matrix is not None and step.for_each is not None:
+        add(("steps", i), f"step {step.id!r} has both 'matrix' and 'for_each'; keep one", step.id)
+    if step.max_parallel is not None and step.matrix is None and step.for_each is None:
+        add(("steps", i, "max_parallel"), "max_parallel needs 'matrix' or 'for_each'", step.id)
+    if step.matrix is not None:
+        combos = 1
+        for values in step.matrix.values():
+            combos *= len(values)
+        if not step.matrix:
+            add(("steps", i, "matrix"), "matrix needs at least one key", step.id)
+        elif combos > 1000:
+            add(("steps", i, "matrix"), f"matrix has {combos} combinations (limit 1000)", step.id)
+    if step.for_each is not None:
+        text = step.for_each.strip()
+        try:
+            occ = ex.find(text)
+        except ex.ExpressionError as exc:
+            add(("steps", i, "for_each"), str(exc), step.id)
+            return
+        whole = len(occ) == 1 and occ[0].start == 0 and occ[0].end == len(text)
+        if not whole or not isinstance(occ[0].node, ex.Ref) or occ[0].node.kind != "outputs":
+            add(
+                ("steps", i, "for_each"),
+                "for_each must be one expression like ${{ steps.ID.outputs.KEY }} "
+                "holding a JSON list",
+                step.id,
+            )
+            return
+        for problem in reference_problems(occ[0].node, step, wf, graph):
+            add(("steps", i, "for_each"), problem, step.id)
 
 
 def _check_text(
@@ -209,6 +252,11 @@ def reference_problems(node: ex.Node, step: Step | None, wf: Workflow, graph: Gr
                     f"step {step.id!r} does not need {ref.name!r}; add it to 'needs' "
                     "(directly or through a step it needs)"
                 )
-        elif ref.kind in ("matrix", "item"):
-            out.append(f"'{ref.text()}' is only available in a step with matrix/for_each")
+        elif ref.kind == "matrix":
+            if step is None or step.matrix is None:
+                out.append(f"'{ref.text()}' is only available in a step with matrix")
+            elif ref.name not in step.matrix:
+                out.append(f"unknown matrix key {ref.name!r} (keys: {', '.join(step.matrix)})")
+        elif ref.kind == "item" and (step is None or step.for_each is None):
+            out.append("'item' is only available in a step with for_each")
     return out

@@ -27,7 +27,32 @@ StepId = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, populate_by_name=True)
+
+
+class Retries(_Strict):
+    """How often a failed step is tried again, and how long to wait in between."""
+
+    limit: int = Field(ge=0, le=100, description="Retries after the first attempt.")
+    delay: float = Field(0, ge=0, le=86400, description="Seconds before the first retry.")
+    backoff: float = Field(1, ge=1, le=100, description="Factor applied to the delay per retry.")
+    max_delay: float | None = Field(None, ge=0, le=86400, description="Cap on the delay.")
+    on_exit_codes: list[Annotated[int, Field(ge=0, le=255)]] | None = Field(
+        None, description="Retry only these exit codes (default: any failure)."
+    )
+
+    def delay_for(self, retry_number: int) -> float:
+        """Seconds to wait before retry ``retry_number`` (1-based)."""
+        delay = self.delay * (self.backoff ** (retry_number - 1))
+        return min(delay, self.max_delay) if self.max_delay is not None else delay
+
+
+class Defaults(_Strict):
+    """Workflow-wide defaults for step keys."""
+
+    retries: Retries | None = None
+    timeout: float | None = Field(None, gt=0, le=7 * 86400)
+    kill_grace: float | None = Field(None, ge=0, le=3600)
 
 
 class Step(_Strict):
@@ -47,6 +72,36 @@ class Step(_Strict):
     )
     working_dir: str | None = Field(
         None, description="Directory the step runs in (relative paths are from the workflow file)."
+    )
+    retries: Retries | None = Field(None, description="Retry policy for this step.")
+    timeout: float | None = Field(
+        None, gt=0, le=7 * 86400, description="Seconds before the step is killed (reason timeout)."
+    )
+    kill_grace: float | None = Field(
+        None, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL (default 10)."
+    )
+    continue_on_error: bool = Field(
+        False, description="Record a failure but let the run and dependents go on."
+    )
+    if_: str | None = Field(
+        None,
+        alias="if",
+        description="Condition: success() (default), failure(), always(), cancelled(), "
+        "with &&, ||, ! and == / != comparisons of params and needed outputs.",
+    )
+    matrix: dict[EnvName, Annotated[list[Scalar], Field(min_length=1, max_length=256)]] | None = (
+        Field(None, description="Fan out into one instance per combination of values.")
+    )
+    for_each: str | None = Field(
+        None, description="Fan out over a JSON list: ${{ steps.ID.outputs.KEY }}."
+    )
+    max_parallel: int | None = Field(
+        None, ge=1, le=1000, description="Most instances of a fanned-out step running at once."
+    )
+    queue: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+        description="Celery queue; only workers started with -Q NAME run this step.",
     )
 
     @field_validator("needs", mode="before")
@@ -73,7 +128,11 @@ class Workflow(_Strict):
     env: dict[EnvName, EnvValue] = Field(
         default_factory=dict, description="Environment for every step; may use expressions."
     )
-    steps: list[Step] = Field(min_length=1, description="The steps of the DAG.")
+    defaults: Defaults | None = Field(None, description="Defaults for retries/timeout/kill_grace.")
+    timeout: float | None = Field(
+        None, gt=0, le=30 * 86400, description="Seconds the whole run may take."
+    )
+    steps: list[Step] = Field(min_length=1, max_length=10_000, description="The steps of the DAG.")
 
     @property
     def step_ids(self) -> list[str]:

@@ -36,7 +36,8 @@ TAIL_LINES = 200  # lines of each stream kept in memory
 _OUTPUT_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 OnLine = Callable[[str, str], None]  # (stream name, line)
-Tick = Callable[[], bool]  # returns True when the step must stop (cancel)
+Tick = Callable[[], "bool | str"]  # truthy when the step must stop: True (cancel) or a reason
+HANDBACK = "handback"
 
 
 @dataclass
@@ -127,6 +128,8 @@ def run_bash(
             result.message = f"timed out after {timeout:g}s"
         elif reason == FailureReason.CANCELLED:
             result.message = "cancelled"
+        elif reason == HANDBACK:
+            result.message = "handed back: the worker is shutting down"
         elif result.exit_code == 0:
             _collect_outputs(output_path, output_limit, result)
         return result
@@ -153,9 +156,10 @@ def _supervise(
         if deadline is not None and time.monotonic() >= deadline:
             _stop_group(proc, kill_grace)
             return FailureReason.TIMEOUT
-        if tick is not None and tick():
+        verdict = tick() if tick is not None else False
+        if verdict:
             _stop_group(proc, kill_grace)
-            return FailureReason.CANCELLED
+            return HANDBACK if verdict == HANDBACK else FailureReason.CANCELLED
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:

@@ -15,11 +15,14 @@ class StepRecord:
     exit_code: int | None = None
     started_at: str | None = None
     finished_at: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)
+    outputs: Any = field(default_factory=dict)  # a list for a fanned-out step
     attempts: int = 0
     reason: str | None = None
     stderr_tail: list[str] = field(default_factory=list)
     allowed_failure: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    reused: bool = False
+    values: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> StepRecord:
@@ -33,6 +36,9 @@ class StepRecord:
             reason=h.get("reason") or None,
             stderr_tail=json.loads(h["stderr_tail"]) if h.get("stderr_tail") else [],
             allowed_failure=h.get("allowed_failure") == "1",
+            history=json.loads(h["history"]) if h.get("history") else [],
+            values=json.loads(h["values"]) if h.get("values") else {},
+            reused=h.get("reused") == "1",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -41,10 +47,14 @@ class StepRecord:
             "exit_code": self.exit_code,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
-            "outputs": dict(self.outputs),
+            "outputs": self.outputs,
             "attempts": self.attempts,
             "reason": self.reason,
             "stderr_tail": list(self.stderr_tail),
+            "continue_on_error": self.allowed_failure,
+            "history": list(self.history),
+            "reused": self.reused,
+            **({"values": self.values} if self.values else {}),
         }
 
 

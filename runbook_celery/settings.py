@@ -18,6 +18,7 @@ DEFAULT_STDERR_TAIL_LINES = 20
 DEFAULT_LEASE_SECONDS = 30  # a running step refreshes its lease this often x3
 DEFAULT_MAX_ATTEMPTS = 3  # deliveries of one step before it fails as worker_lost
 DEFAULT_KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a step
+DEFAULT_SHUTDOWN_GRACE = 60.0  # seconds a stopping worker lets running steps finish
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Settings:
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     kill_grace: float = DEFAULT_KILL_GRACE
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     default_queue: str = "runbook"
 
     @classmethod
@@ -53,6 +55,7 @@ class Settings:
             lease_seconds=int(e.get("RUNBOOK_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)),
             max_attempts=int(e.get("RUNBOOK_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)),
             kill_grace=float(e.get("RUNBOOK_KILL_GRACE", DEFAULT_KILL_GRACE)),
+            shutdown_grace=float(e.get("RUNBOOK_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE)),
             default_queue=e.get("RUNBOOK_QUEUE", "runbook"),
         )
 

@@ -29,18 +29,54 @@ def now_iso() -> str:
 
 
 # Shared Lua helpers: emit an event to the run stream and the global stream.
-_LUA_EMIT = f"""
+_LUA_EMIT = """
 local function emit(run_events, global_events, fields)
-  redis.call('XADD', run_events, 'MAXLEN', '~', {RUN_EVENTS_MAXLEN}, '*', unpack(fields))
-  redis.call('XADD', global_events, 'MAXLEN', '~', {GLOBAL_EVENTS_MAXLEN}, '*', unpack(fields))
+  redis.call('XADD', run_events, 'MAXLEN', '~', RUN_EVENTS_MAXLEN, '*', unpack(fields))
+  redis.call('XADD', global_events, 'MAXLEN', '~', GLOBAL_EVENTS_MAXLEN, '*', unpack(fields))
 end
 local function is_terminal(s)
   return s == 'succeeded' or s == 'failed' or s == 'skipped' or s == 'cancelled'
 end
+local function leases_key(run_key)
+  return string.match(run_key, '^(.*):run:[^:]+$') .. ':leases'
+end
+local function now_seconds()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function append_history(step_key, record)
+  if record == '' then return end
+  local h = redis.call('HGET', step_key, 'history')
+  if not h or h == '[]' then h = '[' .. record .. ']'
+  else h = string.sub(h, 1, -2) .. ',' .. record .. ']' end
+  redis.call('HSET', step_key, 'history', h)
+end
+-- end the run when no step is left; returns the final status or ''
+local function finalize(run_key, run_events, global_events, remaining, now, run_id, workflow)
+  if remaining > 0 then return '' end
+  if redis.call('HGET', run_key, 'finished_at') then return '' end
+  local final = 'succeeded'
+  local cancel = redis.call('HMGET', run_key, 'cancel_requested', 'cancel_reason', 'failures')
+  if cancel[1] == '1' then
+    if cancel[2] == 'timeout' then final = 'failed' else final = 'cancelled' end
+  elseif tonumber(cancel[3] or '0') > 0 then final = 'failed' end
+  redis.call('HSET', run_key, 'status', final, 'finished_at', now)
+  local ev = {'type', 'workflow_' .. final, 'run_id', run_id, 'workflow', workflow, 'ts', now}
+  if cancel[1] == '1' and cancel[2] then
+    ev[#ev+1] = 'reason'; ev[#ev+1] = cancel[2]
+  end
+  emit(run_events, global_events, ev)
+  return final
+end
 """
 
+_LUA_EMIT = _LUA_EMIT.replace("GLOBAL_EVENTS_MAXLEN", str(GLOBAL_EVENTS_MAXLEN)).replace(
+    "RUN_EVENTS_MAXLEN", str(RUN_EVENTS_MAXLEN)
+)
+
 # KEYS: run, step, lease, run_events, global_events, need_step_1..n, output_step_1..m
-# ARGV: run_id, step_id, token, now, lease_s, max_attempts, workflow, check_needs, n
+# ARGV: run_id, step_id, token, now, lease_s, max_deliveries, workflow, check_needs, n,
+#       ignore_cancel
 # -> {'start', attempt, outputs_1..n} | {'done', status} | {'busy', holder}
 #    | {'blocked', need, status} | {'exhausted', attempts} | {'cancelled'}
 _LUA_START = (
@@ -50,8 +86,9 @@ local st = redis.call('HGET', KEYS[2], 'status')
 if is_terminal(st) then return {'done', st} end
 local run_status = redis.call('HGET', KEYS[1], 'status')
 if not run_status then return {'done', 'gone'} end
-if run_status == 'cancelled' or redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
-  return {'cancelled'}
+if ARGV[10] ~= '1' and (run_status == 'cancelled'
+    or redis.call('HGET', KEYS[1], 'cancel_requested') == '1') then
+  return {'cancelled', redis.call('HGET', KEYS[1], 'cancel_reason') or 'cancelled'}
 end
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[3] then return {'busy', holder} end
@@ -64,9 +101,14 @@ if ARGV[8] == '1' then
     end
   end
 end
+local deliveries = redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
+if deliveries > tonumber(ARGV[6]) then
+  return {'exhausted', deliveries - 1, redis.call('HGET', KEYS[2], 'attempts') or '0'}
+end
 local attempt = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-if attempt > tonumber(ARGV[6]) then return {'exhausted', attempt - 1} end
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[5])
+redis.call('ZADD', leases_key(KEYS[1]), now_seconds() + tonumber(ARGV[5]),
+           ARGV[1] .. '|' .. ARGV[2])
 redis.call('HSET', KEYS[2], 'status', 'running', 'started_at', ARGV[4])
 if run_status == 'pending' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[4])
@@ -87,7 +129,7 @@ return out
 #       then n_skip step keys, then n_children arrived-set keys
 # ARGV: run_id, step_id, token, now, status, exit_code, outputs_json, stderr_tail_json,
 #       reason, allowed_failure, workflow, attempt, n_skip, skip_ids..., n_children,
-#       (child_id, child_need_count)...
+#       (child_id, child_need_count)..., history_record_json
 # -> {remaining, final_status_or_empty, ready_child_1, ...} | {'dup'}
 _LUA_FINISH = (
     _LUA_EMIT
@@ -107,9 +149,12 @@ if not st or st == 'pending' then
   fields[#fields+1] = 'started_at'
   fields[#fields+1] = redis.call('HGET', KEYS[2], 'started_at') or ARGV[4]
 end
+fields[#fields+1] = 'deliveries'; fields[#fields+1] = '0'
 redis.call('HSET', KEYS[2], unpack(fields))
+append_history(KEYS[2], ARGV[#ARGV])
 local holder = redis.call('GET', KEYS[3])
 if holder == ARGV[3] or not holder then redis.call('DEL', KEYS[3]) end
+redis.call('ZREM', leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2])
 local ev = {'type', 'step_' .. status, 'run_id', ARGV[1], 'workflow', ARGV[11],
             'step', ARGV[2], 'ts', ARGV[4]}
 if ARGV[12] ~= '' then ev[#ev+1] = 'attempt'; ev[#ev+1] = ARGV[12] end
@@ -119,15 +164,17 @@ emit(KEYS[4], KEYS[5], ev)
 local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
 if status == 'failed' and ARGV[10] ~= '1' then redis.call('HINCRBY', KEYS[1], 'failures', 1) end
 local n_skip = tonumber(ARGV[13])
+local skip_status = 'skipped'
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then skip_status = 'cancelled' end
 for i = 1, n_skip do
   local key = KEYS[5 + i]
   local s = redis.call('HGET', key, 'status')
   if not is_terminal(s) and s ~= 'running' then
     local sid = ARGV[13 + i]
-    redis.call('HSET', key, 'status', 'skipped', 'finished_at', ARGV[4],
+    redis.call('HSET', key, 'status', skip_status, 'finished_at', ARGV[4],
                'reason', 'needs ' .. ARGV[2] .. ' ' .. status)
-    emit(KEYS[4], KEYS[5], {'type', 'step_skipped', 'run_id', ARGV[1], 'workflow', ARGV[11],
-         'step', sid, 'ts', ARGV[4]})
+    emit(KEYS[4], KEYS[5], {'type', 'step_' .. skip_status, 'run_id', ARGV[1],
+         'workflow', ARGV[11], 'step', sid, 'ts', ARGV[4]})
     remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
   end
 end
@@ -141,18 +188,95 @@ for i = 1, n_children do
   redis.call('SADD', key, ARGV[2])
   if redis.call('SCARD', key) >= need_count then out[#out + 1] = child end
 end
-if remaining <= 0 then
-  local final = 'succeeded'
-  if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then final = 'cancelled'
-  elseif tonumber(redis.call('HGET', KEYS[1], 'failures') or '0') > 0 then final = 'failed' end
-  redis.call('HSET', KEYS[1], 'status', final, 'finished_at', ARGV[4])
-  emit(KEYS[4], KEYS[5], {'type', 'workflow_' .. final, 'run_id', ARGV[1],
-       'workflow', ARGV[11], 'ts', ARGV[4]})
-  out[2] = final
-end
+out[2] = finalize(KEYS[1], KEYS[4], KEYS[5], remaining, ARGV[4], ARGV[1], ARGV[11])
 return out
 """
 )
+
+# KEYS: run, step, lease, run_events, global_events
+# ARGV: run_id, step_id, token, now, workflow, attempt, exit_code, reason, delay, history_json
+_LUA_RETRY = (
+    _LUA_EMIT
+    + """
+local st = redis.call('HGET', KEYS[2], 'status')
+if is_terminal(st) then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'retrying', 'deliveries', '0')
+append_history(KEYS[2], ARGV[10])
+local holder = redis.call('GET', KEYS[3])
+if holder == ARGV[3] or not holder then redis.call('DEL', KEYS[3]) end
+redis.call('ZREM', leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2])
+local ev = {'type', 'step_retrying', 'run_id', ARGV[1], 'workflow', ARGV[5], 'step', ARGV[2],
+            'attempt', ARGV[6], 'reason', ARGV[8], 'delay', ARGV[9], 'ts', ARGV[4]}
+if ARGV[7] ~= '' then ev[#ev+1] = 'exit_code'; ev[#ev+1] = ARGV[7] end
+emit(KEYS[4], KEYS[5], ev)
+return 1
+"""
+)
+
+# A step given back by a worker that is shutting down: pending again, attempt not counted.
+# KEYS: run, step, lease, run_events, global_events   ARGV: run_id, step_id, token, now, workflow
+_LUA_HANDBACK = (
+    _LUA_EMIT
+    + """
+local st = redis.call('HGET', KEYS[2], 'status')
+if st ~= 'running' then return 0 end
+if redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'attempts', -1)
+redis.call('HINCRBY', KEYS[2], 'deliveries', -1)
+redis.call('HSET', KEYS[2], 'status', 'pending')
+emit(KEYS[4], KEYS[5], {'type', 'step_handed_back', 'run_id', ARGV[1], 'workflow', ARGV[5],
+     'step', ARGV[2], 'ts', ARGV[4]})
+return 1
+"""
+)
+
+# KEYS: run, run_events, global_events, step keys...
+# ARGV: run_id, now, workflow, reason, step ids... (same order as step keys)
+# -> {n_cancelled, final_status_or_empty}
+_LUA_CANCEL = (
+    _LUA_EMIT
+    + """
+local run_status = redis.call('HGET', KEYS[1], 'status')
+if not run_status then return {-1, ''} end
+if redis.call('HGET', KEYS[1], 'finished_at') then return {0, run_status} end
+local first = redis.call('HGET', KEYS[1], 'cancel_requested') ~= '1'
+redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+if first then
+  redis.call('HSET', KEYS[1], 'cancel_reason', ARGV[4])
+  emit(KEYS[2], KEYS[3], {'type', 'workflow_cancelling', 'run_id', ARGV[1],
+       'workflow', ARGV[3], 'reason', ARGV[4], 'ts', ARGV[2]})
+end
+local n = 0
+local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '0')
+for i = 4, #KEYS do
+  local s = redis.call('HGET', KEYS[i], 'status')
+  if s == 'pending' or s == 'retrying' then
+    redis.call('HSET', KEYS[i], 'status', 'cancelled', 'finished_at', ARGV[2],
+               'reason', ARGV[4])
+    emit(KEYS[2], KEYS[3], {'type', 'step_cancelled', 'run_id', ARGV[1], 'workflow', ARGV[3],
+         'step', ARGV[4 + i - 3], 'reason', ARGV[4], 'ts', ARGV[2]})
+    remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
+    n = n + 1
+  end
+end
+return {n, finalize(KEYS[1], KEYS[2], KEYS[3], remaining, ARGV[2], ARGV[1], ARGV[3])}
+"""
+)
+
+# Fan-out: record the instances of a step. KEYS: run, parent step, instance step keys...
+# ARGV: instance ids json, then per instance its values json
+_LUA_ADD_INSTANCES = """
+if redis.call('HGET', KEYS[2], 'instances') then return 0 end
+redis.call('HSET', KEYS[2], 'instances', ARGV[1])
+for i = 3, #KEYS do
+  redis.call('HSET', KEYS[i], 'status', 'pending', 'attempts', '0', 'values', ARGV[i - 1])
+end
+redis.call('HINCRBY', KEYS[1], 'remaining', #KEYS - 2)
+redis.call('HINCRBY', KEYS[1], 'instance_count', #KEYS - 2)
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -183,6 +307,10 @@ class RunStore:
         self.retention = retention
         self._start = client.register_script(_LUA_START)
         self._finish = client.register_script(_LUA_FINISH)
+        self._retry = client.register_script(_LUA_RETRY)
+        self._handback = client.register_script(_LUA_HANDBACK)
+        self._cancel = client.register_script(_LUA_CANCEL)
+        self._add_instances = client.register_script(_LUA_ADD_INSTANCES)
 
     # -------------------------------------------------------------- create / read
 
@@ -193,6 +321,7 @@ class RunStore:
         k = self.keys
         now = now_iso()
         step_ids = [s["id"] for s in snapshot["steps"]]
+        reused = snapshot.get("reused") or {}
         run_fields = {
             "id": run_id,
             "workflow": snapshot["workflow"],
@@ -202,7 +331,7 @@ class RunStore:
             "sha256": sha256,
             "mode": snapshot["mode"],
             "created_at": now,
-            "remaining": len(step_ids),
+            "remaining": len(step_ids) - len(reused),
             "failures": 0,
             "steps": json.dumps(step_ids),
             **extra,
@@ -211,9 +340,16 @@ class RunStore:
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(k.run(run_id), mapping=run_fields)
             for sid in step_ids:
-                pipe.hset(
-                    k.step(run_id, sid), mapping={"status": StepStatus.PENDING.value, "attempts": 0}
-                )
+                fields: dict[str, Any] = {"status": StepStatus.PENDING.value, "attempts": 0}
+                if sid in reused:
+                    fields = {
+                        "status": StepStatus.SUCCEEDED.value,
+                        "attempts": 0,
+                        "outputs": json.dumps(reused[sid]),
+                        "reused": 1,
+                        "reason": f"reused from run {extra.get('rerun_of', '?')}",
+                    }
+                pipe.hset(k.step(run_id, sid), mapping=fields)
             pipe.zadd(k.runs_index, {run_id: _epoch()})
             pipe.execute()
         except redis.RedisError as exc:
@@ -255,10 +391,14 @@ class RunStore:
             raw_steps = pipe.execute()
         except redis.RedisError as exc:
             raise BackendUnavailable(f"cannot read run from Redis: {_describe(exc)}") from exc
-        steps = {
-            sid: StepRecord.from_hash(_decode(h))
-            for sid, h in zip(step_ids, raw_steps, strict=True)
-        }
+        steps: dict[str, StepRecord] = {}
+        for sid, raw in zip(step_ids, raw_steps, strict=True):
+            h = _decode(raw)
+            steps[sid] = StepRecord.from_hash(h)
+            if h.get("instances"):  # a fanned-out step: its instances follow it
+                ids = json.loads(h["instances"])
+                for iid, ih in self.step_hashes(run_id, ids).items():
+                    steps[iid] = StepRecord.from_hash(ih)
         return RunRecord.from_hash(run, steps)
 
     def events(
@@ -298,6 +438,7 @@ class RunStore:
         lease_seconds: int,
         max_attempts: int,
         check_needs: bool = True,
+        ignore_cancel: bool = False,
     ) -> StartDecision:
         """Claim a step atomically; returns the outputs of ``output_steps`` when it starts."""
         k = self.keys
@@ -320,6 +461,7 @@ class RunStore:
             workflow,
             int(check_needs),
             len(needs),
+            int(ignore_cancel),
         ]
         res = [_s(x) for x in self._start(keys=keys, args=args)]
         action = res[0]
@@ -331,7 +473,9 @@ class RunStore:
         if action == "blocked":
             return StartDecision("blocked", blocked_by=needs[int(res[1]) - 1], status=res[2])
         if action == "exhausted":
-            return StartDecision("exhausted", attempt=int(res[1]))
+            return StartDecision("exhausted", attempt=int(res[2]), status=res[1])
+        if action == "cancelled":
+            return StartDecision("cancelled", status=res[1])
         return StartDecision(action)
 
     def finish_step(
@@ -343,13 +487,14 @@ class RunStore:
         status: StepStatus,
         workflow: str,
         exit_code: int | None = None,
-        outputs: Mapping[str, str] | None = None,
+        outputs: Mapping[str, str] | list[Any] | None = None,
         stderr_tail: list[str] | None = None,
         reason: str | None = None,
         allowed_failure: bool = False,
         attempt: int | None = None,
         skip: Iterable[str] = (),
         children: Mapping[str, int] | None = None,
+        history: Mapping[str, Any] | None = None,
     ) -> FinishOutcome:
         """Record a terminal step status; skip ``skip``; join ``children`` (dynamic mode)."""
         k = self.keys
@@ -371,7 +516,7 @@ class RunStore:
             now_iso(),
             status.value,
             "" if exit_code is None else exit_code,
-            "" if outputs is None else json.dumps(dict(outputs)),
+            "" if outputs is None else json.dumps(outputs),
             "" if not stderr_tail else json.dumps(stderr_tail),
             reason or "",
             int(allowed_failure),
@@ -383,6 +528,7 @@ class RunStore:
         ]
         for child, count in children.items():
             args += [child, count]
+        args.append(json.dumps(dict(history)) if history else "")
         res = [_s(x) for x in self._finish(keys=keys, args=args)]
         if res[0] == "dup":
             return FinishOutcome(duplicate=True)
@@ -397,11 +543,161 @@ class RunStore:
         holder = self.r.get(key)
         if holder is not None and _s(holder) != token:
             return False
-        self.r.set(key, token, ex=seconds)
+        expiry = _epoch() + seconds
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(key, token, ex=seconds)
+        pipe.zadd(self.keys.leases, {f"{run_id}|{step_id}": expiry})
+        pipe.execute()
         return True
+
+    def expired_leases(self, grace: float = 0.0) -> list[tuple[str, str]]:
+        """Running steps whose lease ran out: their worker is gone (or hung)."""
+        members = self.r.zrangebyscore(self.keys.leases, "-inf", _epoch() - grace)
+        out = []
+        for m in members:
+            run_id, _, step_id = _s(m).partition("|")
+            out.append((run_id, step_id))
+        return out
+
+    def drop_lease_entry(self, run_id: str, step_id: str) -> None:
+        self.r.zrem(self.keys.leases, f"{run_id}|{step_id}")
+
+    def retry_step(
+        self,
+        run_id: str,
+        step_id: str,
+        *,
+        token: str,
+        workflow: str,
+        attempt: int,
+        exit_code: int | None,
+        reason: str,
+        delay: float,
+        history: Mapping[str, Any],
+    ) -> bool:
+        """Record a failed attempt that will be retried; the step waits as ``retrying``."""
+        k = self.keys
+        keys = [
+            k.run(run_id),
+            k.step(run_id, step_id),
+            k.lease(run_id, step_id),
+            k.run_events(run_id),
+            k.global_events,
+        ]
+        args = [
+            run_id,
+            step_id,
+            token,
+            now_iso(),
+            workflow,
+            attempt,
+            "" if exit_code is None else exit_code,
+            reason,
+            f"{delay:g}",
+            json.dumps(dict(history)),
+        ]
+        return bool(self._retry(keys=keys, args=args))
+
+    def handback_step(self, run_id: str, step_id: str, *, token: str, workflow: str) -> bool:
+        """Give a running step back (worker shutting down): pending again, attempt uncounted."""
+        k = self.keys
+        keys = [
+            k.run(run_id),
+            k.step(run_id, step_id),
+            k.lease(run_id, step_id),
+            k.run_events(run_id),
+            k.global_events,
+        ]
+        return bool(self._handback(keys=keys, args=[run_id, step_id, token, now_iso(), workflow]))
+
+    def cancel_run(
+        self, run_id: str, reason: str = "cancelled", keep: Iterable[str] = ()
+    ) -> tuple[int, str | None]:
+        """Ask a run to stop: pending steps are cancelled now, running ones stop themselves.
+
+        Returns (steps cancelled now, final run status if this ended the run).
+        """
+        k = self.keys
+        run = _decode(self.r.hgetall(k.run(run_id)))
+        if not run:
+            raise RunNotFound(run_id)
+        step_ids = json.loads(run.get("steps", "[]"))
+        instances = self._instance_ids(run_id, step_ids)
+        keep = set(keep)
+        all_ids = [s for s in step_ids + instances if s not in keep]
+        keys = [
+            k.run(run_id),
+            k.run_events(run_id),
+            k.global_events,
+            *(k.step(run_id, s) for s in all_ids),
+        ]
+        args = [run_id, now_iso(), run.get("workflow", ""), reason, *all_ids]
+        n, final = [_s(x) for x in self._cancel(keys=keys, args=args)]
+        if int(n) < 0:
+            raise RunNotFound(run_id)
+        if final and final not in ("running", "pending"):
+            self.expire_run(run_id)
+        return int(n), (final or None)
+
+    def add_instances(self, run_id: str, parent: str, values: list[dict[str, Any]]) -> list[str]:
+        """Record the instances of a fanned-out step (idempotent); returns their ids."""
+        k = self.keys
+        ids = [f"{parent}[{i}]" for i in range(len(values))]
+        keys = [k.run(run_id), k.step(run_id, parent), *(k.step(run_id, i) for i in ids)]
+        self._add_instances(keys=keys, args=[json.dumps(ids), *(json.dumps(v) for v in values)])
+        raw = self.r.hget(k.step(run_id, parent), "instances")
+        return json.loads(raw) if raw else ids
+
+    def instance_values(self, run_id: str, step_id: str) -> dict[str, Any]:
+        raw = self.r.hget(self.keys.step(run_id, step_id), "values")
+        return json.loads(raw) if raw else {}
+
+    def step_hashes(self, run_id: str, step_ids: list[str]) -> dict[str, dict[str, str]]:
+        pipe = self.r.pipeline(transaction=False)
+        for sid in step_ids:
+            pipe.hgetall(self.keys.step(run_id, sid))
+        return {sid: _decode(h) for sid, h in zip(step_ids, pipe.execute(), strict=True)}
+
+    def _instance_ids(self, run_id: str, step_ids: list[str]) -> list[str]:
+        pipe = self.r.pipeline(transaction=False)
+        for sid in step_ids:
+            pipe.hget(self.keys.step(run_id, sid), "instances")
+        out: list[str] = []
+        for raw in pipe.execute():
+            if raw:
+                out += json.loads(raw)
+        return out
 
     def cancel_requested(self, run_id: str) -> bool:
         return self.r.hget(self.keys.run(run_id), "cancel_requested") in (b"1", "1")
+
+    def cancel_reason(self, run_id: str) -> str | None:
+        raw = self.r.hget(self.keys.run(run_id), "cancel_reason")
+        return _s(raw) if raw is not None else None
+
+    def release_lease(self, run_id: str, step_id: str, token: str) -> None:
+        """Give up our lease without finishing (a fan-out parent waits for its instances)."""
+        key = self.keys.lease(run_id, step_id)
+        if _s(self.r.get(key)) == token:
+            self.r.delete(key)
+        self.r.zrem(self.keys.leases, f"{run_id}|{step_id}")
+
+    def rejoin(self, run_id: str, step_id: str, children: Mapping[str, int]) -> list[str]:
+        """Redo a finished step's joins (idempotent); children ready and still pending."""
+        if not children:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for child in children:
+            pipe.sadd(self.keys.arrived(run_id, child), step_id)
+            pipe.scard(self.keys.arrived(run_id, child))
+            pipe.hget(self.keys.step(run_id, child), "status")
+        res = pipe.execute()
+        ready = []
+        for i, (child, count) in enumerate(children.items()):
+            card, status = res[3 * i + 1], _s(res[3 * i + 2])
+            if card >= count and status in (None, "pending"):
+                ready.append(child)
+        return ready
 
     def expire_run(self, run_id: str) -> None:
         """Finished runs live for the retention period, then vanish with their logs."""

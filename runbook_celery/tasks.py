@@ -8,6 +8,10 @@ no-op and keeps two live copies of one step from running together.
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import tempfile
 import threading
 import time
 import uuid
@@ -19,8 +23,9 @@ from typing import Any
 from celery import Task
 
 from . import expressions as ex
-from .app import STEP_TASK, app
-from .compile import CANVAS, DYNAMIC, snapshot_graph, substitute_text
+from . import workerhooks  # noqa: F401  (connects the worker signals: recovery, shutdown)
+from .app import FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
+from .compile import CANVAS, DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
 from .events import FailureReason, StepStatus
 from .graph import Graph
@@ -28,9 +33,11 @@ from .logsink import StepLogSink
 from .redisconn import get_client
 from .runner import BashResult, run_bash
 from .settings import Settings, get_settings, worker_environment
-from .store import RunStore
+from .store import RunStore, now_iso
 
 STDERR_TAIL_LINES = 20
+RETRYABLE = (FailureReason.EXIT_CODE, FailureReason.TIMEOUT)
+HANDBACK = "handback"
 
 
 class StepFailed(Exception):
@@ -82,6 +89,11 @@ def _worker_store() -> tuple[Settings, RunStore]:
     return settings, RunStore(get_client(settings), settings.prefix, settings.retention)
 
 
+def shutdown_flag_path(worker_pid: int) -> str:
+    """A file the worker's main process creates when running steps must be handed back."""
+    return os.path.join(tempfile.gettempdir(), f"runbook-handback-{worker_pid}")
+
+
 @app.task(bind=True, name=STEP_TASK, max_retries=None, acks_late=True)
 def run_step(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     settings, store = _worker_store()
@@ -92,8 +104,33 @@ def run_step(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     return StepExecution(self, settings, store, ctx, run_id, step_id).execute()
 
 
+@app.task(bind=True, name=FANIN_TASK, max_retries=None, acks_late=True)
+def fan_in(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
+    """Join a fanned-out step: all its instances have ended; record the step itself."""
+    settings, store = _worker_store()
+    try:
+        ctx = _cache.get(store, run_id)
+    except RunNotFound:
+        return {"run_id": run_id, "step": step_id, "status": "gone"}
+    return StepExecution(self, settings, store, ctx, run_id, step_id).join_instances()
+
+
+@app.task(name=RUN_TIMEOUT_TASK)
+def run_timeout(run_id: str) -> str:
+    """Fires when a run's `timeout` expires: stop what is left of the run."""
+    _settings, store = _worker_store()
+    try:
+        if store.run_status(run_id) in ("pending", "running"):
+            keep = cancel_survivors(store.snapshot(run_id))
+            store.cancel_run(run_id, reason=FailureReason.TIMEOUT, keep=keep)
+            return "timed out"
+    except RunNotFound:
+        pass
+    return "finished in time"
+
+
 class StepExecution:
-    """One delivery of one step."""
+    """One delivery of one step (or of one instance of a fanned-out step)."""
 
     def __init__(
         self,
@@ -110,23 +147,41 @@ class StepExecution:
         self.ctx = ctx
         self.run_id = run_id
         self.step_id = step_id
-        self.spec = ctx.steps[step_id]
+        self.parent: str | None = None
+        self.values: dict[str, Any] = {}
+        if step_id in ctx.steps:
+            self.spec = ctx.steps[step_id]
+        else:  # an instance "X[3]" of a fanned-out step X
+            self.parent = step_id.rsplit("[", 1)[0]
+            self.spec = ctx.steps[self.parent]
         self.token = uuid.uuid4().hex
         self.attempt: int | None = None
 
     # ------------------------------------------------------------------ flow
 
     def execute(self) -> dict[str, Any]:
-        needs = list(self.spec["needs"])
+        ignore_cancel = False
+        check_needs = self.parent is None
+        if self.parent is None and self.spec.get("if"):
+            should_run, ignore_cancel, why = self._condition()
+            if not should_run:
+                return self._finish(StepStatus.SKIPPED, reason=why, check_terminal=True)
+            check_needs = False
+        else:
+            self.values = (
+                self.store.instance_values(self.run_id, self.step_id) if self.parent else {}
+            )
         decision = self.store.start_step(
             self.run_id,
             self.step_id,
             token=self.token,
-            needs=needs,
+            needs=list(self.spec["needs"]) if self.parent is None else [],
             output_steps=self._referenced_steps(),
             workflow=self.ctx.workflow,
             lease_seconds=self.settings.lease_seconds,
             max_attempts=self.settings.max_attempts,
+            check_needs=check_needs,
+            ignore_cancel=ignore_cancel,
         )
         if decision.action == "done":
             return self._replay(decision.status or "")
@@ -138,44 +193,153 @@ class StepExecution:
                 StepStatus.SKIPPED, reason=f"needs {decision.blocked_by} {decision.status}"
             )
         if decision.action == "cancelled":
-            return self._finish(StepStatus.CANCELLED, reason=FailureReason.CANCELLED)
+            return self._finish(StepStatus.CANCELLED, reason=decision.status or "cancelled")
         if decision.action == "exhausted":
             self.attempt = decision.attempt
             return self._finish(
                 StepStatus.FAILED,
                 reason=FailureReason.WORKER_LOST,
-                stderr=[f"gave up after {decision.attempt} deliveries (worker lost each time)"],
+                stderr=[
+                    f"[runbook] gave up after {decision.status} deliveries: the worker "
+                    "running this step was lost each time"
+                ],
             )
         self.attempt = decision.attempt
-        result = self._run(decision.need_outputs or {})
+        outputs = decision.need_outputs or {}
+        if self.parent is None and (self.spec.get("matrix") or self.spec.get("for_each")):
+            return self._fan_out(outputs)
+        started = now_iso()
+        result = self._run(outputs)
+        return self._record(result, started)
+
+    def _record(self, result: BashResult, started: str) -> dict[str, Any]:
+        history = {
+            "attempt": self.attempt,
+            "exit_code": result.exit_code,
+            "reason": result.reason,
+            "started_at": started,
+            "finished_at": now_iso(),
+        }
+        if result.reason == HANDBACK:
+            self.store.handback_step(
+                self.run_id, self.step_id, token=self.token, workflow=self.ctx.workflow
+            )
+            raise self.task.retry(countdown=0)
         if result.ok:
-            return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=result.outputs)
+            return self._finish(
+                StepStatus.SUCCEEDED, exit_code=0, outputs=result.outputs, history=history
+            )
         stderr = result.stderr_tail[-STDERR_TAIL_LINES:]
         if result.message:
             stderr = [*stderr, f"[runbook] {result.message}"][-STDERR_TAIL_LINES:]
-        status = (
-            StepStatus.CANCELLED if result.reason == FailureReason.CANCELLED else StepStatus.FAILED
-        )
+        reason = result.reason or FailureReason.EXIT_CODE
+        if reason == FailureReason.CANCELLED:
+            cancel_reason = self.store.cancel_reason(self.run_id)
+            if cancel_reason == FailureReason.TIMEOUT:  # the run's timeout, not a person
+                reason = FailureReason.TIMEOUT
+            else:
+                return self._finish(
+                    StepStatus.CANCELLED,
+                    exit_code=result.exit_code,
+                    reason=reason,
+                    stderr=stderr,
+                    history=history,
+                )
+        delay = self._retry_delay(reason, result.exit_code)
+        if delay is not None:
+            self.store.retry_step(
+                self.run_id,
+                self.step_id,
+                token=self.token,
+                workflow=self.ctx.workflow,
+                attempt=self.attempt or 1,
+                exit_code=result.exit_code,
+                reason=reason,
+                delay=delay,
+                history=history,
+            )
+            raise self.task.retry(countdown=delay)
         return self._finish(
-            status,
+            StepStatus.FAILED,
             exit_code=result.exit_code,
-            reason=result.reason or FailureReason.EXIT_CODE,
+            reason=reason,
             stderr=stderr,
+            history=history,
+            allowed_failure=bool(self.spec.get("continue_on_error")),
         )
 
-    def _run(self, need_outputs: dict[str, dict[str, str]]) -> BashResult:
-        env = worker_environment()
-        env.update(self.ctx.snapshot["env"])
+    def _retry_delay(self, reason: str, exit_code: int | None) -> float | None:
+        """Seconds until the next attempt, or None when this failure is final."""
+        policy = self.spec.get("retries")
+        if not policy or reason not in RETRYABLE or (self.attempt or 1) > policy["limit"]:
+            return None
+        codes = policy.get("on_exit_codes")
+        if codes is not None and exit_code not in codes:
+            return None
+        if self.store.cancel_requested(self.run_id):
+            return None
+        delay = policy["delay"] * (policy["backoff"] ** ((self.attempt or 1) - 1))
+        if policy.get("max_delay") is not None:
+            delay = min(delay, policy["max_delay"])
+        return delay
 
+    # ------------------------------------------------------------------ conditions
+
+    def _condition(self) -> tuple[bool, bool, str]:
+        """Evaluate ``if:``: returns (run it?, run even though the run is cancelled?, why)."""
+        node = ex.parse_condition(self.spec["if"])
+        if not ex.calls(node):  # like GitHub Actions: a plain expression implies success()
+            node = ex.BinOp("&&", ex.Call("success"), node)
+        ancestors = sorted(self.ctx.graph.ancestors(self.step_id))
+        hashes = self.store.step_hashes(self.run_id, ancestors)
+        cancel = self.store.cancel_requested(self.run_id)
+
+        def ok(h: dict[str, str]) -> bool:
+            return h.get("status") == "succeeded" or (
+                h.get("status") == "failed" and h.get("allowed_failure") == "1"
+            )
+
+        status = {
+            "success": all(ok(hashes[n]) for n in self.spec["needs"]) and not cancel,
+            "failure": any(
+                h.get("status") == "failed" and h.get("allowed_failure") != "1"
+                for h in hashes.values()
+            ),
+            "always": True,
+            "cancelled": cancel,
+        }
+        outputs = {sid: _outputs(h) for sid, h in hashes.items()}
+        verdict = ex.truthy(ex.evaluate(node, self._resolver(outputs), status))
+        survives_cancel = bool(ex.calls(node) & {"always", "cancelled"})
+        if cancel and not survives_cancel:
+            return False, False, "run cancelled"
+        return verdict, cancel, "" if verdict else f"condition false: {self.spec['if']}"
+
+    # ------------------------------------------------------------------ running Bash
+
+    def _resolver(self, outputs: dict[str, Any]):  # type: ignore[no-untyped-def]
         def resolve(ref: ex.Ref) -> Any:
             if ref.kind == "params":
                 return self.ctx.snapshot["params"].get(ref.name, "")
             if ref.kind == "outputs":
-                return need_outputs.get(ref.name, {}).get(ref.key, "")
+                got = outputs.get(ref.name, {})
+                if isinstance(got, list):  # a fanned-out step: one value per instance
+                    return [o.get(ref.key, "") for o in got]
+                return got.get(ref.key, "")
             if ref.kind == "all_outputs":
-                return need_outputs.get(ref.name, {})
+                return outputs.get(ref.name, {})
+            if ref.kind == "matrix":
+                return self.values.get("matrix", {}).get(ref.name, "")
+            if ref.kind == "item":
+                return self.values.get("item", "")
             return ""
 
+        return resolve
+
+    def _run(self, need_outputs: dict[str, Any]) -> BashResult:
+        env = worker_environment()
+        env.update(self.ctx.snapshot["env"])
+        resolve = self._resolver(need_outputs)
         for key, template in self.spec["env"].items():
             env[key] = substitute_text(template, resolve)
         for var, source in self.spec["vars"].items():
@@ -185,16 +349,20 @@ class StepExecution:
         env["RUNBOOK_WORKFLOW"] = self.ctx.workflow
         env["RUNBOOK_STEP_ATTEMPT"] = str(self.attempt or 1)
         cwd = self.spec.get("working_dir") or self.ctx.snapshot.get("base_dir")
+        if cwd and not os.path.isdir(cwd):
+            cwd = None
         sink = StepLogSink(
             self.store.r, self.store.keys, self.run_id, self.step_id, self.settings.log_lines
         )
+        grace = self.spec.get("kill_grace")
         try:
             return run_bash(
                 self.spec["command"],
                 env,
                 cwd=cwd,
                 output_limit=self.settings.output_limit,
-                kill_grace=self.settings.kill_grace,
+                timeout=self.spec.get("timeout"),
+                kill_grace=self.settings.kill_grace if grace is None else grace,
                 tick=self._tick(sink),
                 on_line=sink,
             )
@@ -202,13 +370,16 @@ class StepExecution:
             sink.close()
 
     def _tick(self, sink: StepLogSink):  # type: ignore[no-untyped-def]
-        """Called while Bash runs: flush logs, keep our lease alive, notice a cancel request."""
+        """Called while Bash runs: flush logs, keep the lease, notice cancel or shutdown."""
         every = max(1.0, self.settings.lease_seconds / 3)
         last_refresh = time.monotonic()
+        flag = shutdown_flag_path(os.getppid())
 
-        def tick() -> bool:
+        def tick() -> bool | str:
             nonlocal last_refresh
             sink.flush()
+            if os.path.exists(flag):
+                return HANDBACK
             try:
                 if time.monotonic() - last_refresh >= every:
                     last_refresh = time.monotonic()
@@ -227,11 +398,76 @@ class StepExecution:
         sources = list(self.spec["vars"].values())
         for template in self.spec["env"].values():
             sources += [o.source for o in ex.find(template)]
+        if self.spec.get("for_each") and self.parent is None:
+            sources += [o.source for o in ex.find(self.spec["for_each"])]
         for source in sources:
             for ref in ex.refs(ex.parse(source)):
                 if ref.kind in ("outputs", "all_outputs") and ref.name not in wanted:
                     wanted.append(ref.name)
         return wanted
+
+    # ------------------------------------------------------------------ fan-out
+
+    def _fan_out(self, need_outputs: dict[str, Any]) -> dict[str, Any]:
+        """Record one instance per matrix combination / list item and run them as a group."""
+        from .dispatch import publish_fan_out
+
+        if self.spec.get("matrix"):
+            keys = list(self.spec["matrix"])
+            combos = itertools.product(*(self.spec["matrix"][k] for k in keys))
+            values = [{"matrix": dict(zip(keys, c, strict=True))} for c in combos]
+        else:
+            occ = ex.find(self.spec["for_each"])[0]
+            raw = ex.evaluate(occ.node, self._resolver(need_outputs))
+            try:
+                items = json.loads(raw) if isinstance(raw, str) else raw
+            except ValueError:
+                items = None
+            if not isinstance(items, list):
+                return self._finish(
+                    StepStatus.FAILED,
+                    reason="bad_input",
+                    stderr=[
+                        f"[runbook] for_each: {self.spec['for_each']} is not a JSON list: "
+                        f"{str(raw)[:200]!r}"
+                    ],
+                )
+            values = [{"item": item} for item in items]
+        if not values:
+            return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])  # type: ignore[arg-type]
+        ids = self.store.add_instances(self.run_id, self.step_id, values)
+        self.store.release_lease(self.run_id, self.step_id, self.token)
+        publish_fan_out(
+            self.ctx.snapshot, self.run_id, self.step_id, ids, self.spec.get("max_parallel")
+        )
+        return {
+            "run_id": self.run_id,
+            "step": self.step_id,
+            "status": "fanned_out",
+            "instances": len(ids),
+        }
+
+    def join_instances(self) -> dict[str, Any]:
+        """All instances ended: the step succeeds if they all did (or were allowed to fail)."""
+        raw = self.store.step_hashes(self.run_id, [self.step_id])[self.step_id]
+        ids = json.loads(raw.get("instances") or "[]")
+        hashes = self.store.step_hashes(self.run_id, ids)
+        outputs = [_outputs(hashes[i]) for i in ids]
+        failed = [
+            i
+            for i in ids
+            if hashes[i].get("status") not in ("succeeded",)
+            and hashes[i].get("allowed_failure") != "1"
+        ]
+        if failed:
+            return self._finish(
+                StepStatus.FAILED,
+                outputs=outputs,
+                reason="instance_failed",  # type: ignore[arg-type]
+                stderr=[f"[runbook] instances not succeeded: {', '.join(failed)}"],
+                allowed_failure=bool(self.spec.get("continue_on_error")),
+            )
+        return self._finish(StepStatus.SUCCEEDED, outputs=outputs)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ recording
 
@@ -243,19 +479,21 @@ class StepExecution:
         outputs: dict[str, str] | None = None,
         reason: str | None = None,
         stderr: list[str] | None = None,
+        history: dict[str, Any] | None = None,
+        allowed_failure: bool = False,
+        check_terminal: bool = False,
     ) -> dict[str, Any]:
-        failed = status in (StepStatus.FAILED, StepStatus.CANCELLED)
+        failed = status in (StepStatus.FAILED, StepStatus.CANCELLED) and not allowed_failure
         mode = self.ctx.snapshot["mode"]
         skip: list[str] = []
         children: dict[str, int] = {}
-        if mode == CANVAS and status != StepStatus.SUCCEEDED:
-            # Celery will not run what follows a failed step: record it as skipped now
-            below = self.ctx.graph.descendants(self.step_id)
-            skip = [s for s in self.ctx.graph.topological() if s in below]
-        elif mode == DYNAMIC:
-            children = {
-                c: len(self.ctx.graph.needs[c]) for c in self.ctx.graph.children[self.step_id]
-            }
+        if self.parent is None:
+            if mode == CANVAS and failed:
+                # Celery will not run what follows a failed step: record it as skipped now
+                below = self.ctx.graph.descendants(self.step_id)
+                skip = [s for s in self.ctx.graph.topological() if s in below]
+            elif mode == DYNAMIC:
+                children = self._children()
         outcome = self.store.finish_step(
             self.run_id,
             self.step_id,
@@ -266,10 +504,14 @@ class StepExecution:
             outputs=outputs,
             stderr_tail=stderr,
             reason=reason,
+            allowed_failure=allowed_failure,
             attempt=self.attempt,
             skip=skip,
             children=children,
+            history=history,
         )
+        if outcome.duplicate and check_terminal:
+            return self._replay(outcome.run_status or "")
         if outcome.ready:
             from .dispatch import publish_steps
 
@@ -281,14 +523,32 @@ class StepExecution:
             "exit_code": exit_code,
             "outputs": outputs or {},
         }
-        if failed:
+        if failed and self.parent is None:
             raise StepFailed(
-                f"step {self.step_id} {status.value}: {reason or ''} (exit code {exit_code})"
+                f"step {self.step_id} {status.value}: {reason} (exit code {exit_code})"
             )
         return result
 
+    def _children(self) -> dict[str, int]:
+        return {c: len(self.ctx.graph.needs[c]) for c in self.ctx.graph.children[self.step_id]}
+
     def _replay(self, status: str) -> dict[str, Any]:
-        """A duplicate delivery of a finished step: never run it again."""
-        if status in (StepStatus.FAILED, StepStatus.CANCELLED):
+        """A duplicate delivery of a finished step: never run it again, but finish handing on.
+
+        In dynamic mode the join is idempotent, so re-doing it publishes any child that a
+        crash between "recorded" and "published" would otherwise have stranded.
+        """
+        if self.parent is None and self.ctx.snapshot["mode"] == DYNAMIC:
+            ready = self.store.rejoin(self.run_id, self.step_id, self._children())
+            if ready:
+                from .dispatch import publish_steps
+
+                publish_steps(self.ctx.snapshot, self.run_id, ready)
+        elif self.parent is None and status in (StepStatus.FAILED, StepStatus.CANCELLED):
+            # canvas: keep Celery from continuing past a step that did not succeed
             raise StepFailed(f"step {self.step_id} already {status}")
         return {"run_id": self.run_id, "step": self.step_id, "status": status, "duplicate": True}
+
+
+def _outputs(h: dict[str, str]) -> Any:
+    return json.loads(h["outputs"]) if h.get("outputs") else {}
