@@ -59,7 +59,8 @@ class BashResult:
 
 def _wrapper(lifeline_fd: int) -> str:
     return (
-        f"( read -r -u {lifeline_fd} _ ; kill -KILL 0 ) </dev/null >/dev/null 2>&1 & "
+        # `|| :` matters: -e is inherited, and read fails on EOF, which is the signal
+        f"( read -r -u {lifeline_fd} _ || : ; kill -KILL 0 ) </dev/null >/dev/null 2>&1 & "
         f"exec {lifeline_fd}<&- ; "
         f'__runbook_cmd=${COMMAND_VAR}; unset {COMMAND_VAR}; eval "$__runbook_cmd"'
     )
