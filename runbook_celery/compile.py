@@ -216,7 +216,7 @@ def choose_mode(wf: Any, graph: Graph) -> tuple[str, str]:
         if step.if_ is not None:
             return DYNAMIC, f"step {step.id!r} has an if: condition"
         if step.matrix is not None or step.for_each is not None:
-            return DYNAMIC, f"step {step.id!r} fans out (matrix/for_each)"
+            return DYNAMIC, f"step {step.id!r} fans out (instances run as a Celery group)"
     if graph.series_parallel() is None:
         return DYNAMIC, "the DAG is not series-parallel"
     return CANVAS, "the DAG is series-parallel"
@@ -269,7 +269,7 @@ def mode_for_snapshot(snapshot: Mapping[str, Any]) -> tuple[str, str]:
         if spec.get("if"):
             return DYNAMIC, f"step {spec['id']!r} has an if: condition"
         if spec.get("matrix") or spec.get("for_each"):
-            return DYNAMIC, f"step {spec['id']!r} fans out (matrix/for_each)"
+            return DYNAMIC, f"step {spec['id']!r} fans out (instances run as a Celery group)"
     if snapshot_graph(snapshot).series_parallel() is None:
         return DYNAMIC, "the DAG is not series-parallel"
     return CANVAS, "the DAG is series-parallel"
@@ -294,7 +294,7 @@ class Plan:
         if self.tree is None:
             lines = ["dynamic dispatch (the DAG is not series-parallel, so no canvas mirrors it)"]
         else:
-            lines = [f"dynamic dispatch ({self.reason}; Celery cannot express it in canvas)"]
+            lines = [f"dynamic dispatch ({self.reason}: decided at run time, not by canvas)"]
         if self.witness:
             a, b, c, d = self.witness
             lines.append(
