@@ -1,0 +1,189 @@
+"""One contract for the run store, run against fakeredis and against real Redis."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import fakeredis
+import pytest
+from conftest import PREFIX
+
+from runbook_celery.events import StepStatus
+from runbook_celery.store import RunStore
+
+
+def _snapshot(steps: dict[str, list[str]]) -> dict:
+    return {
+        "workflow": "wf",
+        "params": {"p": "1"},
+        "mode": "dynamic",
+        "steps": [{"id": s, "needs": n} for s, n in steps.items()],
+    }
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def rstore(request):  # type: ignore[no-untyped-def]
+    if request.param == "fakeredis":
+        yield RunStore(fakeredis.FakeRedis(), prefix="contract")
+        return
+    client = request.getfixturevalue("redis_client")
+    yield RunStore(client, prefix=f"{PREFIX}:contract")
+
+
+def _start(store: RunStore, run: str, step: str, needs: list[str], token: str = "t"):  # type: ignore[no-untyped-def]
+    return store.start_step(
+        run,
+        step,
+        token=token,
+        needs=needs,
+        output_steps=needs,
+        workflow="wf",
+        lease_seconds=30,
+        max_attempts=3,
+    )
+
+
+def test_a_run_goes_from_pending_to_succeeded_with_events(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"a": [], "b": ["a"]}), "sha")
+    assert rstore.get_run(run).status == "pending"
+    d = _start(rstore, run, "a", [])
+    assert d.action == "start" and d.attempt == 1
+    assert rstore.get_run(run).status == "running"
+    out = rstore.finish_step(
+        run,
+        "a",
+        token="t",
+        status=StepStatus.SUCCEEDED,
+        workflow="wf",
+        exit_code=0,
+        outputs={"k": "v"},
+        children={"b": 1},
+    )
+    assert out.ready == ("b",) and out.run_status is None
+    d = _start(rstore, run, "b", ["a"])
+    assert d.need_outputs == {"a": {"k": "v"}}
+    out = rstore.finish_step(
+        run, "b", token="t", status=StepStatus.SUCCEEDED, workflow="wf", exit_code=0, outputs={}
+    )
+    assert out.run_status == "succeeded"
+    record = rstore.get_run(run)
+    assert record.status == "succeeded" and record.steps["a"].outputs == {"k": "v"}
+    types = [e["type"] for _, e in rstore.events(run)]
+    assert types == [
+        "workflow_started",
+        "step_started",
+        "step_succeeded",
+        "step_started",
+        "step_succeeded",
+        "workflow_succeeded",
+    ]
+
+
+def test_a_finished_step_is_never_started_or_finished_twice(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"a": []}), "sha")
+    _start(rstore, run, "a", [])
+    rstore.finish_step(run, "a", token="t", status=StepStatus.SUCCEEDED, workflow="wf")
+    assert _start(rstore, run, "a", [], token="other").action == "done"
+    dup = rstore.finish_step(run, "a", token="other", status=StepStatus.FAILED, workflow="wf")
+    assert dup.duplicate
+    assert rstore.get_run(run).steps["a"].status == "succeeded"
+
+
+def test_a_live_lease_keeps_a_second_delivery_out(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"a": []}), "sha")
+    assert _start(rstore, run, "a", [], token="one").action == "start"
+    assert _start(rstore, run, "a", [], token="two").action == "busy"
+
+
+def test_a_step_whose_needs_failed_is_blocked(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"a": [], "b": ["a"]}), "sha")
+    _start(rstore, run, "a", [])
+    rstore.finish_step(run, "a", token="t", status=StepStatus.FAILED, workflow="wf", exit_code=1)
+    d = _start(rstore, run, "b", ["a"])
+    assert d.action == "blocked" and d.blocked_by == "a" and d.status == "failed"
+
+
+def test_simultaneous_finishes_lose_no_update(rstore):
+    run = uuid.uuid4().hex
+    n = 30
+    steps = {f"s{i}": [] for i in range(n)} | {"join": [f"s{i}" for i in range(n)]}
+    rstore.create_run(run, _snapshot(steps), "sha")
+    for i in range(n):
+        _start(rstore, run, f"s{i}", [])
+    ready: list[tuple[str, ...]] = []
+
+    def finish(i: int) -> None:
+        out = rstore.finish_step(
+            run,
+            f"s{i}",
+            token="t",
+            status=StepStatus.SUCCEEDED,
+            workflow="wf",
+            children={"join": n},
+        )
+        ready.append(out.ready)
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(1 for r in ready if r == ("join",)) == 1  # the join fires exactly once
+    assert rstore.r.hget(rstore.keys.run(run), "remaining") in (b"1", "1")
+
+
+def test_cancel_marks_pending_steps_and_ends_an_idle_run(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"a": [], "b": ["a"]}), "sha")
+    n, final = rstore.cancel_run(run)
+    assert (n, final) == (2, "cancelled")
+    assert _start(rstore, run, "a", []).action == "done"
+    assert rstore.get_run(run).steps["b"].status == "cancelled"
+
+
+def test_retry_and_handback_keep_the_step_open(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"a": []}), "sha")
+    _start(rstore, run, "a", [], token="t1")
+    assert rstore.retry_step(
+        run,
+        "a",
+        token="t1",
+        workflow="wf",
+        attempt=1,
+        exit_code=1,
+        reason="exit_code",
+        delay=0.5,
+        history={"attempt": 1},
+    )
+    assert rstore.get_run(run).steps["a"].status == "retrying"
+    d = _start(rstore, run, "a", [], token="t2")
+    assert d.action == "start" and d.attempt == 2
+    assert rstore.handback_step(run, "a", token="t2", workflow="wf")
+    step = rstore.get_run(run).steps["a"]
+    assert step.status == "pending" and step.attempts == 1
+    assert step.history == [{"attempt": 1}]
+
+
+def test_deliveries_are_bounded_when_workers_keep_dying(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"a": []}), "sha")
+    for i in range(3):
+        assert _start(rstore, run, "a", [], token=f"t{i}").action == "start"
+        rstore.r.delete(rstore.keys.lease(run, "a"))  # the worker died: its lease is gone
+    assert _start(rstore, run, "a", [], token="t9").action == "exhausted"
+
+
+def test_fan_out_instances_are_recorded_once(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"m": []}), "sha")
+    ids = rstore.add_instances(run, "m", [{"item": 1}, {"item": 2}])
+    assert ids == ["m[0]", "m[1]"]
+    assert rstore.add_instances(run, "m", [{"item": 9}]) == ids
+    assert rstore.instance_values(run, "m[1]") == {"item": 2}
+    assert list(rstore.get_run(run).steps) == ["m", "m[0]", "m[1]"]
