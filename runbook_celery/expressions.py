@@ -26,7 +26,12 @@ from typing import Any
 OPEN = "${{"
 CLOSE = "}}"
 FUNCTIONS = ("success", "failure", "always", "cancelled")
+# Bounds keep parsing and the recursive tree walks (refs, evaluate) far from Python's
+# recursion limit whatever a definition contains.
+MAX_TOKENS = 256
+MAX_NESTING = 32  # levels of '(' and '!'
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
+_TRAILING_SPACE = re.compile(r"\s*\Z")
 _TOKEN = re.compile(
     r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<op>==|!=|&&|\|\||!|\(|\)|\.)"
     rf"|(?P<name>{_NAME}))"
@@ -100,13 +105,33 @@ def find(text: str) -> list[Occurrence]:
         start = text.find(OPEN, pos)
         if start < 0:
             return out
-        end = text.find(CLOSE, start + len(OPEN))
-        if end < 0:
-            snippet = text[start : start + 30].splitlines()[0]
-            raise ExpressionError(f"unterminated expression {snippet!r} (missing '}}}}')")
+        end = _close_of(text, start)
         body = text[start + len(OPEN) : end]
         out.append(Occurrence(start, end + len(CLOSE), body.strip(), parse(body)))
         pos = end + len(CLOSE)
+
+
+def _close_of(text: str, start: int) -> int:
+    """Index of the ``}}`` ending the expression opened at ``start``; ``}}`` in a string is text."""
+    pos = start + len(OPEN)
+    close = text.find(CLOSE, pos)
+    while close >= 0:
+        quote = text.find("'", pos, close)
+        if quote < 0:
+            return close
+        end_quote = text.find("'", quote + 1)
+        if end_quote < 0:
+            raise ExpressionError(
+                f'unterminated string in expression {_snippet(text, start)!r} (missing "\'")'
+            )
+        pos = end_quote + 1
+        if close < pos:
+            close = text.find(CLOSE, pos)
+    raise ExpressionError(f"unterminated expression {_snippet(text, start)!r} (missing '{CLOSE}')")
+
+
+def _snippet(text: str, start: int) -> str:
+    return text[start : start + 30].splitlines()[0]
 
 
 def parse(source: str) -> Node:
@@ -201,9 +226,11 @@ def truthy(value: Any) -> bool:
 def _tokenize(source: str) -> list[tuple[str, str]]:
     tokens: list[tuple[str, str]] = []
     pos = 0
-    while pos < len(source):
-        if source[pos:].strip() == "":
-            break
+    while not _TRAILING_SPACE.match(source, pos):
+        if len(tokens) == MAX_TOKENS:
+            raise ExpressionError(
+                f"expression {source.strip()[:40]!r}... is too long (more than {MAX_TOKENS} tokens)"
+            )
         m = _TOKEN.match(source, pos)
         if not m or m.end() == pos:
             bad = source[pos:].strip()[:20]
@@ -219,6 +246,15 @@ class _Parser:
         self.tokens = tokens
         self.pos = 0
         self.source = source.strip()
+        self.nesting = 0
+
+    def _nest(self) -> None:
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise ExpressionError(
+                f"expression {self.source[:40]!r} nests '(' and '!' more than "
+                f"{MAX_NESTING} levels deep"
+            )
 
     def _peek(self) -> tuple[str, str] | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -250,7 +286,10 @@ class _Parser:
         tok = self._peek()
         if tok and tok[1] == "!":
             self.pos += 1
-            return Not(self.parse_unary())
+            self._nest()
+            node = Not(self.parse_unary())
+            self.nesting -= 1
+            return node
         return self.parse_cmp()
 
     def parse_cmp(self) -> Node:
@@ -274,8 +313,10 @@ class _Parser:
             return Literal(float(value) if "." in value else int(value))
         if value == "(":
             self.pos += 1
+            self._nest()
             node = self.parse_or()
             self._take(")")
+            self.nesting -= 1
             return node
         if kind != "name":
             raise ExpressionError(f"unexpected {value!r} in expression {self.source!r}")

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from . import expressions as ex
 from .errors import DefinitionError, InvalidDefinition, Problem
 from .graph import Graph, find_cycle
-from .model import Step, Workflow
+from .model import Defaults, Retries, Step, Workflow
 from .settings import get_settings
 from .yamlload import LoadedYaml, YamlPath, format_path, load_yaml_file, load_yaml_text
 
@@ -84,20 +84,45 @@ def _step_id_at(doc: LoadedYaml, loc: tuple[Any, ...]) -> str | None:
 
 
 def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    if len(loc) == 1:
-        return [f.alias or n for n, f in Workflow.model_fields.items()]
-    if len(loc) == 3 and loc[0] == "steps":
-        return [f.alias or n for n, f in Step.model_fields.items()]
-    return []
+    """Keys allowed in the mapping that holds ``loc[-1]`` (for did-you-mean hints)."""
+    parent = [p for p in loc[:-1] if not isinstance(p, int)]
+    model: Any = {
+        (): Workflow,
+        ("steps",): Step,
+        ("defaults",): Defaults,
+        ("steps", "retries"): Retries,
+        ("defaults", "retries"): Retries,
+    }.get(tuple(parent))
+    if model is None:
+        return []
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+_UNION_TAGS = {"str", "int", "float", "bool"}
 
 
 def _pydantic_problems(exc: ValidationError, doc: LoadedYaml) -> list[Problem]:
     problems: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function"))
         kind = err["type"]
+        key_error = "[key]" in loc
+        loc = tuple(p for p in loc if p != "[key]")
+        scalar_union = loc[:1] == ("params",) and len(loc) == 3 and loc[-1] in _UNION_TAGS
+        if scalar_union:
+            loc = loc[:-1]
         path: YamlPath = loc  # type: ignore[assignment]
-        if kind == "extra_forbidden":
+        if scalar_union:
+            message = "must be a string, number or boolean"
+            line = doc.line_of(loc)
+        elif key_error:
+            message = (
+                f"{loc[-1]!r} is not a valid name: use letters, digits and '_', "
+                "not starting with a digit"
+            )
+            line = doc.line_of(loc)
+        elif kind == "extra_forbidden":
             key = str(loc[-1])
             hint = difflib.get_close_matches(key, _known_keys(loc), n=1)
             message = f"unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
@@ -117,6 +142,9 @@ def _pydantic_problems(exc: ValidationError, doc: LoadedYaml) -> list[Problem]:
             elif "input" in err and kind.endswith("_type"):
                 message += f" (got {type(err['input']).__name__})"
             line = doc.line_of(loc)
+        if (format_path(path), message) in seen:
+            continue
+        seen.add((format_path(path), message))
         problems.append(Problem(doc.file, line, message, format_path(path), _step_id_at(doc, loc)))
     return problems
 
@@ -229,10 +257,19 @@ def _check_text(
         add(path, str(exc), sid)
         return
     for occ in occurrences:
-        for problem in reference_problems(occ.node, step, wf, graph):
-            add(path, f"${{{{ {occ.source} }}}}: {problem}", sid)
         if ex.calls(occ.node):
             add(path, f"${{{{ {occ.source} }}}}: status functions belong in 'if:' only", sid)
+            continue
+        if path[-1] == "run" and not isinstance(occ.node, ex.Ref):
+            add(
+                path,
+                f"${{{{ {occ.source} }}}}: only a single reference (params.X, "
+                "steps.ID.outputs.KEY, matrix.KEY, item) can be used in a command",
+                sid,
+            )
+            continue
+        for problem in reference_problems(occ.node, step, wf, graph):
+            add(path, f"${{{{ {occ.source} }}}}: {problem}", sid)
 
 
 def reference_problems(node: ex.Node, step: Step | None, wf: Workflow, graph: Graph) -> list[str]:

@@ -1,12 +1,16 @@
 """Safe YAML loading that keeps source lines and refuses hostile documents.
 
-PyYAML's composer gives us a node graph with marks; we build plain Python data from it
-ourselves so that we can (a) remember the line of every value by its path, (b) reject
-duplicate keys, and (c) bound alias expansion and nesting, which defeats "billion laughs".
+We build plain Python data straight from PyYAML's event stream rather than its composed
+node graph, so that we can (a) remember the line of every value by its path, (b) reject
+duplicate keys, and (c) stop at the first event past the nesting or alias-expansion limit.
+Building iteratively from events matters: libyaml's composer recurses in C and crashes the
+interpreter on a document nested ~100,000 levels deep, and it composes the whole document
+before any limit could be checked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ import yaml
 
 from .errors import DefinitionError
 
-try:  # the C composer is much faster; fall back to pure Python where libyaml is absent
+try:  # the C parser is much faster; fall back to pure Python where libyaml is absent
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
@@ -24,6 +28,13 @@ MAX_NODES = 100_000  # values after alias expansion
 MAX_DEPTH = 100  # nesting of mappings/sequences
 
 YamlPath = tuple[str | int, ...]
+
+_CORE = "tag:yaml.org,2002:"
+# Scalars become JSON-like values; anything else (binary, sets, custom tags) is refused.
+_SCALAR_TAGS = frozenset(_CORE + t for t in ("str", "int", "float", "bool", "null"))
+_TIMESTAMP = _CORE + "timestamp"  # kept as the text written: workflows have no date type
+_MERGE = _CORE + "merge"
+_CONTAINER_TAGS = {yaml.SequenceStartEvent: _CORE + "seq", yaml.MappingStartEvent: _CORE + "map"}
 
 
 @dataclass
@@ -101,72 +112,240 @@ def load_yaml_bytes(raw: bytes, *, file: str, max_bytes: int) -> LoadedYaml:
 
 def load_yaml_text(text: str, *, file: str = "<string>") -> LoadedYaml:
     """Parse YAML text into data with line numbers."""
+    builder = _Builder(file)
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        data = builder.build(yaml.parse(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        problem = exc.problem or str(exc)
+        problem = exc.problem or str(exc).splitlines()[0]
         if exc.context:
-            problem = f"{exc.context}, {problem}"
+            context = exc.context
+            started = exc.context_mark
+            if started is not None and mark is not None and started.line != mark.line:
+                context += f" on line {started.line + 1}"  # where the unclosed thing began
+            problem = f"{context}, {problem}"
+        if mark and _indented_with_tab(text, mark.line):
+            problem += " (a tab indents this line; YAML indentation must be spaces)"
         raise DefinitionError(f"YAML syntax error: {problem}", file=file, line=line) from None
-    except yaml.YAMLError as exc:
-        raise DefinitionError(f"YAML error: {exc}", file=file) from None
-    except RecursionError:
+    except yaml.reader.ReaderError as exc:
         raise DefinitionError(
-            f"YAML nested too deeply (limit {MAX_DEPTH} levels)", file=file
+            _reader_message(exc), file=file, line=_reader_line(exc, text)
         ) from None
-    if node is None:
+    except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML error above has a subclass
+        raise DefinitionError(f"YAML error: {str(exc).splitlines()[0]}", file=file) from None
+    if builder.documents == 0:
         raise DefinitionError("file is empty; expected a workflow mapping", file=file, line=1)
-    builder = _Builder(file)
-    data = builder.build(node, (), 0)
     return LoadedYaml(data=data, file=file, lines=builder.lines)
 
 
+def _indented_with_tab(text: str, line_index: int) -> bool:
+    lines = text.split("\n")
+    if line_index >= len(lines):
+        return False
+    line = lines[line_index]
+    return "\t" in line[: len(line) - len(line.lstrip())]
+
+
+def _reader_message(exc: yaml.reader.ReaderError) -> str:
+    char = exc.character
+    code = ord(char) if isinstance(char, str) else char
+    return f"unacceptable character U+{code:04X} ({exc.reason}); is this a text file?"
+
+
+def _reader_line(exc: yaml.reader.ReaderError, text: str) -> int:
+    # libyaml reports a byte offset into the UTF-8 encoding, the Python reader a character index
+    if _Loader is yaml.SafeLoader:
+        return text[: exc.position].count("\n") + 1
+    return text.encode("utf-8")[: exc.position].count(b"\n") + 1
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(_CORE) :] if tag.startswith(_CORE) else tag
+
+
+@dataclass
+class _Open:
+    """A sequence or mapping whose end event has not arrived yet."""
+
+    value: list[Any] | dict[str, Any]
+    path: YamlPath
+    anchor: str | None
+    first_count: int  # values counted before this one, to size it for aliases
+    height: int = 1  # levels of nesting inside and including this container
+    key: str | None = None  # a mapping's key that still waits for its value
+    key_pending: bool = False
+
+
 class _Builder:
-    """Turns a composed node graph into Python data, recording lines and enforcing limits."""
+    """Turns a YAML event stream into Python data, recording lines and enforcing limits."""
 
     def __init__(self, file: str) -> None:
         self.file = file
         self.lines: dict[YamlPath, int] = {}
         self.count = 0
-        self._constructor = yaml.SafeLoader("")  # only for scalar resolution
+        self.documents = 0
+        self.stack: list[_Open] = []
+        self.anchors: dict[str, tuple[Any, int, int]] = {}  # value, size, height
+        self.building: set[str] = set()  # anchors of containers still open
+        self._resolver = yaml.SafeLoader("")  # implicit tags and scalar construction
 
-    def _fail(self, message: str, node: yaml.Node, path: YamlPath) -> DefinitionError:
+    def _fail(self, message: str, event: yaml.Event, path: YamlPath) -> DefinitionError:
         shown = path if len(path) <= 8 else (*path[:4], "...")
-        return DefinitionError(
-            message, file=self.file, line=node.start_mark.line + 1, path=format_path(shown)
+        line = event.start_mark.line + 1 if event.start_mark else None
+        return DefinitionError(message, file=self.file, line=line, path=format_path(shown))
+
+    def build(self, events: Iterable[yaml.Event]) -> Any:
+        root: Any = None
+        for event in events:
+            if isinstance(event, yaml.DocumentStartEvent):
+                self.documents += 1
+                if self.documents > 1:
+                    raise self._fail(
+                        "YAML syntax error: expected a single document in the stream, "
+                        "but found another document",
+                        event,
+                        (),
+                    )
+            elif isinstance(event, yaml.ScalarEvent | yaml.AliasEvent):
+                done = self._leaf(event)
+                if done is not None:
+                    root = done[0]
+            elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+                self._open(event)
+            elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+                done = self._close()
+                if done is not None:
+                    root = done[0]
+        return root
+
+    def _path_for_next(self, event: yaml.Event) -> YamlPath:
+        """Where the value starting at ``event`` goes; records its line."""
+        if not self.stack:
+            path: YamlPath = ()
+        else:
+            top = self.stack[-1]
+            if isinstance(top.value, list):
+                path = (*top.path, len(top.value))
+            else:
+                path = (*top.path, top.key)  # type: ignore[arg-type]
+        depth = len(self.stack)
+        if depth > MAX_DEPTH:
+            raise self._fail(f"nested deeper than {MAX_DEPTH} levels", event, path)
+        self.lines.setdefault(path, event.start_mark.line + 1)
+        return path
+
+    def _wants_key(self) -> bool:
+        return (
+            bool(self.stack)
+            and isinstance(self.stack[-1].value, dict)
+            and not self.stack[-1].key_pending
         )
 
-    def build(self, node: yaml.Node, path: YamlPath, depth: int) -> Any:
-        self.count += 1
+    def _counted(self, n: int, event: yaml.Event, path: YamlPath) -> None:
+        self.count += n
         if self.count > MAX_NODES:
+            if isinstance(event, yaml.AliasEvent):
+                message = f"document expands to more than {MAX_NODES} values (alias bomb?)"
+            else:
+                message = f"document has more than {MAX_NODES} values"
+            raise self._fail(message, event, path)
+
+    def _leaf(self, event: yaml.ScalarEvent | yaml.AliasEvent) -> tuple[Any] | None:
+        if self._wants_key():
+            self._key(event)
+            return None
+        path = self._path_for_next(event)
+        if isinstance(event, yaml.AliasEvent):
+            value, size, height = self._alias(event, path)
+            self._counted(size, event, path)
+            if len(self.stack) + height > MAX_DEPTH:
+                raise self._fail(f"nested deeper than {MAX_DEPTH} levels", event, path)
+        else:
+            self._counted(1, event, path)
+            value = self._scalar(event, path)
+            if event.anchor is not None:
+                self.anchors[event.anchor] = (value, 1, 0)
+        return self._place(value, 0)
+
+    def _alias(self, event: yaml.AliasEvent, path: YamlPath) -> tuple[Any, int, int]:
+        if event.anchor in self.building:
+            raise self._fail(f"alias *{event.anchor} refers to itself", event, path)
+        try:
+            return self.anchors[event.anchor]
+        except KeyError:
             raise self._fail(
-                f"document expands to more than {MAX_NODES} values (alias bomb?)", node, path
-            )
-        if depth > MAX_DEPTH:
-            raise self._fail(f"nested deeper than {MAX_DEPTH} levels", node, path)
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.ScalarNode):
-            try:
-                return self._constructor.construct_object(node, deep=True)
-            except yaml.YAMLError as exc:
-                raise self._fail(f"bad value: {exc}", node, path) from None
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(child, (*path, i), depth + 1) for i, child in enumerate(node.value)]
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    raise self._fail("YAML merge keys (<<) are not supported", key_node, path)
-                if not isinstance(key_node, yaml.ScalarNode):
-                    raise self._fail("mapping keys must be plain strings", key_node, path)
-                key = self._constructor.construct_object(key_node)
-                if not isinstance(key, str):
-                    key = str(key) if isinstance(key, bool | int | float) else key
-                if key in out:
-                    raise self._fail(f"duplicate key {key!r}", key_node, (*path, key))
-                self.lines[(*path, key)] = key_node.start_mark.line + 1
-                out[key] = self.build(value_node, (*path, key), depth + 1)
-            return out
-        raise self._fail("unsupported YAML node", node, path)  # pragma: no cover
+                f"alias *{event.anchor} has no anchor before it", event, path
+            ) from None
+
+    def _scalar(self, event: yaml.ScalarEvent, path: YamlPath) -> Any:
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = self._resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
+        if tag == _CORE + "str" or tag == _TIMESTAMP:
+            return event.value
+        if tag not in _SCALAR_TAGS:
+            raise self._fail(f"unsupported YAML tag {_short_tag(tag)}", event, path)
+        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+        try:
+            return self._resolver.yaml_constructors[tag](self._resolver, node)
+        except (yaml.YAMLError, ValueError, KeyError, TypeError):
+            raise self._fail(
+                f"bad value {event.value[:40]!r} for tag {_short_tag(tag)}", event, path
+            ) from None
+
+    def _key(self, event: yaml.ScalarEvent | yaml.AliasEvent) -> None:
+        top = self.stack[-1]
+        if isinstance(event, yaml.AliasEvent):
+            value = self._alias(event, top.path)[0]
+            if not isinstance(value, str | int | float | bool):
+                raise self._fail("mapping keys must be plain strings", event, top.path)
+            key = str(value)
+        else:
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = self._resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
+            if tag == _MERGE:
+                raise self._fail("YAML merge keys (<<) are not supported", event, top.path)
+            if event.anchor is not None:
+                self.anchors[event.anchor] = (self._scalar(event, top.path), 1, 0)
+            # `true:`, `1:` or `~:` as a key means the text written, not a bool/int/None
+            key = event.value
+        assert isinstance(top.value, dict)
+        if key in top.value:
+            raise self._fail(f"duplicate key {key!r}", event, (*top.path, key))
+        self.lines[(*top.path, key)] = event.start_mark.line + 1
+        top.key, top.key_pending = key, True
+
+    def _open(self, event: yaml.SequenceStartEvent | yaml.MappingStartEvent) -> None:
+        if self._wants_key():
+            raise self._fail("mapping keys must be plain strings", event, self.stack[-1].path)
+        path = self._path_for_next(event)
+        self._counted(1, event, path)
+        tag = event.tag
+        if tag is not None and tag != "!" and tag != _CONTAINER_TAGS[type(event)]:
+            raise self._fail(f"unsupported YAML tag {_short_tag(tag)}", event, path)
+        value: list[Any] | dict[str, Any] = [] if isinstance(event, yaml.SequenceStartEvent) else {}
+        self.stack.append(_Open(value, path, event.anchor, self.count - 1))
+        if event.anchor is not None:
+            self.building.add(event.anchor)
+
+    def _close(self) -> tuple[Any] | None:
+        done = self.stack.pop()
+        if done.anchor is not None:
+            self.building.discard(done.anchor)
+            self.anchors[done.anchor] = (done.value, self.count - done.first_count, done.height)
+        return self._place(done.value, done.height)
+
+    def _place(self, value: Any, height: int) -> tuple[Any] | None:
+        """Put a finished value into its parent; returns ``(value,)`` for the root."""
+        if not self.stack:
+            return (value,)
+        top = self.stack[-1]
+        top.height = max(top.height, height + 1)
+        if isinstance(top.value, list):
+            top.value.append(value)
+        else:
+            top.value[top.key] = value  # type: ignore[index]
+            top.key, top.key_pending = None, False
+        return None
