@@ -48,20 +48,41 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-def validate(files: tuple[Path, ...]) -> None:
-    """Check workflow files; print FILE:LINE: message for each problem."""
-    from .loader import load_workflow
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one list of {file, valid, problems} on stdout instead of text.",
+)
+def validate(files: tuple[Path, ...], fmt: str) -> None:
+    """Check workflow files; print FILE:LINE: path: message on stderr for each problem.
 
-    bad = 0
-    for path in files:
-        try:
-            load_workflow(path)
-        except InvalidDefinition as exc:
-            bad += 1
-            for problem in exc.problems:
+    FILES may be files, directories (their *.yaml and *.yml files) or quoted glob patterns
+    such as 'flows/**/*.yaml'. Given a directory or a pattern, a last line says
+    `N files, M invalid`. Exit 0 if every file is valid, 2 if not.
+    """
+    from .cli_ecosystem import check_workflows, expand_workflow_paths
+
+    expansion = expand_workflow_paths(files)
+    checked: list[tuple[str, list[Any]]] = []
+    for file, problems in check_workflows(expansion.items):
+        checked.append((file, problems))
+        if fmt == "text":
+            for problem in problems:
                 click.echo(problem.render(), err=True)
-        else:
-            click.echo(f"{path}: ok")
+            if not problems:
+                click.echo(f"{file}: ok")
+    bad = sum(1 for _, problems in checked if problems)
+    if fmt == "json":
+        report = [
+            {"file": file, "valid": not problems, "problems": [p.to_dict() for p in problems]}
+            for file, problems in checked
+        ]
+        click.echo(json.dumps(report))
+    elif expansion.expanded:
+        click.echo(f"{len(checked)} file{'' if len(checked) == 1 else 's'}, {bad} invalid")
     if bad:
         raise SystemExit(EXIT_INVALID)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -98,6 +98,7 @@ class Event:
     attempt: int | None = None
     exit_code: int | None = None
     reason: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)  # e.g. ``delay`` of a retry
 
     @classmethod
     def from_entry(cls, entry_id: str, fields: Mapping[str, str]) -> Event:
@@ -111,6 +112,7 @@ class Event:
             attempt=_int_or_none(fields.get("attempt")),
             exit_code=_int_or_none(fields.get("exit_code")),
             reason=fields.get("reason") or None,
+            extra={k: v for k, v in fields.items() if k not in _MODELLED},
         )
 
     @property
@@ -118,7 +120,14 @@ class Event:
         return self.type in TERMINAL_EVENTS
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Flat and JSON-able: the modelled fields, then any extra ones as stored."""
+        out = {k: v for k, v in asdict(self).items() if k != "extra"}
+        return {**out, **{k: v for k, v in self.extra.items() if k not in out}}
+
+
+_MODELLED = frozenset(
+    {"type", "run_id", "workflow", "ts", "step", "attempt", "exit_code", "reason"}
+)
 
 
 def check_since(since: str) -> str:
@@ -146,12 +155,20 @@ def read(
 ) -> Iterator[Event]:
     """The events stored after ``since``, oldest first, without waiting for new ones.
 
-    ``run_id=None`` reads the global stream (every run). Raises RunNotFound for an unknown
-    or expired run, BackendUnavailable when Redis does not answer.
+    ``run_id=None`` reads the global stream (every run).
+
+    Raises (at the call, not at the first ``next``):
+        RunNotFound: the run never existed or has expired.
+        InvalidOperation: ``since`` is not an event id.
+        BackendUnavailable: Redis did not answer.
     """
     store = _open(run_id, settings)
-    wanted = _types(types)
-    last = _resolve(store, run_id, check_since(since))
+    return _read(store, run_id, _resolve(store, run_id, check_since(since)), _types(types))
+
+
+def _read(
+    store: RunStore, run_id: str | None, last: str, wanted: frozenset[str] | None
+) -> Iterator[Event]:
     while True:
         page = _guard(lambda after=last: store.events(run_id, since=after, count=_PAGE))
         for entry_id, fields in page:
@@ -175,6 +192,8 @@ def follow(
 
     Following one run ends after its final event (``workflow_succeeded`` and friends);
     following the global stream goes on until ``timeout`` seconds have passed, if given.
+    ``since=LATEST`` is pinned to the newest event when ``follow`` is called. Raises like
+    ``read``.
 
     Example::
 
@@ -182,8 +201,17 @@ def follow(
             page_someone(event.run_id, event.step, event.exit_code)
     """
     store = _open(run_id, settings)
-    wanted = _types(types)
-    last = _resolve(store, run_id, check_since(since))
+    last = _resolve(store, run_id, check_since(since))  # pinned now, before any event is missed
+    return _follow(store, run_id, last, _types(types), timeout)
+
+
+def _follow(
+    store: RunStore,
+    run_id: str | None,
+    last: str,
+    wanted: frozenset[str] | None,
+    timeout: float | None,
+) -> Iterator[Event]:
     deadline = None if timeout is None else time.monotonic() + timeout
     block_ms = 1000 if timeout is None else max(1, min(1000, int(timeout * 1000)))
     stream = store.follow_events(run_id, since=last, block_ms=block_ms)

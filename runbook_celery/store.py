@@ -702,6 +702,7 @@ class RunStore:
     def expire_run(self, run_id: str) -> None:
         """Finished runs live for the retention period, then vanish with their logs."""
         steps = self.step_ids(run_id)
+        steps += self._instance_ids(run_id, steps)
         pipe = self.r.pipeline(transaction=False)
         for key in self.keys.run_keys(run_id, steps):
             pipe.expire(key, self.retention)

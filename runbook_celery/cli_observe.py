@@ -1,0 +1,257 @@
+"""Observing runs from the command line: logs, events, runs, watch, graph, flower.
+
+Registered by ``cli.py`` through ``COMMANDS``. Like the rest of the CLI, commands raise
+RunbookError subclasses and ``cli.main`` turns them into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from .errors import EXIT_OK, EXIT_RUN_FAILED
+from .events import EventType, RunStatus
+
+if TYPE_CHECKING:
+    from .store import RunStore
+
+FLOWER_COLUMNS = "name,uuid,state,args,received,started,runtime,worker"
+PREFIX_COLOURS = ("cyan", "magenta", "yellow", "green", "blue", "bright_cyan", "bright_magenta")
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _store() -> RunStore:
+    from .redisconn import get_client
+    from .settings import get_settings
+    from .store import RunStore
+
+    settings = get_settings()
+    return RunStore(get_client(settings), settings.prefix, settings.retention)
+
+
+def _outcome_code(status: str | None) -> int:
+    return EXIT_OK if status == RunStatus.SUCCEEDED else EXIT_RUN_FAILED
+
+
+# ------------------------------------------------------------------------------ logs
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("step", required=False)
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Stream new lines until the run ends; exit 0 if it succeeded.",
+)
+def logs(run_id: str, step: str | None, follow: bool) -> None:
+    """Print the output of a run's steps (stderr lines go to stderr).
+
+    Lines of several steps are prefixed with the step id. Logs last as long as the run
+    (RUNBOOK_RETENTION); a step keeps its last RUNBOOK_LOG_LINES lines.
+    """
+    from .logs import Gap, LogReader
+    from .settings import get_settings
+
+    reader = LogReader(_store(), run_id, [step] if step else None)
+    cap = get_settings().log_lines
+    for item in reader.follow() if follow else reader.read():
+        if isinstance(item, Gap):
+            click.echo(
+                f"[{item.step}: {item.dropped} lines not shown: a step keeps its last {cap} "
+                "lines of log (RUNBOOK_LOG_LINES)]",
+                err=True,
+            )
+            continue
+        text = item.text
+        if len(reader.steps) > 1:  # re-checked: a fanned-out step adds instances as it runs
+            width = max(len(s) for s in reader.steps)
+            colour = PREFIX_COLOURS[reader.steps.index(item.step) % len(PREFIX_COLOURS)]
+            text = f"{click.style(item.step.ljust(width), fg=colour)} | {text}"
+        click.echo(text, err=item.stream == "err")
+    if follow:
+        raise SystemExit(_outcome_code(reader.status()))
+
+
+# ------------------------------------------------------------------------------ events
+
+
+@click.command("events")
+@click.option("--run", "run_id", default=None, help="Only this run's events (default: all runs).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events (a run's end stops).")
+@click.option(
+    "--since",
+    default="0",
+    show_default=True,
+    metavar="ID",
+    help="Print events after this event id; 0 for all, $ for new ones only.",
+)
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    type=click.Choice([t.value for t in EventType]),
+    help="Only events of this type (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+def events_command(
+    run_id: str | None, follow: bool, since: str, types: tuple[str, ...], as_json: bool
+) -> None:
+    """Print events with their ids; resume after the last id seen with --since ID."""
+    from . import events
+    from .live import event_line
+
+    stream = events.follow if follow else events.read
+    for event in stream(run_id, since, types=types or None):
+        if as_json:
+            click.echo(json.dumps(event.to_dict()))
+        else:
+            click.echo(f"{event.id}  {event_line(event, with_run=run_id is None)}")
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+@click.command()
+@click.option("--workflow", default=None, help="Only runs of this workflow.")
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in RunStatus]),
+    default=None,
+    help="Only runs in this status.",
+)
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@json_option
+def runs(workflow: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """List recent runs, newest first (kept for RUNBOOK_RETENTION after they finish)."""
+    from .history import list_runs
+
+    found = list_runs(_store(), workflow=workflow, status=status, limit=limit)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in found]))
+        return
+    if not found:
+        click.echo("no runs", err=True)
+        return
+    rows = [
+        (
+            r.id,
+            r.workflow,
+            r.status,
+            _clock(r.started_at or r.created_at),
+            _seconds(r.duration_s),
+            " ".join(f"{k}={v}" for k, v in r.params.items()) or "-",
+        )
+        for r in found
+    ]
+    header = ("RUN", "WORKFLOW", "STATUS", "STARTED", "DURATION", "PARAMS")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
+    for row in [header, *rows]:
+        cells = [row[i].ljust(widths[i]) if i != 4 else row[i].rjust(widths[i]) for i in range(5)]
+        click.echo("  ".join([*cells, row[5]]))
+
+
+def _clock(iso: str | None) -> str:
+    """``2026-01-02T03:04:05.678Z`` as ``2026-01-02 03:04:05Z``: short, still unambiguous."""
+    return f"{iso[:10]} {iso[11:19]}Z" if iso and len(iso) >= 19 else "-"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.2f}s"
+    minutes, secs = divmod(int(value), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+# ------------------------------------------------------------------------------ watch
+
+
+@click.command()
+@click.argument("run_id")
+def watch(run_id: str) -> None:
+    """Show a run live until it ends; exit 0 if it succeeded, 1 if not.
+
+    On a terminal the step table updates in place; otherwise one line per event.
+    """
+    from .api import Run
+    from .live import follow_run
+    from .render import record_table
+
+    run = Run(run_id)
+    run.status()  # RunNotFound before anything is drawn
+    record = follow_run(run, click.echo)
+    click.echo(record_table(record))
+    raise SystemExit(_outcome_code(record.status))
+
+
+# ------------------------------------------------------------------------------ graph
+
+
+@click.command()
+@click.argument("source", metavar="FILE|RUN_ID")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mermaid", "dot"]),
+    default="mermaid",
+    show_default=True,
+)
+def graph(source: str, fmt: str) -> None:
+    """Print a workflow's DAG, or a run's with each step coloured by its status."""
+    from .graphview import GraphView, render
+
+    path = Path(source)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        from .loader import load_workflow
+
+        wf = load_workflow(path).workflow
+        view = GraphView(wf.name, {s.id: tuple(s.needs) for s in wf.steps})
+    else:
+        from .api import get_run
+
+        record = get_run(source)
+        snapshot = _store().snapshot(source)
+        status = {sid: s.status for sid, s in record.steps.items()}
+        view = GraphView.from_snapshot(snapshot, status, run_id=record.id)
+    click.echo(render(view, fmt), nl=False)
+
+
+# ------------------------------------------------------------------------------ flower
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; Flower has no login unless you pass --basic-auth etc.",
+)
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, address: str, flower_args: tuple[str, ...]) -> None:
+    """Start Flower for runbook's Celery app (extra arguments go to Flower).
+
+    Steps are listed as <workflow>.<step>, with `run=<id> step=<id>` in their args:
+    search for a run id to see one run. Workers started by `runbook-celery worker` send
+    task events; Flower also turns them on for workers that run without -E.
+    """
+    from .app import app
+
+    argv = [
+        "flower",
+        f"--port={port}",
+        f"--address={address}",
+        f"--tasks_columns={FLOWER_COLUMNS}",
+        *flower_args,
+    ]
+    app.start(argv)
+
+
+COMMANDS: list[click.Command] = [logs, events_command, runs, watch, graph, flower]

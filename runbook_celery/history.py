@@ -1,0 +1,137 @@
+"""Run history: recent runs, newest first, filtered by workflow and status.
+
+Runs index themselves in the sorted set ``keys.runs_index`` (scored by creation time)
+and their own keys expire ``RUNBOOK_RETENTION`` seconds after they finish. A sorted-set
+member cannot expire, so listing drops the index entries whose run hash has gone, and
+trims global events older than the retention period: an expired run then leaves nothing
+behind in the index, its logs or the event streams.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from .errors import BackendUnavailable
+from .store import RunStore
+
+DEFAULT_LIMIT = 20
+PAGE = 200  # run ids read per round trip
+_FIELDS = ("id", "workflow", "status", "params", "created_at", "started_at", "finished_at")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of history: what ran, with which params, when, how long, how it ended."""
+
+    id: str
+    workflow: str
+    status: str
+    params: dict[str, Any]
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_runs(
+    store: RunStore,
+    *,
+    workflow: str | None = None,
+    status: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    now: datetime | None = None,
+) -> list[RunSummary]:
+    """The most recent runs first, at most ``limit``, pruning the index of expired runs.
+
+    Raises:
+        BackendUnavailable: Redis did not answer.
+    """
+    out: list[RunSummary] = []
+    try:
+        for summary in _scan(store, now or datetime.now(UTC)):
+            if workflow is not None and summary.workflow != workflow:
+                continue
+            if status is not None and summary.status != status:
+                continue
+            out.append(summary)
+            if len(out) >= limit:
+                break
+        trim_global_events(store)
+    except redis.RedisError as exc:
+        from .redisconn import redact
+
+        raise BackendUnavailable(f"cannot read run history: {redact(str(exc))}") from exc
+    return out
+
+
+def trim_global_events(store: RunStore) -> None:
+    """Drop global events older than the retention period (their runs have expired)."""
+    oldest_ms = int((time.time() - store.retention) * 1000)
+    store.r.xtrim(store.keys.global_events, minid=f"{oldest_ms}-0", approximate=True)
+
+
+def _scan(store: RunStore, now: datetime) -> Iterator[RunSummary]:
+    """Walk the index newest first, a page at a time, yielding runs that still exist."""
+    start = 0
+    seen: set[str] = set()  # a run created meanwhile shifts the ranks by one
+    while True:
+        ids = [_s(i) for i in store.r.zrevrange(store.keys.runs_index, start, start + PAGE - 1)]
+        if not ids:
+            return
+        pipe = store.r.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hmget(store.keys.run(run_id), _FIELDS)
+        rows = pipe.execute()
+        expired = []
+        for run_id, values in zip(ids, rows, strict=True):
+            fields = {f: _s(v) for f, v in zip(_FIELDS, values, strict=True)}
+            if fields["id"] is None:
+                expired.append(run_id)
+            elif run_id not in seen:
+                seen.add(run_id)
+                yield _summary(fields, now)
+        if expired:
+            store.r.zrem(store.keys.runs_index, *expired)
+        start += PAGE - len(expired)
+        if len(ids) < PAGE:
+            return
+
+
+def _summary(fields: dict[str, str | None], now: datetime) -> RunSummary:
+    started = _parse(fields["started_at"])
+    finished = _parse(fields["finished_at"])
+    end = finished or now
+    duration = None if started is None else round((end - started).total_seconds(), 3)
+    return RunSummary(
+        id=fields["id"] or "",
+        workflow=fields["workflow"] or "",
+        status=fields["status"] or "pending",
+        params=json.loads(fields["params"] or "{}"),
+        created_at=fields["created_at"],
+        started_at=fields["started_at"],
+        finished_at=fields["finished_at"],
+        duration_s=duration,
+    )
+
+
+def _parse(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _s(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value

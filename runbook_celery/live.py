@@ -1,0 +1,171 @@
+"""Following a run in a terminal: a table updated in place, or one plain line per event.
+
+In a terminal (stdout is a TTY) a rich ``Live`` table shows each step's status, attempt
+and duration, redrawn as events arrive and while time passes, with the stderr tail of a
+failed step underneath. Anywhere else (CI logs, pipes) it prints one line per event, so
+logs stay readable and greppable. Both wake up on the run's event stream (XREAD BLOCK).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .events import Event, RunStatus, StepStatus
+from .events import follow as follow_events
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+    from .api import Run
+    from .runrecord import RunRecord
+
+REFRESH_PER_SECOND = 8
+TAIL_LINES = 10  # stderr lines of a failed step shown under the live table
+
+STATUS_STYLE = {
+    StepStatus.PENDING: ("·", "dim"),
+    StepStatus.RUNNING: ("▶", "bold blue"),
+    StepStatus.RETRYING: ("↻", "yellow"),
+    StepStatus.SUCCEEDED: ("✔", "green"),
+    StepStatus.FAILED: ("✘", "bold red"),
+    StepStatus.SKIPPED: ("↷", "dim"),
+    StepStatus.CANCELLED: ("■", "yellow"),
+}
+RUN_STYLE = {
+    RunStatus.PENDING: "dim",
+    RunStatus.RUNNING: "bold blue",
+    RunStatus.SUCCEEDED: "bold green",
+    RunStatus.FAILED: "bold red",
+    RunStatus.CANCELLED: "bold yellow",
+}
+
+
+def is_terminal() -> bool:
+    """True when stdout is an interactive terminal that can redraw in place."""
+    return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def follow_run(
+    run: Run, echo: Callable[[str], None], *, console: Console | None = None
+) -> RunRecord:
+    """Show the run until it ends (live table on a terminal, else lines); return its record."""
+    if console is not None or is_terminal():
+        return live_table(run, console)
+    return plain_lines(run, echo)
+
+
+def plain_lines(run: Run, echo: Callable[[str], None]) -> RunRecord:
+    """One line per event of the run, from its first event to its last."""
+    for event in follow_events(run.id, settings=run.settings):
+        echo(event_line(event))
+    return run.status()
+
+
+def live_table(run: Run, console: Console | None = None) -> RunRecord:
+    """Redraw the run's step table in place until the run ends."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = console or Console(force_terminal=True)
+    view = RunView(run.status())
+    # transient: the caller prints the final record (with the failed step's stderr) after
+    with Live(view, console=console, transient=True, refresh_per_second=REFRESH_PER_SECOND) as live:
+        for _event in follow_events(run.id, settings=run.settings):
+            view.record = run.status()
+            live.refresh()
+    return run.status()
+
+
+def event_line(event: Event, *, with_run: bool = False) -> str:
+    """One line per event, CI-friendly: time, type, step or workflow, then details."""
+    parts = [event.ts[11:23], event.type]
+    if with_run:
+        parts.append(f"run={event.run_id}")
+        parts.append(f"workflow={event.workflow}")
+    parts.append(event.step or ("" if with_run else event.workflow))
+    extra = []
+    if event.attempt is not None:
+        extra.append(f"attempt={event.attempt}")
+    if event.exit_code is not None:
+        extra.append(f"exit_code={event.exit_code}")
+    if event.reason:
+        extra.append(f"reason={event.reason}")
+    extra += [f"{k}={v}" for k, v in sorted(event.extra.items())]
+    if extra:
+        parts.append(" ".join(extra))
+    return "  ".join(p for p in parts if p)
+
+
+class RunView:
+    """The live renderable; rich calls ``__rich__`` on every refresh, so durations tick."""
+
+    def __init__(self, record: RunRecord) -> None:
+        self.record = record
+
+    def __rich__(self) -> RenderableType:
+        from rich import box
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.spinner import Spinner
+        from rich.table import Table
+        from rich.text import Text
+
+        rec = self.record
+        now = datetime.now(UTC)
+        header = Text.assemble(
+            ("run ", "dim"),
+            (rec.id, "bold"),
+            ("  workflow ", "dim"),
+            (rec.workflow, "bold"),
+            ("  ", ""),
+            (rec.status, RUN_STYLE.get(rec.status, "")),
+            ("  ", ""),
+            (elapsed(rec.started_at or rec.created_at, rec.finished_at, now), "dim"),
+        )
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+        table.add_column("STEP", no_wrap=True)
+        table.add_column("STATUS", no_wrap=True)
+        table.add_column("ATTEMPT", justify="right")
+        table.add_column("DURATION", justify="right")
+        table.add_column("EXIT", justify="right")
+        for sid, step in rec.steps.items():
+            mark, style = STATUS_STYLE.get(step.status, ("?", ""))
+            status: Any = Text(f"{mark} {step.status}", style=style)
+            if step.status == StepStatus.RUNNING:
+                status = Spinner("dots", text=Text(step.status, style=style), style=style)
+            table.add_row(
+                sid,
+                status,
+                str(step.attempts) if step.attempts else "-",
+                elapsed(step.started_at, step.finished_at, now)
+                if step.status != StepStatus.PENDING
+                else "-",
+                "-" if step.exit_code is None else str(step.exit_code),
+            )
+        parts: list[Any] = [header, table]
+        for sid, step in rec.steps.items():
+            if step.status == StepStatus.FAILED and not step.allowed_failure and step.stderr_tail:
+                tail = Text("\n".join(step.stderr_tail[-TAIL_LINES:]))
+                title = f"{sid} failed: exit {step.exit_code}, {step.reason or 'error'}"
+                parts.append(Panel(tail, title=title, title_align="left", border_style="red"))
+        return Group(*parts)
+
+
+def elapsed(start: str | None, end: str | None, now: datetime) -> str:
+    """Duration from ``start`` to ``end`` (or to now while running), like ``1.23s``."""
+    if not start:
+        return "-"
+    try:
+        a = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        b = datetime.fromisoformat(end.replace("Z", "+00:00")) if end else now
+    except ValueError:
+        return "-"
+    secs = max(0.0, (b - a).total_seconds())
+    if secs < 60:
+        return f"{secs:.1f}s"
+    minutes, secs = divmod(int(secs), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
