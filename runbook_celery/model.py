@@ -21,7 +21,9 @@ def _scalar_to_str(value: Any) -> Any:
     return value
 
 
-EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
+EnvValue = Annotated[
+    str, BeforeValidator(_scalar_to_str, json_schema_input_type=str | int | float | bool)
+]
 EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
 StepId = Annotated[str, Field(pattern=ID_PATTERN)]
 
@@ -104,7 +106,7 @@ class Step(_Strict):
         description="Celery queue; only workers started with -Q NAME run this step.",
     )
 
-    @field_validator("needs", mode="before")
+    @field_validator("needs", mode="before", json_schema_input_type=StepId | list[StepId])
     @classmethod
     def _needs_as_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value

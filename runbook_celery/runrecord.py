@@ -11,6 +11,8 @@ from .events import RunStatus
 
 @dataclass(frozen=True)
 class StepRecord:
+    """One step of a run as recorded: status, timing, exit code, outputs, attempts."""
+
     status: str
     exit_code: int | None = None
     started_at: str | None = None
@@ -60,6 +62,8 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class RunRecord:
+    """A run as recorded: status, params and every step; ``to_dict()`` is the JSON shape."""
+
     id: str
     workflow: str
     status: str
