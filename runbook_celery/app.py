@@ -61,7 +61,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_soft_shutdown_timeout=0,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # No task-sent events: they carry the real task name ("runbook.step"), and when one
+        # reaches Flower after the worker's task-received event (which carries the shadow
+        # name "<workflow>.<step>") Flower shows the step under the generic name.
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
