@@ -21,7 +21,7 @@ from .compile import (
     snapshot_sha256,
 )
 from .errors import BackendUnavailable, InvalidOperation, RunFailed, WaitTimeout
-from .events import TERMINAL_EVENTS
+from .events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES
 from .loader import LoadedWorkflow, from_model, load_workflow
 from .model import Workflow
 from .redisconn import get_client, redact
@@ -59,14 +59,53 @@ class Run:
         """
         keep = cancel_survivors(self.store.snapshot(self.id))
         self.store.cancel_run(self.id, reason="cancelled", keep=keep)
+        if self.store.last_admitted:
+            from .dispatch import publish_admitted
+
+            publish_admitted(self.store, self.store.last_admitted)
         return self.status()
+
+    def pause(self, by: str | None = None) -> None:
+        """No new step starts until ``resume()``; running steps finish."""
+        self._control().pause(by)
+
+    def resume(self, by: str | None = None) -> None:
+        """Continue exactly where the run stopped."""
+        self._control().resume(by)
+
+    def approve(self, step_id: str, by: str | None = None) -> None:
+        self._control().approve(step_id, by)
+
+    def reject(self, step_id: str, by: str | None = None) -> None:
+        self._control().reject(step_id, by)
+
+    def retry_step(
+        self, step_id: str, env: Mapping[str, str] | None = None, by: str | None = None
+    ) -> None:
+        """Decide to run a step awaiting a decision again (``on_failure: pause``)."""
+        self._control().retry_step(step_id, dict(env or {}), by)
+
+    def skip_step(
+        self, step_id: str, outputs: Mapping[str, str] | None = None, by: str | None = None
+    ) -> None:
+        """Decide to skip a step awaiting a decision; dependents see ``outputs``."""
+        self._control().skip_step(step_id, dict(outputs or {}), by)
+
+    def abort(self, by: str | None = None) -> None:
+        """Decide to fail a run awaiting a decision."""
+        self._control().abort(by)
+
+    def _control(self):  # type: ignore[no-untyped-def]
+        from .control import RunControl
+
+        return RunControl(self.id, self.settings)
 
     def rerun(self, *, from_failed: bool = False, from_step: str | None = None) -> Run:
         """A new run from this run's snapshot; see ``rerun()``."""
         return rerun(self.id, from_failed=from_failed, from_step=from_step, settings=self.settings)
 
     def _ended(self) -> bool:
-        return self.store.run_status(self.id) in ("succeeded", "failed", "cancelled")
+        return self.store.run_status(self.id) in TERMINAL_RUN_STATUSES
 
     def wait(self, timeout: float | None = None, *, raise_on_failure: bool = False) -> RunRecord:
         """Block until the run ends and return its final record.
@@ -137,8 +176,14 @@ def submit_snapshot(
     plan = make_plan(graph)
     if not graph.needs:  # a rerun with nothing left to do
         raise InvalidOperation("nothing to run: every step would be reused")
-    store.create_run(run_id, snapshot, snapshot_sha256(snapshot), **dict(extra or {}))
+    fields = dict(extra or {})
+    group = snapshot.get("concurrency")
+    if group:
+        fields.update(cgroup=group["group"], cgroup_limit=str(group["limit"]), status="queued")
+    store.create_run(run_id, snapshot, snapshot_sha256(snapshot), **fields)
     try:
+        if group and not _admit(store, run_id, group):
+            return Run(run_id, settings)
         publish_run(snapshot, run_id, plan.tree, graph.sources())
     except (OperationalError, redis.RedisError, OSError) as exc:
         with contextlib.suppress(redis.RedisError):
@@ -187,6 +232,28 @@ def rerun(
         snapshot["reused"] = reused
     snapshot["mode"], snapshot["mode_reason"] = mode_for_snapshot(snapshot)
     return submit_snapshot(snapshot, settings=settings, extra={"rerun_of": run_id})
+
+
+def _admit(store: RunStore, run_id: str, group: Mapping[str, Any]) -> bool:
+    """Concurrency group admission; False when the run must not be published now."""
+    from .gates import Gates
+
+    verdict, running = Gates(store).admit(
+        run_id, group["group"], group["limit"], group["on_conflict"]
+    )
+    if verdict == "start":
+        return True
+    if verdict == "skip":
+        store.skip_run(run_id, f"concurrency group {group['group']!r} is full")
+    elif verdict == "cancel":
+        for other in running:
+            keep = cancel_survivors(store.snapshot(other))
+            store.cancel_run(other, reason=f"superseded by run {run_id}", keep=keep)
+            if store.last_admitted:
+                from .dispatch import publish_admitted
+
+                publish_admitted(store, store.last_admitted)
+    return False
 
 
 def get_run(run_id: str, *, settings: Settings | None = None) -> RunRecord:

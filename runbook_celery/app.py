@@ -14,6 +14,7 @@ from .settings import Settings, get_settings
 STEP_TASK = "runbook.step"
 FANIN_TASK = "runbook.fan_in"
 RUN_TIMEOUT_TASK = "runbook.run_timeout"
+APPROVAL_TIMEOUT_TASK = "runbook.approval_timeout"
 
 
 class ResultBackend(RedisBackend):
@@ -39,7 +40,14 @@ def make_app(settings: Settings | None = None) -> Celery:
         backend=f"runbook_celery.app:ResultBackend+{s.redis_url}",
         include=["runbook_celery.tasks"],
     )
-    transport = {"visibility_timeout": s.visibility_timeout}
+    transport: dict[str, object] = {"visibility_timeout": s.visibility_timeout}
+    broker_transport = dict(transport)
+    if s.broker_url.startswith(("redis", "rediss")):
+        # ten priority lists per queue, 0 = highest (the Redis transport's convention)
+        broker_transport.update(
+            priority_steps=list(range(10)), sep=":", queue_order_strategy="priority"
+        )
+    default_priority = 4 if s.broker_url.startswith(("redis", "rediss")) else None
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -47,6 +55,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
         result_accept_content=["json"],
         task_default_queue=s.default_queue,
+        task_default_priority=default_priority,  # = priority 5 on our 0-9 scale
         task_acks_late=True,
         worker_prefetch_multiplier=1,
         task_reject_on_worker_lost=True,
@@ -55,7 +64,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         result_extended=True,
         result_expires=s.retention,
         result_chord_join_timeout=30,
-        broker_transport_options=transport,
+        broker_transport_options=broker_transport,
         result_backend_transport_options=transport,
         visibility_timeout=s.visibility_timeout,
         worker_soft_shutdown_timeout=0,

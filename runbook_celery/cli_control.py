@@ -42,4 +42,106 @@ def rerun(run_id: str, from_failed: bool, from_step: str | None, wait: bool) -> 
         raise SystemExit(_exit_for(record.status))
 
 
-COMMANDS = [cancel, rerun]
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        if "=" not in item:
+            raise InvalidOperation(f"{what} {item!r} must look like KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key] = value
+    return out
+
+
+by_option = click.option("--by", default=None, help="Who decides (default: your user name).")
+
+
+@click.command()
+@click.argument("run_id")
+@by_option
+def pause(run_id: str, by: str | None) -> None:
+    """Pause a run: no new step starts; running steps finish."""
+    from .control import RunControl
+
+    RunControl(run_id).pause(by)
+    click.echo(f"paused {run_id}")
+
+
+@click.command()
+@click.argument("run_id")
+@by_option
+def resume(run_id: str, by: str | None) -> None:
+    """Resume a paused run where it stopped."""
+    from .control import RunControl
+
+    n = RunControl(run_id).resume(by)
+    click.echo(f"resumed {run_id} ({n} waiting steps released)")
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("step")
+@by_option
+def approve(run_id: str, step: str, by: str | None) -> None:
+    """Approve a step waiting at its approval gate."""
+    from .control import RunControl
+
+    RunControl(run_id).approve(step, by)
+    click.echo(f"approved {step} of {run_id}")
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("step")
+@by_option
+def reject(run_id: str, step: str, by: str | None) -> None:
+    """Reject a step at its approval gate: it fails with reason rejected."""
+    from .control import RunControl
+
+    RunControl(run_id).reject(step, by)
+    click.echo(f"rejected {step} of {run_id}")
+
+
+@click.command("retry")
+@click.argument("run_id")
+@click.argument("step")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Changed environment.")
+@by_option
+def retry_step(run_id: str, step: str, env: tuple[str, ...], by: str | None) -> None:
+    """Run a step awaiting a decision again (optionally with changed environment)."""
+    from .control import RunControl
+
+    RunControl(run_id).retry_step(step, _pairs(env, "--env"), by)
+    click.echo(f"retrying {step} of {run_id}")
+
+
+@click.command("skip")
+@click.argument("run_id")
+@click.argument("step")
+@click.option(
+    "--output",
+    "outputs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Outputs the step is taken to have produced.",
+)
+@by_option
+def skip_step(run_id: str, step: str, outputs: tuple[str, ...], by: str | None) -> None:
+    """Skip a step awaiting a decision; the run goes on with the supplied outputs."""
+    from .control import RunControl
+
+    RunControl(run_id).skip_step(step, _pairs(outputs, "--output"), by)
+    click.echo(f"skipped {step} of {run_id}")
+
+
+@click.command()
+@click.argument("run_id")
+@by_option
+def abort(run_id: str, by: str | None) -> None:
+    """Fail a run that is awaiting a decision, as if no pause had been asked for."""
+    from .control import RunControl
+
+    RunControl(run_id).abort(by)
+    click.echo(f"aborted {run_id}")
+
+
+COMMANDS = [cancel, rerun, pause, resume, approve, reject, retry_step, skip_step, abort]

@@ -187,6 +187,9 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
                 "for_each": step.for_each.strip() if step.for_each else None,
                 "max_parallel": step.max_parallel,
                 "queue": step.queue,
+                "approval": step.approval.model_dump() if step.approval else None,
+                "on_failure": step.on_failure or (defaults.on_failure if defaults else None),
+                "priority": step.priority if step.priority is not None else wf.priority,
             }
         )
     mode, reason = choose_mode(loaded.workflow, loaded.graph)
@@ -203,6 +206,14 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
         "mode": mode,
         "mode_reason": reason,
         "timeout": wf.timeout,
+        "max_active_steps": wf.max_active_steps,
+        "concurrency": {
+            "group": substitute_text(wf.concurrency.group, param_only),
+            "limit": wf.concurrency.limit,
+            "on_conflict": wf.concurrency.on_conflict,
+        }
+        if wf.concurrency
+        else None,
     }
 
 

@@ -17,12 +17,17 @@ from .compile import CANVAS
 from .graph import Leaf, Parallel, Series, SPTree
 
 
-def _queue_of(snapshot: Mapping[str, Any], step_id: str) -> str | None:
+def _spec_of(snapshot: Mapping[str, Any], step_id: str) -> Mapping[str, Any]:
     base = step_id.rsplit("[", 1)[0]
     for spec in snapshot["steps"]:
         if spec["id"] == base:
-            return spec.get("queue")
-    return None
+            return spec
+    return {}
+
+
+def broker_priority(priority: int) -> int:
+    """Our scale is 0-9 with 9 most urgent; the Redis transport serves 0 first."""
+    return 9 - priority if app.conf.broker_url.startswith(("redis", "rediss")) else priority
 
 
 def step_signature(
@@ -30,9 +35,11 @@ def step_signature(
 ) -> Signature:
     """The message for one step; named ``<workflow>.<step>`` in Flower, routed by `queue:`."""
     options: dict[str, Any] = {}
-    queue = _queue_of(snapshot, step_id) if task == STEP_TASK else None
-    if queue:
-        options["queue"] = queue
+    spec = _spec_of(snapshot, step_id)
+    if task == STEP_TASK and spec.get("queue"):
+        options["queue"] = spec["queue"]
+    if spec.get("priority") is not None:
+        options["priority"] = broker_priority(spec["priority"])
     suffix = "" if task == STEP_TASK else ".join"
     return app.signature(
         task,
@@ -104,3 +111,13 @@ def publish_steps(snapshot: Mapping[str, Any], run_id: str, step_ids: Iterable[s
     """Publish steps whose needs have all finished (dynamic dispatch)."""
     for sid in step_ids:
         step_signature(snapshot, run_id, sid).apply_async(root_id=run_id)
+
+
+def publish_admitted(store: Any, run_ids: Iterable[str]) -> None:
+    """Runs of a concurrency group let in by a freed slot: send them now."""
+    from .compile import make_plan, snapshot_graph
+
+    for run_id in run_ids:
+        snapshot = store.snapshot(run_id)
+        graph = snapshot_graph(snapshot)
+        publish_run(snapshot, run_id, make_plan(graph).tree, graph.sources())

@@ -19,21 +19,31 @@ if TYPE_CHECKING:
 
 
 class RunStatus(StrEnum):
+    QUEUED = "queued"  # waiting for a slot in its concurrency group
     PENDING = "pending"
     RUNNING = "running"
+    PAUSED = "paused"
+    AWAITING_DECISION = "awaiting_decision"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # concurrency group full with on_conflict: skip
 
     @property
     def terminal(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self in TERMINAL_RUN_STATUSES
+
+
+TERMINAL_RUN_STATUSES = frozenset({"succeeded", "failed", "cancelled", "skipped"})
 
 
 class StepStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     RETRYING = "retrying"
+    WAITING = "waiting"  # parked: run paused or max_active_steps reached
+    AWAITING_APPROVAL = "awaiting_approval"
+    AWAITING_DECISION = "awaiting_decision"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -41,7 +51,12 @@ class StepStatus(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self not in (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RETRYING)
+        return self in (
+            StepStatus.SUCCEEDED,
+            StepStatus.FAILED,
+            StepStatus.SKIPPED,
+            StepStatus.CANCELLED,
+        )
 
 
 class EventType(StrEnum):
@@ -69,7 +84,12 @@ class FailureReason(StrEnum):
 
 
 TERMINAL_EVENTS = frozenset(
-    {EventType.WORKFLOW_SUCCEEDED, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_CANCELLED}
+    {
+        EventType.WORKFLOW_SUCCEEDED,
+        EventType.WORKFLOW_FAILED,
+        EventType.WORKFLOW_CANCELLED,
+        "workflow_skipped",
+    }
 )
 
 

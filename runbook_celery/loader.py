@@ -194,6 +194,8 @@ def _check_semantics(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
         return problems
 
     graph = Graph(needs)
+    if wf.concurrency is not None:
+        _check_text(wf.concurrency.group, ("concurrency", "group"), None, wf, graph, add)
     for key, value in wf.env.items():
         _check_text(value, ("env", key), None, wf, graph, add)
     for i, step in enumerate(wf.steps):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -49,12 +49,30 @@ class Retries(_Strict):
         return min(delay, self.max_delay) if self.max_delay is not None else delay
 
 
+class Approval(_Strict):
+    """A gate: the step waits until a person approves (or rejects) it."""
+
+    prompt: str = Field("Approve?", description="What the approver is asked.")
+    timeout: float | None = Field(
+        None, gt=0, le=30 * 86400, description="Seconds to wait before the step is rejected."
+    )
+
+
+class Concurrency(_Strict):
+    """At most ``limit`` active runs per group key (computed at trigger time)."""
+
+    group: str = Field(min_length=1, description="Group key; may use ${{ params.X }}.")
+    limit: int = Field(1, ge=1, le=1000)
+    on_conflict: Literal["queue", "cancel_running", "skip"] = "queue"
+
+
 class Defaults(_Strict):
     """Workflow-wide defaults for step keys."""
 
     retries: Retries | None = None
     timeout: float | None = Field(None, gt=0, le=7 * 86400)
     kill_grace: float | None = Field(None, ge=0, le=3600)
+    on_failure: Literal["fail", "pause"] | None = None
 
 
 class Step(_Strict):
@@ -105,6 +123,11 @@ class Step(_Strict):
         pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
         description="Celery queue; only workers started with -Q NAME run this step.",
     )
+    approval: Approval | None = Field(None, description="Wait for `runbook-celery approve`.")
+    on_failure: Literal["fail", "pause"] | None = Field(
+        None, description="pause: wait in awaiting_decision instead of failing the run."
+    )
+    priority: int | None = Field(None, ge=0, le=9, description="Celery task priority (0-9).")
 
     @field_validator("needs", mode="before", json_schema_input_type=StepId | list[StepId])
     @classmethod
@@ -131,9 +154,24 @@ class Workflow(_Strict):
         default_factory=dict, description="Environment for every step; may use expressions."
     )
     defaults: Defaults | None = Field(None, description="Defaults for retries/timeout/kill_grace.")
+    schedule: str | None = Field(
+        None,
+        description="Cron expression (5 fields, e.g. '*/15 * * * *'): `runbook-celery beat` "
+        "triggers the workflow on it.",
+    )
+    overlap: Literal["skip", "allow"] = Field(
+        "skip", description="When a scheduled run is due while the previous one still runs."
+    )
     timeout: float | None = Field(
         None, gt=0, le=30 * 86400, description="Seconds the whole run may take."
     )
+    concurrency: Concurrency | None = Field(
+        None, description="Limit active runs per group (queue, cancel_running or skip)."
+    )
+    max_active_steps: int | None = Field(
+        None, ge=1, le=10_000, description="Most steps of one run executing at once."
+    )
+    priority: int | None = Field(None, ge=0, le=9, description="Default task priority (0-9).")
     steps: list[Step] = Field(min_length=1, max_length=10_000, description="The steps of the DAG.")
 
     @property

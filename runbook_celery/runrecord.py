@@ -8,6 +8,15 @@ from typing import Any
 
 from .events import RunStatus
 
+_STEP_CONTROL_FIELDS = (
+    "approval_prompt",
+    "approved_by",
+    "approved_at",
+    "waiting_since",
+    "decided_by",
+    "env_override",
+)
+
 
 @dataclass(frozen=True)
 class StepRecord:
@@ -24,6 +33,7 @@ class StepRecord:
     allowed_failure: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     reused: bool = False
+    control: dict[str, str] = field(default_factory=dict)  # approvals and decisions
     values: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -41,6 +51,7 @@ class StepRecord:
             history=json.loads(h["history"]) if h.get("history") else [],
             values=json.loads(h["values"]) if h.get("values") else {},
             reused=h.get("reused") == "1",
+            control={k: h[k] for k in _STEP_CONTROL_FIELDS if h.get(k)},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,8 +67,12 @@ class StepRecord:
             "continue_on_error": self.allowed_failure,
             "history": list(self.history),
             "reused": self.reused,
+            **({"control": dict(self.control)} if self.control else {}),
             **({"values": self.values} if self.values else {}),
         }
+
+
+_CONTROL_FIELDS = ("paused_by", "paused_at", "resumed_by", "resumed_at", "reason", "cgroup")
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class RunRecord:
     sha256: str | None = None
     mode: str | None = None
     rerun_of: str | None = None
+    control: dict[str, str] = field(default_factory=dict)  # paused_by/at, resumed_by/at
 
     @classmethod
     def from_hash(cls, h: dict[str, str], steps: dict[str, StepRecord]) -> RunRecord:
@@ -90,6 +106,7 @@ class RunRecord:
             sha256=h.get("sha256"),
             mode=h.get("mode"),
             rerun_of=h.get("rerun_of") or None,
+            control={k: h[k] for k in _CONTROL_FIELDS if h.get(k)},
         )
 
     @property
@@ -113,4 +130,5 @@ class RunRecord:
             "sha256": self.sha256,
             "mode": self.mode,
             "rerun_of": self.rerun_of,
+            **({"control": dict(self.control)} if self.control else {}),
         }

@@ -37,6 +37,28 @@ end
 local function is_terminal(s)
   return s == 'succeeded' or s == 'failed' or s == 'skipped' or s == 'cancelled'
 end
+local admitted = {}
+local function prefix_of(run_key)
+  return string.match(run_key, '^(.*):run:[^:]+$')
+end
+-- a run of a concurrency group ended: free its slot and admit the next queued run
+local function release_group(run_key, run_id)
+  local cg = redis.call('HGET', run_key, 'cgroup')
+  if not cg then return end
+  local prefix = prefix_of(run_key)
+  local active = prefix .. ':cgroup:' .. cg
+  redis.call('ZREM', active, run_id)
+  local limit = tonumber(redis.call('HGET', run_key, 'cgroup_limit') or '1')
+  while redis.call('ZCARD', active) < limit do
+    local nxt = redis.call('LPOP', active .. ':queue')
+    if not nxt then return end
+    if redis.call('HGET', prefix .. ':run:' .. nxt, 'status') == 'queued' then
+      redis.call('ZADD', active, 0, nxt)
+      redis.call('HSET', prefix .. ':run:' .. nxt, 'status', 'pending')
+      admitted[#admitted + 1] = nxt
+    end
+  end
+end
 local function leases_key(run_key)
   return string.match(run_key, '^(.*):run:[^:]+$') .. ':leases'
 end
@@ -66,6 +88,7 @@ local function finalize(run_key, run_events, global_events, remaining, now, run_
     ev[#ev+1] = 'reason'; ev[#ev+1] = cancel[2]
   end
   emit(run_events, global_events, ev)
+  release_group(run_key, run_id)
   return final
 end
 """
@@ -76,7 +99,7 @@ _LUA_EMIT = _LUA_EMIT.replace("GLOBAL_EVENTS_MAXLEN", str(GLOBAL_EVENTS_MAXLEN))
 
 # KEYS: run, step, lease, run_events, global_events, need_step_1..n, output_step_1..m
 # ARGV: run_id, step_id, token, now, lease_s, max_deliveries, workflow, check_needs, n,
-#       ignore_cancel
+#       ignore_cancel, needs_approval, max_active
 # -> {'start', attempt, outputs_1..n} | {'done', status} | {'busy', holder}
 #    | {'blocked', need, status} | {'exhausted', attempts} | {'cancelled'}
 _LUA_START = (
@@ -96,11 +119,23 @@ local n_needs = tonumber(ARGV[9])
 if ARGV[8] == '1' then
   for i = 6, 5 + n_needs do
     local ns = redis.call('HMGET', KEYS[i], 'status', 'allowed_failure')
-    if ns[1] ~= 'succeeded' and not (ns[1] == 'failed' and ns[2] == '1') then
+    if ns[1] ~= 'succeeded' and not ((ns[1] == 'failed' or ns[1] == 'skipped') and ns[2] == '1')
+    then
       return {'blocked', i - 5, ns[1] or 'pending'}
     end
   end
 end
+if redis.call('HGET', KEYS[1], 'paused') == '1' and ARGV[10] ~= '1' then
+  return {'park', 'paused'}
+end
+if ARGV[11] == '1' and redis.call('HGET', KEYS[2], 'approved') ~= '1' then
+  return {'park', 'approval'}
+end
+local max_active = tonumber(ARGV[12])
+if max_active > 0 and tonumber(redis.call('HGET', KEYS[1], 'active') or '0') >= max_active then
+  return {'park', 'max_active'}
+end
+if max_active > 0 then redis.call('HINCRBY', KEYS[1], 'active', 1) end
 local deliveries = redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
 if deliveries > tonumber(ARGV[6]) then
   return {'exhausted', deliveries - 1, redis.call('HGET', KEYS[2], 'attempts') or '0'}
@@ -117,7 +152,7 @@ if run_status == 'pending' then
 end
 emit(KEYS[4], KEYS[5], {'type', 'step_started', 'run_id', ARGV[1], 'workflow', ARGV[7],
      'step', ARGV[2], 'attempt', tostring(attempt), 'ts', ARGV[4]})
-local out = {'start', attempt}
+local out = {'start', attempt, redis.call('HGET', KEYS[2], 'env_override') or ''}
 for i = 6 + n_needs, #KEYS do
   out[#out + 1] = redis.call('HGET', KEYS[i], 'outputs') or '{}'
 end
@@ -189,6 +224,7 @@ for i = 1, n_children do
   if redis.call('SCARD', key) >= need_count then out[#out + 1] = child end
 end
 out[2] = finalize(KEYS[1], KEYS[4], KEYS[5], remaining, ARGV[4], ARGV[1], ARGV[11])
+for _, r in ipairs(admitted) do out[#out + 1] = '@' .. r end
 return out
 """
 )
@@ -261,7 +297,10 @@ for i = 4, #KEYS do
     n = n + 1
   end
 end
-return {n, finalize(KEYS[1], KEYS[2], KEYS[3], remaining, ARGV[2], ARGV[1], ARGV[3])}
+local final = finalize(KEYS[1], KEYS[2], KEYS[3], remaining, ARGV[2], ARGV[1], ARGV[3])
+local out = {n, final}
+for _, r in ipairs(admitted) do out[#out + 1] = r end
+return out
 """
 )
 
@@ -286,8 +325,9 @@ class StartDecision:
     action: str  # start | done | busy | blocked | exhausted | cancelled
     attempt: int = 0
     need_outputs: dict[str, dict[str, str]] | None = None
-    status: str | None = None  # for done / blocked
+    status: str | None = None  # for done / blocked / park (the reason)
     blocked_by: str | None = None
+    env: dict[str, str] | None = None  # environment set by an operator's retry decision
 
 
 @dataclass(frozen=True)
@@ -296,6 +336,7 @@ class FinishOutcome:
     remaining: int = 0
     run_status: str | None = None  # set when this transition ended the run
     ready: tuple[str, ...] = ()
+    admitted: tuple[str, ...] = ()  # queued runs of the same concurrency group now allowed
 
 
 class RunStore:
@@ -305,6 +346,7 @@ class RunStore:
         self.r = client
         self.keys = Keys(prefix)
         self.retention = retention
+        self.last_admitted: list[str] = []
         self._start = client.register_script(_LUA_START)
         self._finish = client.register_script(_LUA_FINISH)
         self._retry = client.register_script(_LUA_RETRY)
@@ -439,6 +481,8 @@ class RunStore:
         max_attempts: int,
         check_needs: bool = True,
         ignore_cancel: bool = False,
+        needs_approval: bool = False,
+        max_active: int = 0,
     ) -> StartDecision:
         """Claim a step atomically; returns the outputs of ``output_steps`` when it starts."""
         k = self.keys
@@ -462,20 +506,23 @@ class RunStore:
             int(check_needs),
             len(needs),
             int(ignore_cancel),
+            int(needs_approval),
+            max_active,
         ]
         res = [_s(x) for x in self._start(keys=keys, args=args)]
         action = res[0]
         if action == "start":
-            outs = {n: json.loads(raw) for n, raw in zip(output_steps, res[2:], strict=True)}
-            return StartDecision("start", attempt=int(res[1]), need_outputs=outs)
+            outs = {n: json.loads(raw) for n, raw in zip(output_steps, res[3:], strict=True)}
+            env = json.loads(res[2]) if res[2] else {}
+            return StartDecision("start", attempt=int(res[1]), need_outputs=outs, env=env)
         if action == "done":
             return StartDecision("done", status=res[1])
         if action == "blocked":
             return StartDecision("blocked", blocked_by=needs[int(res[1]) - 1], status=res[2])
         if action == "exhausted":
             return StartDecision("exhausted", attempt=int(res[2]), status=res[1])
-        if action == "cancelled":
-            return StartDecision("cancelled", status=res[1])
+        if action in ("cancelled", "park"):
+            return StartDecision(action, status=res[1])
         return StartDecision(action)
 
     def finish_step(
@@ -532,7 +579,9 @@ class RunStore:
         res = [_s(x) for x in self._finish(keys=keys, args=args)]
         if res[0] == "dup":
             return FinishOutcome(duplicate=True)
-        outcome = FinishOutcome(False, int(res[0]), res[1] or None, tuple(res[2:]))
+        ready = tuple(r for r in res[2:] if not r.startswith("@"))
+        admitted = tuple(r[1:] for r in res[2:] if r.startswith("@"))
+        outcome = FinishOutcome(False, int(res[0]), res[1] or None, ready, admitted)
         if outcome.run_status:
             self.expire_run(run_id)
         return outcome
@@ -632,12 +681,38 @@ class RunStore:
             *(k.step(run_id, s) for s in all_ids),
         ]
         args = [run_id, now_iso(), run.get("workflow", ""), reason, *all_ids]
-        n, final = [_s(x) for x in self._cancel(keys=keys, args=args)]
+        res = [_s(x) for x in self._cancel(keys=keys, args=args)]
+        n, final, admitted = res[0], res[1], res[2:]
         if int(n) < 0:
             raise RunNotFound(run_id)
         if final and final not in ("running", "pending"):
             self.expire_run(run_id)
+        self.last_admitted = list(admitted)
         return int(n), (final or None)
+
+    def skip_run(self, run_id: str, reason: str) -> None:
+        """A run that will not run at all (its concurrency group was full)."""
+        k = self.keys
+        now = now_iso()
+        run = _decode(self.r.hgetall(k.run(run_id)))
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(
+            k.run(run_id),
+            mapping={"status": "skipped", "finished_at": now, "reason": reason, "remaining": 0},
+        )
+        for sid in json.loads(run.get("steps", "[]")):
+            pipe.hset(k.step(run_id, sid), mapping={"status": "skipped", "reason": reason})
+        event = {
+            "type": "workflow_skipped",
+            "run_id": run_id,
+            "workflow": run.get("workflow", ""),
+            "reason": reason,
+            "ts": now,
+        }
+        pipe.xadd(k.run_events(run_id), event)
+        pipe.xadd(k.global_events, event, maxlen=GLOBAL_EVENTS_MAXLEN, approximate=True)
+        pipe.execute()
+        self.expire_run(run_id)
 
     def add_instances(self, run_id: str, parent: str, values: list[dict[str, Any]]) -> list[str]:
         """Record the instances of a fanned-out step (idempotent); returns their ids."""

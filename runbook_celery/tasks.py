@@ -8,6 +8,7 @@ no-op and keeps two live copies of one step from running together.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -21,13 +22,15 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 
 from . import expressions as ex
 from . import workerhooks  # noqa: F401  (connects the worker signals: recovery, shutdown)
-from .app import FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
+from .app import APPROVAL_TIMEOUT_TASK, FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
 from .compile import CANVAS, DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
-from .events import FailureReason, StepStatus
+from .events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
+from .gates import Gates
 from .graph import Graph
 from .logsink import StepLogSink
 from .redisconn import get_client
@@ -120,13 +123,42 @@ def run_timeout(run_id: str) -> str:
     """Fires when a run's `timeout` expires: stop what is left of the run."""
     _settings, store = _worker_store()
     try:
-        if store.run_status(run_id) in ("pending", "running"):
+        if store.run_status(run_id) not in TERMINAL_RUN_STATUSES:
             keep = cancel_survivors(store.snapshot(run_id))
             store.cancel_run(run_id, reason=FailureReason.TIMEOUT, keep=keep)
             return "timed out"
     except RunNotFound:
         pass
     return "finished in time"
+
+
+@app.task(name=APPROVAL_TIMEOUT_TASK)
+def approval_timeout(run_id: str, step_id: str) -> str:
+    """An approval gate waited too long: reject the step."""
+    _settings, store = _worker_store()
+    try:
+        status = store.step_hashes(run_id, [step_id])[step_id].get("status")
+        if status != "awaiting_approval":
+            return f"step already {status}"
+        finish_outside(
+            run_id,
+            step_id,
+            StepStatus.FAILED,
+            reason="approval_timeout",
+            stderr=["[runbook] approval not given in time"],
+        )
+    except RunNotFound:
+        return "run gone"
+    return "rejected"
+
+
+def finish_outside(run_id: str, step_id: str, status: StepStatus, **fields: Any) -> None:
+    """Record a step's end from outside its task (operator decisions), handing on as usual."""
+    settings, store = _worker_store()
+    ctx = _cache.get(store, run_id)
+    execution = StepExecution(None, settings, store, ctx, run_id, step_id)  # type: ignore[arg-type]
+    with contextlib.suppress(StepFailed):
+        execution._finish(status, **fields)
 
 
 class StepExecution:
@@ -171,18 +203,7 @@ class StepExecution:
             self.values = (
                 self.store.instance_values(self.run_id, self.step_id) if self.parent else {}
             )
-        decision = self.store.start_step(
-            self.run_id,
-            self.step_id,
-            token=self.token,
-            needs=list(self.spec["needs"]) if self.parent is None else [],
-            output_steps=self._referenced_steps(),
-            workflow=self.ctx.workflow,
-            lease_seconds=self.settings.lease_seconds,
-            max_attempts=self.settings.max_attempts,
-            check_needs=check_needs,
-            ignore_cancel=ignore_cancel,
-        )
+        decision = self._start(check_needs, ignore_cancel)
         if decision.action == "done":
             return self._replay(decision.status or "")
         if decision.action == "busy":
@@ -209,8 +230,55 @@ class StepExecution:
         if self.parent is None and (self.spec.get("matrix") or self.spec.get("for_each")):
             return self._fan_out(outputs)
         started = now_iso()
-        result = self._run(outputs)
+        result = self._run(outputs, decision.env or {})
         return self._record(result, started)
+
+    def _start(self, check_needs: bool, ignore_cancel: bool) -> Any:
+        """Claim the step; park it (and end this delivery) when a gate says not yet."""
+        approval = self.spec.get("approval") if self.parent is None else None
+        for _ in range(5):
+            decision = self.store.start_step(
+                self.run_id,
+                self.step_id,
+                token=self.token,
+                needs=list(self.spec["needs"]) if self.parent is None else [],
+                output_steps=self._referenced_steps(),
+                workflow=self.ctx.workflow,
+                lease_seconds=self.settings.lease_seconds,
+                max_attempts=self.settings.max_attempts,
+                check_needs=check_needs,
+                ignore_cancel=ignore_cancel,
+                needs_approval=bool(approval),
+                max_active=self.max_active,
+            )
+            if decision.action != "park":
+                return decision
+            parked = Gates(self.store).park(
+                self.run_id,
+                self.step_id,
+                reason=decision.status or "",
+                signature=dict(self.task.signature_from_request()),
+                workflow=self.ctx.workflow,
+                max_active=self.max_active,
+                prompt=(approval or {}).get("prompt", ""),
+            )
+            if parked:
+                if decision.status == "approval" and (approval or {}).get("timeout"):
+                    app.signature(
+                        APPROVAL_TIMEOUT_TASK, args=(self.run_id, self.step_id), immutable=True
+                    ).apply_async(countdown=approval["timeout"], root_id=self.run_id)
+                raise Ignore()  # acknowledged; the parked message is published again later
+        return decision
+
+    @property
+    def max_active(self) -> int:
+        return int(self.ctx.snapshot.get("max_active_steps") or 0)
+
+    def _release_slot(self) -> None:
+        if self.max_active:
+            message = Gates(self.store).release_slot(self.run_id, self.max_active)
+            if message:
+                app.signature(message).apply_async()
 
     def _record(self, result: BashResult, started: str) -> dict[str, Any]:
         history = {
@@ -224,6 +292,7 @@ class StepExecution:
             self.store.handback_step(
                 self.run_id, self.step_id, token=self.token, workflow=self.ctx.workflow
             )
+            self._release_slot()
             raise self.task.retry(countdown=0)
         if result.ok:
             return self._finish(
@@ -258,7 +327,22 @@ class StepExecution:
                 delay=delay,
                 history=history,
             )
+            self._release_slot()
             raise self.task.retry(countdown=delay)
+        if self._on_failure() == "pause" and not self.store.cancel_requested(self.run_id):
+            Gates(self.store).await_decision(
+                self.run_id,
+                self.step_id,
+                token=self.token,
+                workflow=self.ctx.workflow,
+                signature=dict(self.task.signature_from_request()),
+                exit_code=result.exit_code,
+                reason=reason,
+                stderr=stderr,
+                history=history,
+            )
+            self._release_slot()
+            raise Ignore()  # the operator decides: retry, skip or abort
         return self._finish(
             StepStatus.FAILED,
             exit_code=result.exit_code,
@@ -267,6 +351,9 @@ class StepExecution:
             history=history,
             allowed_failure=bool(self.spec.get("continue_on_error")),
         )
+
+    def _on_failure(self) -> str | None:
+        return self.spec.get("on_failure") if self.parent is None else None
 
     def _retry_delay(self, reason: str, exit_code: int | None) -> float | None:
         """Seconds until the next attempt, or None when this failure is final."""
@@ -336,7 +423,7 @@ class StepExecution:
 
         return resolve
 
-    def _run(self, need_outputs: dict[str, Any]) -> BashResult:
+    def _run(self, need_outputs: dict[str, Any], override: dict[str, str]) -> BashResult:
         env = worker_environment()
         env.update(self.ctx.snapshot["env"])
         resolve = self._resolver(need_outputs)
@@ -344,6 +431,7 @@ class StepExecution:
             env[key] = substitute_text(template, resolve)
         for var, source in self.spec["vars"].items():
             env[var] = ex.to_text(ex.evaluate(ex.parse(source), resolve))
+        env.update(override)  # an operator's `retry --env`
         env["RUNBOOK_RUN_ID"] = self.run_id
         env["RUNBOOK_STEP_ID"] = self.step_id
         env["RUNBOOK_WORKFLOW"] = self.ctx.workflow
@@ -437,6 +525,7 @@ class StepExecution:
             return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])  # type: ignore[arg-type]
         ids = self.store.add_instances(self.run_id, self.step_id, values)
         self.store.release_lease(self.run_id, self.step_id, self.token)
+        self._release_slot()
         publish_fan_out(
             self.ctx.snapshot, self.run_id, self.step_id, ids, self.spec.get("max_parallel")
         )
@@ -512,10 +601,16 @@ class StepExecution:
         )
         if outcome.duplicate and check_terminal:
             return self._replay(outcome.run_status or "")
+        if self.attempt is not None and not outcome.duplicate:
+            self._release_slot()
         if outcome.ready:
             from .dispatch import publish_steps
 
             publish_steps(self.ctx.snapshot, self.run_id, outcome.ready)
+        if outcome.admitted:
+            from .dispatch import publish_admitted
+
+            publish_admitted(self.store, outcome.admitted)
         result = {
             "run_id": self.run_id,
             "step": self.step_id,

@@ -50,9 +50,11 @@ def restore_unacked(broker: redis.Redis, task_id: str) -> bool:
         if payload.get("headers", {}).get("id") != task_id:
             continue
         payload.setdefault("headers", {})["redelivered"] = True
+        priority = payload.get("properties", {}).get("priority") or 0
+        queue = f"{routing_key}:{priority}" if priority else routing_key  # kombu's priority lists
         script = broker.register_script(_RESTORE_LUA)
         return bool(
-            script(keys=["unacked", "unacked_index", routing_key], args=[tag, json.dumps(payload)])
+            script(keys=["unacked", "unacked_index", queue], args=[tag, json.dumps(payload)])
         )
     return False
 

@@ -1,0 +1,319 @@
+"""Operator control in Redis: pause/resume, parked steps, approvals, decisions, concurrency.
+
+A step that may not start now (run paused, approval pending, too many steps active, or a
+failure awaiting a decision) is *parked*: its Celery message, rebuilt from the request
+with its chain/chord continuation, is stored in Redis and the delivery is acknowledged.
+No worker slot is held and nothing polls. Resume, approve, a freed slot or a decision
+publishes the parked message again. Each transition is one Lua script.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import InvalidOperation, RunNotFound
+from .store import _LUA_EMIT, RunStore, _s, now_iso
+
+# KEYS: run, step, run_events, global_events   ARGV: run_id, step_id, reason, sig, now,
+#       workflow, max_active, prompt
+# -> 1 parked | 0 the reason went away meanwhile (start again)
+_LUA_PARK = (
+    _LUA_EMIT
+    + """
+local st = redis.call('HGET', KEYS[2], 'status')
+if is_terminal(st) then return 1 end
+local reason = ARGV[3]
+if reason == 'paused' then
+  if redis.call('HGET', KEYS[1], 'paused') ~= '1' then return 0 end
+  redis.call('RPUSH', KEYS[1] .. ':parked', ARGV[4])
+  redis.call('HSET', KEYS[2], 'status', 'waiting')
+  emit(KEYS[3], KEYS[4], {'type', 'step_waiting', 'run_id', ARGV[1], 'workflow', ARGV[6],
+       'step', ARGV[2], 'reason', 'paused', 'ts', ARGV[5]})
+elseif reason == 'max_active' then
+  local active = tonumber(redis.call('HGET', KEYS[1], 'active') or '0')
+  if active < tonumber(ARGV[7]) and redis.call('HGET', KEYS[1], 'paused') ~= '1' then
+    return 0
+  end
+  redis.call('RPUSH', KEYS[1] .. ':parked', ARGV[4])
+  redis.call('HSET', KEYS[2], 'status', 'waiting')
+  emit(KEYS[3], KEYS[4], {'type', 'step_waiting', 'run_id', ARGV[1], 'workflow', ARGV[6],
+       'step', ARGV[2], 'reason', 'max_active_steps', 'ts', ARGV[5]})
+elseif reason == 'approval' then
+  if redis.call('HGET', KEYS[2], 'approved') == '1' then return 0 end
+  redis.call('HSET', KEYS[2], 'status', 'awaiting_approval', 'parked_sig', ARGV[4],
+             'approval_prompt', ARGV[8], 'waiting_since', ARGV[5])
+  emit(KEYS[3], KEYS[4], {'type', 'step_awaiting_approval', 'run_id', ARGV[1],
+       'workflow', ARGV[6], 'step', ARGV[2], 'prompt', ARGV[8], 'ts', ARGV[5]})
+end
+return 1
+"""
+)
+
+# KEYS: run   ARGV: max_active  -> a parked message to publish, or nil
+_LUA_RELEASE = """
+local active = redis.call('HINCRBY', KEYS[1], 'active', -1)
+if active < 0 then redis.call('HSET', KEYS[1], 'active', 0); active = 0 end
+if redis.call('HGET', KEYS[1], 'paused') == '1' then return false end
+if active < tonumber(ARGV[1]) then return redis.call('LPOP', KEYS[1] .. ':parked') end
+return false
+"""
+
+# KEYS: run, run_events, global_events   ARGV: run_id, now, workflow, by, action(pause|resume)
+# -> {'ok', parked...} | {'finished'} | {'missing'} | {'noop'}
+_LUA_PAUSE_RESUME = (
+    _LUA_EMIT
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if redis.call('HGET', KEYS[1], 'finished_at') then return {'finished', status} end
+if ARGV[5] == 'pause' then
+  if redis.call('HGET', KEYS[1], 'paused') == '1' then return {'noop'} end
+  redis.call('HSET', KEYS[1], 'paused', '1', 'paused_by', ARGV[4], 'paused_at', ARGV[2],
+             'status_before_pause', status, 'status', 'paused')
+  emit(KEYS[2], KEYS[3], {'type', 'workflow_paused', 'run_id', ARGV[1], 'workflow', ARGV[3],
+       'by', ARGV[4], 'ts', ARGV[2]})
+  return {'ok'}
+end
+if redis.call('HGET', KEYS[1], 'paused') ~= '1' then return {'noop'} end
+local before = redis.call('HGET', KEYS[1], 'status_before_pause') or 'running'
+redis.call('HSET', KEYS[1], 'paused', '0', 'status', before, 'resumed_by', ARGV[4],
+           'resumed_at', ARGV[2])
+emit(KEYS[2], KEYS[3], {'type', 'workflow_resumed', 'run_id', ARGV[1], 'workflow', ARGV[3],
+     'by', ARGV[4], 'ts', ARGV[2]})
+local out = {'ok'}
+local parked = redis.call('LRANGE', KEYS[1] .. ':parked', 0, -1)
+redis.call('DEL', KEYS[1] .. ':parked')
+for _, m in ipairs(parked) do out[#out + 1] = m end
+return out
+"""
+)
+
+# A gate on one step opens: approval given, or a decision to retry the failed step.
+# KEYS: run, step, run_events, global_events
+# ARGV: run_id, step_id, now, workflow, by, expected_status, event, extra_field, extra_value
+# -> {'ok', parked_sig} | {'wrong', status}
+_LUA_OPEN = (
+    _LUA_EMIT
+    + """
+local st = redis.call('HGET', KEYS[2], 'status')
+if st ~= ARGV[6] then return {'wrong', st or 'missing'} end
+local sig = redis.call('HGET', KEYS[2], 'parked_sig') or ''
+redis.call('HDEL', KEYS[2], 'parked_sig')
+redis.call('HSET', KEYS[2], 'status', 'pending', 'deliveries', '0', ARGV[8], ARGV[9])
+if ARGV[6] == 'awaiting_approval' then
+  redis.call('HSET', KEYS[2], 'approved', '1', 'approved_by', ARGV[5], 'approved_at', ARGV[3])
+end
+if redis.call('HGET', KEYS[1], 'status') == 'awaiting_decision' then
+  redis.call('HSET', KEYS[1], 'status', 'running')
+end
+emit(KEYS[3], KEYS[4], {'type', ARGV[7], 'run_id', ARGV[1], 'workflow', ARGV[4],
+     'step', ARGV[2], 'by', ARGV[5], 'ts', ARGV[3]})
+return {'ok', sig}
+"""
+)
+
+# A step failed with on_failure: pause. KEYS: run, step, lease, run_events, global_events
+# ARGV: run_id, step_id, token, now, workflow, sig, exit_code, reason, stderr_json, history
+_LUA_AWAIT_DECISION = (
+    _LUA_EMIT
+    + """
+local st = redis.call('HGET', KEYS[2], 'status')
+if is_terminal(st) then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'awaiting_decision', 'parked_sig', ARGV[6],
+           'exit_code', ARGV[7], 'reason', ARGV[8], 'stderr_tail', ARGV[9],
+           'deliveries', '0', 'waiting_since', ARGV[4])
+append_history(KEYS[2], ARGV[10])
+if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+redis.call('ZREM', leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2])
+if redis.call('HGET', KEYS[1], 'paused') ~= '1' then
+  redis.call('HSET', KEYS[1], 'status', 'awaiting_decision')
+end
+emit(KEYS[4], KEYS[5], {'type', 'step_awaiting_decision', 'run_id', ARGV[1],
+     'workflow', ARGV[5], 'step', ARGV[2], 'exit_code', ARGV[7], 'reason', ARGV[8],
+     'ts', ARGV[4]})
+return 1
+"""
+)
+
+# Admission of a new run into its concurrency group.
+# The run was recorded as 'queued'. KEYS: group active zset, group queue list, run
+# ARGV: run_id, limit, on_conflict -> {'start'} | {'queued'} | {'skip'} | {'cancel', ids...}
+_LUA_ADMIT = """
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], 0, ARGV[1])
+  redis.call('HSET', KEYS[3], 'status', 'pending')
+  return {'start'}
+end
+if ARGV[3] == 'skip' then return {'skip'} end
+if ARGV[3] == 'cancel_running' then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  local out = {'cancel'}
+  for _, r in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do out[#out + 1] = r end
+  return out
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return {'queued'}
+"""
+
+
+class Gates:
+    """Operator-control transitions on top of a RunStore (same client, same prefix)."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        r = store.r
+        self._park = r.register_script(_LUA_PARK)
+        self._release = r.register_script(_LUA_RELEASE)
+        self._pause_resume = r.register_script(_LUA_PAUSE_RESUME)
+        self._open = r.register_script(_LUA_OPEN)
+        self._await = r.register_script(_LUA_AWAIT_DECISION)
+        self._admit = r.register_script(_LUA_ADMIT)
+
+    # ------------------------------------------------------------------ parking
+
+    def park(
+        self,
+        run_id: str,
+        step_id: str,
+        *,
+        reason: str,
+        signature: dict[str, Any],
+        workflow: str,
+        max_active: int = 0,
+        prompt: str = "",
+    ) -> bool:
+        k = self.store.keys
+        keys = [k.run(run_id), k.step(run_id, step_id), k.run_events(run_id), k.global_events]
+        args = [
+            run_id,
+            step_id,
+            reason,
+            json.dumps(signature),
+            now_iso(),
+            workflow,
+            max_active,
+            prompt,
+        ]
+        return bool(self._park(keys=keys, args=args))
+
+    def release_slot(self, run_id: str, max_active: int) -> dict[str, Any] | None:
+        """A step of a capped run stopped executing: maybe unpark the next one."""
+        raw = self._release(keys=[self.store.keys.run(run_id)], args=[max_active])
+        return json.loads(_s(raw)) if raw else None
+
+    # ------------------------------------------------------------------ pause / resume
+
+    def pause(self, run_id: str, by: str) -> None:
+        self._toggle(run_id, by, "pause")
+
+    def resume(self, run_id: str, by: str) -> list[dict[str, Any]]:
+        """Resume; returns the parked messages to publish again."""
+        return self._toggle(run_id, by, "resume")
+
+    def _toggle(self, run_id: str, by: str, action: str) -> list[dict[str, Any]]:
+        k = self.store.keys
+        workflow = _s(self.store.r.hget(k.run(run_id), "workflow")) or ""
+        res = [
+            _s(x)
+            for x in self._pause_resume(
+                keys=[k.run(run_id), k.run_events(run_id), k.global_events],
+                args=[run_id, now_iso(), workflow, by, action],
+            )
+        ]
+        if res[0] == "missing":
+            raise RunNotFound(run_id)
+        if res[0] == "finished":
+            raise InvalidOperation(f"run {run_id} already ended ({res[1]}); nothing to {action}")
+        return [json.loads(m) for m in res[1:]]
+
+    # ------------------------------------------------------------------ gates on a step
+
+    def open_gate(
+        self,
+        run_id: str,
+        step_id: str,
+        *,
+        expected: str,
+        event: str,
+        by: str,
+        field: str = "decided_by",
+        value: str = "",
+    ) -> dict[str, Any] | None:
+        k = self.store.keys
+        workflow = _s(self.store.r.hget(k.run(run_id), "workflow")) or ""
+        res = [
+            _s(x)
+            for x in self._open(
+                keys=[
+                    k.run(run_id),
+                    k.step(run_id, step_id),
+                    k.run_events(run_id),
+                    k.global_events,
+                ],
+                args=[
+                    run_id,
+                    step_id,
+                    now_iso(),
+                    workflow,
+                    by,
+                    expected,
+                    event,
+                    field,
+                    value or by,
+                ],
+            )
+        ]
+        if res[0] == "wrong":
+            raise InvalidOperation(
+                f"step {step_id!r} of run {run_id} is {res[1]}, not {expected.replace('_', ' ')}"
+            )
+        return json.loads(res[1]) if res[1] else None
+
+    def await_decision(
+        self,
+        run_id: str,
+        step_id: str,
+        *,
+        token: str,
+        workflow: str,
+        signature: dict[str, Any],
+        exit_code: int | None,
+        reason: str,
+        stderr: list[str],
+        history: dict[str, Any],
+    ) -> bool:
+        k = self.store.keys
+        keys = [
+            k.run(run_id),
+            k.step(run_id, step_id),
+            k.lease(run_id, step_id),
+            k.run_events(run_id),
+            k.global_events,
+        ]
+        args = [
+            run_id,
+            step_id,
+            token,
+            now_iso(),
+            workflow,
+            json.dumps(signature),
+            "" if exit_code is None else exit_code,
+            reason,
+            json.dumps(stderr),
+            json.dumps(history),
+        ]
+        return bool(self._await(keys=keys, args=args))
+
+    # ------------------------------------------------------------------ concurrency groups
+
+    def admit(self, run_id: str, group: str, limit: int, on_conflict: str) -> tuple[str, list]:
+        k = self.store.keys
+        active = f"{k.prefix}:cgroup:{group}"
+        res = [
+            _s(x)
+            for x in self._admit(
+                keys=[active, f"{active}:queue", k.run(run_id)], args=[run_id, limit, on_conflict]
+            )
+        ]
+        return res[0], res[1:]
