@@ -47,7 +47,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_transport.update(
             priority_steps=list(range(10)), sep=":", queue_order_strategy="priority"
         )
-    default_priority = 4 if s.broker_url.startswith(("redis", "rediss")) else None
+    redis_broker = s.broker_url.startswith(("redis", "rediss"))
+    # Redis serves 0 first (our 5 -> 4); AMQP queues need x-max-priority, higher first
+    default_priority = 4 if redis_broker else 5
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -56,6 +58,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         result_accept_content=["json"],
         task_default_queue=s.default_queue,
         task_default_priority=default_priority,  # = priority 5 on our 0-9 scale
+        task_queue_max_priority=None if redis_broker else 9,
         task_acks_late=True,
         worker_prefetch_multiplier=1,
         task_reject_on_worker_lost=True,

@@ -111,4 +111,27 @@ def schema() -> None:
     click.echo(schema_text(), nl=False)
 
 
-COMMANDS = [schema]
+@click.command()
+@click.option(
+    "-d",
+    "--definitions",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder whose *.yaml/*.yml files with a `schedule:` are triggered.",
+)
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+def beat(definitions: Path, loglevel: str) -> None:
+    """Trigger workflows on their `schedule:` (Celery beat); run exactly one per Redis prefix.
+
+    Each due workflow is validated and submitted as a normal run. The folder is re-read
+    within a second when a file in it is added, edited or removed; invalid files are
+    logged and left out. With `overlap: skip` (the default) a run is not started while the
+    previous scheduled run of that workflow has not finished.
+    """
+    from .app import app
+    from .schedule import scheduler_for
+
+    app.Beat(scheduler=scheduler_for(definitions.resolve()), loglevel=loglevel).run()
+
+
+COMMANDS = [schema, beat]

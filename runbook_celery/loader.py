@@ -13,6 +13,7 @@ from . import expressions as ex
 from .errors import DefinitionError, InvalidDefinition, Problem
 from .graph import Graph, find_cycle
 from .model import Defaults, Retries, Step, Workflow
+from .schedule import cron_problem
 from .settings import get_settings
 from .yamlload import LoadedYaml, YamlPath, format_path, load_yaml_file, load_yaml_text
 
@@ -68,6 +69,9 @@ def _validate(doc: LoadedYaml, base_dir: Path) -> LoadedWorkflow:
     except ValidationError as exc:
         raise InvalidDefinition(_pydantic_problems(exc, doc)) from None
     problems = _check_semantics(workflow, doc)
+    if workflow.schedule is not None and (why := cron_problem(workflow.schedule)):
+        line = doc.line_of(("schedule",))
+        problems.append(Problem(doc.file, line, f"invalid schedule: {why}", "schedule"))
     if problems:
         raise InvalidDefinition(problems)
     graph = Graph({s.id: s.needs for s in workflow.steps})

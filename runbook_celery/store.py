@@ -73,6 +73,29 @@ local function append_history(step_key, record)
   else h = string.sub(h, 1, -2) .. ',' .. record .. ']' end
   redis.call('HSET', step_key, 'history', h)
 end
+-- a finished run lives for the retention period, then vanishes with its logs (key names
+-- as in keys.py)
+local function expire_run_keys(run_key, run_events)
+  local ttl = tonumber(redis.call('HGET', run_key, 'retention') or '0')
+  if ttl <= 0 then return end
+  local base = run_key
+  redis.call('EXPIRE', run_key, ttl)
+  redis.call('EXPIRE', run_events, ttl)
+  local ids = cjson.decode(redis.call('HGET', run_key, 'steps') or '[]')
+  local i = 1
+  while i <= #ids do
+    local sid = ids[i]
+    local inst = redis.call('HGET', base .. ':step:' .. sid, 'instances')
+    if inst then
+      for _, x in ipairs(cjson.decode(inst)) do ids[#ids + 1] = x end
+    end
+    for _, part in ipairs({':step:', ':lease:', ':arrived:', ':logs:'}) do
+      redis.call('EXPIRE', base .. part .. sid, ttl)
+    end
+    i = i + 1
+  end
+  redis.call('EXPIRE', base .. ':parked', ttl)
+end
 -- end the run when no step is left; returns the final status or ''
 local function finalize(run_key, run_events, global_events, remaining, now, run_id, workflow)
   if remaining > 0 then return '' end
@@ -89,6 +112,7 @@ local function finalize(run_key, run_events, global_events, remaining, now, run_
   end
   emit(run_events, global_events, ev)
   release_group(run_key, run_id)
+  expire_run_keys(run_key, run_events)
   return final
 end
 """
@@ -376,6 +400,7 @@ class RunStore:
             "remaining": len(step_ids) - len(reused),
             "failures": 0,
             "steps": json.dumps(step_ids),
+            "retention": self.retention,
             **extra,
         }
         try:
