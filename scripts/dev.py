@@ -93,8 +93,19 @@ def ensure_redis(db: int = 0) -> Iterator[str]:
     workdir = tempfile.mkdtemp(prefix="runbook-redis-")
     log(f"starting {binary} on 127.0.0.1:{port}")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -131,8 +142,16 @@ def ensure_worker(env: dict[str, str]) -> Iterator[None]:
     log("starting a worker ...")
     logfile = open(Path(tempfile.gettempdir()) / "runbook-demo-worker.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runbook_celery", "worker", "--concurrency", "2",
-         "--loglevel", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "runbook_celery",
+            "worker",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "WARNING",
+        ],
         env=env,
         stdout=logfile,
         stderr=subprocess.STDOUT,
