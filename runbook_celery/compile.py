@@ -207,6 +207,7 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
         "mode_reason": reason,
         "timeout": wf.timeout,
         "max_active_steps": wf.max_active_steps,
+        "secrets": list(wf.secrets),
         "concurrency": {
             "group": substitute_text(wf.concurrency.group, param_only),
             "limit": wf.concurrency.limit,

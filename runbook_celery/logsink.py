@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -22,7 +23,13 @@ class StepLogSink:
     """Collects (stream, line) pairs from the runner and appends them to the step's log."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, run_id: str, step_id: str, max_lines: int
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        run_id: str,
+        step_id: str,
+        max_lines: int,
+        mask: Callable[[str], str] | None = None,
     ) -> None:
         self.client = client
         self.key = keys.logs(run_id, step_id)
@@ -33,10 +40,11 @@ class StepLogSink:
         self.last_flush = 0.0
         self.total = 0
         self.broken = False
+        self.mask = mask or (lambda text: text)
 
     def __call__(self, stream: str, line: str) -> None:
         with self.lock:
-            self.buffer.append(("out" if stream == "stdout" else "err", line))
+            self.buffer.append(("out" if stream == "stdout" else "err", self.mask(line)))
             self.total += 1
             now = time.monotonic()
             if now - self.last_flush >= BATCH_SECONDS or len(self.buffer) >= BATCH_LINES:

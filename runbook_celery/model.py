@@ -165,6 +165,11 @@ class Workflow(_Strict):
     timeout: float | None = Field(
         None, gt=0, le=30 * 86400, description="Seconds the whole run may take."
     )
+    secrets: list[EnvName] = Field(
+        default_factory=list,
+        description="Worker environment variables whose values are masked as *** in logs, "
+        "events, outputs and Flower.",
+    )
     concurrency: Concurrency | None = Field(
         None, description="Limit active runs per group (queue, cancel_running or skip)."
     )

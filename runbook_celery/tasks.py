@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from celery import Task
@@ -270,6 +270,18 @@ class StepExecution:
                 raise Ignore()  # acknowledged; the parked message is published again later
         return decision
 
+    @cached_property
+    def _secret_values(self) -> list[str]:
+        """Values of the workflow's `secrets:` on this worker, longest first."""
+        env = worker_environment()
+        values = {env[n] for n in self.ctx.snapshot.get("secrets") or [] if env.get(n)}
+        return sorted(values, key=len, reverse=True)
+
+    def mask(self, text: str) -> str:
+        for value in self._secret_values:
+            text = text.replace(value, "***")
+        return text
+
     @property
     def max_active(self) -> int:
         return int(self.ctx.snapshot.get("max_active_steps") or 0)
@@ -440,7 +452,12 @@ class StepExecution:
         if cwd and not os.path.isdir(cwd):
             cwd = None
         sink = StepLogSink(
-            self.store.r, self.store.keys, self.run_id, self.step_id, self.settings.log_lines
+            self.store.r,
+            self.store.keys,
+            self.run_id,
+            self.step_id,
+            self.settings.log_lines,
+            mask=self.mask,
         )
         grace = self.spec.get("kill_grace")
         try:
@@ -574,6 +591,9 @@ class StepExecution:
     ) -> dict[str, Any]:
         failed = status in (StepStatus.FAILED, StepStatus.CANCELLED) and not allowed_failure
         mode = self.ctx.snapshot["mode"]
+        if self._secret_values:
+            outputs = _mask_outputs(outputs, self.mask)  # type: ignore[assignment]
+            stderr = [self.mask(line) for line in stderr] if stderr else stderr
         skip: list[str] = []
         children: dict[str, int] = {}
         if self.parent is None:
@@ -643,6 +663,14 @@ class StepExecution:
             # canvas: keep Celery from continuing past a step that did not succeed
             raise StepFailed(f"step {self.step_id} already {status}")
         return {"run_id": self.run_id, "step": self.step_id, "status": status, "duplicate": True}
+
+
+def _mask_outputs(outputs: Any, mask: Any) -> Any:
+    if isinstance(outputs, dict):
+        return {k: mask(v) if isinstance(v, str) else v for k, v in outputs.items()}
+    if isinstance(outputs, list):
+        return [_mask_outputs(o, mask) for o in outputs]
+    return outputs
 
 
 def _outputs(h: dict[str, str]) -> Any:
