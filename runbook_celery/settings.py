@@ -69,6 +69,13 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
+# Connection URLs may carry passwords: steps never see them.
+HIDDEN_FROM_STEPS = ("RUNBOOK_REDIS_URL", "RUNBOOK_BROKER_URL")
+
+
 def worker_environment() -> dict[str, str]:
     """The environment a step inherits from its worker (the only other os.environ read)."""
-    return dict(os.environ)
+    env = dict(os.environ)
+    for name in HIDDEN_FROM_STEPS:
+        env.pop(name, None)
+    return env

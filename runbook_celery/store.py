@@ -176,7 +176,8 @@ if run_status == 'pending' then
 end
 emit(KEYS[4], KEYS[5], {'type', 'step_started', 'run_id', ARGV[1], 'workflow', ARGV[7],
      'step', ARGV[2], 'attempt', tostring(attempt), 'ts', ARGV[4]})
-local out = {'start', attempt, redis.call('HGET', KEYS[2], 'env_override') or ''}
+local out = {'start', attempt, redis.call('HGET', KEYS[2], 'env_override') or '',
+             redis.call('HGET', KEYS[1], 'mode') or ''}
 for i = 6 + n_needs, #KEYS do
   out[#out + 1] = redis.call('HGET', KEYS[i], 'outputs') or '{}'
 end
@@ -213,7 +214,7 @@ redis.call('HSET', KEYS[2], unpack(fields))
 append_history(KEYS[2], ARGV[#ARGV])
 local holder = redis.call('GET', KEYS[3])
 if holder == ARGV[3] or not holder then redis.call('DEL', KEYS[3]) end
-redis.call('ZREM', leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2])
+-- the lease-index entry stays until the task has handed on (workerhooks: task_postrun)
 local ev = {'type', 'step_' .. status, 'run_id', ARGV[1], 'workflow', ARGV[11],
             'step', ARGV[2], 'ts', ARGV[4]}
 if ARGV[12] ~= '' then ev[#ev+1] = 'attempt'; ev[#ev+1] = ARGV[12] end
@@ -352,6 +353,7 @@ class StartDecision:
     status: str | None = None  # for done / blocked / park (the reason)
     blocked_by: str | None = None
     env: dict[str, str] | None = None  # environment set by an operator's retry decision
+    mode: str | None = None  # the run's dispatch mode now (a canvas run may fail over)
 
 
 @dataclass(frozen=True)
@@ -537,9 +539,11 @@ class RunStore:
         res = [_s(x) for x in self._start(keys=keys, args=args)]
         action = res[0]
         if action == "start":
-            outs = {n: json.loads(raw) for n, raw in zip(output_steps, res[3:], strict=True)}
+            outs = {n: json.loads(raw) for n, raw in zip(output_steps, res[4:], strict=True)}
             env = json.loads(res[2]) if res[2] else {}
-            return StartDecision("start", attempt=int(res[1]), need_outputs=outs, env=env)
+            return StartDecision(
+                "start", attempt=int(res[1]), need_outputs=outs, env=env, mode=res[3] or None
+            )
         if action == "done":
             return StartDecision("done", status=res[1])
         if action == "blocked":
@@ -714,6 +718,39 @@ class RunStore:
             self.expire_run(run_id)
         self.last_admitted = list(admitted)
         return int(n), (final or None)
+
+    def run_mode(self, run_id: str) -> str | None:
+        raw = self.r.hget(self.keys.run(run_id), "mode")
+        return _s(raw) if raw is not None else None
+
+    def fail_over_to_dynamic(self, run_id: str, children: Mapping[str, list[str]]) -> list[str]:
+        """A canvas run lost a message: continue it by dynamic dispatch from its record.
+
+        Every finished step joins its children (as dynamic steps do), so the steps whose
+        needs have all finished and that are still pending can be published; parts of the
+        canvas still in flight are absorbed by the steps' claims.
+        """
+        k = self.keys
+        steps = list(children)
+        hashes = self.step_hashes(run_id, steps)
+        needs: dict[str, list[str]] = {s: [] for s in steps}
+        for parent, kids in children.items():
+            for kid in kids:
+                needs[kid].append(parent)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(k.run(run_id), "mode", "dynamic")
+        for parent, kids in children.items():
+            if hashes[parent].get("status") in ("succeeded", "failed", "skipped", "cancelled"):
+                for kid in kids:
+                    pipe.sadd(k.arrived(run_id, kid), parent)
+        pipe.execute()
+        terminal = {"succeeded", "failed", "skipped", "cancelled"}
+        return [
+            s
+            for s in steps
+            if hashes[s].get("status") in (None, "pending")
+            and all(hashes[n].get("status") in terminal for n in needs[s])
+        ]
 
     def skip_run(self, run_id: str, reason: str) -> None:
         """A run that will not run at all (its concurrency group was full)."""

@@ -188,6 +188,7 @@ class StepExecution:
             self.spec = ctx.steps[self.parent]
         self.token = uuid.uuid4().hex
         self.attempt: int | None = None
+        self.mode: str | None = None  # from the store when known; a canvas run may fail over
 
     # ------------------------------------------------------------------ flow
 
@@ -226,6 +227,7 @@ class StepExecution:
                 ],
             )
         self.attempt = decision.attempt
+        self.mode = decision.mode
         outputs = decision.need_outputs or {}
         if self.parent is None and (self.spec.get("matrix") or self.spec.get("for_each")):
             return self._fan_out(outputs)
@@ -590,7 +592,7 @@ class StepExecution:
         check_terminal: bool = False,
     ) -> dict[str, Any]:
         failed = status in (StepStatus.FAILED, StepStatus.CANCELLED) and not allowed_failure
-        mode = self.ctx.snapshot["mode"]
+        mode = self.mode or self.store.run_mode(self.run_id) or self.ctx.snapshot["mode"]
         if self._secret_values:
             outputs = _mask_outputs(outputs, self.mask)  # type: ignore[assignment]
             stderr = [self.mask(line) for line in stderr] if stderr else stderr
@@ -653,7 +655,8 @@ class StepExecution:
         In dynamic mode the join is idempotent, so re-doing it publishes any child that a
         crash between "recorded" and "published" would otherwise have stranded.
         """
-        if self.parent is None and self.ctx.snapshot["mode"] == DYNAMIC:
+        mode = self.mode or self.store.run_mode(self.run_id) or self.ctx.snapshot["mode"]
+        if self.parent is None and mode == DYNAMIC:
             ready = self.store.rejoin(self.run_id, self.step_id, self._children())
             if ready:
                 from .dispatch import publish_steps

@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from celery import signals
 
+from .events import TERMINAL_RUN_STATUSES
 from .redisconn import client_for
 from .settings import get_settings
 
@@ -59,34 +60,100 @@ def restore_unacked(broker: redis.Redis, task_id: str) -> bool:
     return False
 
 
+def message_queued(broker: redis.Redis, queue: str, task_id: str) -> bool:
+    """Whether a message for ``task_id`` waits in ``queue`` (at any priority)."""
+    needle = f'"id": "{task_id}"'.encode()
+    for key in [queue, *(f"{queue}:{p}" for p in range(1, 10))]:
+        if any(needle in m for m in broker.lrange(key, 0, -1)):
+            return True
+    return False
+
+
 def recover_once(store: Any, broker: redis.Redis | None, lock_seconds: int) -> list[str]:
-    """One pass over expired leases; returns the ``run|step`` entries put back in a queue."""
+    """One pass over expired leases; returns the ``run|step`` entries dealt with.
+
+    An entry outlives its lease when the worker died while the step ran, or after the
+    step was recorded but before what follows it was handed on (the entry is dropped by
+    ``task_postrun``). Either way the original message, still unacknowledged, goes back
+    on its queue: a running step runs again, a finished one is replayed and hands on.
+    """
     from .dispatch import step_signature
 
-    recovered = []
+    dealt = []
     for run_id, step_id in store.expired_leases():
         member = f"{run_id}|{step_id}"
         lock = f"{store.keys.prefix}:recover:{member}"
         if not store.r.set(lock, os.getpid(), nx=True, ex=lock_seconds):
             continue
         h = store.step_hashes(run_id, [step_id])[step_id]
-        if h.get("status") != "running" or store.r.exists(store.keys.lease(run_id, step_id)):
-            if h.get("status") != "running":
-                store.drop_lease_entry(run_id, step_id)
+        status = h.get("status")
+        if status is None:  # the run expired or was deleted
+            store.drop_lease_entry(run_id, step_id)
             continue
+        if status == "running" and store.r.exists(store.keys.lease(run_id, step_id)):
+            continue  # alive after all (a late refresh)
         task_id = f"{run_id}.{step_id}"
-        restored = broker is not None and restore_unacked(broker, task_id)
-        if not restored:
-            snapshot = store.snapshot(run_id)
-            if snapshot["mode"] != "dynamic" and "[" not in step_id:
-                # a canvas step's message carries its chain; only the broker can give it back
-                log.warning("lease of %s expired but its message is not in unacked", task_id)
-                continue
-            step_signature(snapshot, run_id, step_id).apply_async(root_id=run_id)
+        if broker is not None and restore_unacked(broker, task_id):
+            log.warning("put step %s of run %s back on its queue (worker lost)", step_id, run_id)
+        elif status != "running":
+            if store.run_status(run_id) not in TERMINAL_RUN_STATUSES:
+                _fail_over(store, run_id, step_id, rerun=False)
+        elif broker is not None and message_queued(broker, _queue(store, run_id, step_id), task_id):
+            continue  # already back in a queue: a worker will claim it
+        elif "[" in step_id:  # a fan-out instance: its lane is gone; run it on its own
+            step_signature(store.snapshot(run_id), run_id, step_id).apply_async(root_id=run_id)
+        else:
+            _fail_over(store, run_id, step_id, rerun=True)
         store.drop_lease_entry(run_id, step_id)
-        log.warning("recovered step %s of run %s from a lost worker", step_id, run_id)
-        recovered.append(member)
-    return recovered
+        dealt.append(member)
+    return dealt
+
+
+def _queue(store: Any, run_id: str, step_id: str) -> str:
+    base = step_id.rsplit("[", 1)[0]
+    spec = next((s for s in store.snapshot(run_id)["steps"] if s["id"] == base), {})
+    return spec.get("queue") or get_settings().default_queue
+
+
+def _fail_over(store: Any, run_id: str, step_id: str, *, rerun: bool) -> None:
+    """The broker lost a step's message (and, in a canvas, the rest of its chain with it).
+
+    The run continues by dynamic dispatch from its record: the lost step is published
+    again if it had not finished, and so is every step whose needs have all finished.
+    """
+    from .compile import snapshot_graph
+    from .dispatch import publish_steps
+
+    snapshot = store.snapshot(run_id)
+    graph = snapshot_graph(snapshot)
+    ready = store.fail_over_to_dynamic(run_id, graph.children)
+    if rerun and step_id not in ready:
+        ready.append(step_id)
+    log.warning(
+        "message of step %s of run %s was lost; run %s continues by dynamic "
+        "dispatch (publishing %s)",
+        step_id,
+        run_id,
+        run_id,
+        ", ".join(ready) or "nothing",
+    )
+    publish_steps(snapshot, run_id, ready)
+
+
+@signals.task_postrun.connect
+def _handed_on(
+    sender: Any = None, args: Any = None, state: str | None = None, retval: Any = None, **_: Any
+) -> None:
+    """The step's task is over and Celery has sent what follows: stop watching it."""
+    from .app import STEP_TASK
+    from .tasks import StepFailed, _worker_store
+
+    if getattr(sender, "name", None) != STEP_TASK or not args or len(args) != 2:
+        return
+    if state == "FAILURE" and not isinstance(retval, StepFailed):
+        return  # e.g. publishing what follows failed: the reconciler will replay the step
+    with contextlib.suppress(redis.RedisError):
+        _worker_store()[1].drop_lease_entry(args[0], args[1])
 
 
 def _reconciler() -> None:
