@@ -1,9 +1,9 @@
 """The raw-Celery side of the benchmark: a hand-written Celery app and one Bash task.
 
 It runs each command the way the floor does (``subprocess.run(["bash", "-c", cmd])``)
-and ships the worker settings runbook-celery ships (acks_late, prefetch 1, reject on
-worker lost, task events on; see runbook_celery/app.py), so a ratio between the two
-sides is the cost of runbook-celery itself. Configured from the environment because
+with the worker settings runbook-celery ships (acks_late, prefetch 1, reject on worker
+lost, task events, JSON; copied from runbook_celery.app at import), so a ratio between
+the two sides is the cost of runbook-celery itself. Configured from the environment because
 ``celery -A bench_rawcelery worker`` imports it in a fresh process:
 
     BENCH_RAW_BROKER_URL, BENCH_RAW_BACKEND_URL, BENCH_RAW_QUEUE
@@ -15,35 +15,56 @@ import os
 import subprocess
 from typing import Any
 
-from celery import Celery, chain, chord
+from celery import Celery, chain, chord, group
 from celery.canvas import Signature
 
 TASK_NAME = "bench.bash"
 
+# Worker and delivery settings copied from the app runbook-celery ships, so that the two
+# sides differ only in what runbook-celery adds (its task, store, canvas and client).
+SHIPPED_SETTINGS = (
+    "task_serializer",
+    "result_serializer",
+    "event_serializer",
+    "accept_content",
+    "result_accept_content",
+    "task_acks_late",
+    "worker_prefetch_multiplier",
+    "task_reject_on_worker_lost",
+    "task_acks_on_failure_or_timeout",
+    "task_track_started",
+    "result_extended",
+    "result_chord_join_timeout",
+    "broker_transport_options",
+    "result_backend_transport_options",
+    "visibility_timeout",
+    "worker_soft_shutdown_timeout",
+    "worker_cancel_long_running_tasks_on_connection_loss",
+    "worker_send_task_events",
+    "task_send_sent_event",
+    "worker_hijack_root_logger",
+    "broker_connection_retry_on_startup",
+)
+
+
+def shipped_settings() -> dict[str, Any]:
+    """The settings above, as runbook_celery.app configures them."""
+    from runbook_celery.app import make_app
+
+    shipped = make_app().conf
+    return {key: shipped[key] for key in SHIPPED_SETTINGS}
+
+
+_shipped = shipped_settings()  # before our app, so that ours is the current app
 app = Celery(
     "bench_rawcelery",
     broker=os.environ.get("BENCH_RAW_BROKER_URL", "redis://127.0.0.1:1/0"),
     backend=os.environ.get("BENCH_RAW_BACKEND_URL", "redis://127.0.0.1:1/1"),
 )
 app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    event_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
+    _shipped,
     task_default_queue=os.environ.get("BENCH_RAW_QUEUE", "bench-raw"),
-    task_acks_late=True,
-    worker_prefetch_multiplier=1,
-    task_reject_on_worker_lost=True,
-    task_acks_on_failure_or_timeout=True,
-    task_track_started=True,
-    result_extended=True,
     result_expires=3600,
-    worker_send_task_events=True,
-    task_send_sent_event=True,
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
-    worker_soft_shutdown_timeout=0,
 )
 
 
@@ -51,7 +72,7 @@ class CommandFailed(Exception):
     """A step's Bash exited non-zero; Celery records FAILURE and stops the canvas."""
 
 
-@app.task(name=TASK_NAME, acks_late=True)
+@app.task(name=TASK_NAME)
 def bash(cmd: str) -> dict[str, Any]:
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, check=False)
     if proc.returncode != 0:
@@ -71,3 +92,8 @@ def chain_canvas(cmd: str, m: int) -> Signature:
 def fan_canvas(cmd: str, width: int) -> Signature:
     """1 -> W -> 1: a source, W parallel steps, and a join (a chord)."""
     return chain(step(cmd), chord([step(cmd) for _ in range(width)], step(cmd)))
+
+
+def lanes_canvas(cmd: str, lanes: int, per: int) -> Signature:
+    """``lanes`` independent chains of ``per`` steps, started together (a group of chains)."""
+    return group(chain_canvas(cmd, per) for _ in range(lanes))

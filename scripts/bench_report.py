@@ -1,0 +1,481 @@
+"""Turn the benchmark's records into docs/benchmarks.md: tables, targets, one plot."""
+
+# The report is Markdown for people: it uses ×, – and → on purpose.
+# ruff: noqa: RUF001, RUF003
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bench_config import FLOOR, RAW, RB, SIDES
+from bench_stats import Records, cell_name, fmt, percentile, table
+from bench_targets import targets_section
+
+# ---------------------------------------------------------------------------- sections
+
+
+def chains_section(rec: Records) -> tuple[str, list[tuple[str, float, str]]]:
+    """Scenario 1 tables, and the worst runbook/raw ratio per cell for the targets."""
+    sides = rec.sides()
+    celery_sides = [s for s in sides if s != FLOOR]
+    rows_a, rows_b, ratios = [], [], []
+    for cell in rec.cells():
+        steps = cell["N"] * cell["M"]
+        rows_a.append(
+            [cell["N"], cell["M"], steps]
+            + [fmt(rec.walls(cell, s), digits=3) for s in sides]
+            + [fmt(rec.rate(cell, s), digits=0) for s in celery_sides]
+        )
+        row_b = [cell["N"], cell["M"]]
+        row_b += [fmt(rec.above_floor(cell, s), 1000) for s in celery_sides]
+        for s in celery_sides:
+            if s != RAW:
+                r = rec.ratio(cell, s, RAW)
+                row_b.append(fmt(r))
+                if r and s == RB:
+                    ratios.append((f"chains {cell_name(cell)}", statistics.median(r), fmt(r)))
+        row_b.append(fmt(rec.extra(cell, RB, "submit"), 1000 / cell["N"], 1))
+        rows_b.append(row_b)
+    head_a = ["N", "M", "steps"] + [f"{s} wall s" for s in sides]
+    head_a += [f"{s} steps/s" for s in celery_sides]
+    head_b = ["N", "M"] + [f"{s} ms/step above floor" for s in celery_sides]
+    head_b += [f"{s} / raw Celery" for s in celery_sides if s != RAW]
+    head_b += ["runbook submit() ms/run"]
+    text = "\n\n".join(
+        [
+            "Wall time from the first submit to the last result, and throughput:",
+            table(head_a, rows_a),
+            "Cost above the floor, and ratios computed within each repetition:",
+            table(head_b, rows_b),
+        ]
+    )
+    return text, ratios
+
+
+def fanout_section(rec: Records) -> tuple[str, list[tuple[str, float, str]], dict[str, Any]]:
+    sides = rec.sides()
+    celery_sides = [s for s in sides if s != FLOOR]
+    rows, ratios = [], []
+    per_branch: dict[str, list[tuple[int, float]]] = {s: [] for s in sides}
+    for cell in rec.cells():
+        w = cell["W"]
+        row = [w, w + 2] + [fmt(rec.walls(cell, s), digits=3) for s in sides]
+        for s in sides:
+            values = [x / w for x in rec.walls(cell, s)]
+            row.append(fmt(values, 1000))
+            if values:
+                per_branch[s].append((w, statistics.median(values)))
+        for s in celery_sides:
+            if s != RAW:
+                r = rec.ratio(cell, s, RAW)
+                row.append(fmt(r))
+                if r and s == RB:
+                    ratios.append((f"fan-out W={w}", statistics.median(r), fmt(r)))
+        rows.append(row)
+    head = ["W", "steps"] + [f"{s} wall s" for s in sides] + [f"{s} ms/branch" for s in sides]
+    head += [f"{s} / raw Celery" for s in celery_sides if s != RAW]
+    growth: dict[str, Any] = {}
+    grow_rows = []
+    for s in sides:
+        pts = per_branch[s]
+        if len(pts) >= 2:
+            growth[s] = pts[-1][1] / pts[0][1]
+            grow_rows.append([s, f"W={pts[0][0]} → W={pts[-1][0]}", f"{growth[s]:.2f}×"])
+    text = "\n\n".join(
+        [
+            table(head, rows),
+            "Growth of the per-branch cost with W (median per-branch cost, largest W / smallest):",
+            table(["side", "range", "growth"], grow_rows) if grow_rows else "—",
+        ]
+    )
+    return text, ratios, growth
+
+
+def latency_section(samples: list[dict[str, Any]], cold: list[dict[str, Any]]) -> tuple[str, dict]:
+    out: dict[str, Any] = {}
+    rows = []
+    for side in SIDES:
+        mine = [s for s in samples if s["side"] == side]
+        if not mine:
+            continue
+        start = [s["start"] for s in mine]
+        result = [s["result"] for s in mine]
+        after = [s["result"] - s["start"] for s in mine]
+        out[side] = {
+            "start_p50": percentile(start, 50),
+            "start_p95": percentile(start, 95),
+            "after_p50": percentile(after, 50),
+        }
+        rows.append(
+            [
+                side,
+                len(mine),
+                f"{percentile(start, 50) * 1000:.1f}",
+                f"{percentile(start, 95) * 1000:.1f}",
+                f"{percentile(result, 50) * 1000:.1f}",
+                f"{percentile(result, 95) * 1000:.1f}",
+                f"{percentile(after, 50) * 1000:.1f}",
+            ]
+        )
+    head = [
+        "side",
+        "triggers",
+        "submit → step start p50 ms",
+        "p95 ms",
+        "submit → result p50 ms",
+        "p95 ms",
+        "result after step start p50 ms",
+    ]
+    cold_rows = []
+    whats: list[str] = []
+    for c in cold:
+        if c["what"] not in whats:
+            whats.append(c["what"])
+    for what in whats:
+        mine = [c for c in cold if c["what"] == what]
+        cpu = [c["cpu"] for c in mine]
+        out.setdefault("cold", {})[what] = statistics.median(cpu)
+        cold_rows.append(
+            [f"`{what}`", len(mine), fmt(cpu, digits=3), fmt([c["wall"] for c in mine], digits=3)]
+        )
+    text = "\n\n".join(
+        [
+            table(head, rows) if rows else "—",
+            "Cold processes (process time = user + system CPU of the process, from `wait4`):",
+            table(["command", "runs", "process time s", "wall s"], cold_rows) if cold_rows else "—",
+        ]
+    )
+    return text, out
+
+
+def growth_section(rec: Records, conc: Records, rss: list[dict[str, Any]]) -> tuple[str, dict]:
+    sides = rec.sides()
+    out: dict[str, Any] = {"flat": {}}
+    rows = []
+    cells = rec.cells()
+    base = (
+        statistics.median(rec.per_step(cells[0], RB))
+        if cells and rec.per_step(cells[0], RB)
+        else None
+    )
+    for cell in cells:
+        row = [cell["steps"]] + [fmt(rec.per_step(cell, s), 1000) for s in sides]
+        row.append(fmt(rec.ratio(cell, RB, RAW)))
+        ps = rec.per_step(cell, RB)
+        if base and ps:
+            out["flat"][cell["steps"]] = statistics.median(ps) / base
+            row.append(f"{statistics.median(ps) / base:.2f}×")
+        else:
+            row.append("—")
+        row.append(fmt(rec.extra(cell, RB, "submit"), 1000, 0))
+        rows.append(row)
+    head = ["steps"] + [f"{s} ms/step" for s in sides]
+    head += ["runbook / raw Celery", "runbook ms/step vs smallest", "runbook submit() ms"]
+    conc_rows = []
+    for cell in conc.cells():
+        row = [cell["c"], cell["steps"]]
+        row += [fmt(conc.per_step(cell, s), 1000) for s in conc.sides()]
+        row.append(fmt(conc.ratio(cell, RB, RAW)))
+        conc_rows.append(row)
+    conc_head = ["concurrency", "steps"] + [f"{s} ms/step" for s in conc.sides()]
+    conc_head.append("runbook / raw Celery")
+    rss_rows = [[r["when"], f"{r[RB]:.1f}", f"{r[RAW]:.1f}"] for r in rss]
+    if len(rss) >= 2:
+        out["rss"] = (rss[0][RB], rss[-1][RB])
+    parts = [table(head, rows) if rows else "—"]
+    if conc_rows:
+        parts += ["Per-step cost by worker concurrency (floor: thread pool of the same size):"]
+        parts += [table(conc_head, conc_rows)]
+    if rss_rows:
+        parts += [
+            "Worker memory (summed VmRSS of the worker and its pool processes, MB):",
+            table(["when", f"{RB} worker", f"{RAW} worker"], rss_rows),
+        ]
+    return "\n\n".join(parts), out
+
+
+def cpu_section(scenarios: dict[str, Records]) -> str:
+    """CPU per step by process, for the largest cell of each scenario."""
+    rows = []
+    for name, rec in scenarios.items():
+        cells = rec.cells()
+        if not cells:
+            continue
+        cell = max(
+            cells, key=lambda c: max((r.steps for r in rec.records if r.cell == c), default=0)
+        )
+        for side in rec.sides():
+            client = rec.cpu_per_step(cell, side, "client")
+            worker = rec.cpu_per_step(cell, side, "worker") if side != FLOOR else []
+            redis = rec.cpu_per_step(cell, side, "redis")
+            wall = rec.per_step(cell, side)
+            cmds = [
+                r.extra["redis_commands"] / r.steps
+                for r in rec.ok(cell, side).values()
+                if "redis_commands" in r.extra
+            ]
+            scripts = [
+                r.extra["redis_scripts"] / r.steps
+                for r in rec.ok(cell, side).values()
+                if "redis_scripts" in r.extra
+            ]
+            rows.append(
+                [
+                    f"{name} {cell_name(cell)}",
+                    side,
+                    fmt(wall, 1000),
+                    fmt(client, 1000),
+                    fmt(worker, 1000),
+                    fmt(redis, 1000),
+                    fmt(cmds, digits=1),
+                    fmt(scripts, digits=1),
+                ]
+            )
+    head = [
+        "scenario",
+        "side",
+        "wall ms/step",
+        "client CPU ms/step",
+        "worker CPU ms/step",
+        "redis CPU ms/step",
+        "Redis commands/step",
+        "of which Lua scripts/step",
+    ]
+    return table(head, rows)
+
+
+def other_load(records: Iterable[Any], cores: int) -> str:
+    """How much of the machine other processes used while we measured (noise)."""
+    shares = []
+    for r in records:
+        if r.status != "ok" or not r.wall or "cpu_machine" not in r.extra:
+            continue
+        ours = sum(
+            r.extra.get(f"cpu_{k}", 0.0) for k in ("client", "rb_worker", "raw_worker", "redis")
+        )
+        shares.append(max(0.0, r.extra["cpu_machine"] - ours) / (r.wall * cores))
+    if not shares:
+        return "unknown"
+    return (
+        f"median {statistics.median(shares):.0%}, 90th percentile {percentile(shares, 90):.0%}"
+        f" of {cores} cores (over {len(shares)} measurements)"
+    )
+
+
+# ---------------------------------------------------------------------------- plot
+
+
+def plot(rec: Records, path: Path) -> str | None:
+    """Per-step cost against N, one panel per M; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ms = sorted({c["M"] for c in rec.cells()})
+    if not ms:
+        return None
+    fig, axes = plt.subplots(1, len(ms), figsize=(4.2 * len(ms), 3.6), squeeze=False)
+    for ax, m in zip(axes[0], ms, strict=True):
+        for side in rec.sides():
+            pts = [
+                (c["N"], statistics.median(rec.per_step(c, side)) * 1000)
+                for c in rec.cells()
+                if c["M"] == m and rec.per_step(c, side)
+            ]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=side)
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"chains of M={m} steps")
+        ax.set_xlabel("N workflows")
+        ax.set_ylabel("wall ms per step (median)")
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+# ---------------------------------------------------------------------------- document
+
+
+def _kv(mapping: dict[str, Any]) -> str:
+    return table(["", ""], [[k, v] for k, v in mapping.items()])
+
+
+def write(out: Path, meta: dict[str, Any], bench: Any, json_path: Path | None = None) -> None:
+    scen = {
+        name: Records(bench.records, name) for name in ("chains", "fanout", "growth", "concurrency")
+    }
+    chains_text, chain_ratios = chains_section(scen["chains"])
+    fan_text, fan_ratios, fan_growth = fanout_section(scen["fanout"])
+    lat_text, lat = latency_section(bench.latency, bench.cold)
+    growth_text, growth = growth_section(scen["growth"], scen["concurrency"], bench.rss)
+    picture = plot(scen["chains"], out.with_name(out.stem + "-per-step.png"))
+    sizes = meta["sizes"]
+    chosen = meta["scenarios"]
+    doc = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{meta['command']}` on {meta['started']} in "
+        f"{meta['duration'] / 60:.1f} min (revision {meta['revision']}). Regenerate with "
+        "`python scripts/bench.py` (10–13 minutes on 2 cores, 14-minute budget); "
+        "`python scripts/bench.py --smoke --out /tmp/bench.md` is the CI smoke version.",
+        "",
+        "## Targets",
+        "",
+        targets_section(chain_ratios + fan_ratios, lat, fan_growth, growth),
+        "",
+        "## Method",
+        "",
+        METHOD.format(
+            reps=sizes.reps,
+            concurrency=meta["concurrency"],
+            cap=sizes.max_chain_steps,
+            lane=sizes.growth_lane,
+            csteps=sizes.concurrency_steps,
+            loglevel=meta["loglevel"],
+            wd_base=sizes.watchdog_base,
+            wd_step=sizes.watchdog_per_step * 1000,
+        ).strip(),
+        "",
+        "Time by phase: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in getattr(bench, "timings", {}).items())
+        + ".",
+        "",
+        "### Machine",
+        "",
+        _kv(
+            {
+                **meta["machine"],
+                "load after the run (1/5/15 min)": meta.get("load_after", "?"),
+                "CPU used by other processes while measuring": other_load(
+                    bench.records, meta["machine"].get("usable cores") or 1
+                ),
+            }
+        ),
+        "",
+        "### Packages",
+        "",
+        _kv(meta["packages"]),
+        "",
+        "### Redis and workers",
+        "",
+        _kv(
+            {
+                **meta.get("redis", {}),
+                "worker": f"`{meta.get('worker_command', '?')}` (raw Celery: same flags, "
+                "`-A bench_rawcelery`)",
+            }
+        ),
+        "",
+    ]
+    if "chains" in chosen:
+        doc += ["## 1. Chains: N workflows × M steps", "", chains_text, ""]
+        if picture:
+            doc += [f"![per-step cost against N]({picture})", ""]
+        else:
+            doc += ["(plot skipped: matplotlib is not installed; `pip install matplotlib`)", ""]
+    if "fanout" in chosen:
+        doc += ["## 2. Fan-out / fan-in: 1 → W → 1", "", fan_text, ""]
+    if "latency" in chosen:
+        doc += ["## 3. Latency", "", LATENCY_NOTE.strip(), "", lat_text, ""]
+    if "growth" in chosen:
+        doc += ["## 4. Growth", "", GROWTH_NOTE.format(lane=sizes.growth_lane).strip(), ""]
+        doc += [growth_text, ""]
+    if any(r.records for r in scen.values()):
+        doc += ["## Where the CPU goes", "", CPU_NOTE.strip(), "", cpu_section(scen), ""]
+    if "peers" in chosen:
+        doc += ["## 5. Peers", ""]
+        doc += [table(["engine", "status"], [[k, v] for k, v in bench.peers.items()]), ""]
+        doc += [PEERS_NOTE.strip(), ""]
+    failures = [r for r in bench.records if r.status != "ok"]
+    if failures or bench.problems or bench.notes:
+        doc += ["## Problems during this run", ""]
+        doc += [
+            f"- {r.scenario} {cell_name(r.cell)} rep {r.rep + 1} {r.side}: {r.status}"
+            f"{': ' + r.message if r.message else ''}"
+            for r in failures
+        ]
+        doc += [f"- {p}" for p in bench.problems]
+        doc += [f"- {n}" for n in bench.notes]
+        doc += [""]
+    out.write_text("\n".join(doc))
+    if json_path is not None:
+        payload = {
+            "meta": {**meta, "sizes": dataclasses.asdict(sizes)},
+            "records": [dataclasses.asdict(r) for r in bench.records],
+            "latency": bench.latency,
+            "cold": bench.cold,
+            "rss": bench.rss,
+            "problems": bench.problems,
+        }
+        json_path.write_text(json.dumps(payload, indent=1, default=str))
+
+
+METHOD = """
+- **Sides.** *floor*: the same Bash commands run with `subprocess.run` from a thread pool of
+  the workers' concurrency; *raw Celery*: a hand-written canvas (chain / chord / group of
+  chains) of one task that runs `subprocess.run(["bash", "-c", cmd])`
+  (`scripts/bench_rawcelery.py`), with the worker settings runbook-celery ships (acks_late,
+  prefetch 1, reject on worker lost, task events on, JSON; copied from
+  `runbook_celery.app`), waited on through a fresh `AsyncResult` of its last task (the
+  cheapest wait Celery offers); *runbook-celery*: `submit(path)` of a YAML file, then
+  `Run.wait()`; *runbook-celery (AOF)*: the same with Redis switched to `appendonly yes`,
+  `appendfsync everysec` for that measurement only (scenario 1). Raw Celery uses Celery's
+  stock Redis result backend, which subscribes to a result channel for every task it
+  sends; runbook-celery's backend does not (see `runbook_celery/app.py`).
+- **Work.** Every step runs `true` in a fresh Bash: `bash -c true` for the floor and raw
+  Celery; runbook-celery's runner runs it as `bash -eo pipefail` with its lifeline
+  wrapper (that wrapper is part of runbook-celery's measured cost).
+- **Order.** Sides are interleaved inside each repetition (floor, raw, runbook, AOF; then
+  the next cell), and repetitions go round all cells, so drift hits every side alike.
+  {reps} repetitions; tables show median [min–max]; ratios are taken within a repetition.
+  State databases are flushed before every measurement (queues are empty by then).
+- **Sizes.** Workers run with `-c {concurrency}` (prefork), loglevel {loglevel}. The default
+  run keeps scenario 1 cells with N × M ≤ {cap} steps, so the whole run fits in 15 minutes
+  on 2 cores; `--full` adds the rest (100×20, 500×5, 500×20; about 40 minutes). Growth
+  workflows are parallel chains of {lane} steps; the concurrency sweep runs {csteps} steps.
+- **Watchdog.** Each measurement has a deadline ({wd_base:g} s + {wd_step:g} ms per step);
+  a hung one is reported under *Problems*, its workers are killed and restarted, and the
+  run goes on.
+"""
+
+LATENCY_NOTE = """
+Thirty single-step triggers per side, interleaved and spaced 100 ms apart so that each one
+meets an idle worker. The step start is measured where the step runs: the step's Bash
+prints `$EPOCHREALTIME` (same clock as the client's `time.time()`). *Result after step
+start* is submit → result minus submit → start: the step itself plus the path back to the
+caller, so a polling interval in `wait()` would show up there.
+"""
+
+GROWTH_NOTE = """
+One workflow per measurement, made of parallel chains of {lane} steps (so Celery's chain
+messages stay the same size at every total, and only the workflow's size grows).
+*ms/step* is wall time / steps; *vs smallest* compares runbook-celery's per-step cost
+with the smallest size in the same run.
+"""
+
+CPU_NOTE = """
+CPU seconds spent during each measurement, per step: the client is the harness process
+(submit, canvas building, waiting; for the floor also the Bash children it waited for),
+the worker is the worker's process group including the Bash steps it waited for, and
+Redis is `used_cpu_sys + used_cpu_user`. On 2 cores the sum bounds throughput. Redis
+commands are counted from `INFO commandstats` (a command run by a Lua script counts too;
+idle `BRPOP` polling is left out); a pipeline's commands count one by one.
+"""
+
+PEERS_NOTE = """
+Peers (Luigi, Prefect, Airflow) are an optional extra: they would be installed in
+throwaway virtualenvs, never as project dependencies. None was run in this benchmark.
+"""
