@@ -20,7 +20,7 @@ from .compile import (
     snapshot_graph,
     snapshot_sha256,
 )
-from .errors import BackendUnavailable, InvalidOperation, RunFailed, WaitTimeout
+from .errors import BackendUnavailable, InvalidOperation, RunFailed, RunNotFound, WaitTimeout
 from .events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES
 from .loader import LoadedWorkflow, from_model, load_workflow
 from .model import Workflow
@@ -114,8 +114,13 @@ class Run:
         final event is written (no polling interval).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        record = self.status()
-        if not record.finished:
+        try:
+            current = self.store.run_status(self.id)
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"cannot read run: {redact(str(exc))}") from exc
+        if current is None:
+            raise RunNotFound(self.id)
+        if current not in TERMINAL_RUN_STATUSES:
             block_ms = 1000
             try:
                 for _eid, event in self.store.follow_events(self.id, block_ms=block_ms):
@@ -127,7 +132,7 @@ class Run:
                         raise WaitTimeout(self.id, timeout or 0)
             except redis.RedisError as exc:
                 raise BackendUnavailable(f"lost Redis while waiting: {redact(str(exc))}") from exc
-            record = self.status()
+        record = self.status()
         if raise_on_failure and not record.succeeded:
             raise RunFailed(record)
         return record

@@ -41,6 +41,7 @@ class Graph:
             for dep in deps:
                 self.children[dep].append(step)
         self._ancestors: dict[str, frozenset[str]] = {}
+        self._sp: tuple[SPTree | None] | None = None
 
     def topological(self) -> list[str]:
         """Steps in an order where every step comes after its needs (ties by definition)."""
@@ -88,8 +89,13 @@ class Graph:
         """The SP decomposition of the DAG's order, or None when it contains an N.
 
         Relations are bitsets (Python ints) over step indexes, so a decomposition of a few
-        thousand steps costs milliseconds rather than seconds.
+        thousand steps costs milliseconds rather than seconds. Computed once per graph.
         """
+        if self._sp is None:
+            self._sp = (self._decompose(),)
+        return self._sp[0]
+
+    def _decompose(self) -> SPTree | None:
         index = {s: i for i, s in enumerate(self.order_hint)}
         order = self.topological()
         below = [0] * len(index)  # bitset of ancestors per step

@@ -59,8 +59,8 @@ class StepLogSink:
         """Write what is left and record how many lines the step printed."""
         with self.lock:
             self._flush_locked(time.monotonic())
-            if self.broken:
-                return
+            if self.broken or self.total == 0:
+                return  # nothing printed: nothing to count (saves a round trip per step)
             try:
                 dropped = max(0, self.total - self.max_lines)
                 self.client.hset(

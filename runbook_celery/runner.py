@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import selectors
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -66,6 +66,19 @@ def _wrapper(lifeline_fd: int) -> str:
     )
 
 
+_output_dir: str | None = None
+
+
+def _output_file() -> str:
+    """A fresh, empty file for $RUNBOOK_OUTPUT in a directory this process keeps."""
+    global _output_dir
+    if _output_dir is None or not os.path.isdir(_output_dir):
+        _output_dir = tempfile.mkdtemp(prefix=f"runbook-{os.getpid()}-")
+    fd, path = tempfile.mkstemp(dir=_output_dir, prefix="output-")
+    os.close(fd)
+    return path
+
+
 def run_bash(
     command: str,
     env: Mapping[str, str],
@@ -80,9 +93,8 @@ def run_bash(
 ) -> BashResult:
     """Run ``command`` with ``bash -eo pipefail`` and collect exit code, outputs and tails."""
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="runbook-step-") as tmp:
-        output_path = os.path.join(tmp, "output")
-        open(output_path, "wb").close()
+    output_path = _output_file()
+    try:
         full_env = dict(env)
         full_env["RUNBOOK_OUTPUT"] = output_path
         full_env[COMMAND_VAR] = command
@@ -105,23 +117,25 @@ def run_bash(
             )
         finally:
             os.close(read_fd)
-        readers = [
-            _Reader(proc.stdout, "stdout", on_line),  # type: ignore[arg-type]
-            _Reader(proc.stderr, "stderr", on_line),  # type: ignore[arg-type]
-        ]
+        streams = {
+            proc.stdout.fileno(): _Stream("stdout", on_line),  # type: ignore[union-attr]
+            proc.stderr.fileno(): _Stream("stderr", on_line),  # type: ignore[union-attr]
+        }
         reason: str | None = None
         try:
-            reason = _supervise(proc, timeout, kill_grace, tick, tick_interval)
+            reason = _supervise(proc, streams, timeout, kill_grace, tick, tick_interval)
         finally:
             os.close(write_fd)  # lifeline fires: whatever the step left behind dies
             _killpg(proc.pid, signal.SIGKILL)
+            _drain(streams)
             proc.wait()
-            for r in readers:
-                r.join()
+            proc.stdout.close()  # type: ignore[union-attr]
+            proc.stderr.close()  # type: ignore[union-attr]
+        out, err = streams.values()
         result = BashResult(
             exit_code=proc.returncode,
-            stdout_tail=list(readers[0].tail),
-            stderr_tail=list(readers[1].tail),
+            stdout_tail=list(out.tail),
+            stderr_tail=list(err.tail),
             reason=reason,
             duration=time.monotonic() - started,
         )
@@ -134,33 +148,82 @@ def run_bash(
         elif result.exit_code == 0:
             _collect_outputs(output_path, output_limit, result)
         return result
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(output_path)
 
 
 def _supervise(
     proc: subprocess.Popen[bytes],
+    streams: dict[int, _Stream],
     timeout: float | None,
     kill_grace: float,
     tick: Tick | None,
     tick_interval: float,
 ) -> str | None:
-    """Wait for the step; stop it on timeout or when ``tick`` says so."""
+    """Read output as it comes and wait for the step, in one thread, without polling.
+
+    Wakes on output, on the process's exit (a pidfd), at the next tick and at the
+    deadline; stops the step on timeout or when ``tick`` says so.
+    """
     deadline = time.monotonic() + timeout if timeout else None
-    while True:
-        wait_for = tick_interval
-        if deadline is not None:
-            wait_for = max(0.0, min(wait_for, deadline - time.monotonic()))
+    next_tick = time.monotonic() + tick_interval
+    with selectors.DefaultSelector() as sel:
+        for fd in streams:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        pidfd = _pidfd(proc.pid)
+        if pidfd is not None:
+            sel.register(pidfd, selectors.EVENT_READ)
         try:
-            proc.wait(timeout=wait_for)
-            return None
-        except subprocess.TimeoutExpired:
-            pass
-        if deadline is not None and time.monotonic() >= deadline:
-            _stop_group(proc, kill_grace)
-            return FailureReason.TIMEOUT
-        verdict = tick() if tick is not None else False
-        if verdict:
-            _stop_group(proc, kill_grace)
-            return HANDBACK if verdict == HANDBACK else FailureReason.CANCELLED
+            while True:
+                now = time.monotonic()
+                wake = next_tick if deadline is None else min(next_tick, deadline)
+                if pidfd is None:  # old kernels: look at the process at least every 50 ms
+                    wake = min(wake, now + 0.05)
+                for key, _ in sel.select(max(0.0, wake - now)):
+                    if key.fd == pidfd:
+                        continue
+                    if not streams[key.fd].read(key.fd):
+                        sel.unregister(key.fd)
+                if proc.poll() is not None:
+                    return None
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    _stop_group(proc, kill_grace)
+                    return FailureReason.TIMEOUT
+                if now >= next_tick:
+                    next_tick = now + tick_interval
+                    verdict = tick() if tick is not None else False
+                    if verdict:
+                        _stop_group(proc, kill_grace)
+                        return HANDBACK if verdict == HANDBACK else FailureReason.CANCELLED
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _drain(streams: dict[int, _Stream], limit: float = 2.0) -> None:
+    """Read what is left once the process group is gone (bounded: a setsid escapee may hold
+    a pipe open)."""
+    end = time.monotonic() + limit
+    with selectors.DefaultSelector() as sel:
+        for fd, stream in streams.items():
+            if not stream.closed:
+                sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map() and time.monotonic() < end:
+            for key, _ in sel.select(max(0.0, end - time.monotonic())):
+                if not streams[key.fd].read(key.fd):
+                    sel.unregister(key.fd)
+    for stream in streams.values():
+        stream.finish()
 
 
 def _stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
@@ -176,27 +239,48 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-class _Reader(threading.Thread):
-    """Reads one stream line by line, keeps a bounded tail and forwards each line."""
+class _Stream:
+    """One output stream: split into lines, keep a bounded tail, forward each line."""
 
-    def __init__(self, stream, name: str, on_line: OnLine | None) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(daemon=True, name=f"runbook-{name}")
-        self.stream = stream
-        self.stream_name = name
+    def __init__(self, name: str, on_line: OnLine | None) -> None:
+        self.name = name
         self.on_line = on_line
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self.start()
+        self.partial = b""
+        self.closed = False
 
-    def run(self) -> None:
-        with self.stream:
-            for raw in self.stream:
-                line = raw.decode("utf-8", "replace").rstrip("\n")[:LINE_LIMIT]
-                self.tail.append(line)
-                if self.on_line is not None:
-                    try:
-                        self.on_line(self.stream_name, line)
-                    except Exception:  # a log sink must never break the step
-                        self.on_line = None
+    def read(self, fd: int) -> bool:
+        """Read what is available; False at end of file."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+            return False
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for raw in lines:
+            self._emit(raw)
+        if len(self.partial) > LINE_LIMIT * 4:  # a huge line without newline: cut it
+            self._emit(self.partial)
+            self.partial = b""
+        return True
+
+    def finish(self) -> None:
+        if self.partial:
+            self._emit(self.partial)
+            self.partial = b""
+
+    def _emit(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace")[:LINE_LIMIT]
+        self.tail.append(line)
+        if self.on_line is not None:
+            try:
+                self.on_line(self.name, line)
+            except Exception:  # a log sink must never break the step
+                self.on_line = None
 
 
 def _collect_outputs(path: str, limit: int, result: BashResult) -> None:

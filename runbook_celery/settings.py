@@ -16,7 +16,7 @@ DEFAULT_RETENTION = 7 * 86400  # seconds a finished run is kept
 DEFAULT_LOG_LINES = 10_000  # lines of log kept per step
 DEFAULT_STDERR_TAIL_LINES = 20
 DEFAULT_LEASE_SECONDS = 30  # a running step refreshes its lease this often x3
-DEFAULT_MAX_ATTEMPTS = 3  # deliveries of one step before it fails as worker_lost
+DEFAULT_MAX_ATTEMPTS = 5  # deliveries of one step before it fails as worker_lost
 DEFAULT_KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a step
 DEFAULT_SHUTDOWN_GRACE = 60.0  # seconds a stopping worker lets running steps finish
 

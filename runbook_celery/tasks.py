@@ -61,11 +61,16 @@ class RunContext:
 
 
 class _RunCache:
-    """Small LRU of run contexts: snapshots are immutable, so caching is always safe."""
+    """LRU of run contexts, bounded by the steps it holds (a 2,500-step snapshot is MBs).
 
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
+    Snapshots are immutable, so caching is always safe; a run's entry is dropped when the
+    run ends, so finished runs do not sit in every pool process.
+    """
+
+    def __init__(self, max_steps: int = 5_000) -> None:
+        self.max_steps = max_steps
         self.items: OrderedDict[str, RunContext] = OrderedDict()
+        self.steps = 0
         self.lock = threading.Lock()
 
     def get(self, store: RunStore, run_id: str) -> RunContext:
@@ -77,10 +82,19 @@ class _RunCache:
         snap = store.snapshot(run_id)
         ctx = RunContext(snap, snapshot_graph(snap), {s["id"]: s for s in snap["steps"]})
         with self.lock:
-            self.items[run_id] = ctx
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
+            if run_id not in self.items:
+                self.items[run_id] = ctx
+                self.steps += len(ctx.steps)
+            while self.steps > self.max_steps and len(self.items) > 1:
+                _, old = self.items.popitem(last=False)
+                self.steps -= len(old.steps)
         return ctx
+
+    def drop(self, run_id: str) -> None:
+        with self.lock:
+            old = self.items.pop(run_id, None)
+            if old is not None:
+                self.steps -= len(old.steps)
 
 
 _cache = _RunCache()
@@ -623,6 +637,8 @@ class StepExecution:
         )
         if outcome.duplicate and check_terminal:
             return self._replay(outcome.run_status or "")
+        if outcome.run_status:
+            _cache.drop(self.run_id)
         if self.attempt is not None and not outcome.duplicate:
             self._release_slot()
         if outcome.ready:
