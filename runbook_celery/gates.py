@@ -284,13 +284,7 @@ class Gates:
         history: dict[str, Any],
     ) -> bool:
         k = self.store.keys
-        keys = [
-            k.run(run_id),
-            k.step(run_id, step_id),
-            k.lease(run_id, step_id),
-            k.run_events(run_id),
-            k.global_events,
-        ]
+        keys = k.transition(run_id, step_id)
         args = [
             run_id,
             step_id,

@@ -44,6 +44,16 @@ class Keys:
     def logs(self, run_id: str, step_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:logs:{step_id}"
 
+    def transition(self, run_id: str, step_id: str) -> list[str]:
+        """The KEYS every step-transition Lua script starts with, in this order."""
+        return [
+            self.run(run_id),
+            self.step(run_id, step_id),
+            self.lease(run_id, step_id),
+            self.run_events(run_id),
+            self.global_events,
+        ]
+
     def run_keys(self, run_id: str, step_ids: list[str]) -> list[str]:
         """Every key belonging to one run (for expiry and cleanup)."""
         keys = [self.run(run_id), self.run_events(run_id)]

@@ -514,11 +514,7 @@ class RunStore:
         """Claim a step atomically; returns the outputs of ``output_steps`` when it starts."""
         k = self.keys
         keys = [
-            k.run(run_id),
-            k.step(run_id, step_id),
-            k.lease(run_id, step_id),
-            k.run_events(run_id),
-            k.global_events,
+            *k.transition(run_id, step_id),
             *(k.step(run_id, n) for n in needs),
             *(k.step(run_id, n) for n in output_steps),
         ]
@@ -577,11 +573,7 @@ class RunStore:
         skip = list(skip)
         children = dict(children or {})
         keys = [
-            k.run(run_id),
-            k.step(run_id, step_id),
-            k.lease(run_id, step_id),
-            k.run_events(run_id),
-            k.global_events,
+            *k.transition(run_id, step_id),
             *(k.step(run_id, s) for s in skip),
             *(k.arrived(run_id, c) for c in children),
         ]
@@ -655,13 +647,7 @@ class RunStore:
     ) -> bool:
         """Record a failed attempt that will be retried; the step waits as ``retrying``."""
         k = self.keys
-        keys = [
-            k.run(run_id),
-            k.step(run_id, step_id),
-            k.lease(run_id, step_id),
-            k.run_events(run_id),
-            k.global_events,
-        ]
+        keys = k.transition(run_id, step_id)
         args = [
             run_id,
             step_id,
@@ -679,13 +665,7 @@ class RunStore:
     def handback_step(self, run_id: str, step_id: str, *, token: str, workflow: str) -> bool:
         """Give a running step back (worker shutting down): pending again, attempt uncounted."""
         k = self.keys
-        keys = [
-            k.run(run_id),
-            k.step(run_id, step_id),
-            k.lease(run_id, step_id),
-            k.run_events(run_id),
-            k.global_events,
-        ]
+        keys = k.transition(run_id, step_id)
         return bool(self._handback(keys=keys, args=[run_id, step_id, token, now_iso(), workflow]))
 
     def cancel_run(
