@@ -111,25 +111,31 @@ def shutdown_flag_path(worker_pid: int) -> str:
     return os.path.join(tempfile.gettempdir(), f"runbook-handback-{worker_pid}")
 
 
-@app.task(bind=True, name=STEP_TASK, max_retries=None, acks_late=True)
-def run_step(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
+def _execution(task: Task, run_id: str, step_id: str) -> StepExecution | None:
+    """The delivery's context, or None when the run no longer exists (expired, deleted)."""
     settings, store = _worker_store()
     try:
         ctx = _cache.get(store, run_id)
     except RunNotFound:
+        return None
+    return StepExecution(task, settings, store, ctx, run_id, step_id)
+
+
+@app.task(bind=True, name=STEP_TASK, max_retries=None, acks_late=True)
+def run_step(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
+    execution = _execution(self, run_id, step_id)
+    if execution is None:
         return {"run_id": run_id, "step": step_id, "status": "gone"}
-    return StepExecution(self, settings, store, ctx, run_id, step_id).execute()
+    return execution.execute()
 
 
 @app.task(bind=True, name=FANIN_TASK, max_retries=None, acks_late=True)
 def fan_in(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     """Join a fanned-out step: all its instances have ended; record the step itself."""
-    settings, store = _worker_store()
-    try:
-        ctx = _cache.get(store, run_id)
-    except RunNotFound:
+    execution = _execution(self, run_id, step_id)
+    if execution is None:
         return {"run_id": run_id, "step": step_id, "status": "gone"}
-    return StepExecution(self, settings, store, ctx, run_id, step_id).join_instances()
+    return execution.join_instances()
 
 
 @app.task(name=RUN_TIMEOUT_TASK)
