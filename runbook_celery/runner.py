@@ -2,26 +2,33 @@
 
 Process layout of a step::
 
-    worker pool process
+    worker pool process ──pipe──> guardian (bash, own session, one per pool process)
       └── bash -eo pipefail (session + process-group leader, runs the step via eval)
-            ├── lifeline subshell: blocks reading a pipe whose write end only the pool
-            │   process holds; on EOF (step over, or the pool process died, even by
-            │   SIGKILL) it SIGKILLs the whole process group
             └── the step's own commands and their children
 
-So nothing the step started outlives it or its worker, and a timeout or cancel can
-signal the group (SIGTERM, a grace period, then SIGKILL).
+Each step's bash first registers its process group with the guardian (``+PGID``) through
+the guardian's pipe, then closes its copy of the pipe; the pool process unregisters the
+group (``-PGID``) once the step is over and its group has been killed. The guardian blocks
+reading that pipe, whose write end only the pool process holds: when the pool process dies,
+even by SIGKILL, the guardian reads end-of-file and SIGKILLs every group still
+registered. Because the step registers itself before it runs anything, there is no moment
+at which a step could outlive its worker unnoticed. So nothing the step started outlives
+it or its worker, and a timeout or cancel can signal the group (SIGTERM, a grace period,
+then SIGKILL). One long-lived guardian per process replaces a lifeline subshell per step,
+which cost a fork on every step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import selectors
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -57,25 +64,87 @@ class BashResult:
         return self.exit_code == 0 and self.reason is None
 
 
-def _wrapper(lifeline_fd: int) -> str:
+def _wrapper(guardian_fd: int) -> str:
     return (
-        # `|| :` matters: -e is inherited, and read fails on EOF, which is the signal
-        f"( read -r -u {lifeline_fd} _ || : ; kill -KILL 0 ) </dev/null >/dev/null 2>&1 & "
-        f"exec {lifeline_fd}<&- ; "
+        # register with the guardian before anything else runs; SIGPIPE ignored and `|| :`
+        # so that a guardian that is gone cannot kill or fail the step (-e is on)
+        f"trap '' PIPE; echo \"+$$\" >&{guardian_fd} 2>/dev/null || : ; trap - PIPE; "
+        f"exec {guardian_fd}>&- ; "
         f'__runbook_cmd=${COMMAND_VAR}; unset {COMMAND_VAR}; eval "$__runbook_cmd"'
     )
 
 
+# Reads "+PGID" / "-PGID" lines; at end of file (its pool process is gone), kills every
+# process group still registered.
+_GUARDIAN_SCRIPT = (
+    "declare -A g; "
+    "while read -r line; do pg=${line:1}; [[ $pg =~ ^[0-9]+$ ]] || continue; "
+    'if [[ ${line:0:1} == + ]]; then g[$pg]=1; else unset "g[$pg]"; fi; done; '
+    'for pg in "${!g[@]}"; do kill -KILL -- "-$pg"; done 2>/dev/null'
+)
+
+
+class _Guardian:
+    """The process's guardian: kills its steps' process groups if this process dies."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.owner = 0
+        self.lock = threading.Lock()
+        self.inherited: list[subprocess.Popen[bytes]] = []
+
+    def fd(self) -> int:
+        """The write end of the guardian's pipe, starting a guardian when there is none."""
+        with self.lock:
+            proc = self.proc
+            if proc is None or self.owner != os.getpid() or proc.poll() is not None:
+                proc = self.proc = subprocess.Popen(
+                    ["bash", "-c", _GUARDIAN_SCRIPT],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,  # a kill of the worker's group must spare it
+                )
+                self.owner = os.getpid()
+            return proc.stdin.fileno()  # type: ignore[union-attr]
+
+    def release(self, pgid: int) -> None:
+        """The step's group is dead: the guardian must not kill it (its id may be reused)."""
+        proc = self.proc
+        if proc is None or self.owner != os.getpid():
+            return
+        with contextlib.suppress(OSError):
+            os.write(proc.stdin.fileno(), f"-{pgid}\n".encode())  # type: ignore[union-attr]
+
+    def after_fork_in_child(self) -> None:
+        """A forked child must not keep its parent's guardian from seeing end of file."""
+        proc, self.proc, self.lock = self.proc, None, threading.Lock()
+        if proc is not None and self.owner != os.getpid():
+            self.inherited.append(proc)  # kept: its __del__ must not reap a non-child
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # type: ignore[union-attr]
+
+
+_guardian = _Guardian()
+os.register_at_fork(after_in_child=_guardian.after_fork_in_child)
+
+
 _output_dir: str | None = None
+_output_count = itertools.count()
 
 
 def _output_file() -> str:
-    """A fresh, empty file for $RUNBOOK_OUTPUT in a directory this process keeps."""
+    """A fresh path for $RUNBOOK_OUTPUT in a private (0700) directory this process keeps.
+
+    The file is not created: a step that writes outputs creates it with ``>>``, and a
+    step without outputs (most steps) costs no file-system calls beyond one stat.
+    """
     global _output_dir
     if _output_dir is None or not os.path.isdir(_output_dir):
         _output_dir = tempfile.mkdtemp(prefix=f"runbook-{os.getpid()}-")
-    fd, path = tempfile.mkstemp(dir=_output_dir, prefix="output-")
-    os.close(fd)
+    path = os.path.join(_output_dir, f"output-{next(_output_count)}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # left by an earlier process with this pid that was killed
     return path
 
 
@@ -98,25 +167,22 @@ def run_bash(
         full_env = dict(env)
         full_env["RUNBOOK_OUTPUT"] = output_path
         full_env[COMMAND_VAR] = command
-        read_fd, write_fd = os.pipe()
         try:
+            guardian_fd = _guardian.fd()
             proc = subprocess.Popen(
-                ["bash", "-eo", "pipefail", "-c", _wrapper(read_fd)],
+                ["bash", "-eo", "pipefail", "-c", _wrapper(guardian_fd)],
                 env=full_env,
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                pass_fds=(read_fd,),
+                pass_fds=(guardian_fd,),
             )
         except OSError as exc:
-            os.close(write_fd)
             return BashResult(
                 None, reason=FailureReason.SPAWN_ERROR, message=f"cannot start bash: {exc}"
             )
-        finally:
-            os.close(read_fd)
         streams = {
             proc.stdout.fileno(): _Stream("stdout", on_line),  # type: ignore[union-attr]
             proc.stderr.fileno(): _Stream("stderr", on_line),  # type: ignore[union-attr]
@@ -125,10 +191,10 @@ def run_bash(
         try:
             reason = _supervise(proc, streams, timeout, kill_grace, tick, tick_interval)
         finally:
-            os.close(write_fd)  # lifeline fires: whatever the step left behind dies
-            _killpg(proc.pid, signal.SIGKILL)
+            _killpg(proc.pid, signal.SIGKILL)  # whatever the step left behind dies
             _drain(streams)
             proc.wait()
+            _guardian.release(proc.pid)
             proc.stdout.close()  # type: ignore[union-attr]
             proc.stderr.close()  # type: ignore[union-attr]
         out, err = streams.values()
@@ -284,7 +350,10 @@ class _Stream:
 
 
 def _collect_outputs(path: str, limit: int, result: BashResult) -> None:
-    size = os.path.getsize(path)
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:  # the step wrote no outputs
+        return
     if size > limit:
         result.reason = FailureReason.OUTPUT_TOO_LARGE
         result.message = (

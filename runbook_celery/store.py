@@ -602,10 +602,8 @@ class RunStore:
             return FinishOutcome(duplicate=True)
         ready = tuple(r for r in res[2:] if not r.startswith("@"))
         admitted = tuple(r[1:] for r in res[2:] if r.startswith("@"))
-        outcome = FinishOutcome(False, int(res[0]), res[1] or None, ready, admitted)
-        if outcome.run_status:
-            self.expire_run(run_id)
-        return outcome
+        # a run that ended here had its keys' expiry set by the same script (finalize)
+        return FinishOutcome(False, int(res[0]), res[1] or None, ready, admitted)
 
     def refresh_lease(self, run_id: str, step_id: str, token: str, seconds: int) -> bool:
         """Extend our lease; False when another attempt holds it (we were superseded)."""

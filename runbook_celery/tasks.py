@@ -295,8 +295,11 @@ class StepExecution:
     @cached_property
     def _secret_values(self) -> list[str]:
         """Values of the workflow's `secrets:` on this worker, longest first."""
+        names = self.ctx.snapshot.get("secrets") or []
+        if not names:
+            return []
         env = worker_environment()
-        values = {env[n] for n in self.ctx.snapshot.get("secrets") or [] if env.get(n)}
+        values = {env[n] for n in names if env.get(n)}
         return sorted(values, key=len, reverse=True)
 
     def mask(self, text: str) -> str:

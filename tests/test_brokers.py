@@ -256,8 +256,6 @@ steps:
     assert record["steps"]["report"]["outputs"] == {"all": '["3.11-a","3.11-b","3.12-a","3.12-b"]'}
 
 
-
-
 def test_a_more_urgent_step_overtakes_steps_already_queued(
     broker: Broker, request, write_workflow, tmp_path, store
 ):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import select
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -301,3 +304,58 @@ def test_a_step_that_finishes_before_its_timeout_is_not_timed_out():
     result = run("echo fast", timeout=30)
     assert result.ok
     assert result.reason is None
+
+
+# ---------------------------------------------------------------- the process running steps dies
+
+
+def _process_running_a_step(tmp_path: Path, command: str) -> subprocess.Popen[bytes]:
+    """A Python process (like a pool process) running ``command`` through run_bash."""
+    code = (
+        "import os, sys\n"
+        "from runbook_celery.runner import run_bash\n"
+        "run_bash(sys.argv[1], {'PATH': os.environ['PATH']})\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, command], cwd=tmp_path)
+
+
+def _read_fifo(path: Path) -> str:
+    """What the step writes into the FIFO at ``path`` (blocks until it has written it)."""
+    with open(path) as fh:
+        return fh.read()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_when_the_process_running_a_step_dies_the_whole_step_dies_with_it(tmp_path, sig):
+    # Given a step whose Bash and a backgrounded grandchild are running
+    pids = tmp_path / "pids"
+    os.mkfifo(pids)
+    proc = _process_running_a_step(tmp_path, f"sleep 300 & echo $$ $! > {pids}; wait")
+    bash_pid, grandchild = map(int, _read_fifo(pids).split())
+
+    # When the process running it is killed (SIGKILL: no Python code runs at all)
+    proc.send_signal(sig)
+    proc.wait(10)
+
+    # Then the step's Bash and the grandchild die too (the guardian saw end of file)
+    assert exited(bash_pid) and exited(grandchild)
+    assert not still_running(bash_pid) and not still_running(grandchild)
+
+
+def test_a_step_registers_with_the_guardian_and_is_released_after(tmp_path):
+    # Given one process that runs two steps one after the other
+    code = (
+        "import os, sys\n"
+        "from runbook_celery.runner import run_bash, _guardian\n"
+        "env = {'PATH': os.environ['PATH']}\n"
+        "print(run_bash('echo $$', env).stdout_tail[0], flush=True)\n"
+        "first = _guardian.proc.pid\n"
+        "print(run_bash('echo $$', env).stdout_tail[0], flush=True)\n"
+        "print(first == _guardian.proc.pid, flush=True)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=True
+    )
+    # Then both ran under one guardian (one per process, not one per step)
+    first, second, same = out.stdout.split()
+    assert first != second and same == "True"

@@ -187,3 +187,27 @@ def test_fan_out_instances_are_recorded_once(rstore):
     assert rstore.add_instances(run, "m", [{"item": 9}]) == ids
     assert rstore.instance_values(run, "m[1]") == {"item": 2}
     assert list(rstore.get_run(run).steps) == ["m", "m[0]", "m[1]"]
+
+
+def test_the_step_that_ends_a_run_sets_the_retention_of_every_key_of_the_run(rstore):
+    # Given a run with a fanned-out step and a log line, all finished but the last step
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"m": [], "z": ["m"]}), "sha")
+    ids = rstore.add_instances(run, "m", [{"item": 1}, {"item": 2}])
+    rstore.r.rpush(rstore.keys.logs(run, "m[0]"), "a line")
+    for sid in [*ids, "m"]:
+        _start(rstore, run, sid, [])
+        rstore.finish_step(run, sid, token="t", status=StepStatus.SUCCEEDED, workflow="wf")
+    _start(rstore, run, "z", ["m"])
+    keys = [k for k in rstore.r.keys(f"{rstore.keys.run(run)}*") if b":lease:" not in k]
+    assert keys and all(rstore.r.ttl(k) == -1 for k in keys)
+
+    # When the last step finishes
+    out = rstore.finish_step(run, "z", token="t", status=StepStatus.SUCCEEDED, workflow="wf")
+
+    # Then that one call gave every key of the run (instances and logs too) the retention
+    assert out.run_status == "succeeded"
+    keys = [k for k in rstore.r.keys(f"{rstore.keys.run(run)}*")]
+    assert rstore.keys.logs(run, "m[0]").encode() in keys
+    ttls = {k: rstore.r.ttl(k) for k in keys}
+    assert all(0 < t <= rstore.retention for t in ttls.values()), ttls
