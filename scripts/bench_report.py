@@ -436,7 +436,7 @@ METHOD = """
   stock Redis result backend, which subscribes to a result channel for every task it
   sends; runbook-celery's backend does not (see `runbook_celery/app.py`).
 - **Work.** Every step runs `true` in a fresh Bash: `bash -c true` for the floor and raw
-  Celery; runbook-celery's runner runs it as `bash -eo pipefail` with its lifeline
+  Celery; runbook-celery's runner runs it as `bash -eo pipefail` with its guardian
   wrapper (that wrapper is part of runbook-celery's measured cost).
 - **Order.** Sides are interleaved inside each repetition (floor, raw, runbook, AOF; then
   the next cell), and repetitions go round all cells, so drift hits every side alike.

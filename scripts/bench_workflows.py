@@ -2,7 +2,7 @@
 
 Every side starts one Bash per step that runs ``true``. The floor and the raw-Celery task
 run ``bash -c true`` with ``subprocess.run``; runbook-celery runs ``true`` as a step's
-command, which its runner executes as ``bash -eo pipefail`` with its lifeline wrapper
+command, which its runner executes as ``bash -eo pipefail`` with its guardian wrapper
 (the wrapper's cost is part of what runbook-celery is measured for).
 """
 
