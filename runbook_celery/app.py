@@ -6,9 +6,13 @@ deliveries itself (see tasks.py), so acks_late + reject_on_worker_lost are safe.
 
 from __future__ import annotations
 
-from celery import Celery
+import threading
+from typing import Any
+
+from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
+from .keys import Keys
 from .settings import Settings, get_settings
 
 STEP_TASK = "runbook.step"
@@ -30,6 +34,64 @@ class ResultBackend(RedisBackend):
 
     def on_result_fulfilled(self, result):  # type: ignore[no-untyped-def]
         return None  # nothing was subscribed, so there is nothing to unsubscribe
+
+    def store_result(  # type: ignore[no-untyped-def]
+        self, task_id, result, state, traceback=None, request=None, **kwargs
+    ):
+        """Storing a step's final result also ends its lease-index entry, in one round trip.
+
+        Celery stores a task's result after it has published what follows the task (the
+        next part of a chain; a dynamic step publishes its children itself), so from here
+        on the reconciler has nothing left to replay. Steps in a chord header hand on
+        after this (the chord counter), so their entry is dropped by ``task_postrun``.
+        """
+        member = _lease_member(request, state, result)
+        handed_on.member = member
+        try:
+            return super().store_result(
+                task_id, result, state, traceback=traceback, request=request, **kwargs
+            )
+        finally:
+            handed_on.member = None
+
+    def _set(self, key, value, expires=None):  # type: ignore[no-untyped-def]
+        member = getattr(handed_on, "member", None)
+        if member is None:
+            return super()._set(key, value, expires)
+        if expires is None:
+            expires = self.expires
+        with self.client.pipeline() as pipe:  # as RedisBackend._set, plus the ZREM
+            if expires:
+                pipe.setex(key, expires, value)
+            else:
+                pipe.set(key, value)
+            pipe.publish(key, value)
+            pipe.zrem(Keys(get_settings().prefix).leases, member)
+            pipe.execute()
+        handed_on.dropped = member
+        return None
+
+
+# Per worker thread: the lease-index member of the step whose result is being stored, and
+# the last member dropped that way (so that task_postrun does not drop it again).
+handed_on = threading.local()
+
+
+def _lease_member(request: Any, state: str, result: Any) -> str | None:
+    """``run|step`` when storing this result means the step has handed on, else None."""
+    if request is None or getattr(request, "task", None) != STEP_TASK or request.chord:
+        return None
+    args = request.args or ()
+    if len(args) != 2:
+        return None
+    if state == states.FAILURE:
+        from .tasks import StepFailed  # a failure to hand on must stay replayable
+
+        if not isinstance(result, StepFailed):
+            return None
+    elif state not in (states.SUCCESS, states.RETRY):
+        return None
+    return f"{args[0]}|{args[1]}"
 
 
 def make_app(settings: Settings | None = None) -> Celery:

@@ -145,13 +145,16 @@ def _handed_on(
     sender: Any = None, args: Any = None, state: str | None = None, retval: Any = None, **_: Any
 ) -> None:
     """The step's task is over and Celery has sent what follows: stop watching it."""
-    from .app import STEP_TASK
+    from .app import STEP_TASK, handed_on
     from .tasks import StepFailed, _worker_store
 
     if getattr(sender, "name", None) != STEP_TASK or not args or len(args) != 2:
         return
     if state == "FAILURE" and not isinstance(retval, StepFailed):
         return  # e.g. publishing what follows failed: the reconciler will replay the step
+    if getattr(handed_on, "dropped", None) == f"{args[0]}|{args[1]}":
+        handed_on.dropped = None
+        return  # already dropped with the stored result (app.ResultBackend)
     with contextlib.suppress(redis.RedisError):
         _worker_store()[1].drop_lease_entry(args[0], args[1])
 

@@ -281,3 +281,54 @@ def test_trigger_rejects_unknown_params_with_exit_2(write_workflow, redis_client
     assert res.returncode == 2
     assert "unknown param 'b'" in res.stderr
     assert redis_client.zcard(f"{PREFIX}:runs") == runs_before
+
+
+def test_every_lease_index_entry_of_a_run_ends_with_its_step(write_workflow, tmp_path, store):
+    # Given a canvas chain with a retried step and a failing last step, and a dynamic run
+    counter = tmp_path / "tries"
+    chain = write_workflow(
+        f"""
+name: leases-chain
+steps:
+  - id: a
+    run: "true"
+  - id: flaky
+    needs: [a]
+    retries: {{limit: 2, delay: 0}}
+    run: |
+      echo x >> {counter}
+      [ "$(wc -l < {counter})" -ge 2 ]
+  - id: last
+    needs: [flaky]
+    run: exit 3
+""",
+        name="chain.yaml",
+    )
+    dynamic = write_workflow(
+        """
+name: leases-dynamic
+steps:
+  - {id: a, run: "true"}
+  - {id: b, run: "true"}
+  - {id: c, needs: [a], run: "true"}
+  - {id: d, needs: [a, b], run: "true"}
+""",
+        name="dynamic.yaml",
+    )
+    runs = [submit(chain), submit(dynamic)]
+
+    # When the runs have ended and Celery has stored each step task's final result
+    finals = [r.wait(timeout=60) for r in runs]
+    assert [f.mode for f in finals] == ["canvas", "dynamic"]
+    assert finals[0].status == "failed" and finals[1].status == "succeeded"
+    from celery.result import AsyncResult
+
+    from runbook_celery.app import app
+
+    for final in finals:
+        for step in final.steps:
+            AsyncResult(f"{final.id}.{step}", app=app).get(timeout=30, propagate=False)
+
+    # Then no step of either run is still watched by the lease reconciler
+    members = {m.decode() for m in store.r.zrange(store.keys.leases, 0, -1)}
+    assert not {m for m in members if m.split("|")[0] in {f.id for f in finals}}
