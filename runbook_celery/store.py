@@ -129,13 +129,15 @@ _LUA_EMIT = _LUA_EMIT.replace("GLOBAL_EVENTS_MAXLEN", str(GLOBAL_EVENTS_MAXLEN))
 _LUA_START = (
     _LUA_EMIT
     + """
-local st = redis.call('HGET', KEYS[2], 'status')
+local step = redis.call('HMGET', KEYS[2], 'status', 'approved', 'env_override')
+local st = step[1]
 if is_terminal(st) then return {'done', st} end
-local run_status = redis.call('HGET', KEYS[1], 'status')
+local run = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'cancel_reason',
+                       'paused', 'active', 'mode')
+local run_status = run[1]
 if not run_status then return {'done', 'gone'} end
-if ARGV[10] ~= '1' and (run_status == 'cancelled'
-    or redis.call('HGET', KEYS[1], 'cancel_requested') == '1') then
-  return {'cancelled', redis.call('HGET', KEYS[1], 'cancel_reason') or 'cancelled'}
+if ARGV[10] ~= '1' and (run_status == 'cancelled' or run[2] == '1') then
+  return {'cancelled', run[3] or 'cancelled'}
 end
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[3] then return {'busy', holder} end
@@ -149,14 +151,14 @@ if ARGV[8] == '1' then
     end
   end
 end
-if redis.call('HGET', KEYS[1], 'paused') == '1' and ARGV[10] ~= '1' then
+if run[4] == '1' and ARGV[10] ~= '1' then
   return {'park', 'paused'}
 end
-if ARGV[11] == '1' and redis.call('HGET', KEYS[2], 'approved') ~= '1' then
+if ARGV[11] == '1' and step[2] ~= '1' then
   return {'park', 'approval'}
 end
 local max_active = tonumber(ARGV[12])
-if max_active > 0 and tonumber(redis.call('HGET', KEYS[1], 'active') or '0') >= max_active then
+if max_active > 0 and tonumber(run[5] or '0') >= max_active then
   return {'park', 'max_active'}
 end
 if max_active > 0 then redis.call('HINCRBY', KEYS[1], 'active', 1) end
@@ -176,8 +178,7 @@ if run_status == 'pending' then
 end
 emit(KEYS[4], KEYS[5], {'type', 'step_started', 'run_id', ARGV[1], 'workflow', ARGV[7],
      'step', ARGV[2], 'attempt', tostring(attempt), 'ts', ARGV[4]})
-local out = {'start', attempt, redis.call('HGET', KEYS[2], 'env_override') or '',
-             redis.call('HGET', KEYS[1], 'mode') or ''}
+local out = {'start', attempt, step[3] or '', run[6] or ''}
 for i = 6 + n_needs, #KEYS do
   out[#out + 1] = redis.call('HGET', KEYS[i], 'outputs') or '{}'
 end
@@ -196,7 +197,8 @@ _LUA_FINISH = (
     + """
 local st = redis.call('HGET', KEYS[2], 'status')
 if is_terminal(st) then return {'dup', st} end
-if not redis.call('HGET', KEYS[1], 'status') then return {'dup', 'gone'} end
+local run = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested')
+if not run[1] then return {'dup', 'gone'} end
 local status = ARGV[5]
 local fields = {'status', status, 'finished_at', ARGV[4]}
 if ARGV[6] ~= '' then fields[#fields+1] = 'exit_code'; fields[#fields+1] = ARGV[6] end
@@ -225,7 +227,7 @@ local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
 if status == 'failed' and ARGV[10] ~= '1' then redis.call('HINCRBY', KEYS[1], 'failures', 1) end
 local n_skip = tonumber(ARGV[13])
 local skip_status = 'skipped'
-if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then skip_status = 'cancelled' end
+if run[2] == '1' then skip_status = 'cancelled' end
 for i = 1, n_skip do
   local key = KEYS[5 + i]
   local s = redis.call('HGET', key, 'status')
