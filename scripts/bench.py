@@ -3,6 +3,7 @@
     python scripts/bench.py                 # the default run (< 15 min on 2 cores)
     python scripts/bench.py --smoke --out /tmp/bench.md   # tiny sizes, one repetition (CI)
     python scripts/bench.py --scenarios chains,latency --reps 7
+    python scripts/bench_peers.py install   # once: Luigi, Prefect, Airflow for scenario 5
 
 The harness starts its own redis-server on a free loopback port (no persistence; the AOF
 column switches `appendonly yes` / `appendfsync everysec` on for its measurements only),
@@ -16,7 +17,6 @@ on. See docs/benchmarks.md for the method and the latest figures.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
 import sys
@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import bench_peers
 import bench_report
 import bench_workflows as wf
 from bench_config import FLOOR, RAW, RB, RB_AOF, SCENARIOS, Record, Sizes, parse_args, sizes_for
@@ -53,8 +54,6 @@ from bench_infra import (
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
 
-PEERS = ("luigi", "prefect", "airflow")
-
 # Redis databases on the private server
 DB_RB_BROKER, DB_RB_STATE, DB_RAW_BROKER, DB_RAW_BACKEND = 0, 1, 2, 3
 STATE_DBS = (DB_RB_STATE, DB_RAW_BACKEND)
@@ -75,7 +74,8 @@ class Bench:
         self.rss: list[dict[str, Any]] = []
         self.problems: list[str] = []
         self.timings: dict[str, float] = {}
-        self.peers: dict[str, str] = {}
+        self.peers: dict[str, bench_peers.PeerResult] = {}
+        self.peers_dir = bench_peers.peers_dir()  # start() drops RUNBOOK_* from the env
         self.notes: list[str] = []
         self.hangs: dict[tuple[str, str], int] = {}
         self.redis: RedisServer | None = None
@@ -452,11 +452,34 @@ class Bench:
         self.set_concurrency(default_c)
 
     def scenario_peers(self) -> None:
-        for name in PEERS:
-            found = importlib.util.find_spec(name) is not None
-            self.peers[name] = (
-                "installed, but no peer runner is implemented yet" if found else "not installed"
-            )
+        """The same 5-step chain in runbook-celery and in every peer installed for the bench."""
+        root = self.workdir / "peers"
+        runs = self.sizes.reps
+        extra = [*self.rb_worker.pids(), *([self.redis.proc.pid] if self.redis else [])]
+        path = self.files.chain(bench_peers.STEPS)
+        rb = bench_peers.measure_runbook(path, self.env, root / "runbook-celery", runs, 60, extra)
+        self.peers["runbook-celery"] = rb
+        if rb.status != "ok":
+            self.recover()
+        for name, peer in bench_peers.PEERS.items():
+            usable, why = bench_peers.status(name, self.peers_dir)
+            left = self.sizes.budget - self.elapsed()
+            if not usable:
+                status = why
+            elif not self.sizes.peers:
+                status = "installed; not run by --smoke"
+            elif left < bench_peers.MIN_BUDGET:
+                status = "skipped (time budget spent)"
+            else:
+                print(f"[{self.elapsed():6.0f}s] peers: {name} ...", file=sys.stderr, flush=True)
+                timeout = min(bench_peers.WATCHDOG, left)
+                result = bench_peers.measure_peer(name, root / name, runs, timeout, self.peers_dir)
+                if result.status.startswith("hung") and timeout < bench_peers.WATCHDOG:
+                    result.status = f"cut off after {timeout:.0f} s (time budget spent); killed"
+                self.peers[name] = result
+                continue
+            version = bench_peers.installed_version(name, self.peers_dir)
+            self.peers[name] = bench_peers.PeerResult(peer.engine, version, status)
 
 
 def _terminate(signum: int, frame: Any) -> None:

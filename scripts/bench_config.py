@@ -31,6 +31,7 @@ class Sizes:
     concurrency_levels: tuple[int, ...] = (1, 2, 4)
     concurrency_steps: int = 200
     aof: bool = True
+    peers: bool = True  # run the installed peers (scenario 5); never installs them
     watchdog_base: float = 30.0  # seconds, plus watchdog_per_step for each step
     watchdog_per_step: float = 0.06
     budget: float = 14 * 60.0  # seconds; measurements past it are skipped and reported
@@ -52,6 +53,7 @@ SMOKE = Sizes(
     growth_lane=10,
     concurrency_levels=(1,),
     concurrency_steps=20,
+    peers=False,
     watchdog_base=20.0,
     budget=90.0,
 )

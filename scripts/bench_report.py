@@ -199,6 +199,32 @@ def growth_section(rec: Records, conc: Records, rss: list[dict[str, Any]]) -> tu
     return "\n\n".join(parts), out
 
 
+def peers_section(peers: dict[str, Any]) -> str:
+    """Scenario 5: one row per engine, runbook-celery first, whatever each one's status."""
+    rows = []
+    for result in peers.values():
+        status = result.status + (f" ({result.note})" if result.note else "")
+        rows.append(
+            [
+                result.engine,
+                result.version,
+                "—" if result.first is None else f"{result.first:.2f}",
+                fmt(result.runs, digits=3),
+                "—" if result.peak_rss_mb is None else f"{result.peak_rss_mb:.0f}",
+                status,
+            ]
+        )
+    head = [
+        "engine",
+        "version",
+        "first run s",
+        "per run s (median [min–max])",
+        "peak RSS MB",
+        "status",
+    ]
+    return table(head, rows) if rows else "—"
+
+
 def cpu_section(scenarios: dict[str, Records]) -> str:
     """CPU per step by process, for the largest cell of each scenario."""
     rows = []
@@ -396,9 +422,8 @@ def write(out: Path, meta: dict[str, Any], bench: Any, json_path: Path | None = 
     if any(r.records for r in scen.values()):
         doc += ["## Where the CPU goes", "", CPU_NOTE.strip(), "", cpu_section(scen), ""]
     if "peers" in chosen:
-        doc += ["## 5. Peers", ""]
-        doc += [table(["engine", "status"], [[k, v] for k, v in bench.peers.items()]), ""]
-        doc += [PEERS_NOTE.strip(), ""]
+        doc += ["## 5. Peers", "", peers_section(bench.peers), ""]
+        doc += [PEERS_NOTE.format(runs=sizes.reps).strip(), ""]
     failures = [r for r in bench.records if r.status != "ok"]
     if failures or bench.problems or bench.notes:
         doc += ["## Problems during this run", ""]
@@ -419,6 +444,7 @@ def write(out: Path, meta: dict[str, Any], bench: Any, json_path: Path | None = 
             "cold": bench.cold,
             "rss": bench.rss,
             "problems": bench.problems,
+            "peers": {k: dataclasses.asdict(v) for k, v in bench.peers.items()},
         }
         json_path.write_text(json.dumps(payload, indent=1, default=str))
 
@@ -476,6 +502,33 @@ idle `BRPOP` polling is left out); a pipeline's commands count one by one.
 """
 
 PEERS_NOTE = """
-Peers (Luigi, Prefect, Airflow) are an optional extra: they would be installed in
-throwaway virtualenvs, never as project dependencies. None was run in this benchmark.
+Every engine runs the same workflow, a chain of 5 steps that each run `true` in a fresh
+Bash, written the way its documentation shows (`scripts/bench_peers.py`). **Luigi**: five
+`luigi.Task`s chained by `requires()`, each running `bash -c true` and writing a fresh
+`LocalTarget`, run with `luigi.build([...], local_scheduler=True)`. **Prefect**: a `@flow`
+calling five `@task`s in turn (each gets the previous one's result), with no API URL set,
+so Prefect starts its temporary local server (a uvicorn subprocess on SQLite).
+**Airflow**: a DAG of five `BashOperator`s joined by `chain()`, run with `dag.test()`,
+which is what `airflow dags test <dag_id>` calls: one process, no scheduler, webserver
+or executor, a SQLite metadata database migrated at install as `airflow standalone`
+would; the status column also times one `airflow dags test` in a fresh process, which
+parses and serialises the DAG first. **runbook-celery**: the 5-step YAML chain with
+`submit(path).wait()` against the harness's already-running worker and Redis (their
+start-up is not counted, their memory is).
+
+Each engine runs in a process of its own, the peer's in its throwaway virtualenv under
+`~/.cache/runbook-bench-peers` (`python scripts/bench_peers.py install`; never a project
+dependency; peers not installed are listed as such). The process imports the engine and
+runs the workflow once: *first run* is from spawning the process to the end of that run
+(interpreter start, imports and Prefect's server start-up included). It then runs it
+{runs} more times: *per run*. *Peak RSS* is the highest summed VmRSS of that process and
+every process under it (Prefect's server, the Bash steps; a child not yet exec'd counts
+as its parent), sampled every 50 ms, or the process's own high-water mark (VmHWM) if
+higher; for runbook-celery it adds the worker's processes and Redis. Prefect's and Airflow's
+databases are fresh copies of what the install prepared. A peer gets 180 s (less when
+the run's time budget is nearly spent); one that runs past it is killed with everything
+it started and reported, not waited on. Peers run one after the other, after the other
+scenarios, on the same machine. Prefect 3.9 ends every flow run by joining its heartbeat
+thread, which sleeps in 1-second steps: most of its per-run time is that wait (a flow
+with no tasks takes as long).
 """
