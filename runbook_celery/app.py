@@ -89,7 +89,9 @@ def _lease_member(request: Any, state: str, result: Any) -> str | None:
 
         if not isinstance(result, StepFailed):
             return None
-    elif state not in (states.SUCCESS, states.RETRY):
+    elif state != states.SUCCESS:
+        # RETRY: retry/handback end the entry in their own transition, and a "busy"
+        # delivery must not end the entry of the delivery that holds the lease
         return None
     return f"{args[0]}|{args[1]}"
 

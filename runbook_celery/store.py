@@ -188,6 +188,8 @@ return out
 
 # KEYS: run, step, lease, run_events, global_events,
 #       then n_skip step keys, then n_children arrived-set keys
+# The run's mode decides, atomically with the transition: canvas applies the skips,
+# dynamic the joins (the caller passes both, whichever mode it saw at the start).
 # ARGV: run_id, step_id, token, now, status, exit_code, outputs_json, stderr_tail_json,
 #       reason, allowed_failure, workflow, attempt, n_skip, skip_ids..., n_children,
 #       (child_id, child_need_count)..., history_record_json
@@ -197,7 +199,7 @@ _LUA_FINISH = (
     + """
 local st = redis.call('HGET', KEYS[2], 'status')
 if is_terminal(st) then return {'dup', st} end
-local run = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested')
+local run = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'mode')
 if not run[1] then return {'dup', 'gone'} end
 local status = ARGV[5]
 local fields = {'status', status, 'finished_at', ARGV[4]}
@@ -225,10 +227,14 @@ if ARGV[9] ~= '' then ev[#ev+1] = 'reason'; ev[#ev+1] = ARGV[9] end
 emit(KEYS[4], KEYS[5], ev)
 local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
 if status == 'failed' and ARGV[10] ~= '1' then redis.call('HINCRBY', KEYS[1], 'failures', 1) end
+-- the run's dispatch mode now, not when the step started: a canvas run failed over to
+-- dynamic dispatch while this step ran (fail_over_to_dynamic) needs this step's join, and
+-- Celery's canvas skips nothing after a failure once the run has failed over
+local dynamic = run[3] == 'dynamic'
 local n_skip = tonumber(ARGV[13])
 local skip_status = 'skipped'
 if run[2] == '1' then skip_status = 'cancelled' end
-for i = 1, n_skip do
+for i = 1, (dynamic and 0 or n_skip) do
   local key = KEYS[5 + i]
   local s = redis.call('HGET', key, 'status')
   if not is_terminal(s) and s ~= 'running' then
@@ -243,7 +249,7 @@ end
 local base = 13 + n_skip
 local n_children = tonumber(ARGV[base + 1])
 local out = {remaining, ''}
-for i = 1, n_children do
+for i = 1, (dynamic and n_children or 0) do
   local child = ARGV[base + 2 * i]
   local need_count = tonumber(ARGV[base + 2 * i + 1])
   local key = KEYS[5 + n_skip + i]
@@ -331,6 +337,48 @@ return out
 """
 )
 
+# KEYS: lease index; ARGV: member, cutoff -> 1 when removed (its score was still <= cutoff)
+_LUA_DROP_EXPIRED = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+# A canvas run continues by dynamic dispatch. KEYS: run, n step keys, n arrived-set keys
+# (same order); ARGV: JSON list, per step, of its children's 1-based positions; step ids
+# -> positions of the steps still pending whose needs have all finished
+_LUA_FAIL_OVER = """
+local function terminal(s)
+  return s == 'succeeded' or s == 'failed' or s == 'skipped' or s == 'cancelled'
+end
+local kids = cjson.decode(ARGV[1])
+local n = #kids
+local status, pending_needs = {}, {}
+for i = 1, n do
+  status[i] = redis.call('HGET', KEYS[1 + i], 'status')
+  pending_needs[i] = 0
+end
+redis.call('HSET', KEYS[1], 'mode', 'dynamic')
+for i = 1, n do
+  for _, c in ipairs(kids[i]) do
+    if terminal(status[i]) then
+      redis.call('SADD', KEYS[1 + n + c], ARGV[1 + i])
+    else
+      pending_needs[c] = pending_needs[c] + 1
+    end
+  end
+end
+local ready = {}
+for i = 1, n do
+  if (not status[i] or status[i] == 'pending') and pending_needs[i] == 0 then
+    ready[#ready + 1] = i
+  end
+end
+return ready
+"""
+
 # Fan-out: record the instances of a step. KEYS: run, parent step, instance step keys...
 # ARGV: instance ids json, then per instance its values json
 _LUA_ADD_INSTANCES = """
@@ -381,6 +429,8 @@ class RunStore:
         self._handback = client.register_script(_LUA_HANDBACK)
         self._cancel = client.register_script(_LUA_CANCEL)
         self._add_instances = client.register_script(_LUA_ADD_INSTANCES)
+        self._fail_over = client.register_script(_LUA_FAIL_OVER)
+        self._drop_expired = client.register_script(_LUA_DROP_EXPIRED)
 
     # -------------------------------------------------------------- create / read
 
@@ -620,17 +670,38 @@ class RunStore:
         pipe.execute()
         return True
 
-    def expired_leases(self, grace: float = 0.0) -> list[tuple[str, str]]:
-        """Running steps whose lease ran out: their worker is gone (or hung)."""
-        members = self.r.zrangebyscore(self.keys.leases, "-inf", _epoch() - grace)
+    def expired_leases(
+        self, grace: float = 0.0, before: float | None = None
+    ) -> list[tuple[str, str]]:
+        """Watched steps whose lease ran out: their worker is gone (or hung), or their
+        message was dropped before the step started. ``before``: the cutoff (epoch)."""
+        cutoff = (_epoch() if before is None else before) - grace
+        members = self.r.zrangebyscore(self.keys.leases, "-inf", cutoff)
         out = []
         for m in members:
             run_id, _, step_id = _s(m).partition("|")
             out.append((run_id, step_id))
         return out
 
-    def drop_lease_entry(self, run_id: str, step_id: str) -> None:
-        self.r.zrem(self.keys.leases, f"{run_id}|{step_id}")
+    def watch_steps(
+        self, members: Iterable[str], seconds: float, *, only_existing: bool = False
+    ) -> None:
+        """Watch ``run|step`` entries for ``seconds`` more (the lease index, as a running
+        step's lease does); ``only_existing``: extend entries, never create one."""
+        mapping = {m: _epoch() + seconds for m in members}
+        if mapping:
+            self.r.zadd(self.keys.leases, mapping, xx=only_existing)
+
+    def drop_lease_entry(
+        self, run_id: str, step_id: str, expired_before: float | None = None
+    ) -> None:
+        """Stop watching a step; with ``expired_before``, only if nobody renewed the entry
+        since it was found expired (a new delivery of the step watches it again)."""
+        member = f"{run_id}|{step_id}"
+        if expired_before is None:
+            self.r.zrem(self.keys.leases, member)
+            return
+        self._drop_expired(keys=[self.keys.leases], args=[member, expired_before])
 
     def retry_step(
         self,
@@ -708,29 +779,22 @@ class RunStore:
 
         Every finished step joins its children (as dynamic steps do), so the steps whose
         needs have all finished and that are still pending can be published; parts of the
-        canvas still in flight are absorbed by the steps' claims.
+        canvas still in flight are absorbed by the steps' claims. One script reads the
+        statuses and switches the mode, so a step finishing at the same moment is either
+        seen finished here (and joined) or sees the dynamic mode in its own transition
+        (and joins itself), never neither.
         """
         k = self.keys
         steps = list(children)
-        hashes = self.step_hashes(run_id, steps)
-        needs: dict[str, list[str]] = {s: [] for s in steps}
-        for parent, kids in children.items():
-            for kid in kids:
-                needs[kid].append(parent)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(k.run(run_id), "mode", "dynamic")
-        for parent, kids in children.items():
-            if hashes[parent].get("status") in ("succeeded", "failed", "skipped", "cancelled"):
-                for kid in kids:
-                    pipe.sadd(k.arrived(run_id, kid), parent)
-        pipe.execute()
-        terminal = {"succeeded", "failed", "skipped", "cancelled"}
-        return [
-            s
-            for s in steps
-            if hashes[s].get("status") in (None, "pending")
-            and all(hashes[n].get("status") in terminal for n in needs[s])
+        keys = [
+            k.run(run_id),
+            *(k.step(run_id, s) for s in steps),
+            *(k.arrived(run_id, s) for s in steps),
         ]
+        index = {s: i for i, s in enumerate(steps)}
+        kids = [[index[c] + 1 for c in children[s]] for s in steps]
+        res = self._fail_over(keys=keys, args=[json.dumps(kids), *steps])
+        return [steps[int(i) - 1] for i in res]
 
     def skip_run(self, run_id: str, reason: str) -> None:
         """A run that will not run at all (its concurrency group was full)."""

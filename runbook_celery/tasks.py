@@ -27,7 +27,7 @@ from celery.exceptions import Ignore
 from . import expressions as ex
 from . import workerhooks  # noqa: F401  (connects the worker signals: recovery, shutdown)
 from .app import APPROVAL_TIMEOUT_TASK, FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
-from .compile import CANVAS, DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
+from .compile import DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
 from .events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
 from .gates import Gates
@@ -615,19 +615,20 @@ class StepExecution:
         check_terminal: bool = False,
     ) -> dict[str, Any]:
         failed = status in (StepStatus.FAILED, StepStatus.CANCELLED) and not allowed_failure
-        mode = self.mode or self.store.run_mode(self.run_id) or self.ctx.snapshot["mode"]
         if self._secret_values:
             outputs = _mask_outputs(outputs, self.mask)  # type: ignore[assignment]
             stderr = [self.mask(line) for line in stderr] if stderr else stderr
         skip: list[str] = []
         children: dict[str, int] = {}
         if self.parent is None:
-            if mode == CANVAS and failed:
-                # Celery will not run what follows a failed step: record it as skipped now
+            # Both, whatever mode this delivery started in: the store applies the skips
+            # (canvas) or the joins (dynamic) by the run's mode at the moment of the
+            # transition, so a canvas run failing over while this step ran is joined.
+            if failed:
+                # a canvas will not run what follows a failed step: record it as skipped
                 below = self.ctx.graph.descendants(self.step_id)
                 skip = [s for s in self.ctx.graph.topological() if s in below]
-            elif mode == DYNAMIC:
-                children = self._children()
+            children = self._children()
         outcome = self.store.finish_step(
             self.run_id,
             self.step_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import fakeredis
@@ -211,3 +212,43 @@ def test_the_step_that_ends_a_run_sets_the_retention_of_every_key_of_the_run(rst
     assert rstore.keys.logs(run, "m[0]").encode() in keys
     ttls = {k: rstore.r.ttl(k) for k in keys}
     assert all(0 < t <= rstore.retention for t in ttls.values()), ttls
+
+
+def test_a_step_finishing_after_its_canvas_run_failed_over_joins_its_children(rstore):
+    # Given a canvas run a -> (b, c) -> d where a succeeded and b is running
+    run = uuid.uuid4().hex
+    shape = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
+    rstore.create_run(run, {**_snapshot(shape), "mode": "canvas"}, "sha")
+    _start(rstore, run, "a", [])
+    out = rstore.finish_step(
+        run, "a", token="t", status=StepStatus.SUCCEEDED, workflow="wf", children={"b": 1, "c": 1}
+    )
+    assert out.ready == ()  # canvas: Celery hands on, the store joins nothing
+    assert _start(rstore, run, "b", ["a"]).mode == "canvas"
+    # When c's message is lost and the run fails over while b runs
+    ready = rstore.fail_over_to_dynamic(run, {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []})
+    assert ready == ["c"]
+    # Then b, which started in canvas mode, joins d when it finishes, and c completes it
+    out = rstore.finish_step(
+        run, "b", token="t", status=StepStatus.SUCCEEDED, workflow="wf", children={"d": 2}
+    )
+    assert out.ready == ()
+    _start(rstore, run, "c", ["a"])
+    out = rstore.finish_step(
+        run, "c", token="t", status=StepStatus.SUCCEEDED, workflow="wf", children={"d": 2}
+    )
+    assert out.ready == ("d",)
+
+
+def test_an_expired_watch_is_kept_when_it_was_renewed_meanwhile(rstore):
+    run = uuid.uuid4().hex
+    rstore.watch_steps([f"{run}|a", f"{run}|b"], -10)
+    cutoff = time.time()
+    assert {(run, "a"), (run, "b")} <= set(rstore.expired_leases(before=cutoff))
+    rstore.watch_steps([f"{run}|b"], 30, only_existing=True)  # a new delivery of b
+    rstore.watch_steps([f"{run}|c"], 30, only_existing=True)  # never creates an entry
+    rstore.drop_lease_entry(run, "a", expired_before=cutoff)
+    rstore.drop_lease_entry(run, "b", expired_before=cutoff)
+    members = {m.decode() for m in rstore.r.zrange(rstore.keys.leases, 0, -1)}
+    assert f"{run}|a" not in members and f"{run}|b" in members and f"{run}|c" not in members
+    rstore.drop_lease_entry(run, "b")
