@@ -52,12 +52,17 @@ class RunContext:
     """A run's snapshot parsed once per worker process (it never changes)."""
 
     snapshot: dict[str, Any]
-    graph: Graph
+    graph: Graph  # what this run executes (a rerun leaves out the steps it reuses)
     steps: dict[str, dict[str, Any]]
 
     @property
     def workflow(self) -> str:
         return self.snapshot["workflow"]
+
+    @cached_property
+    def full_graph(self) -> Graph:
+        """Every step of the snapshot, reused ones too: what ``if:`` conditions look at."""
+        return Graph({s["id"]: list(s["needs"]) for s in self.snapshot["steps"]})
 
 
 class _RunCache:
@@ -414,7 +419,8 @@ class StepExecution:
         node = ex.parse_condition(self.spec["if"])
         if not ex.calls(node):  # like GitHub Actions: a plain expression implies success()
             node = ex.BinOp("&&", ex.Call("success"), node)
-        ancestors = sorted(self.ctx.graph.ancestors(self.step_id))
+        # the whole snapshot's graph: a rerun's reused steps are needs and ancestors too
+        ancestors = sorted(self.ctx.full_graph.ancestors(self.step_id))
         hashes = self.store.step_hashes(self.run_id, ancestors)
         cancel = self.store.cancel_requested(self.run_id)
 
