@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -41,10 +43,17 @@ from .store import RunStore, now_iso
 STDERR_TAIL_LINES = 20
 RETRYABLE = (FailureReason.EXIT_CODE, FailureReason.TIMEOUT)
 HANDBACK = "handback"
+_INSTANCE = re.compile(r"^(?P<parent>.+)\[(?P<index>0|[1-9][0-9]{0,8})\]$")
+
+log = logging.getLogger("runbook_celery.worker")
 
 
 class StepFailed(Exception):
     """Raised so Celery records FAILURE and does not continue the canvas past this step."""
+
+
+def _fans_out(spec: dict[str, Any]) -> bool:
+    return bool(spec.get("matrix") or spec.get("for_each"))
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,14 @@ class RunContext:
     def full_graph(self) -> Graph:
         """Every step of the snapshot, reused ones too: what ``if:`` conditions look at."""
         return Graph({s["id"]: list(s["needs"]) for s in self.snapshot["steps"]})
+
+    def knows(self, step_id: str, *, fan_in: bool = False) -> bool:
+        """Whether ``step_id`` names a step (or an instance of a fanning-out step) of this
+        run: anything else in a message is forged or stale and is dropped."""
+        if step_id in self.steps:
+            return not fan_in or _fans_out(self.steps[step_id])
+        m = _INSTANCE.match(step_id)
+        return bool(m) and not fan_in and _fans_out(self.steps.get(m["parent"]) or {})
 
 
 class _RunCache:
@@ -116,30 +133,37 @@ def shutdown_flag_path(worker_pid: int) -> str:
     return os.path.join(tempfile.gettempdir(), f"runbook-handback-{worker_pid}")
 
 
-def _execution(task: Task, run_id: str, step_id: str) -> StepExecution | None:
-    """The delivery's context, or None when the run no longer exists (expired, deleted)."""
+def _execution(
+    task: Task, run_id: str, step_id: str, *, fan_in: bool = False
+) -> StepExecution | dict[str, Any]:
+    """The delivery's context, or what to answer when its message names a run that no
+    longer exists (expired, deleted) or a step the run does not have (forged, stale)."""
     settings, store = _worker_store()
     try:
         ctx = _cache.get(store, run_id)
     except RunNotFound:
-        return None
+        log.warning("dropped %s for step %r: run %s does not exist", task.name, step_id, run_id)
+        return {"run_id": run_id, "step": step_id, "status": "gone"}
+    if not ctx.knows(step_id, fan_in=fan_in):
+        log.warning("dropped %s for step %r: run %s has no such step", task.name, step_id, run_id)
+        return {"run_id": run_id, "step": step_id, "status": "unknown"}
     return StepExecution(task, settings, store, ctx, run_id, step_id)
 
 
 @app.task(bind=True, name=STEP_TASK, max_retries=None, acks_late=True)
 def run_step(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     execution = _execution(self, run_id, step_id)
-    if execution is None:
-        return {"run_id": run_id, "step": step_id, "status": "gone"}
+    if isinstance(execution, dict):
+        return execution
     return execution.execute()
 
 
 @app.task(bind=True, name=FANIN_TASK, max_retries=None, acks_late=True)
 def fan_in(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     """Join a fanned-out step: all its instances have ended; record the step itself."""
-    execution = _execution(self, run_id, step_id)
-    if execution is None:
-        return {"run_id": run_id, "step": step_id, "status": "gone"}
+    execution = _execution(self, run_id, step_id, fan_in=True)
+    if isinstance(execution, dict):
+        return execution
     return execution.join_instances()
 
 

@@ -1,11 +1,17 @@
-"""Core regressions end to end: reruns of skipped conditional steps."""
+"""Core regressions end to end: reruns of skipped conditional steps, and forged messages."""
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+
 import pytest
+from celery.result import AsyncResult
+from conftest import QUEUE
 
 from runbook_celery import submit
 from runbook_celery.api import rerun
+from runbook_celery.app import FANIN_TASK, STEP_TASK, app
 
 pytestmark = [pytest.mark.slow]
 
@@ -50,3 +56,50 @@ steps:
     assert final.steps["build"].reused and final.steps["build"].status == "succeeded"
     assert final.steps["cleanup"].status == "skipped"
     assert final.steps["flaky"].status == "succeeded"
+
+
+def _send(task: str, run_id: str, step_id: str) -> dict:
+    """A message as anyone with access to the broker could send it."""
+    result = app.signature(task, args=(run_id, step_id), immutable=True).apply_async(
+        task_id=f"forged-{uuid.uuid4().hex}", queue=QUEUE
+    )
+    return AsyncResult(result.id, app=app).get(timeout=30, propagate=False)
+
+
+@pytest.mark.timeout(120)
+def test_messages_for_steps_instances_or_runs_the_record_lacks_are_dropped(
+    worker, write_workflow, store
+):
+    # Given a finished run of a -> b (b does not fan out)
+    wf = write_workflow("""
+name: forged-target
+steps:
+  - id: a
+    run: "true"
+  - id: b
+    needs: [a]
+    run: echo "ran=1" >> "$RUNBOOK_OUTPUT"
+""")
+    final = submit(wf).wait(timeout=60)
+    assert final.status == "succeeded"
+    before = store.events(final.id)
+
+    # When messages arrive for an instance b[7] of b, for a step it does not have, for
+    # the fan-in of a step that does not fan out, and for a run that does not exist
+    answers = [
+        _send(STEP_TASK, final.id, "b[7]"),
+        _send(STEP_TASK, final.id, "nope"),
+        _send(FANIN_TASK, final.id, "b"),
+        _send(STEP_TASK, "no-such-run", "a"),
+    ]
+
+    # Then each is dropped, with a log line, and the record is untouched
+    assert [a["status"] for a in answers] == ["unknown", "unknown", "unknown", "gone"]
+    record = store.get_run(final.id)
+    assert record.status == "succeeded" and "b[7]" not in record.steps
+    assert store.r.hget(store.keys.run(final.id), "remaining") in (b"0", "0")
+    assert store.r.exists(store.keys.step(final.id, "b[7]")) == 0
+    assert store.events(final.id) == before
+    log = Path(worker.log_path).read_text()
+    assert f"dropped runbook.step for step 'b[7]': run {final.id} has no such step" in log
+    assert "dropped runbook.step for step 'a': run no-such-run does not exist" in log
