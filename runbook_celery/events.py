@@ -72,6 +72,8 @@ class EventType(StrEnum):
     STEP_CANCELLED = "step_cancelled"
     STEP_RETRYING = "step_retrying"
     STEP_HANDED_BACK = "step_handed_back"
+    # a delivery that no longer held its step tried to record something: kept, not applied
+    STEP_RESULT_DISCARDED = "step_result_discarded"
 
 
 class FailureReason(StrEnum):
@@ -81,6 +83,7 @@ class FailureReason(StrEnum):
     WORKER_LOST = "worker_lost"
     OUTPUT_TOO_LARGE = "output_too_large"
     SPAWN_ERROR = "spawn_error"
+    INTERNAL_ERROR = "internal_error"  # the step task itself failed (a bug), not the step
 
 
 TERMINAL_EVENTS = frozenset(

@@ -16,29 +16,37 @@ import os
 import re
 import tempfile
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
 
+import redis
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject, Retry
 
 from . import expressions as ex
 from . import workerhooks  # noqa: F401  (connects the worker signals: recovery, shutdown)
-from .app import APPROVAL_TIMEOUT_TASK, FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
+from .app import (
+    APPROVAL_TIMEOUT_TASK,
+    FANIN_TASK,
+    RUN_TIMEOUT_TASK,
+    STEP_TASK,
+    app,
+    note_successors,
+)
 from .compile import DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
 from .events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
 from .gates import Gates
 from .graph import Graph
+from .lease import LeaseKeeper, boottime
 from .logsink import StepLogSink
-from .redisconn import get_client
+from .redisconn import get_client, lease_client
 from .runner import BashResult, run_bash
 from .settings import Settings, get_settings, worker_environment
-from .store import RunStore, now_iso
+from .store import FinishOutcome, Outcome, RunStore, Successor, now_iso
 
 STDERR_TAIL_LINES = 20
 RETRYABLE = (FailureReason.EXIT_CODE, FailureReason.TIMEOUT)
@@ -128,6 +136,15 @@ def _worker_store() -> tuple[Settings, RunStore]:
     return settings, RunStore(get_client(settings), settings.prefix, settings.retention)
 
 
+@lru_cache(maxsize=1)
+def _lease_store() -> RunStore:
+    """The store as lease renewal sees it: a client that gives up quickly (no retries), so
+    that a renewal that cannot reach Redis is known as such well within the lease."""
+    settings = get_settings()
+    timeout = max(0.25, settings.lease_seconds / 8)
+    return RunStore(lease_client(settings.redis_url, timeout), settings.prefix, settings.retention)
+
+
 def shutdown_flag_path(worker_pid: int) -> str:
     """A file the worker's main process creates when running steps must be handed back."""
     return os.path.join(tempfile.gettempdir(), f"runbook-handback-{worker_pid}")
@@ -155,7 +172,7 @@ def run_step(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     execution = _execution(self, run_id, step_id)
     if isinstance(execution, dict):
         return execution
-    return execution.execute()
+    return execution.guarded(execution.execute)
 
 
 @app.task(bind=True, name=FANIN_TASK, max_retries=None, acks_late=True)
@@ -164,7 +181,7 @@ def fan_in(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     execution = _execution(self, run_id, step_id, fan_in=True)
     if isinstance(execution, dict):
         return execution
-    return execution.join_instances()
+    return execution.guarded(execution.join_instances)
 
 
 @app.task(name=RUN_TIMEOUT_TASK)
@@ -238,8 +255,25 @@ class StepExecution:
         self.token = uuid.uuid4().hex
         self.attempt: int | None = None
         self.mode: str | None = None  # from the store when known; a canvas run may fail over
+        self.keeper: LeaseKeeper | None = None
+        self._claim_sent = 0.0
 
     # ------------------------------------------------------------------ flow
+
+    def guarded(self, body: Any) -> dict[str, Any]:
+        """Run ``body``; a bug in it (not a step failure, not Redis) fails the step with
+        reason ``internal_error`` instead of leaving the run to replay it forever."""
+        try:
+            return body()
+        except (Ignore, Retry, Reject, StepFailed, redis.RedisError):
+            raise
+        except Exception as exc:
+            log.exception("step %s of run %s: internal error", self.step_id, self.run_id)
+            return self._finish(
+                StepStatus.FAILED,
+                reason=FailureReason.INTERNAL_ERROR,
+                stderr=[f"[runbook] internal error: {type(exc).__name__}: {exc}"[:2000]],
+            )
 
     def execute(self) -> dict[str, Any]:
         ignore_cancel = False
@@ -254,11 +288,45 @@ class StepExecution:
                 self.store.instance_values(self.run_id, self.step_id) if self.parent else {}
             )
         decision = self._start(check_needs, ignore_cancel)
+        if decision.action != "start":
+            return self._not_started(decision)
+        self.attempt = decision.attempt
+        self.mode = decision.mode
+        self.keeper = LeaseKeeper(
+            _lease_store(),
+            self.run_id,
+            self.step_id,
+            token=self.token,
+            attempt=decision.attempt,
+            lease_seconds=self.settings.lease_seconds,
+            claimed_at=self._claim_sent,
+        ).start()
+        try:  # the lease is kept until the result is recorded, not only while Bash runs
+            outputs = decision.need_outputs or {}
+            if self.parent is None and _fans_out(self.spec):
+                return self._fan_out(outputs)
+            started = now_iso()
+            result = self._run(outputs, decision.env or {})
+            return self._record(result, started)
+        finally:
+            self.keeper.stop()
+
+    def _not_started(self, decision: Any) -> dict[str, Any]:
+        """The claim did not start the step: finish, hand on, or drop this delivery."""
         if decision.action == "done":
             return self._replay(decision.status or "")
+        if decision.action == "unknown":
+            log.warning(
+                "dropped a message for step %r of run %s: no such step in the record",
+                self.step_id,
+                self.run_id,
+            )
+            return {"run_id": self.run_id, "step": self.step_id, "status": "unknown"}
         if decision.action == "busy":
             # another delivery holds the lease; come back when it may have expired
             raise self.task.retry(countdown=max(1, self.settings.lease_seconds // 2))
+        if decision.action == "parked":
+            raise Ignore()  # acknowledged; the parked message is published again later
         if decision.action == "blocked":
             return self._finish(
                 StepStatus.SKIPPED, reason=f"needs {decision.blocked_by} {decision.status}"
@@ -275,19 +343,16 @@ class StepExecution:
                     "running this step was lost each time"
                 ],
             )
-        self.attempt = decision.attempt
-        self.mode = decision.mode
-        outputs = decision.need_outputs or {}
-        if self.parent is None and (self.spec.get("matrix") or self.spec.get("for_each")):
-            return self._fan_out(outputs)
-        started = now_iso()
-        result = self._run(outputs, decision.env or {})
-        return self._record(result, started)
+        raise RuntimeError(f"unexpected claim decision {decision.action!r}")
 
     def _start(self, check_needs: bool, ignore_cancel: bool) -> Any:
-        """Claim the step; park it (and end this delivery) when a gate says not yet."""
-        approval = self.spec.get("approval") if self.parent is None else None
-        for _ in range(5):
+        """Claim the step. When a gate says "not now", claim again with this delivery's
+        message: the store parks it in that same transition (or starts the step, if the
+        gate opened meanwhile), so a step is never left unclaimed and unparked."""
+        approval = (self.spec.get("approval") or {}) if self.parent is None else {}
+        park_message: dict[str, Any] | None = None
+        while True:
+            self._claim_sent = boottime()
             decision = self.store.start_step(
                 self.run_id,
                 self.step_id,
@@ -299,26 +364,22 @@ class StepExecution:
                 max_attempts=self.settings.max_attempts,
                 check_needs=check_needs,
                 ignore_cancel=ignore_cancel,
-                needs_approval=bool(approval),
+                needs_approval=self.parent is None and bool(self.spec.get("approval")),
                 max_active=self.max_active,
+                park_message=park_message,
+                approval_prompt=approval.get("prompt", ""),
             )
-            if decision.action != "park":
-                return decision
-            parked = Gates(self.store).park(
-                self.run_id,
-                self.step_id,
-                reason=decision.status or "",
-                signature=dict(self.task.signature_from_request()),
-                workflow=self.ctx.workflow,
-                max_active=self.max_active,
-                prompt=(approval or {}).get("prompt", ""),
-            )
-            if parked:
-                if decision.status == "approval" and (approval or {}).get("timeout"):
-                    app.signature(
-                        APPROVAL_TIMEOUT_TASK, args=(self.run_id, self.step_id), immutable=True
-                    ).apply_async(countdown=approval["timeout"], root_id=self.run_id)
-                raise Ignore()  # acknowledged; the parked message is published again later
+            if decision.action != "park" or park_message is not None:
+                break  # (a claim given the message never answers "park")
+            park_message = dict(self.task.signature_from_request())
+        if (
+            decision.action == "parked"
+            and decision.status == "approval"
+            and approval.get("timeout")
+        ):
+            app.signature(
+                APPROVAL_TIMEOUT_TASK, args=(self.run_id, self.step_id), immutable=True
+            ).apply_async(countdown=approval["timeout"], root_id=self.run_id)
         return decision
 
     @cached_property
@@ -340,11 +401,47 @@ class StepExecution:
     def max_active(self) -> int:
         return int(self.ctx.snapshot.get("max_active_steps") or 0)
 
-    def _release_slot(self) -> None:
-        if self.max_active:
-            message = Gates(self.store).release_slot(self.run_id, self.max_active)
-            if message:
-                app.signature(message).apply_async()
+    def _after(self, outcome: Outcome | FinishOutcome, what: str) -> None:
+        """Publish what a transition let go (a freed slot's parked message); a transition
+        refused because another delivery holds the step ends this delivery: it is
+        acknowledged, nothing is recorded, and what follows the step is handed on by the
+        delivery that holds it."""
+        for message in outcome.unparked:
+            app.signature(message).apply_async()
+        if outcome.superseded:
+            log.warning(
+                "step %s of run %s (attempt %s): %s refused, another delivery holds the "
+                "step; discarded",
+                self.step_id,
+                self.run_id,
+                self.attempt,
+                what,
+            )
+            raise Ignore()
+
+    def _fenced(self, result: BashResult) -> bool:
+        """Whether this attempt was stopped because its lease could not be kept (so its
+        result says nothing about the step)."""
+        keeper = self.keeper
+        if keeper is None:
+            return False
+        killed = result.exit_code is not None and result.exit_code < 0
+        return keeper.lost is not None or (killed and keeper.expired())
+
+    def _hand_back(self, reason: str) -> dict[str, Any]:
+        """Give the step back without a result and send its message again (pending again,
+        attempt not counted); refused (and discarded) if another delivery holds it."""
+        outcome = self.store.handback_step(
+            self.run_id,
+            self.step_id,
+            token=self.token,
+            workflow=self.ctx.workflow,
+            attempt=self.attempt or 0,
+            reason=reason,
+            lease_seconds=self.settings.lease_seconds,
+        )
+        self._after(outcome, "hand-back")
+        raise self.task.retry(countdown=0)
 
     def _record(self, result: BashResult, started: str) -> dict[str, Any]:
         history = {
@@ -354,12 +451,10 @@ class StepExecution:
             "started_at": started,
             "finished_at": now_iso(),
         }
+        if self._fenced(result):
+            return self._hand_back("lease_lost")
         if result.reason == HANDBACK:
-            self.store.handback_step(
-                self.run_id, self.step_id, token=self.token, workflow=self.ctx.workflow
-            )
-            self._release_slot()
-            raise self.task.retry(countdown=0)
+            return self._hand_back("shutdown")
         if result.ok:
             return self._finish(
                 StepStatus.SUCCEEDED, exit_code=0, outputs=result.outputs, history=history
@@ -382,33 +477,9 @@ class StepExecution:
                 )
         delay = self._retry_delay(reason, result.exit_code)
         if delay is not None:
-            self.store.retry_step(
-                self.run_id,
-                self.step_id,
-                token=self.token,
-                workflow=self.ctx.workflow,
-                attempt=self.attempt or 1,
-                exit_code=result.exit_code,
-                reason=reason,
-                delay=delay,
-                history=history,
-            )
-            self._release_slot()
-            raise self.task.retry(countdown=delay)
+            return self._retry(result.exit_code, reason, delay, history)
         if self._on_failure() == "pause" and not self.store.cancel_requested(self.run_id):
-            Gates(self.store).await_decision(
-                self.run_id,
-                self.step_id,
-                token=self.token,
-                workflow=self.ctx.workflow,
-                signature=dict(self.task.signature_from_request()),
-                exit_code=result.exit_code,
-                reason=reason,
-                stderr=stderr,
-                history=history,
-            )
-            self._release_slot()
-            raise Ignore()  # the operator decides: retry, skip or abort
+            return self._await_decision(result.exit_code, reason, stderr, history)
         return self._finish(
             StepStatus.FAILED,
             exit_code=result.exit_code,
@@ -417,6 +488,42 @@ class StepExecution:
             history=history,
             allowed_failure=bool(self.spec.get("continue_on_error")),
         )
+
+    def _retry(
+        self, exit_code: int | None, reason: str, delay: float, history: dict[str, Any]
+    ) -> dict[str, Any]:
+        outcome = self.store.retry_step(
+            self.run_id,
+            self.step_id,
+            token=self.token,
+            workflow=self.ctx.workflow,
+            attempt=self.attempt or 1,
+            exit_code=exit_code,
+            reason=reason,
+            delay=delay,
+            history=history,
+            lease_seconds=self.settings.lease_seconds,
+        )
+        self._after(outcome, "retry")
+        raise self.task.retry(countdown=delay)
+
+    def _await_decision(
+        self, exit_code: int | None, reason: str, stderr: list[str], history: dict[str, Any]
+    ) -> dict[str, Any]:
+        outcome = Gates(self.store).await_decision(
+            self.run_id,
+            self.step_id,
+            token=self.token,
+            workflow=self.ctx.workflow,
+            signature=dict(self.task.signature_from_request()),
+            exit_code=exit_code,
+            reason=reason,
+            stderr=stderr,
+            history=history,
+            attempt=self.attempt or 1,
+        )
+        self._after(outcome, "wait for a decision")
+        raise Ignore()  # the operator decides: retry, skip or abort
 
     def _on_failure(self) -> str | None:
         return self.spec.get("on_failure") if self.parent is None else None
@@ -525,27 +632,31 @@ class StepExecution:
                 kill_grace=self.settings.kill_grace if grace is None else grace,
                 tick=self._tick(sink),
                 on_line=sink,
+                on_spawn=self.keeper.attach if self.keeper else None,
             )
         finally:
+            if self.keeper:
+                self.keeper.detach()
             sink.close()
 
     def _tick(self, sink: StepLogSink):  # type: ignore[no-untyped-def]
-        """Called while Bash runs: flush logs, keep the lease, notice cancel or shutdown."""
-        every = max(1.0, self.settings.lease_seconds / 3)
-        last_refresh = time.monotonic()
+        """Called while Bash runs: flush logs, notice cancel, shutdown or a lost lease.
+
+        The lease itself is renewed by the delivery's LeaseKeeper thread; here the
+        guardian's kill time follows its renewals (from this thread, which also releases
+        the step's process group, so the guardian never hears of a released group)."""
         flag = shutdown_flag_path(os.getppid())
+        keeper = self.keeper
 
         def tick() -> bool | str:
-            nonlocal last_refresh
+            if keeper is not None:
+                if keeper.lost is not None:
+                    return True  # stop now: the result is discarded (see _fenced)
+                keeper.push_deadline()
             sink.flush()
             if os.path.exists(flag):
                 return HANDBACK
             try:
-                if time.monotonic() - last_refresh >= every:
-                    last_refresh = time.monotonic()
-                    self.store.refresh_lease(
-                        self.run_id, self.step_id, self.token, self.settings.lease_seconds
-                    )
                 return self.store.cancel_requested(self.run_id)
             except Exception:  # Redis blip: keep the step running, try again next tick
                 return False
@@ -596,8 +707,11 @@ class StepExecution:
         if not values:
             return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])  # type: ignore[arg-type]
         ids = self.store.add_instances(self.run_id, self.step_id, values)
-        self.store.release_lease(self.run_id, self.step_id, self.token)
-        self._release_slot()
+        outcome = self.store.release_step(self.run_id, self.step_id, self.token, self.attempt or 0)
+        self._after(outcome, "fan-out")
+        # the first instance of each lane is watched once this delivery has handed on
+        lanes = min(self.spec.get("max_parallel") or len(ids), len(ids))
+        note_successors(self._member, [Successor(i, 0) for i in ids[:lanes]])
         publish_fan_out(
             self.ctx.snapshot, self.run_id, self.step_id, ids, self.spec.get("max_parallel")
         )
@@ -677,10 +791,10 @@ class StepExecution:
         )
         if outcome.duplicate and check_terminal:
             return self._replay(outcome.run_status or "")
+        self._after(outcome, f"recording {status.value}")
+        self._note_successors()
         if outcome.run_status:
             _cache.drop(self.run_id)
-        if self.attempt is not None and not outcome.duplicate:
-            self._release_slot()
         if outcome.ready:
             from .dispatch import publish_steps
 
@@ -703,7 +817,32 @@ class StepExecution:
         return result
 
     def _children(self) -> dict[str, int]:
+        if self.parent is not None:
+            return {}
         return {c: len(self.ctx.graph.needs[c]) for c in self.ctx.graph.children[self.step_id]}
+
+    @property
+    def _member(self) -> str:
+        return f"{self.run_id}|{self.step_id}"
+
+    def _note_successors(self) -> None:
+        """Tell the hand-on (stored result or task_postrun) what may be ready after this
+        step: its children in the DAG; for an instance, the next one in its lane, and the
+        fan-in of its step once every instance has ended."""
+        if self.task is None:  # recorded from outside a task (an operator's decision)
+            return
+        if not self.settings.broker_url.startswith(("redis", "rediss")):
+            return  # an AMQP broker does not lose messages on their way: nothing to watch
+        if self.parent is None:
+            succ = [Successor(c, n) for c, n in self._children().items()]
+        else:
+            succ = [Successor(self.parent, -1)]
+            chain = getattr(self.task.request, "chain", None) or []
+            nxt = chain[-1] if chain else None
+            args = (nxt or {}).get("args") or ()
+            if (nxt or {}).get("task") == STEP_TASK and len(args) == 2 and args[0] == self.run_id:
+                succ.append(Successor(str(args[1]), 0))
+        note_successors(self._member, succ)
 
     def _replay(self, status: str) -> dict[str, Any]:
         """A duplicate delivery of a finished step: never run it again, but finish handing on.
@@ -711,6 +850,7 @@ class StepExecution:
         In dynamic mode the join is idempotent, so re-doing it publishes any child that a
         crash between "recorded" and "published" would otherwise have stranded.
         """
+        self._note_successors()  # and its ready successors are watched once it handed on
         mode = self.mode or self.store.run_mode(self.run_id) or self.ctx.snapshot["mode"]
         if self.parent is None and mode == DYNAMIC:
             ready = self.store.rejoin(self.run_id, self.step_id, self._children())

@@ -1,13 +1,16 @@
-"""Core regressions end to end: reruns of skipped conditional steps, and forged messages."""
+"""Core regressions end to end: reruns of skipped conditional steps, max_active_steps slots
+across a lost worker, and forged messages."""
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 from pathlib import Path
 
 import pytest
 from celery.result import AsyncResult
-from conftest import QUEUE
+from conftest import QUEUE, SESSION, WorkerProcess, wait_for_event
 
 from runbook_celery import submit
 from runbook_celery.api import rerun
@@ -56,6 +59,45 @@ steps:
     assert final.steps["build"].reused and final.steps["build"].status == "succeeded"
     assert final.steps["cleanup"].status == "skipped"
     assert final.steps["flaky"].status == "succeeded"
+
+
+@pytest.mark.timeout(180)
+def test_max_active_steps_slot_of_a_lost_worker_goes_with_its_step(write_workflow, tmp_path, store):
+    # Given max_active_steps 1, and long running (first execution never ends by itself)
+    # on a worker that is about to be SIGKILLed, with other waiting for the slot
+    queue = f"slots-{SESSION}"
+    seen = tmp_path / "seen"
+    wf = write_workflow(f"""
+name: one-slot
+max_active_steps: 1
+steps:
+  - id: long
+    queue: {queue}
+    run: |
+      if [ ! -e {seen} ]; then touch {seen}; sleep 300 & wait; fi
+  - id: other
+    queue: {queue}
+    run: "true"
+""")
+    doomed = WorkerProcess("slots-doomed", queues=queue, concurrency=2)
+    rescuer = None
+    try:
+        run = submit(wf)
+        wait_for_event(store, run.id, "step_started", "long")
+        # When the worker dies and another one takes over
+        rescuer = WorkerProcess("slots-rescuer", queues=queue, concurrency=2)
+        os.killpg(doomed.proc.pid, signal.SIGKILL)
+        doomed.stop()
+        # Then the redelivered step does not wait behind its own slot: the run ends
+        final = run.wait(timeout=90)
+    finally:
+        doomed.stop()
+        if rescuer is not None:
+            rescuer.stop()
+    assert final.status == "succeeded", final.to_dict()
+    assert final.steps["long"].attempts == 2
+    assert final.steps["other"].status == "succeeded"
+    assert store.r.scard(f"{store.keys.run(run.id)}:active") == 0
 
 
 def _send(task: str, run_id: str, step_id: str) -> dict:
