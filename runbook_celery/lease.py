@@ -9,9 +9,10 @@ not only while Bash runs:
 * renewal is a compare-and-set on (token, attempt) (``RunStore.refresh_lease``): it never
   takes a lease another delivery holds. When it fails because the step has moved on, the
   step's process group is killed at once and the delivery records nothing;
-* every ``REFRESH_EVERY`` x lease it renews; if no renewal has succeeded for
-  ``SOFT_FENCE`` x lease (Redis unreachable, a partition, a stuck connection), the step is
-  stopped (SIGTERM), whether or not Celery noticed a connection loss;
+* every ``REFRESH_EVERY`` x lease it renews, on a client that answers or fails within
+  lease/8; once no renewal has succeeded for ``SOFT_FENCE`` x lease (Redis unreachable, a
+  partition, a stuck connection), the step is stopped (SIGTERM, at most lease/8 later),
+  whether or not Celery noticed a connection loss;
 * at ``HARD_FENCE`` x lease without a renewal, the guardian of the pool process (another
   process, so this holds even when the pool process itself is stopped or paused) kills the
   process group (SIGKILL).
@@ -74,6 +75,7 @@ class LeaseKeeper:
         self.last_ok = claimed_at  # boottime when the claim (or last renewal) was sent
         self.lost: str | None = None
         self.cancel_requested = False
+        self.last_error = "no answer"
         self.pgid: int | None = None
         self._pushed = 0.0
         self._stop = threading.Event()
@@ -130,13 +132,8 @@ class LeaseKeeper:
                 self.run_id, self.step_id, self.token, self.attempt, int(self.lease)
             )
         except redis.RedisError as exc:
-            if boottime() - self.last_ok >= SOFT_FENCE * self.lease:
-                self._fence(
-                    UNREACHABLE,
-                    f"lease not renewed for {boottime() - self.last_ok:.1f}s "
-                    f"({exc.__class__.__name__})",
-                )
-            return
+            self.last_error = f"{exc.__class__.__name__}: {exc}"
+            return  # the loop stops the step once the soft fence has passed
         if not holder:
             self._fence(SUPERSEDED, "another delivery holds the step now")
             return
@@ -146,11 +143,24 @@ class LeaseKeeper:
                 self.last_ok = max(self.last_ok, sent)
 
     def _loop(self) -> None:
+        """Renew every ``REFRESH_EVERY`` x lease; wake at the soft fence too, so the step is
+        stopped on time (at most one renewal timeout, lease/8, late) when renewals fail."""
         every = max(0.2, REFRESH_EVERY * self.lease)
-        while not self._stop.wait(every):
-            self.renew()
-            if self.lost is not None:
+        next_renewal = boottime() + every
+        while self.lost is None:
+            soft = self.last_ok + SOFT_FENCE * self.lease
+            if self._stop.wait(max(0.0, min(next_renewal, soft) - boottime())):
                 return
+            now = boottime()
+            if now - self.last_ok >= SOFT_FENCE * self.lease:
+                self._fence(
+                    UNREACHABLE,
+                    f"lease not renewed for {now - self.last_ok:.1f}s ({self.last_error})",
+                )
+                return
+            if now >= next_renewal:
+                next_renewal = now + every
+                self.renew()
 
     def _fence(self, why: str, detail: str) -> None:
         with self._lock:
