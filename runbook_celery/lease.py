@@ -151,16 +151,13 @@ class LeaseKeeper:
             soft = self.last_ok + SOFT_FENCE * self.lease
             if self._stop.wait(max(0.0, min(next_renewal, soft) - boottime())):
                 return
-            now = boottime()
-            if now - self.last_ok >= SOFT_FENCE * self.lease:
-                self._fence(
-                    UNREACHABLE,
-                    f"lease not renewed for {now - self.last_ok:.1f}s ({self.last_error})",
-                )
-                return
-            if now >= next_renewal:
-                next_renewal = now + every
+            if boottime() >= next_renewal:  # renew first: a renewal due now may succeed
+                next_renewal = boottime() + every
                 self.renew()
+            late = boottime() - self.last_ok
+            if self.lost is None and late >= SOFT_FENCE * self.lease:
+                self._fence(UNREACHABLE, f"lease not renewed for {late:.1f}s ({self.last_error})")
+                return
 
     def _fence(self, why: str, detail: str) -> None:
         with self._lock:
