@@ -184,12 +184,25 @@ def submit_snapshot(
     fields = dict(extra or {})
     group = snapshot.get("concurrency")
     if group:
-        fields.update(cgroup=group["group"], cgroup_limit=str(group["limit"]), status="queued")
+        fields.update(
+            cgroup=group["group"],
+            cgroup_key=store.keys.cgroup(group["group"]),
+            cgroup_limit=str(group["limit"]),
+            status="queued",
+        )
     store.create_run(run_id, snapshot, snapshot_sha256(snapshot), **fields)
     try:
         if group and not _admit(store, run_id, group):
             return Run(run_id, settings)
         publish_run(snapshot, run_id, plan.tree, graph.sources())
+    except InvalidOperation:
+        with contextlib.suppress(redis.RedisError):
+            store.delete_run(run_id)
+        raise
+    except redis.ResponseError as exc:  # Redis answered, and said no (e.g. out of memory)
+        with contextlib.suppress(redis.RedisError):
+            store.delete_run(run_id)
+        raise BackendUnavailable(f"Redis refused the run: {redact(str(exc))}") from None
     except (OperationalError, redis.RedisError, OSError) as exc:
         with contextlib.suppress(redis.RedisError):
             store.delete_run(run_id)

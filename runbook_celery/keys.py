@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -43,6 +44,20 @@ class Keys:
 
     def logs(self, run_id: str, step_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:logs:{step_id}"
+
+    def cgroup(self, group: str) -> str:
+        """Sorted set of the active runs of a concurrency group.
+
+        The group's value comes from params (``deploy-${{ params.env }}``), so it is
+        digested: no value, whatever its characters, can name another key (``env=prod:queue``
+        once made one group's active set the queue of another).
+        """
+        digest = hashlib.sha256(group.encode()).hexdigest()
+        return f"{self.prefix}:cgroup:{digest}"
+
+    def cgroup_queue(self, group: str) -> str:
+        """List of the queued runs of a concurrency group, oldest first."""
+        return f"{self.cgroup(group)}:queue"
 
     def transition(self, run_id: str, step_id: str) -> list[str]:
         """The KEYS every step-transition Lua script starts with, in this order."""

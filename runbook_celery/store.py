@@ -41,16 +41,26 @@ local admitted = {}
 local function prefix_of(run_key)
   return string.match(run_key, '^(.*):run:[^:]+$')
 end
--- a run of a concurrency group ended: free its slot and admit the next queued run
+-- a run of a concurrency group ended: free its slot and admit the next queued run.
+-- Key names come from the run hash (keys.py digests the group's value); it runs after
+-- the caller's first write, so nothing here may raise: a key of the wrong type (written
+-- by someone else) or a bad limit leaves the group alone instead of failing halfway
 local function release_group(run_key, run_id)
-  local cg = redis.call('HGET', run_key, 'cgroup')
-  if not cg then return end
+  local cg = redis.call('HMGET', run_key, 'cgroup_key', 'cgroup_limit')
+  local active = cg[1]
+  if not active then return end
+  local queue = active .. ':queue'
+  local limit = tonumber(cg[2] or '1') or 1
+  local t_active = redis.call('TYPE', active)['ok']
+  local t_queue = redis.call('TYPE', queue)['ok']
+  if (t_active ~= 'zset' and t_active ~= 'none') or (t_queue ~= 'list' and t_queue ~= 'none')
+  then
+    return
+  end
   local prefix = prefix_of(run_key)
-  local active = prefix .. ':cgroup:' .. cg
   redis.call('ZREM', active, run_id)
-  local limit = tonumber(redis.call('HGET', run_key, 'cgroup_limit') or '1')
   while redis.call('ZCARD', active) < limit do
-    local nxt = redis.call('LPOP', active .. ':queue')
+    local nxt = redis.call('LPOP', queue)
     if not nxt then return end
     if redis.call('HGET', prefix .. ':run:' .. nxt, 'status') == 'queued' then
       redis.call('ZADD', active, 0, nxt)
@@ -73,21 +83,29 @@ local function append_history(step_key, record)
   else h = string.sub(h, 1, -2) .. ',' .. record .. ']' end
   redis.call('HSET', step_key, 'history', h)
 end
+-- a JSON list we wrote, or {} when it is not one: helpers that run after a script's first
+-- write must not raise (Lua does not roll back)
+local function json_list(raw)
+  if not raw then return {} end
+  local ok, value = pcall(cjson.decode, raw)
+  if ok and type(value) == 'table' then return value end
+  return {}
+end
 -- a finished run lives for the retention period, then vanishes with its logs (key names
 -- as in keys.py)
 local function expire_run_keys(run_key, run_events)
-  local ttl = tonumber(redis.call('HGET', run_key, 'retention') or '0')
+  local ttl = tonumber(redis.call('HGET', run_key, 'retention') or '0') or 0
   if ttl <= 0 then return end
   local base = run_key
   redis.call('EXPIRE', run_key, ttl)
   redis.call('EXPIRE', run_events, ttl)
-  local ids = cjson.decode(redis.call('HGET', run_key, 'steps') or '[]')
+  local ids = json_list(redis.call('HGET', run_key, 'steps'))
   local i = 1
   while i <= #ids do
-    local sid = ids[i]
+    local sid = tostring(ids[i])
     local inst = redis.call('HGET', base .. ':step:' .. sid, 'instances')
     if inst then
-      for _, x in ipairs(cjson.decode(inst)) do ids[#ids + 1] = x end
+      for _, x in ipairs(json_list(inst)) do ids[#ids + 1] = x end
     end
     for _, part in ipairs({':step:', ':lease:', ':arrived:', ':logs:'}) do
       redis.call('EXPIRE', base .. part .. sid, ttl)
@@ -104,7 +122,7 @@ local function finalize(run_key, run_events, global_events, remaining, now, run_
   local cancel = redis.call('HMGET', run_key, 'cancel_requested', 'cancel_reason', 'failures')
   if cancel[1] == '1' then
     if cancel[2] == 'timeout' then final = 'failed' else final = 'cancelled' end
-  elseif tonumber(cancel[3] or '0') > 0 then final = 'failed' end
+  elseif (tonumber(cancel[3] or '0') or 0) > 0 then final = 'failed' end
   redis.call('HSET', run_key, 'status', final, 'finished_at', now)
   local ev = {'type', 'workflow_' .. final, 'run_id', run_id, 'workflow', workflow, 'ts', now}
   if cancel[1] == '1' and cancel[2] then
