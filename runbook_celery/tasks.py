@@ -30,6 +30,7 @@ from .app import APPROVAL_TIMEOUT_TASK, FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK,
 from .compile import DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
 from .events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
+from .fullredis import lease_keeper, wait_while_full, worker_stopping
 from .gates import Gates
 from .graph import Graph
 from .logsink import StepLogSink
@@ -259,19 +260,23 @@ class StepExecution:
         """Claim the step; park it (and end this delivery) when a gate says not yet."""
         approval = self.spec.get("approval") if self.parent is None else None
         for _ in range(5):
-            decision = self.store.start_step(
-                self.run_id,
-                self.step_id,
-                token=self.token,
-                needs=list(self.spec["needs"]) if self.parent is None else [],
-                output_steps=self._referenced_steps(),
-                workflow=self.ctx.workflow,
-                lease_seconds=self.settings.lease_seconds,
-                max_attempts=self.settings.max_attempts,
-                check_needs=check_needs,
-                ignore_cancel=ignore_cancel,
-                needs_approval=bool(approval),
-                max_active=self.max_active,
+            decision = wait_while_full(  # Redis full: claim once memory is freed
+                lambda: self.store.start_step(
+                    self.run_id,
+                    self.step_id,
+                    token=self.token,
+                    needs=list(self.spec["needs"]) if self.parent is None else [],
+                    output_steps=self._referenced_steps(),
+                    workflow=self.ctx.workflow,
+                    lease_seconds=self.settings.lease_seconds,
+                    max_attempts=self.settings.max_attempts,
+                    check_needs=check_needs,
+                    ignore_cancel=ignore_cancel,
+                    needs_approval=bool(approval),
+                    max_active=self.max_active,
+                ),
+                f"claiming step {self.step_id} of run {self.run_id}",
+                give_up=worker_stopping,
             )
             if decision.action != "park":
                 return decision
@@ -629,21 +634,32 @@ class StepExecution:
                 below = self.ctx.graph.descendants(self.step_id)
                 skip = [s for s in self.ctx.graph.topological() if s in below]
             children = self._children()
-        outcome = self.store.finish_step(
-            self.run_id,
-            self.step_id,
-            token=self.token,
-            status=status,
-            workflow=self.ctx.workflow,
-            exit_code=exit_code,
-            outputs=outputs,
-            stderr_tail=stderr,
-            reason=reason,
-            allowed_failure=allowed_failure,
-            attempt=self.attempt,
-            skip=skip,
-            children=children,
-            history=history,
+        # Redis full: keep the result and the lease, record once memory is freed (fullredis)
+        outcome = wait_while_full(
+            lambda: self.store.finish_step(
+                self.run_id,
+                self.step_id,
+                token=self.token,
+                status=status,
+                workflow=self.ctx.workflow,
+                exit_code=exit_code,
+                outputs=outputs,
+                stderr_tail=stderr,
+                reason=reason,
+                allowed_failure=allowed_failure,
+                attempt=self.attempt,
+                skip=skip,
+                children=children,
+                history=history,
+            ),
+            f"recording step {self.step_id} of run {self.run_id} as {status.value}",
+            while_waiting=lease_keeper(
+                self.store.r,
+                self.store.keys.lease(self.run_id, self.step_id),
+                self.token,
+                self.settings.lease_seconds,
+            ),
+            give_up=worker_stopping,
         )
         if outcome.duplicate and check_terminal:
             return self._replay(outcome.run_status or "")
