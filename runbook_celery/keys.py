@@ -45,6 +45,10 @@ class Keys:
     def logs(self, run_id: str, step_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:logs:{step_id}"
 
+    def ended_instances(self, run_id: str, step_id: str) -> str:
+        """Set of the instances of fanned-out ``step_id`` that have ended (the fan-in join)."""
+        return f"{self.prefix}:run:{run_id}:ended:{step_id}"
+
     def cgroup(self, group: str) -> str:
         """Sorted set of the active runs of a concurrency group.
 
@@ -78,5 +82,6 @@ class Keys:
                 self.lease(run_id, sid),
                 self.arrived(run_id, sid),
                 self.logs(run_id, sid),
+                self.ended_instances(run_id, sid),
             ]
         return keys

@@ -10,7 +10,7 @@ import time
 import kombu
 import pytest
 import redis
-from conftest import PREFIX, SESSION, WorkerProcess, run_cli, wait_for_event
+from conftest import PREFIX, QUEUE, SESSION, WorkerProcess, run_cli, wait_for_event
 from observe_helpers import free_port
 
 from runbook_celery import Run, WaitTimeout, fullredis, submit
@@ -208,3 +208,53 @@ def test_the_broker_transport_waits_for_memory_instead_of_dropping_a_message(sma
         acker.join(timeout=30)
         assert not acker.is_alive() and admin.hlen("unacked") == 0
         queue.close()
+
+
+FAN = """
+name: fan
+steps:
+  - id: list
+    run: |
+      python3 -c "import json; print('items=' + json.dumps(list(range({n}))))" \\
+        >> "$RUNBOOK_OUTPUT"
+  - id: each
+    needs: [list]
+    for_each: ${{{{ steps.list.outputs.items }}}}
+    run: {run}
+"""
+
+
+def _queued(client: redis.Redis) -> int:
+    """Messages waiting in our queue, at every priority."""
+    return sum(client.llen(f"{QUEUE}:{p}" if p else QUEUE) for p in range(10))
+
+
+def test_a_for_each_over_the_instance_cap_fails_before_fanning_out(
+    worker, write_workflow, store, redis_client
+):
+    wf = write_workflow(FAN.format(n=10_001, run="'true'"))
+    record = submit(wf).wait(timeout=60)
+    each = record.steps["each"]
+    assert record.status == "failed" and each.status == "failed"
+    assert each.reason == "too_many_instances"
+    assert (
+        "10,001 items" in each.stderr_tail[-1] and "RUNBOOK_MAX_INSTANCES" in each.stderr_tail[-1]
+    )
+    assert not any("[" in sid for sid in record.steps)  # no instance was recorded
+
+
+def test_a_large_fan_out_sends_a_window_and_a_cancel_takes_effect_in_seconds(
+    worker, write_workflow, store, redis_client
+):
+    wf = write_workflow(FAN.format(n=10_000, run="sleep 600"))
+    run = submit(wf)
+    wait_for_event(store, run.id, "step_started", "each[0]", timeout=60)
+    # the instances go out in lanes: a window of messages, not 10,000 of them
+    assert _queued(redis_client) <= 1000
+    started = time.monotonic()
+    run.cancel()
+    record = run.wait(timeout=60)
+    took = time.monotonic() - started
+    assert record.status == "cancelled" and record.steps["each"].status == "cancelled"
+    assert record.steps["each[9999]"].status == "cancelled"
+    assert took < 10, f"cancel took {took:.1f}s"
