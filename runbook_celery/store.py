@@ -888,8 +888,7 @@ class RunStore:
             cancelled += max(0, int(res[0]))
             final = res[1]
             self.last_admitted += res[2:]
-        if final and final not in ("running", "pending"):
-            self.expire_run(run_id)
+        # a run that ended here had its keys' expiry set by the same script (finalize)
         return cancelled, (final or None)
 
     def run_mode(self, run_id: str) -> str | None:
