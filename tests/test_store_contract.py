@@ -281,3 +281,16 @@ def test_an_instance_that_ends_last_makes_the_join_due_once_per_call(rstore):
     assert rstore.instance_ended(run, ids[1]) == (None, True)  # a replay: still due (idempotent)
     rstore.finish_step(run, "m", token="t", status=StepStatus.SUCCEEDED, workflow="wf")
     assert rstore.instance_ended(run, ids[1]) == (None, False)  # joined: nothing more
+
+
+def test_a_cancel_that_ends_a_run_sets_the_retention_of_every_key(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"m": [], "z": ["m"]}), "sha")
+    _start(rstore, run, "m", [])
+    ids = rstore.add_instances(run, "m", [{"item": 1}, {"item": 2}])
+    rstore.r.rpush(rstore.keys.logs(run, ids[1]), "a line")
+    assert rstore.cancel_run(run)[1] == "cancelled"
+    keys = rstore.r.keys(f"{rstore.keys.run(run)}*")
+    assert rstore.keys.logs(run, ids[1]).encode() in keys
+    ttls = {k: rstore.r.ttl(k) for k in keys}
+    assert all(0 < t <= rstore.retention for t in ttls.values()), ttls
