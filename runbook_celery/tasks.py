@@ -623,7 +623,11 @@ class StepExecution:
         """
         from .dispatch import publish_steps
 
-        nxt, join = self.store.instance_ended(self.run_id, self.step_id)
+        nxt, join = wait_while_full(
+            lambda: self.store.instance_ended(self.run_id, self.step_id),
+            f"handing on from instance {self.step_id} of run {self.run_id}",
+            give_up=worker_stopping,
+        )
         if nxt:
             publish_steps(self.ctx.snapshot, self.run_id, [nxt])
         if join and self.parent:
