@@ -22,6 +22,7 @@ from .compile import (
 )
 from .errors import BackendUnavailable, InvalidOperation, RunFailed, RunNotFound, WaitTimeout
 from .events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES
+from .fullredis import full_description
 from .loader import LoadedWorkflow, from_model, load_workflow
 from .model import Workflow
 from .redisconn import get_client, redact
@@ -111,9 +112,10 @@ class Run:
         """Block until the run ends and return its final record.
 
         Follows the run's event stream with a blocking read, so it returns as soon as the
-        final event is written (no polling interval).
+        final event is written (no polling interval). With ``timeout`` (seconds) raises
+        ``WaitTimeout`` once it has passed and the run has not ended; the run goes on.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         try:
             current = self.store.run_status(self.id)
         except redis.RedisError as exc:
@@ -121,7 +123,8 @@ class Run:
         if current is None:
             raise RunNotFound(self.id)
         if current not in TERMINAL_RUN_STATUSES:
-            block_ms = 1000
+            # never block past the deadline: each read returns by then, events or not
+            block_ms = 1000 if timeout is None else max(1, min(1000, int(timeout * 1000)))
             try:
                 for _eid, event in self.store.follow_events(self.id, block_ms=block_ms):
                     if event.get("type") in TERMINAL_EVENTS:
@@ -129,13 +132,27 @@ class Run:
                     if not event and self._ended():  # heartbeat; the stream may be trimmed
                         break
                     if deadline is not None and time.monotonic() >= deadline:
-                        raise WaitTimeout(self.id, timeout or 0)
+                        if self._ended():
+                            break
+                        raise self.wait_timeout_error(timeout or 0)
             except redis.RedisError as exc:
                 raise BackendUnavailable(f"lost Redis while waiting: {redact(str(exc))}") from exc
         record = self.status()
         if raise_on_failure and not record.succeeded:
             raise RunFailed(record)
         return record
+
+    def wait_timeout_error(self, timeout: float) -> WaitTimeout:
+        """The error for a wait that ran out: says where the run is, and if Redis is full."""
+        try:
+            status = self.store.run_status(self.id) or "gone"
+        except redis.RedisError:
+            status = "unknown"
+        detail = f"; it goes on (status {status})"
+        full = full_description(self.store.r)
+        if full:
+            detail += f"; {full}"
+        return WaitTimeout(self.id, timeout, detail)
 
 
 def _load(source: WorkflowSource) -> LoadedWorkflow:
@@ -184,12 +201,25 @@ def submit_snapshot(
     fields = dict(extra or {})
     group = snapshot.get("concurrency")
     if group:
-        fields.update(cgroup=group["group"], cgroup_limit=str(group["limit"]), status="queued")
+        fields.update(
+            cgroup=group["group"],
+            cgroup_key=store.keys.cgroup(group["group"]),
+            cgroup_limit=str(group["limit"]),
+            status="queued",
+        )
     store.create_run(run_id, snapshot, snapshot_sha256(snapshot), **fields)
     try:
         if group and not _admit(store, run_id, group):
             return Run(run_id, settings)
         publish_run(snapshot, run_id, plan.tree, graph.sources())
+    except InvalidOperation:
+        with contextlib.suppress(redis.RedisError):
+            store.delete_run(run_id)
+        raise
+    except redis.ResponseError as exc:  # Redis answered, and said no (e.g. out of memory)
+        with contextlib.suppress(redis.RedisError):
+            store.delete_run(run_id)
+        raise BackendUnavailable(f"Redis refused the run: {redact(str(exc))}") from None
     except (OperationalError, redis.RedisError, OSError) as exc:
         with contextlib.suppress(redis.RedisError):
             store.delete_run(run_id)

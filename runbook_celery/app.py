@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
+from .fullredis import use_patient_redis_transport, wait_while_full, worker_stopping
 from .keys import Keys
 from .settings import Settings, get_settings
 
@@ -53,6 +54,15 @@ class ResultBackend(RedisBackend):
             )
         finally:
             handed_on.member = None
+
+    def set(self, key, value, expires=None, **retry_policy):  # type: ignore[no-untyped-def]
+        """Store a task state; while Redis is full, wait (see fullredis) instead of failing
+        the task or, in the worker's main process, the consumer."""
+        return wait_while_full(
+            lambda: super(ResultBackend, self).set(key, value, expires, **retry_policy),
+            f"storing task state {_s(key)}",
+            give_up=worker_stopping,
+        )
 
     def _set(self, key, value, expires=None):  # type: ignore[no-untyped-def]
         member = getattr(handed_on, "member", None)
@@ -96,8 +106,13 @@ def _lease_member(request: Any, state: str, result: Any) -> str | None:
     return f"{args[0]}|{args[1]}"
 
 
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def make_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
+    use_patient_redis_transport()
     app = Celery(
         "runbook_celery",
         broker=s.broker_url,

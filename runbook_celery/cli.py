@@ -1,6 +1,7 @@
 """The `runbook-celery` command. The only place errors become messages and exit codes.
 
-Exit codes: 0 ok, 1 run failed, 2 invalid input, 3 Redis/broker unreachable, 4 not found.
+Exit codes: 0 ok, 1 run failed, 2 invalid input, 3 Redis/broker unreachable, 4 not found,
+5 --timeout ran out before the run ended (the run goes on).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .cli_options import check_timeout, timeout_option
 from .errors import (
     EXIT_INVALID,
     EXIT_OK,
@@ -107,11 +109,15 @@ def plan(file: Path) -> None:
 @click.option(
     "--wait", is_flag=True, help="Follow the run to its end; exit 0 if it succeeded, 1 if not."
 )
+@timeout_option
 @json_option
-def trigger(file: Path, params: tuple[str, ...], wait: bool, as_json: bool) -> None:
+def trigger(
+    file: Path, params: tuple[str, ...], wait: bool, timeout: float | None, as_json: bool
+) -> None:
     """Validate FILE, snapshot it and start a run; prints the run id."""
     from .api import submit
 
+    check_timeout(timeout, wait)
     run = submit(file, _parse_params(params))
     if not wait:
         if as_json:
@@ -121,7 +127,7 @@ def trigger(file: Path, params: tuple[str, ...], wait: bool, as_json: bool) -> N
         return
     if not as_json:
         click.echo(run.id)
-    record = _follow(run, echo=None if as_json else click.echo)
+    record = _follow(run, echo=None if as_json else click.echo, timeout=timeout)
     if as_json:
         click.echo(json.dumps(record.to_dict()))
     else:
@@ -131,13 +137,19 @@ def trigger(file: Path, params: tuple[str, ...], wait: bool, as_json: bool) -> N
     raise SystemExit(_exit_for(record.status))
 
 
-def _follow(run: Any, echo: Callable[[str], None] | None) -> Any:
-    """Show the run until it ends (live table on a terminal, else one line per event)."""
+def _follow(run: Any, echo: Callable[[str], None] | None, timeout: float | None = None) -> Any:
+    """Show the run until it ends (live table on a terminal, else one line per event).
+
+    With ``timeout``, raises WaitTimeout (exit 5) when it runs out first; the run goes on.
+    """
     if echo is None:
-        return run.wait()
+        return run.wait(timeout=timeout)
     from .live import follow_run
 
-    return follow_run(run, echo)
+    record = follow_run(run, echo, timeout=timeout)
+    if timeout is not None and not record.finished:
+        raise run.wait_timeout_error(timeout)
+    return record
 
 
 @cli.command()

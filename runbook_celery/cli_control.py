@@ -6,6 +6,7 @@ import json
 
 import click
 
+from .cli_options import check_timeout, timeout_option
 from .errors import InvalidOperation
 
 
@@ -25,19 +26,23 @@ def cancel(run_id: str, as_json: bool) -> None:
 @click.option("--from-failed", is_flag=True, help="Reuse succeeded steps; run the rest.")
 @click.option("--from", "from_step", metavar="STEP", help="Rerun STEP and everything after it.")
 @click.option("--wait", is_flag=True, help="Follow the new run to its end.")
-def rerun(run_id: str, from_failed: bool, from_step: str | None, wait: bool) -> None:
+@timeout_option
+def rerun(
+    run_id: str, from_failed: bool, from_step: str | None, wait: bool, timeout: float | None
+) -> None:
     """Start a new run from RUN_ID's snapshot (never today's YAML); prints the new run id."""
     from .api import rerun as do_rerun
 
     if from_failed and from_step:
         raise InvalidOperation("use either --from-failed or --from STEP, not both")
+    check_timeout(timeout, wait)
     run = do_rerun(run_id, from_failed=from_failed, from_step=from_step)
     click.echo(run.id)
     if wait:
         from .cli import _exit_for, _follow
         from .render import record_table
 
-        record = _follow(run, click.echo)
+        record = _follow(run, click.echo, timeout=timeout)
         click.echo(record_table(record))
         raise SystemExit(_exit_for(record.status))
 

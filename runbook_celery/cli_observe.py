@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .cli_options import timeout_option
 from .errors import EXIT_OK, EXIT_RUN_FAILED
 from .events import EventType, RunStatus
 
@@ -175,7 +176,8 @@ def _seconds(value: float | None) -> str:
 
 @click.command()
 @click.argument("run_id")
-def watch(run_id: str) -> None:
+@timeout_option
+def watch(run_id: str, timeout: float | None) -> None:
     """Show a run live until it ends; exit 0 if it succeeded, 1 if not.
 
     On a terminal the step table updates in place; otherwise one line per event.
@@ -186,8 +188,10 @@ def watch(run_id: str) -> None:
 
     run = Run(run_id)
     run.status()  # RunNotFound before anything is drawn
-    record = follow_run(run, click.echo)
+    record = follow_run(run, click.echo, timeout=timeout)
     click.echo(record_table(record))
+    if timeout is not None and not record.finished:
+        raise run.wait_timeout_error(timeout)
     raise SystemExit(_outcome_code(record.status))
 
 

@@ -11,7 +11,8 @@ the CLI exit code it maps to::
     ├── RunNotFound                   exit 4  no run with that id (or it expired)
     ├── InvalidOperation              exit 2  e.g. rerun --from an unknown step
     ├── RunFailed                     exit 1  Run.wait(raise_on_failure=True) on a failed run
-    └── WaitTimeout                   exit 1  Run.wait(timeout=...) ran out
+    └── WaitTimeout                   exit 5  Run.wait(timeout=...) / --timeout ran out; the
+                                              run goes on
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ EXIT_RUN_FAILED = 1
 EXIT_INVALID = 2
 EXIT_UNAVAILABLE = 3
 EXIT_NOT_FOUND = 4
+EXIT_WAIT_TIMEOUT = 5  # --timeout ran out before the run ended; the run goes on
 
 
 class RunbookError(Exception):
@@ -129,11 +131,14 @@ class RunNotFound(RunbookError):
 
 
 class WaitTimeout(RunbookError):
-    """Waiting for a run ran out of time before the run ended."""
+    """Waiting for a run ran out of time before the run ended (the run itself goes on)."""
 
-    def __init__(self, run_id: str, timeout: float) -> None:
+    exit_code = EXIT_WAIT_TIMEOUT
+
+    def __init__(self, run_id: str, timeout: float, detail: str = "") -> None:
         self.run_id = run_id
-        super().__init__(f"run {run_id} did not finish within {timeout:g}s")
+        self.timeout = timeout
+        super().__init__(f"run {run_id} did not finish within {timeout:g}s{detail}")
 
 
 class RunFailed(RunbookError):

@@ -81,6 +81,7 @@ class FailureReason(StrEnum):
     WORKER_LOST = "worker_lost"
     OUTPUT_TOO_LARGE = "output_too_large"
     SPAWN_ERROR = "spawn_error"
+    TOO_MANY_INSTANCES = "too_many_instances"
 
 
 TERMINAL_EVENTS = frozenset(

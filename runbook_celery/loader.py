@@ -231,8 +231,14 @@ def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add) -> 
             combos *= len(values)
         if not step.matrix:
             add(("steps", i, "matrix"), "matrix needs at least one key", step.id)
-        elif combos > 1000:
-            add(("steps", i, "matrix"), f"matrix has {combos} combinations (limit 1000)", step.id)
+        elif combos > (cap := get_settings().max_instances):
+            add(
+                ("steps", i, "matrix"),
+                f"matrix has {combos:,} combinations, more than the {cap:,} instances a step "
+                "may have (RUNBOOK_MAX_INSTANCES); split it into several steps or shorten "
+                "the value lists",
+                step.id,
+            )
     if step.for_each is not None:
         text = step.for_each.strip()
         try:

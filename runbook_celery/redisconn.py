@@ -27,11 +27,20 @@ def redact(text: str) -> str:
     return _CREDENTIALS.sub(_sub, text)
 
 
+# A Redis that stops answering (frozen, half-open connection) becomes an error after this
+# many seconds instead of a hang; above our longest blocking read (XREAD BLOCK, 5 s).
+RESPONSE_TIMEOUT = 60
+
+
 @lru_cache(maxsize=8)
 def client_for(url: str) -> redis.Redis:
     """A shared client (connection pool) per URL."""
     return redis.Redis.from_url(
-        url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=30
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=RESPONSE_TIMEOUT,
+        socket_keepalive=True,
+        health_check_interval=30,
     )
 
 

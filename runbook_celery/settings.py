@@ -19,6 +19,7 @@ DEFAULT_LEASE_SECONDS = 30  # a running step refreshes its lease this often x3
 DEFAULT_MAX_ATTEMPTS = 5  # deliveries of one step before it fails as worker_lost
 DEFAULT_KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a step
 DEFAULT_SHUTDOWN_GRACE = 60.0  # seconds a stopping worker lets running steps finish
+DEFAULT_MAX_INSTANCES = 10_000  # instances of one matrix/for_each step
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Settings:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     kill_grace: float = DEFAULT_KILL_GRACE
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    max_instances: int = DEFAULT_MAX_INSTANCES
     default_queue: str = "runbook"
 
     @classmethod
@@ -56,6 +58,7 @@ class Settings:
             max_attempts=int(e.get("RUNBOOK_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)),
             kill_grace=float(e.get("RUNBOOK_KILL_GRACE", DEFAULT_KILL_GRACE)),
             shutdown_grace=float(e.get("RUNBOOK_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE)),
+            max_instances=int(e.get("RUNBOOK_MAX_INSTANCES", DEFAULT_MAX_INSTANCES)),
             default_queue=e.get("RUNBOOK_QUEUE", "runbook"),
         )
 
