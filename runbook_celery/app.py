@@ -12,7 +12,9 @@ from typing import Any
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
+from .errors import InvalidSetting
 from .keys import Keys
+from .queuenames import queue_name_problem
 from .settings import Settings, get_settings
 
 STEP_TASK = "runbook.step"
@@ -98,6 +100,8 @@ def _lease_member(request: Any, state: str, result: Any) -> str | None:
 
 def make_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
+    if problem := queue_name_problem(s.default_queue):
+        raise InvalidSetting([f"RUNBOOK_QUEUE: {problem}"])
     app = Celery(
         "runbook_celery",
         broker=s.broker_url,
