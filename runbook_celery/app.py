@@ -146,6 +146,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         # name "<workflow>.<step>") Flower shows the step under the generic name.
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
+        # Celery's consumer, but a message it cannot use is dead-lettered (poison.py; its
+        # EnvelopeCheck bootstep does the same for Redis items kombu cannot parse)
+        worker_consumer="runbook_celery.poison:Consumer",
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         redis_socket_connect_timeout=5,
@@ -156,6 +159,8 @@ def make_app(settings: Settings | None = None) -> Celery:
             "interval_max": 1,
         },
     )
+    # checks each item a worker pops from a Redis queue before kombu parses it (poison.py)
+    app.steps["consumer"].add("runbook_celery.poison:EnvelopeCheck")
     return app
 
 

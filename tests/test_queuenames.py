@@ -10,11 +10,15 @@ a priority suffix, and must be refused by the model, the worker and RUNBOOK_QUEU
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import redis
 from celery.events.receiver import EventReceiver
-from conftest import run_cli
+from conftest import run_cli, wait_for_event
 from kombu.transport.redis import Channel
+from private_redis import PrivateWorker, RedisServer, private_env
 
 from runbook_celery.app import app, make_app
 from runbook_celery.errors import InvalidDefinition, InvalidSetting
@@ -23,10 +27,12 @@ from runbook_celery.loader import load_workflow_text
 from runbook_celery.model import Step
 from runbook_celery.queuenames import queue_name_problem, queue_names_problem
 from runbook_celery.settings import Settings
+from runbook_celery.store import RunStore
 
 pytestmark = pytest.mark.timeout(60)
 
 PRIORITY_SEP = app.conf.broker_transport_options["sep"]
+DIAMOND = Path(__file__).resolve().parent.parent / "definitions" / "diamond.yaml"
 
 
 def _kombu_keys() -> list[str]:
@@ -96,7 +102,7 @@ def test_the_catalogue_covers_every_family_of_keys():
     assert any(k.startswith("celery-task-meta-") for k in RESERVED)
     assert any(k.endswith(".reply.celery.pidbox") for k in RESERVED)
     assert any(k.startswith("celeryev.") for k in RESERVED)
-    assert "runbook:leases" in RESERVED and "runbook:runs" in RESERVED
+    assert "runbook:deadletters" in RESERVED and "runbook:leases" in RESERVED
     assert len(RESERVED) > 40
 
 
@@ -158,6 +164,14 @@ def test_runbook_queue_setting_is_checked_when_the_app_is_made():
         make_app(Settings(default_queue="unacked_index"))
 
 
+def test_a_worker_refuses_to_consume_a_broker_key_without_a_traceback():
+    # (a worker would clobber the key with its first message)
+    res = run_cli("worker", "-Q", "gpu,unacked", "--without-mingle", timeout=60)
+    assert res.returncode == 2
+    assert "refusing to consume queue 'unacked': 'unacked' is a Redis key" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_cli_refuses_to_trigger_onto_a_reserved_default_queue(write_workflow):
     # (an unreachable broker: were the queue accepted, nothing could be published anyway)
     path = write_workflow("name: w\nsteps:\n  - id: s\n    run: 'true'\n")
@@ -166,3 +180,80 @@ def test_cli_refuses_to_trigger_onto_a_reserved_default_queue(write_workflow):
     assert res.returncode == 2
     assert "RUNBOOK_QUEUE: 'unacked' is a Redis key" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------- every key a deployment writes
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of our own, so every key in it was written by the code under test."""
+    server = RedisServer(tmp_path)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+EVERYTHING = """\
+name: everything
+concurrency: {group: "deploy-${{ params.env }}", limit: 1}
+max_active_steps: 2
+params: {env: prod}
+steps:
+  - id: build
+    priority: 9
+    run: echo "items=[1,2]" >> "$RUNBOOK_OUTPUT"
+  - id: each
+    needs: [build]
+    for_each: ${{ steps.build.outputs.items }}
+    queue: gpu
+    run: echo "${{ item }}"
+  - id: grid
+    needs: [build]
+    matrix: {py: ["3.11", "3.12"]}
+    priority: 1
+    run: echo "${{ matrix.py }}"
+  - id: deploy
+    needs: [each, grid]
+    approval: {prompt: "Ship?"}
+    run: 'true'
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_no_key_a_real_deployment_writes_can_be_a_queue(private_redis: str, write_workflow):
+    # Given a worker and runs using every feature that writes keys, on a Redis of our own
+    url = private_redis
+    env = private_env(url)
+    queues = ["runbook", "gpu"]
+    worker = PrivateWorker(url, name="keys", queues=",".join(queues), env=env)
+    client = redis.Redis.from_url(url)
+    try:
+        diamond = run_cli("trigger", str(DIAMOND), "--wait", env=env, timeout=90)
+        assert diamond.returncode == 0, diamond.stderr
+        started = run_cli("trigger", str(write_workflow(EVERYTHING)), env=env, timeout=60)
+        assert started.returncode == 0, started.stderr
+        run_id = started.stdout.strip()
+        store = RunStore(client, "runbook", 3600)
+        wait_for_event(store, run_id, "step_awaiting_approval", "deploy", timeout=90)
+        keys = {k.decode() for k in client.scan_iter(count=1000)}  # while a run is active
+        assert run_cli("approve", run_id, "deploy", env=env).returncode == 0
+        wait_for_event(store, run_id, "workflow_succeeded", timeout=90)
+        client.lpush("runbook", b"poison")  # and a dead letter
+        assert run_cli("trigger", str(DIAMOND), "--wait", env=env, timeout=90).returncode == 0
+    finally:
+        worker.stop()
+    keys |= {k.decode() for k in client.scan_iter(count=1000)}  # and after every run ended
+    client.close()
+    # Then every key except the queues' own lists is refused as a queue name
+    lists = {f"{q}{PRIORITY_SEP}{n}" if n else q for q in queues for n in range(10)}
+    assert {"runbook:runs", "runbook:deadletters", "_kombu.binding.runbook"} <= keys
+    assert any(k.startswith("celery-task-meta-") for k in keys)
+    assert any(k.startswith("runbook:cgroup:") for k in keys)
+    for key in sorted(keys - lists):
+        assert queue_name_problem(key), key
+        base, sep, suffix = key.rpartition(PRIORITY_SEP)
+        if sep and suffix.isdigit():  # a priority list of a queue named `base`
+            assert queue_name_problem(base), key
