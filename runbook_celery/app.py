@@ -12,8 +12,10 @@ from typing import Any
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
+from .errors import InvalidSetting
 from .fullredis import use_patient_redis_transport, wait_while_full, worker_stopping
 from .keys import Keys
+from .queuenames import queue_name_problem
 from .settings import Settings, get_settings
 
 STEP_TASK = "runbook.step"
@@ -112,6 +114,8 @@ def _s(value: Any) -> str:
 
 def make_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
+    if problem := queue_name_problem(s.default_queue):
+        raise InvalidSetting([f"RUNBOOK_QUEUE: {problem}"])
     use_patient_redis_transport()
     app = Celery(
         "runbook_celery",
@@ -157,6 +161,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         # name "<workflow>.<step>") Flower shows the step under the generic name.
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
+        # Celery's consumer, but a message it cannot use is dead-lettered (poison.py; its
+        # EnvelopeCheck bootstep does the same for Redis items kombu cannot parse)
+        worker_consumer="runbook_celery.poison:Consumer",
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         redis_socket_connect_timeout=5,
@@ -167,6 +174,8 @@ def make_app(settings: Settings | None = None) -> Celery:
             "interval_max": 1,
         },
     )
+    # checks each item a worker pops from a Redis queue before kombu parses it (poison.py)
+    app.steps["consumer"].add("runbook_celery.poison:EnvelopeCheck")
     return app
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from .cli_deadletters import dead_letters
 from .errors import InvalidDefinition, Problem
 from .model import Workflow
 
@@ -134,4 +135,4 @@ def beat(definitions: Path, loglevel: str) -> None:
     app.Beat(scheduler=scheduler_for(definitions.resolve()), loglevel=loglevel).run()
 
 
-COMMANDS = [schema, beat]
+COMMANDS = [schema, beat, dead_letters]  # dead-letters: registered here to keep cli.py as is

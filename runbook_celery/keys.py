@@ -26,6 +26,11 @@ class Keys:
     def global_events(self) -> str:
         return f"{self.prefix}:events"
 
+    @property
+    def dead_letters(self) -> str:
+        """Capped list of broker messages workers refused (newest first; deadletter.py)."""
+        return f"{self.prefix}:deadletters"
+
     def run(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}"
 

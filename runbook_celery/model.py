@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .queuenames import QUEUE_PATTERN, queue_name_problem
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -26,6 +37,20 @@ EnvValue = Annotated[
 ]
 EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
 StepId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+def _safe_queue(value: str) -> str:
+    """A queue must not share a Redis key with the broker's bookkeeping or ours (queuenames)."""
+    if problem := queue_name_problem(value):
+        raise PydanticCustomError("queue_name", problem)
+    return value
+
+
+QueueName = Annotated[
+    str,
+    AfterValidator(_safe_queue),
+    WithJsonSchema({"type": "string", "pattern": QUEUE_PATTERN}),
+]
 
 
 class _Strict(BaseModel):
@@ -118,10 +143,10 @@ class Step(_Strict):
     max_parallel: int | None = Field(
         None, ge=1, le=1000, description="Most instances of a fanned-out step running at once."
     )
-    queue: str | None = Field(
+    queue: QueueName | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
-        description="Celery queue; only workers started with -Q NAME run this step.",
+        description="Celery queue; only workers started with -Q NAME run this step. Not a "
+        "Redis key of kombu or Celery (unacked, celery-task-meta-..., ...), no ':'.",
     )
     approval: Approval | None = Field(None, description="Wait for `runbook-celery approve`.")
     on_failure: Literal["fail", "pause"] | None = Field(
