@@ -6,6 +6,10 @@ duplicate keys, and (c) stop at the first event past the nesting or alias-expans
 Building iteratively from events matters: libyaml's composer recurses in C and crashes the
 interpreter on a document nested ~100,000 levels deep, and it composes the whole document
 before any limit could be checked.
+
+Newer libyaml (bundled since PyYAML 6.0.4) has a nesting limit of its own (1,000 levels) that
+its scanner can hit while looking ahead, before our builder has seen the event past ours.
+Such a document is nested deeper than our limit too, so it gets our message, not libyaml's.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ def load_yaml_text(text: str, *, file: str = "<string>") -> LoadedYaml:
         data = builder.build(yaml.parse(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if _is_parser_nesting_limit(exc):
+            raise builder.too_deep(mark.line + 1 if mark else None) from None
         line = mark.line + 1 if mark else None
         problem = exc.problem or str(exc).splitlines()[0]
         if exc.context:
@@ -137,6 +143,11 @@ def load_yaml_text(text: str, *, file: str = "<string>") -> LoadedYaml:
     if builder.documents == 0:
         raise DefinitionError("file is empty; expected a workflow mapping", file=file, line=1)
     return LoadedYaml(data=data, file=file, lines=builder.lines)
+
+
+def _is_parser_nesting_limit(exc: yaml.MarkedYAMLError) -> bool:
+    """libyaml's own depth limit ("exceeded maximum nesting depth"), whatever its context."""
+    return "nesting depth" in (exc.problem or "")
 
 
 def _indented_with_tab(text: str, line_index: int) -> bool:
@@ -191,9 +202,17 @@ class _Builder:
         self._resolver = yaml.SafeLoader("")  # implicit tags and scalar construction
 
     def _fail(self, message: str, event: yaml.Event, path: YamlPath) -> DefinitionError:
-        shown = path if len(path) <= 8 else (*path[:4], "...")
         line = event.start_mark.line + 1 if event.start_mark else None
+        return self._error(message, line, path)
+
+    def _error(self, message: str, line: int | None, path: YamlPath) -> DefinitionError:
+        shown = path if len(path) <= 8 else (*path[:4], "...")
         return DefinitionError(message, file=self.file, line=line, path=format_path(shown))
+
+    def too_deep(self, line: int | None) -> DefinitionError:
+        """The nesting error at ``line``, under the deepest container open so far."""
+        path = self.stack[-1].path if self.stack else ()
+        return self._error(f"nested deeper than {MAX_DEPTH} levels", line, path)
 
     def build(self, events: Iterable[yaml.Event]) -> Any:
         root: Any = None
