@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(problem.render(), err=True)
         code = exc.exit_code
     except RunbookError as exc:
-        click.echo(f"error: {exc}", err=True)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            click.echo(f"error: {line}", err=True)
         code = exc.exit_code
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -7,6 +7,7 @@ the CLI exit code it maps to::
     ├── DefinitionError               exit 2  one problem in a workflow file (file, line, path)
     ├── InvalidDefinition             exit 2  a list of DefinitionErrors for one or more files
     ├── InvalidParams                 exit 2  trigger params that do not fit the workflow
+    ├── InvalidSetting                exit 2  a malformed RUNBOOK_* variable (each one named)
     ├── BackendUnavailable            exit 3  Redis / the broker did not answer
     ├── RunNotFound                   exit 4  no run with that id (or it expired)
     ├── InvalidOperation              exit 2  e.g. rerun --from an unknown step
@@ -104,6 +105,16 @@ class InvalidParams(RunbookError):
     """Params given at trigger time that the workflow does not accept."""
 
     exit_code = EXIT_INVALID
+
+
+class InvalidSetting(RunbookError):
+    """One or more ``RUNBOOK_*`` settings are malformed; ``problems`` names each variable."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"invalid setting {p}" for p in problems))
 
 
 class InvalidOperation(RunbookError):
