@@ -18,10 +18,12 @@ from .errors import (
     EXIT_INVALID,
     EXIT_OK,
     EXIT_RUN_FAILED,
+    EXIT_UNAVAILABLE,
     InvalidDefinition,
     InvalidParams,
     RunbookError,
 )
+from .redisconn import BACKEND_ERRORS, describe_backend_error
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
@@ -210,6 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             click.echo(f"error: {line}", err=True)
         code = exc.exit_code
+    except BACKEND_ERRORS as exc:
+        # a Redis or broker failure on a path that did not name what it was doing
+        click.echo(f"error: {describe_backend_error(exc)}", err=True)
+        code = EXIT_UNAVAILABLE
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:

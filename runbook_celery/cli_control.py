@@ -7,6 +7,7 @@ import json
 import click
 
 from .errors import InvalidOperation
+from .redisconn import backend_errors
 
 
 @click.command()
@@ -16,7 +17,8 @@ def cancel(run_id: str, as_json: bool) -> None:
     """Cancel a run: nothing new starts; running steps are stopped (SIGTERM, grace, SIGKILL)."""
     from .api import Run
 
-    record = Run(run_id).cancel()
+    with backend_errors(f"cancel run {run_id}"):
+        record = Run(run_id).cancel()
     click.echo(json.dumps(record.to_dict()) if as_json else f"cancel requested for {run_id}")
 
 
