@@ -11,7 +11,7 @@ from typing import Any
 
 from .app import app
 from .errors import InvalidOperation
-from .events import StepStatus
+from .events import EventType, FailureReason, StepStatus
 from .gates import Gates
 from .redisconn import backend_errors, check_writable, client_for
 from .settings import Settings, get_settings
@@ -75,7 +75,7 @@ class RunControl:
                 self.run_id,
                 step_id,
                 expected=StepStatus.AWAITING_APPROVAL,
-                event="step_approved",
+                event=EventType.STEP_APPROVED,
                 by=by or default_author(),
                 field="approved_by",
             )
@@ -89,11 +89,11 @@ class RunControl:
 
     def _reject(self, step_id: str, by: str | None) -> None:
         self._require(step_id, StepStatus.AWAITING_APPROVAL)
-        self._event(step_id, "step_rejected", by)
+        self._event(step_id, EventType.STEP_REJECTED, by)
         self._finish(
             step_id,
             StepStatus.FAILED,
-            reason="rejected",
+            reason=FailureReason.REJECTED,
             stderr=[f"[runbook] rejected by {by or default_author()}"],
         )
 
@@ -107,7 +107,7 @@ class RunControl:
                 self.run_id,
                 step_id,
                 expected=StepStatus.AWAITING_DECISION,
-                event="step_decision_retry",
+                event=EventType.STEP_DECISION_RETRY,
                 by=by or default_author(),
                 field="env_override",
                 value=json.dumps(env or {}),
@@ -125,7 +125,7 @@ class RunControl:
 
     def _skip(self, step_id: str, outputs: dict[str, str] | None, by: str | None) -> None:
         h = self._require(step_id, StepStatus.AWAITING_DECISION)
-        self._event(step_id, "step_decision_skip", by)
+        self._event(step_id, EventType.STEP_DECISION_SKIP, by)
         self._finish(
             step_id,
             StepStatus.SKIPPED,
@@ -152,12 +152,12 @@ class RunControl:
         if not waiting:
             raise InvalidOperation(f"run {self.run_id} has no step awaiting a decision")
         for step_id, h in waiting.items():
-            self._event(step_id, "step_decision_abort", by)
+            self._event(step_id, EventType.STEP_DECISION_ABORT, by)
             code = h.get("exit_code")
             self._finish(
                 step_id,
                 StepStatus.FAILED,
-                reason=h.get("reason") or "aborted",
+                reason=h.get("reason") or FailureReason.ABORTED,
                 exit_code=int(code) if code not in (None, "") else None,
                 stderr=[f"[runbook] aborted by {by or default_author()}"],
             )
@@ -173,7 +173,7 @@ class RunControl:
             )
         return h
 
-    def _event(self, step_id: str, etype: str, by: str | None) -> None:
+    def _event(self, step_id: str, etype: EventType, by: str | None) -> None:
         from .store import now_iso
 
         k = self.store.keys
