@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from .errors import DefinitionError
+from .model import NUL_MESSAGE
 
 try:  # the C parser is much faster; fall back to pure Python where libyaml is absent
     from yaml import CSafeLoader as _Loader
@@ -298,6 +299,8 @@ class _Builder:
             ) from None
 
     def _scalar(self, event: yaml.ScalarEvent, path: YamlPath) -> Any:
+        if "\x00" in event.value:  # written as "\0" or "\x00": a raw NUL byte fails earlier
+            raise self._fail(NUL_MESSAGE, event, path)
         tag = event.tag
         if tag is None or tag == "!":
             tag = self._resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
@@ -326,6 +329,8 @@ class _Builder:
                 tag = self._resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
             if tag == _MERGE:
                 raise self._fail("YAML merge keys (<<) are not supported", event, top.path)
+            if "\x00" in event.value:
+                raise self._fail(f"a key {NUL_MESSAGE}", event, top.path)
             if event.anchor is not None:
                 self.anchors[event.anchor] = (self._scalar(event, top.path), 1, 0)
             # `true:`, `1:` or `~:` as a key means the text written, not a bool/int/None
