@@ -24,6 +24,7 @@ from .errors import (
     RunbookError,
 )
 from .redisconn import BACKEND_ERRORS, describe_backend_error
+from .terminal import echo as echo_untrusted
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
@@ -123,13 +124,13 @@ def trigger(file: Path, params: tuple[str, ...], wait: bool, as_json: bool) -> N
         return
     if not as_json:
         click.echo(run.id)
-    record = _follow(run, echo=None if as_json else click.echo)
+    record = _follow(run, echo=None if as_json else echo_untrusted)
     if as_json:
         click.echo(json.dumps(record.to_dict()))
     else:
         from .render import record_table
 
-        click.echo(record_table(record))
+        echo_untrusted(record_table(record))
     raise SystemExit(_exit_for(record.status))
 
 
@@ -151,7 +152,10 @@ def status(run_id: str, as_json: bool) -> None:
     from .render import record_table
 
     record = get_run(run_id)
-    click.echo(json.dumps(record.to_dict()) if as_json else record_table(record))
+    if as_json:
+        click.echo(json.dumps(record.to_dict()))  # JSON escapes every control character
+    else:
+        echo_untrusted(record_table(record))  # a step's stderr tail is in it
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

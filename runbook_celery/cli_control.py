@@ -8,6 +8,7 @@ import click
 
 from .errors import InvalidOperation
 from .redisconn import backend_errors
+from .terminal import echo as echo_untrusted
 
 
 @click.command()
@@ -39,8 +40,8 @@ def rerun(run_id: str, from_failed: bool, from_step: str | None, wait: bool) -> 
         from .cli import _exit_for, _follow
         from .render import record_table
 
-        record = _follow(run, click.echo)
-        click.echo(record_table(record))
+        record = _follow(run, echo_untrusted)
+        echo_untrusted(record_table(record))
         raise SystemExit(_exit_for(record.status))
 
 
