@@ -168,9 +168,10 @@ def worker(
 ) -> None:
     """Start a Celery worker for runbook steps (extra arguments go to Celery)."""
     from .app import app
-    from .settings import get_settings
+    from .settings import get_settings, warn_of_passwords_in_env
 
     argv = ["worker", f"--loglevel={loglevel}", "-E", "-Q", queues or get_settings().default_queue]
+    warn_of_passwords_in_env()
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     argv += list(celery_args)

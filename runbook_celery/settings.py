@@ -4,7 +4,8 @@ Every variable is checked when it is read (type, range, URL scheme), so a malfor
 is one clear error naming the variable (``InvalidSetting``, exit 2), never a traceback from
 deep inside a worker. Connection URLs may also come from files (``RUNBOOK_REDIS_URL_FILE``,
 ``RUNBOOK_BROKER_URL_FILE``): a password kept in the worker's environment can be read by
-any step running as the same user (``/proc/PPID/environ``), one kept in a file need not be.
+any step (``/proc/PPID/environ``), one kept in a file can be kept from them (file mode and
+``--uid``, or removing the file once the worker has started).
 """
 
 from __future__ import annotations
@@ -95,8 +96,6 @@ class Settings:
         )
         if reader.problems:
             raise InvalidSetting(reader.problems)
-        for name in reader.passwords_in_env:
-            _warn_password_in_env(name)
         return settings
 
     def with_(self, **changes: object) -> Settings:
@@ -114,7 +113,6 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.problems: list[str] = []
-        self.passwords_in_env: list[str] = []
 
     def _raw(self, name: str) -> str | None:
         raw = self.env.get(name)
@@ -190,10 +188,7 @@ class _Reader:
             except ValueError as exc:
                 self.problems.append(f"{file_var}={path!r}: {exc}")
                 return default
-        url = self._checked(name, default, lambda raw: _check_url(raw, schemes))
-        if name in self.env and _has_password(url):
-            self.passwords_in_env.append(name)
-        return url
+        return self._checked(name, default, lambda raw: _check_url(raw, schemes))
 
 
 def _read_url_file(path: str) -> str:
@@ -226,26 +221,41 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> str:
 
 
 def _has_password(url: str) -> bool:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return False  # not a URL: from_env reports it
     query = {k.lower() for k, _ in parse_qsl(parts.query)}
-    return bool(parts.password) or "password" in query
+    return bool(password) or "password" in query
 
 
 _warned: set[str] = set()
 
 
-def _warn_password_in_env(name: str) -> None:
-    """Once per process and variable: where a password is kept, steps can read it."""
-    if name in _warned:
-        return
-    _warned.add(name)
-    logger.warning(
-        "%s carries a password in the environment, where any step running as the same "
-        "user can read it (/proc/PPID/environ); put the URL in a file only the worker can "
-        "read and set %s_FILE to its path instead",
-        name,
-        name,
-    )
+def warn_of_passwords_in_env(env: Mapping[str, str] | None = None) -> list[str]:
+    """Log, once per process, each connection URL whose password sits in the environment.
+
+    A worker calls this as it starts: its steps can read its environment
+    (``/proc/PPID/environ``), so the password belongs in a ``*_URL_FILE``. Returns the
+    variables warned about now.
+    """
+    e = os.environ if env is None else env
+    warned = []
+    for name in ("RUNBOOK_REDIS_URL", "RUNBOOK_BROKER_URL"):
+        value = e.get(name)
+        if value is None or name in _warned or not _has_password(value):
+            continue
+        _warned.add(name)
+        warned.append(name)
+        logger.warning(
+            "%s carries a password in the worker's environment, which every step can read "
+            "(/proc/PPID/environ); put the URL in a file the steps cannot read and set "
+            "%s_FILE to its path instead",
+            name,
+            name,
+        )
+    return warned
 
 
 @lru_cache(maxsize=1)

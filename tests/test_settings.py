@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TEST_REDIS_URL
+from conftest import QUEUE, ROOT, SESSION
 from own_redis import own_redis
 
 from runbook_celery import settings as settings_module
 from runbook_celery.errors import EXIT_INVALID, EXIT_UNAVAILABLE, InvalidSetting
-from runbook_celery.settings import HIDDEN_FROM_STEPS, Settings
+from runbook_celery.settings import HIDDEN_FROM_STEPS, Settings, warn_of_passwords_in_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -165,37 +166,33 @@ def test_a_url_and_its_file_together_are_refused(tmp_path: Path):
     assert refused(env) == ["set RUNBOOK_BROKER_URL or RUNBOOK_BROKER_URL_FILE, not both"]
 
 
-def test_a_password_in_the_environment_is_warned_about_once(monkeypatch, caplog):
+def test_a_worker_warns_once_of_a_password_in_its_environment(monkeypatch, caplog):
     monkeypatch.setattr(settings_module, "_warned", set())
-    env = {"RUNBOOK_REDIS_URL": "redis://:s3cret@h/0"}
+    env = {"RUNBOOK_REDIS_URL": "redis://:s3cret@h/0", "RUNBOOK_BROKER_URL": "amqp://u:s3cret@r//"}
     with caplog.at_level(logging.WARNING, logger="runbook_celery.settings"):
-        Settings.from_env(env)
-        Settings.from_env(env)
-    (record,) = caplog.records
-    assert "RUNBOOK_REDIS_URL carries a password in the environment" in record.getMessage()
-    assert "RUNBOOK_REDIS_URL_FILE" in record.getMessage()
-    assert "s3cret" not in record.getMessage()
+        assert warn_of_passwords_in_env(env) == ["RUNBOOK_REDIS_URL", "RUNBOOK_BROKER_URL"]
+        assert warn_of_passwords_in_env(env) == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "RUNBOOK_REDIS_URL carries a password in the worker's environment" in messages[0]
+    assert "set RUNBOOK_REDIS_URL_FILE to its path instead" in messages[0]
+    assert not any("s3cret" in m for m in messages)
 
 
 @pytest.mark.parametrize(
     "env",
     [
+        {},
         {"RUNBOOK_REDIS_URL": "redis://127.0.0.1:6379/0"},
+        {"RUNBOOK_REDIS_URL": "redis://user@h/0"},
         {"RUNBOOK_BROKER_URL": "amqp://guest@rabbit//"},
+        {"RUNBOOK_REDIS_URL_FILE": "/run/secrets/redis-url"},
     ],
 )
 def test_no_warning_without_a_password_in_the_environment(monkeypatch, caplog, env):
     monkeypatch.setattr(settings_module, "_warned", set())
     with caplog.at_level(logging.WARNING, logger="runbook_celery.settings"):
-        Settings.from_env(env)
-    assert caplog.records == []
-
-
-def test_a_password_from_a_file_is_not_warned_about(monkeypatch, caplog, tmp_path: Path):
-    monkeypatch.setattr(settings_module, "_warned", set())
-    (tmp_path / "url").write_text("redis://:s3cret@h/0")
-    with caplog.at_level(logging.WARNING, logger="runbook_celery.settings"):
-        Settings.from_env({"RUNBOOK_REDIS_URL_FILE": str(tmp_path / "url")})
+        assert warn_of_passwords_in_env(env) == []
     assert caplog.records == []
 
 
@@ -267,9 +264,110 @@ def test_the_cli_reaches_a_password_protected_redis_through_a_url_file(tmp_path:
     assert "wrong-pw" not in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_the_cli_warns_when_the_password_is_in_its_environment():
+def test_a_command_other_than_the_worker_does_not_warn():
+    # only a worker has steps that could read its environment
     with own_redis(password="s3cret-pw") as url:
-        res = cli("runs", env={"RUNBOOK_REDIS_URL": url, "RUNBOOK_BROKER_URL": TEST_REDIS_URL})
+        res = cli("runs", env={"RUNBOOK_REDIS_URL": url, "RUNBOOK_BROKER_URL": url})
     assert res.returncode == 0, res.stderr
-    assert "RUNBOOK_REDIS_URL carries a password in the environment" in res.stderr
-    assert "s3cret-pw" not in res.stderr
+    assert res.stderr == "no runs\n"
+
+
+STEP_LOOKS_FOR_THE_PASSWORD = """
+name: snoop
+steps:
+  - id: look
+    run: |
+      if tr '\\0' '\\n' < /proc/$PPID/environ | grep -q s3cret-pw; then
+        echo "the worker's environment holds the password"; exit 1
+      fi
+"""
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runbook_celery",
+                "worker",
+                "-c",
+                "1",
+                "-Q",
+                QUEUE,
+                "-n",
+                f"creds-{SESSION}@localhost",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run_snoop(env: dict[str, str], tmp_path: Path, url: str) -> tuple[str, str]:
+    """Trigger the snooping step on ``env``'s worker; its final status and the worker log."""
+    (tmp_path / "snoop.yaml").write_text(STEP_LOOKS_FOR_THE_PASSWORD)
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "runbook_celery",
+                "trigger",
+                str(tmp_path / "snoop.yaml"),
+                "--wait",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=env,
+            check=False,
+        )
+    finally:
+        stop(worker)
+    assert res.returncode in (0, 1), res.stderr
+    status = "succeeded" if res.returncode == 0 else "failed"
+    return status, (tmp_path / "worker.log").read_text(errors="replace")
+
+
+def without_urls() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in HIDDEN_FROM_STEPS}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_with_the_url_in_the_environment_a_step_finds_the_password_and_the_worker_warns(
+    tmp_path: Path,
+):
+    with own_redis(password="s3cret-pw") as url:
+        env = {**without_urls(), "RUNBOOK_REDIS_URL": url}
+        status, log = run_snoop(env, tmp_path, url)
+    assert status == "failed"  # the step read the password from its worker's environment
+    assert "RUNBOOK_REDIS_URL carries a password in the worker's environment" in log
+    assert "s3cret-pw" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_with_the_url_in_a_file_no_step_finds_the_password_in_the_environment(tmp_path: Path):
+    with own_redis(password="s3cret-pw") as url:
+        (tmp_path / "redis-url").write_text(url + "\n")
+        env = {**without_urls(), "RUNBOOK_REDIS_URL_FILE": str(tmp_path / "redis-url")}
+        status, log = run_snoop(env, tmp_path, url)
+    assert status == "succeeded", log[-3000:]
+    assert "carries a password" not in log
