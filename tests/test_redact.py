@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import string
+
 import pytest
 import redis
 from hypothesis import given, settings
@@ -103,15 +105,13 @@ def test_a_redis_py_error_about_a_url_with_a_password_is_masked():
     assert "redis://:***@127.0.0.1:1/0" in message
 
 
+# Printable ASCII without white space or quotes (those end a URL inside a message).
+PASSWORD_CHARACTERS = sorted(set(string.printable) - set(string.whitespace) - set("\"'<>`"))
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    password=st.text(
-        alphabet=st.characters(
-            codec="ascii", categories=["L", "N", "P", "S"], exclude_characters="\"'<>`"
-        ),
-        min_size=1,
-        max_size=24,
-    ),
+    password=st.text(alphabet=st.sampled_from(PASSWORD_CHARACTERS), min_size=1, max_size=24),
     query=st.sampled_from(["", "?db=1", "?ssl_ca_certs=/c/ca@x.pem"]),
 )
 def test_no_password_survives_whatever_characters_it_holds(password, query):
