@@ -20,10 +20,13 @@ from .errors import (
     EXIT_INVALID,
     EXIT_OK,
     EXIT_RUN_FAILED,
+    EXIT_UNAVAILABLE,
     InvalidDefinition,
     InvalidParams,
     RunbookError,
 )
+from .redisconn import BACKEND_ERRORS, describe_backend_error
+from .terminal import echo as echo_untrusted
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
@@ -127,13 +130,13 @@ def trigger(
         return
     if not as_json:
         click.echo(run.id)
-    record = _follow(run, echo=None if as_json else click.echo, timeout=timeout)
+    record = _follow(run, echo=None if as_json else echo_untrusted, timeout=timeout)
     if as_json:
         click.echo(json.dumps(record.to_dict()))
     else:
         from .render import record_table
 
-        click.echo(record_table(record))
+        echo_untrusted(record_table(record))
     raise SystemExit(_exit_for(record.status))
 
 
@@ -161,7 +164,10 @@ def status(run_id: str, as_json: bool) -> None:
     from .render import record_table
 
     record = get_run(run_id)
-    click.echo(json.dumps(record.to_dict()) if as_json else record_table(record))
+    if as_json:
+        click.echo(json.dumps(record.to_dict()))  # JSON escapes every control character
+    else:
+        echo_untrusted(record_table(record))  # a step's stderr tail is in it
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -174,9 +180,10 @@ def worker(
 ) -> None:
     """Start a Celery worker for runbook steps (extra arguments go to Celery)."""
     from .app import app
-    from .settings import get_settings
+    from .settings import get_settings, warn_of_passwords_in_env
 
     argv = ["worker", f"--loglevel={loglevel}", "-E", "-Q", queues or get_settings().default_queue]
+    warn_of_passwords_in_env()
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     argv += list(celery_args)
@@ -219,8 +226,13 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(problem.render(), err=True)
         code = exc.exit_code
     except RunbookError as exc:
-        click.echo(f"error: {exc}", err=True)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            click.echo(f"error: {line}", err=True)
         code = exc.exit_code
+    except BACKEND_ERRORS as exc:
+        # a Redis or broker failure on a path that did not name what it was doing
+        click.echo(f"error: {describe_backend_error(exc)}", err=True)
+        code = EXIT_UNAVAILABLE
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:

@@ -8,6 +8,8 @@ import click
 
 from .cli_options import check_timeout, timeout_option
 from .errors import InvalidOperation
+from .redisconn import backend_errors
+from .terminal import echo as echo_untrusted
 
 
 @click.command()
@@ -17,7 +19,8 @@ def cancel(run_id: str, as_json: bool) -> None:
     """Cancel a run: nothing new starts; running steps are stopped (SIGTERM, grace, SIGKILL)."""
     from .api import Run
 
-    record = Run(run_id).cancel()
+    with backend_errors(f"cancel run {run_id}"):
+        record = Run(run_id).cancel()
     click.echo(json.dumps(record.to_dict()) if as_json else f"cancel requested for {run_id}")
 
 
@@ -42,8 +45,8 @@ def rerun(
         from .cli import _exit_for, _follow
         from .render import record_table
 
-        record = _follow(run, click.echo, timeout=timeout)
-        click.echo(record_table(record))
+        record = _follow(run, echo_untrusted, timeout=timeout)
+        echo_untrusted(record_table(record))
         raise SystemExit(_exit_for(record.status))
 
 

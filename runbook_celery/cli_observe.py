@@ -15,6 +15,8 @@ import click
 from .cli_options import timeout_option
 from .errors import EXIT_OK, EXIT_RUN_FAILED
 from .events import EventType, RunStatus
+from .terminal import echo as echo_untrusted
+from .terminal import is_terminal, neutralise
 
 if TYPE_CHECKING:
     from .store import RunStore
@@ -54,7 +56,9 @@ def logs(run_id: str, step: str | None, follow: bool) -> None:
     """Print the output of a run's steps (stderr lines go to stderr).
 
     Lines of several steps are prefixed with the step id. Logs last as long as the run
-    (RUNBOOK_RETENTION); a step keeps its last RUNBOOK_LOG_LINES lines.
+    (RUNBOOK_RETENTION); a step keeps its last RUNBOOK_LOG_LINES lines. On a terminal,
+    escape sequences in the output are shown, not obeyed (colours are kept); redirected to
+    a file or a pipe, the output is written byte for byte.
     """
     from .logs import Gap, LogReader
     from .settings import get_settings
@@ -69,12 +73,17 @@ def logs(run_id: str, step: str | None, follow: bool) -> None:
                 err=True,
             )
             continue
-        text = item.text
+        err = item.stream == "err"
+        tty = is_terminal(err)
+        text = neutralise(item.text) if tty else item.text
         if len(reader.steps) > 1:  # re-checked: a fanned-out step adds instances as it runs
             width = max(len(s) for s in reader.steps)
-            colour = PREFIX_COLOURS[reader.steps.index(item.step) % len(PREFIX_COLOURS)]
-            text = f"{click.style(item.step.ljust(width), fg=colour)} | {text}"
-        click.echo(text, err=item.stream == "err")
+            prefix = item.step.ljust(width)
+            if tty:
+                colour = PREFIX_COLOURS[reader.steps.index(item.step) % len(PREFIX_COLOURS)]
+                prefix = click.style(prefix, fg=colour)
+            text = f"{prefix} | {text}"
+        click.echo(text, err=err, color=True)  # color=True: click would strip colours in files
     if follow:
         raise SystemExit(_outcome_code(reader.status()))
 
@@ -112,7 +121,8 @@ def events_command(
         if as_json:
             click.echo(json.dumps(event.to_dict()))
         else:
-            click.echo(f"{event.id}  {event_line(event, with_run=run_id is None)}")
+            # a prompt, an operator's name or a reason may hold escape sequences
+            echo_untrusted(f"{event.id}  {event_line(event, with_run=run_id is None)}")
 
 
 # ------------------------------------------------------------------------------ runs
@@ -154,7 +164,7 @@ def runs(workflow: str | None, status: str | None, limit: int, as_json: bool) ->
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
     for row in [header, *rows]:
         cells = [row[i].ljust(widths[i]) if i != 4 else row[i].rjust(widths[i]) for i in range(5)]
-        click.echo("  ".join([*cells, row[5]]))
+        echo_untrusted("  ".join([*cells, row[5]]))  # params are anyone's text
 
 
 def _clock(iso: str | None) -> str:
@@ -188,8 +198,8 @@ def watch(run_id: str, timeout: float | None) -> None:
 
     run = Run(run_id)
     run.status()  # RunNotFound before anything is drawn
-    record = follow_run(run, click.echo, timeout=timeout)
-    click.echo(record_table(record))
+    record = follow_run(run, echo_untrusted, timeout=timeout)
+    echo_untrusted(record_table(record))
     if timeout is not None and not record.finished:
         raise run.wait_timeout_error(timeout)
     raise SystemExit(_outcome_code(record.status))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .events import Event, RunStatus, StepStatus
 from .events import follow as follow_events
+from .terminal import neutralise
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -160,7 +161,9 @@ class RunView:
         parts: list[Any] = [header, table]
         for sid, step in rec.steps.items():
             if step.status == StepStatus.FAILED and not step.allowed_failure and step.stderr_tail:
-                tail = Text("\n".join(step.stderr_tail[-TAIL_LINES:]))
+                # rich styles text itself: every control of the step's, colours too, is shown
+                tail_lines = step.stderr_tail[-TAIL_LINES:]
+                tail = Text(neutralise("\n".join(tail_lines), colour=False))
                 title = f"{sid} failed: exit {step.exit_code}, {step.reason or 'error'}"
                 parts.append(Panel(tail, title=title, title_align="left", border_style="red"))
         return Group(*parts)
