@@ -74,6 +74,95 @@ def list_runs(
     return out
 
 
+@dataclass(frozen=True)
+class RunPage:
+    """One page of history and how many runs match in all (for a pager and a count)."""
+
+    total: int
+    offset: int
+    runs: list[RunSummary]
+
+
+FILTER_CHUNK = 1000  # runs whose workflow and status are read per round trip when filtering
+
+
+def page_runs(
+    store: RunStore,
+    *,
+    workflow: str | None = None,
+    status: str | None = None,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+    now: datetime | None = None,
+) -> RunPage:
+    """Runs ``offset`` to ``offset + limit`` of the history, newest first, and the total.
+
+    Without a filter this reads only the page (the index gives the order and the count).
+    A filter reads two fields of every indexed run, a thousand per round trip (10,000
+    runs in tens of milliseconds), then the page. Expired runs found are dropped from the
+    index.
+
+    Raises:
+        BackendUnavailable: Redis did not answer.
+    """
+    try:
+        if workflow is None and status is None:
+            total = int(store.r.zcard(store.keys.runs_index))
+            ids = [
+                _s(i) for i in store.r.zrevrange(store.keys.runs_index, offset, offset + limit - 1)
+            ]
+        else:
+            matching = _matching(store, workflow, status)
+            total = len(matching)
+            ids = matching[offset : offset + limit]
+        found = _summaries(store, ids, now or datetime.now(UTC))
+        total -= len(ids) - len(found)  # expired meanwhile
+    except redis.RedisError as exc:
+        from .redisconn import redact
+
+        raise BackendUnavailable(f"cannot read run history: {redact(str(exc))}") from exc
+    return RunPage(total=max(total, len(found)), offset=offset, runs=found)
+
+
+def _matching(store: RunStore, workflow: str | None, status: str | None) -> list[str]:
+    """Ids of the indexed runs of this workflow and status, newest first."""
+    ids = [_s(i) for i in store.r.zrevrange(store.keys.runs_index, 0, -1)]
+    out: list[str] = []
+    expired: list[str] = []
+    for start in range(0, len(ids), FILTER_CHUNK):
+        chunk = ids[start : start + FILTER_CHUNK]
+        pipe = store.r.pipeline(transaction=False)
+        for run_id in chunk:
+            pipe.hmget(store.keys.run(run_id), ("workflow", "status"))
+        for run_id, (wf, st) in zip(chunk, pipe.execute(), strict=True):
+            if wf is None:
+                expired.append(run_id)
+            elif (workflow is None or _s(wf) == workflow) and (status is None or _s(st) == status):
+                out.append(run_id)
+    if expired:
+        store.r.zrem(store.keys.runs_index, *expired)
+    return out
+
+
+def _summaries(store: RunStore, ids: list[str], now: datetime) -> list[RunSummary]:
+    """The summaries of these runs in this order; expired ones are dropped from the index."""
+    if not ids:
+        return []
+    pipe = store.r.pipeline(transaction=False)
+    for run_id in ids:
+        pipe.hmget(store.keys.run(run_id), _FIELDS)
+    out, expired = [], []
+    for run_id, values in zip(ids, pipe.execute(), strict=True):
+        fields = {f: _s(v) for f, v in zip(_FIELDS, values, strict=True)}
+        if fields["id"] is None:
+            expired.append(run_id)
+        else:
+            out.append(_summary(fields, now))
+    if expired:
+        store.r.zrem(store.keys.runs_index, *expired)
+    return out
+
+
 def trim_global_events(store: RunStore) -> None:
     """Drop global events older than the retention period (their runs have expired)."""
     oldest_ms = int((time.time() - store.retention) * 1000)
