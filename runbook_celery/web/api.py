@@ -46,6 +46,8 @@ class ApiHandler(RunbookHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code == 401:
+            message = "log in first (this Flower runs with --basic-auth or --auth)"
         else:
             message = self._reason
         if status_code == 401 and self.application.options.basic_auth:
