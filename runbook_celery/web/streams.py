@@ -70,9 +70,9 @@ class StreamMixin(RunbookHandler):
         self.closed = True
 
     def send(
-        self, data: Mapping[str, Any], *, eid: str | None = None, event: str | None = None
+        self, data: Mapping[str, Any], *, eid: str | None = None, name: str | None = None
     ) -> None:
-        head = (f"id: {eid}\n" if eid else "") + (f"event: {event}\n" if event else "")
+        head = (f"id: {eid}\n" if eid else "") + (f"event: {name}\n" if name else "")
         self.write(f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n")
 
     async def read(self, fn: Any, *args: Any) -> Any:
@@ -85,7 +85,7 @@ class StreamMixin(RunbookHandler):
                 done = await self.next_batch()
                 await self.flush()
                 if done:
-                    self.send({}, event="end")
+                    self.send({}, name="end")
                     await self.flush()
                     break
         except (StreamClosedError, redis.RedisError):
@@ -129,7 +129,7 @@ class RunEvents(StreamMixin):
         for eid, fields in entries:
             self.last = eid
             event = Event.from_entry(eid, fields)
-            self.send(event.to_dict(), eid=eid, event=event.type if self.named else None)
+            self.send(event.to_dict(), eid=eid, name=event.type if self.named else None)
             if event.type in TERMINAL_EVENTS:
                 return True
         if entries:
@@ -183,7 +183,7 @@ class StepLog(StreamMixin):
         if len(entries) > LOG_BACKLOG:
             entries = entries[1:]
             self.send(
-                {"note": f"earlier lines not shown; the last {LOG_BACKLOG} follow"}, event="note"
+                {"note": f"earlier lines not shown; the last {LOG_BACKLOG} follow"}, name="note"
             )
         for eid, fields in entries:
             self.last = eid
