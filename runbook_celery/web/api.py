@@ -103,7 +103,12 @@ class Runs(ApiHandler):
 
         def read() -> dict[str, Any]:
             found = page_runs(
-                self.ctx.store, workflow=workflow, status=status, offset=offset, limit=limit
+                self.ctx.store,
+                workflow=workflow,
+                status=status,
+                offset=offset,
+                limit=limit,
+                ended=self.ctx.ended,
             )
             runs = []
             for summary in found.runs:

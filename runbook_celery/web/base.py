@@ -32,6 +32,7 @@ from flower.views import BaseHandler
 from tornado.web import StaticFileHandler
 
 from ..errors import BackendUnavailable, InvalidOperation, InvalidParams, RunbookError, RunNotFound
+from ..history import EndedRuns
 from ..settings import Settings
 from ..store import RunStore
 from .definitions import Definitions
@@ -53,6 +54,7 @@ class WebContext:
     settings: Settings
     store: RunStore
     definitions: Definitions
+    ended: EndedRuns = field(default_factory=EndedRuns)  # makes filtering the history cheap
     # Short Redis reads and actions run here, never on the IOLoop.
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="runbook-web")

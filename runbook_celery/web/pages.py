@@ -60,6 +60,7 @@ class RunsPage(PageHandler):
                     status=status,
                     offset=(number - 1) * PER_PAGE,
                     limit=PER_PAGE,
+                    ended=self.ctx.ended,
                 )
             )
             names = await self.blocking(lambda: [d.name for d in self.ctx.definitions.all()])
