@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for_event
+from conftest import QUEUE, wait_for_event
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
@@ -77,7 +77,6 @@ def test_runs_list_and_a_failed_runs_page_show_every_step_with_reasons(fl, brows
     assert re.fullmatch(r"\d+ runs?", browser.find_element(By.ID, "rb-run-count").text)
     nav = browser.find_element(By.CSS_SELECTOR, "nav a.active")
     assert nav.text == "Runs"  # our tab, in Flower's own navbar
-    save(browser, "runs-list.png", tmp_path)
 
     listed.find_element(By.CSS_SELECTOR, "a.rb-run-link").click()
     wait(browser, expected_conditions.url_contains(f"/runs/{run_id}"), "the run page")
@@ -137,10 +136,11 @@ def test_a_running_fan_out_updates_without_reload(fl, browser, store, tmp_path):
     assert "0/6" in browser.find_element(By.CSS_SELECTOR, '#rb-dag g[data-step="work"]').text
     assert row(browser, "work[4]").get_attribute("data-status") == "pending"
     assert "a free lane of work" in row(browser, "work[4]").text
+    assert f"queue {QUEUE}" in row(browser, "work[4]").text
     assert row(browser, "work[0]").find_element(By.CSS_SELECTOR, ".rb-values").text == "item=a"
+    save(browser, "run-live.png", tmp_path)
     row(browser, "work[0]").find_element(By.CSS_SELECTOR, "[data-rb-log]").click()
     wait(browser, lambda b: "working on a" in b.find_element(By.ID, "rb-log").text, "the live log")
-    save(browser, "run-live.png", tmp_path)
 
     gate.touch()
     wait(
@@ -179,7 +179,7 @@ def test_approving_a_gate_by_clicking_records_the_logged_in_user(fl, browser, st
     assert [e["by"] for e in approved] == [USER]
 
 
-def test_triggering_from_the_form_with_a_param(fl, browser):
+def test_triggering_from_the_form_with_a_param(fl, browser, tmp_path):
     browser.get(f"{fl.base}/runs")
     browser.find_element(By.ID, "rb-trigger-link").click()
     form = wait(
@@ -200,3 +200,5 @@ def test_triggering_from_the_form_with_a_param(fl, browser):
     assert record.control["triggered_by"] == USER
     wait(browser, lambda b: b.find_element(By.ID, "rb-run-status").text == "failed", "the run end")
     assert browser.find_element(By.CSS_SELECTOR, '.rb-by[data-field="triggered_by"]').text == USER
+    browser.get(f"{fl.base}/runs")  # the list with this module's runs, for the docs
+    save(browser, "runs-list.png", tmp_path)

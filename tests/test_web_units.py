@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import fakeredis
@@ -91,7 +92,7 @@ def test_a_pending_step_waits_for_a_worker_once_its_needs_are_done_else_for_them
     needs = {"a": [], "b": ["a"], "c": ["b"]}
     record = _record("running", {"a": "succeeded", "b": "pending", "c": "pending"})
     assert (
-        waiting_for("b", None, record.steps["b"], record, {}, needs) == "a worker (queue default)"
+        waiting_for("b", None, record.steps["b"], record, {}, needs) == "a worker (queue runbook)"
     )
     assert waiting_for("c", None, record.steps["c"], record, {}, needs) == "dependencies: b"
     gpu = waiting_for("b", None, record.steps["b"], record, {"queue": "gpu"}, needs)
@@ -205,3 +206,23 @@ def test_cancel_records_who_asked(fake_store):
     assert (
         json.loads(json.dumps(record.to_dict()))["control"]["cancelled_by"] == "alice@example.com"
     )
+
+
+def test_filtering_reads_only_runs_still_going_once_ended_ones_are_known(fake_store):
+    from runbook_celery.history import EndedRuns
+
+    _seed(fake_store, 6)
+    now = datetime.now(UTC)
+    for run_id in ("run000", "run001", "run002", "run003", "run004"):
+        fake_store.r.hset(fake_store.keys.run(run_id), "finished_at", now.isoformat())
+    fake_store.r.hset(fake_store.keys.run("run005"), "status", "running")
+    ended = EndedRuns()
+    first = page_runs(fake_store, status="running", ended=ended, now=now)
+    assert [r.id for r in first.runs] == ["run005"]
+    # an ended run's status is final: the cache answers for it, a running run is read again
+    fake_store.r.hset(fake_store.keys.run("run000"), "status", "running")
+    fake_store.r.hset(fake_store.keys.run("run005"), "status", "succeeded")
+    again = page_runs(fake_store, status="running", ended=ended, now=now)
+    assert again.runs == [] and again.total == 0
+    later = page_runs(fake_store, status="running", ended=EndedRuns(), now=now)
+    assert [r.id for r in later.runs] == ["run000"]  # without the cache, read as stored

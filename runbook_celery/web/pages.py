@@ -112,7 +112,8 @@ class RunPageBase(PageHandler):
             record, snapshot, last = await self.blocking(read)
         except RunbookError as exc:
             self.fail(exc)
-        return run_view(record, snapshot, datetime.now(UTC)), last
+        view = run_view(record, snapshot, datetime.now(UTC), self.ctx.settings.default_queue)
+        return view, last
 
     def parts(self, view: RunView) -> dict[str, str]:
         common = {

@@ -72,11 +72,16 @@ class RunView:
 
 
 def run_view(
-    record: RunRecord, snapshot: Mapping[str, Any], now: datetime | None = None
+    record: RunRecord,
+    snapshot: Mapping[str, Any],
+    now: datetime | None = None,
+    default_queue: str = "runbook",
 ) -> RunView:
     """Everything the run page draws, from the record and the frozen snapshot."""
     now = now or datetime.now(UTC)
-    specs = {s["id"]: s for s in snapshot.get("steps", [])}
+    specs = {
+        s["id"]: {**s, "queue": s.get("queue") or default_queue} for s in snapshot.get("steps", [])
+    }
     needs = {sid: list(spec.get("needs", ())) for sid, spec in specs.items()}
     instances = _instances(record, specs)
     rows: list[StepRow] = []
@@ -210,7 +215,7 @@ def waiting_for(
     if record.status == "paused":
         return "the run to be resumed (paused)"
     if parent is not None:
-        return f"a worker (queue {spec.get('queue') or 'default'}) or a free lane of {parent}"
+        return f"a worker (queue {spec.get('queue') or 'runbook'}) or a free lane of {parent}"
     unfinished = [
         d
         for d in needs.get(sid, [])
@@ -220,7 +225,7 @@ def waiting_for(
         return "dependencies: " + ", ".join(unfinished)
     if spec.get("approval") and not step.control.get("approved_by"):
         return "a worker, then an approval"
-    return f"a worker (queue {spec.get('queue') or 'default'})"
+    return f"a worker (queue {spec.get('queue') or 'runbook'})"
 
 
 def run_actions(record: RunRecord) -> list[str]:
