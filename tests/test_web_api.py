@@ -10,11 +10,15 @@ from typing import Any
 
 import pytest
 from conftest import run_cli, wait_for_event
+from tornado.web import create_signed_value
 from web_helpers import USER, WebFlower, web_flower
 from web_workflows import write_definitions
 
 from runbook_celery import get_run
 from runbook_celery.api import Run
+from runbook_celery.redisconn import get_client
+from runbook_celery.settings import get_settings
+from runbook_celery.store import RunStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -38,6 +42,11 @@ def trigger(fl: WebFlower, workflow: str, **params: str) -> str:
 
 def wait_end(run_id: str) -> dict[str, Any]:
     return Run(run_id).wait(timeout=60).to_dict()
+
+
+def store_for_tests() -> RunStore:
+    settings = get_settings()
+    return RunStore(get_client(settings), settings.prefix, settings.retention)
 
 
 def events_of(store, run_id: str) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
@@ -345,3 +354,52 @@ def test_read_only_flower_refuses_every_action(worker, defs, tmp_path):
         assert ro.request("GET", "/api/runs").status == 200
         resp = ro.request("POST", "/api/runs", {"workflow": "web-failing"})
         assert resp.status == 403 and "--read_only" in resp.json["error"]
+
+
+def test_url_prefix_applies_to_pages_api_static_and_the_navbar(worker, defs, tmp_path):
+    with web_flower(tmp_path, f"--definitions={defs}", "--url_prefix=ops/flower") as pf:
+        resp = pf.request("POST", "/ops/flower/api/runs", {"workflow": "web-failing"})
+        assert resp.status == 201, resp.text
+        run_id = resp.json["id"]
+        assert resp.json["url"] == f"/ops/flower/runs/{run_id}"
+        assert resp.headers["location"] == f"/ops/flower/api/runs/{run_id}"
+        wait_end(run_id)
+        listed = pf.request("GET", "/ops/flower/runs")
+        assert listed.status == 200
+        assert f'href="/ops/flower/runs/{run_id}"' in listed.text
+        assert 'href="/ops/flower/runs"' in listed.text  # the navbar's Runs tab
+        assert 'href="/ops/flower/runbook-static/runbook.css?v=' in listed.text
+        page = pf.request("GET", f"/ops/flower/runs/{run_id}")
+        assert f'data-live="/ops/flower/runs/{run_id}/live"' in page.text
+        assert f'href="/ops/flower/task/{run_id}.test"' in page.text
+        assert pf.request("GET", "/ops/flower/runbook-static/runbook.js").status == 200
+        assert pf.request("GET", f"/ops/flower/api/runs/{run_id}").json["status"] == "failed"
+        assert pf.request("GET", "/runs").status == 404
+
+
+def test_oauth_email_is_the_by_and_browser_sessions_need_the_xsrf_token(worker, defs, tmp_path):
+    secret = "web-test-cookie-secret"
+    args = (f"--definitions={defs}", "--auth=.*@example.com", f"--cookie_secret={secret}")
+    with web_flower(tmp_path, *args, auth=None) as oa:
+
+        def session(email: str) -> dict[str, str]:
+            signed = create_signed_value(secret, "user", email).decode()
+            return {"Cookie": f"user={signed}; _xsrf=deadbeef"}
+
+        carol = session("carol@example.com")
+        assert oa.request("GET", "/api/runs").status == 401  # no session
+        assert oa.request("GET", "/api/runs", headers=session("mallory@evil.test")).status == 401
+        assert oa.request("GET", "/api/runs", headers=carol).status == 200
+        body = {"workflow": "web-gated"}
+        refused = oa.request("POST", "/api/runs", body, headers=carol)
+        assert refused.status == 403 and "_xsrf" in refused.json["error"]
+        with_token = {**carol, "X-XSRFToken": "deadbeef"}
+        resp = oa.request("POST", "/api/runs", body, headers=with_token)
+        assert resp.status == 201, resp.text
+        run_id = resp.json["id"]
+        wait_for_event(store_for_tests(), run_id, "step_awaiting_approval", "release")
+        path = f"/api/runs/{run_id}/steps/release/approve"
+        assert oa.request("POST", path, {}, headers=with_token).status == 200
+        final = wait_end(run_id)
+        assert final["control"]["triggered_by"] == "carol@example.com"
+        assert final["steps"]["release"]["control"]["approved_by"] == "carol@example.com"

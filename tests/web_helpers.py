@@ -58,6 +58,8 @@ class WebFlower:
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        prefixes = [a.split("=", 1)[1] for a in args if a.startswith("--url_prefix=")]
+        self.prefix = "/" + prefixes[-1].strip("/") if prefixes else ""
         self.auth = auth
         self.log_path = log_dir / f"flower-web-{SESSION}-{self.port}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -81,7 +83,7 @@ class WebFlower:
             if self.proc.poll() is not None:
                 raise AssertionError(f"flower exited: {self.log_path.read_text()[-3000:]}")
             with contextlib.suppress(OSError):
-                if self.request("GET", "/healthcheck").status == 200:
+                if self.request("GET", f"{self.prefix}/healthcheck").status == 200:
                     return
             time.sleep(0.1)  # waiting for a port to open: nothing to block on
         raise AssertionError(f"flower not ready in {timeout}s: {self.log_path.read_text()[-3000:]}")
