@@ -4,12 +4,14 @@ its auth and its errors (4xx with a JSON error, never a 500)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import run_cli, wait_for_event
+from observe_helpers import free_port
 from tornado.web import create_signed_value
 from web_helpers import USER, WebFlower, web_flower
 from web_workflows import write_definitions
@@ -403,3 +405,21 @@ def test_oauth_email_is_the_by_and_browser_sessions_need_the_xsrf_token(worker, 
         final = wait_end(run_id)
         assert final["control"]["triggered_by"] == "carol@example.com"
         assert final["steps"]["release"]["control"]["approved_by"] == "carol@example.com"
+
+
+def test_redis_down_is_a_503_with_the_reason_never_a_500(defs, tmp_path):
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    env = {"RUNBOOK_REDIS_URL": dead, "RUNBOOK_BROKER_URL": dead}
+    with web_flower(tmp_path, f"--definitions={defs}", env=env) as down:
+        for path in (
+            "/api/runs",
+            "/api/runs/0123456789abcdef",
+            "/api/runs/0123456789abcdef/events",
+        ):
+            resp = down.request("GET", path)
+            assert resp.status == 503, (path, resp.text)
+            assert re.search(r"unreachable|[Cc]onnect", resp.json["error"]), resp.text
+        resp = down.request("POST", "/api/runs/0123456789abcdef/pause")
+        assert resp.status == 503 and re.search(r"unreachable|[Cc]onnect", resp.json["error"])
+        for path in ("/runs", "/runs/0123456789abcdef", "/runs/0123456789abcdef/events"):
+            assert down.request("GET", path).status == 503, path

@@ -33,6 +33,7 @@ from tornado.web import StaticFileHandler
 
 from ..errors import BackendUnavailable, InvalidOperation, InvalidParams, RunbookError, RunNotFound
 from ..history import EndedRuns
+from ..redisconn import BACKEND_ERRORS, describe_backend_error
 from ..settings import Settings
 from ..store import RunStore
 from .definitions import Definitions
@@ -142,8 +143,15 @@ class RunbookHandler(BaseHandler):
         return self.url("/task/" + quote(task_id, safe=""))
 
     async def blocking(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run a Redis call in our pool, so the IOLoop serves other requests meanwhile."""
-        return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, fn, *args)
+        """Run a Redis call in our pool, so the IOLoop serves other requests meanwhile.
+
+        A Redis or broker failure becomes BackendUnavailable (503), never a 500.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.ctx.executor, fn, *args)
+        except BACKEND_ERRORS as exc:
+            raise BackendUnavailable(describe_backend_error(exc)) from exc
 
 
 def error_status(exc: BaseException) -> tuple[int, str]:

@@ -42,7 +42,12 @@ class Definitions:
         """Every workflow file of the folder, by file name; [] without a folder."""
         if self.directory is None:
             return []
-        files = sorted(p for p in self.directory.iterdir() if p.suffix in SUFFIXES and p.is_file())
+        try:
+            files = sorted(
+                p for p in self.directory.iterdir() if p.suffix in SUFFIXES and p.is_file()
+            )
+        except OSError as exc:  # the folder went away or became unreadable
+            return [Definition(self.directory, problems=[f"{self.directory}: {exc.strerror}"])]
         with self._lock:
             out = [self._load(p) for p in files]
             self._cache = {p: self._cache[p] for p in files if p in self._cache}

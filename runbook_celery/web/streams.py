@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
-import redis
 import tornado.web
 from tornado.iostream import StreamClosedError
 
 from ..errors import InvalidOperation, RunNotFound
 from ..events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES, Event, StepStatus, check_since
+from ..redisconn import BACKEND_ERRORS, describe_backend_error
 from .api import ApiHandler
 from .base import RunbookHandler
 from .view import printable
@@ -76,11 +76,18 @@ class StreamMixin(RunbookHandler):
         self.write(f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n")
 
     async def read(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(_POOL, fn, *args)
-
-    async def pump(self) -> None:
-        """Send until ``next_batch`` says the stream is over or the client goes away."""
+        """A blocking Redis read in the streams' pool; Redis down is a 503, not a 500."""
         try:
+            return await asyncio.get_running_loop().run_in_executor(_POOL, fn, *args)
+        except BACKEND_ERRORS as exc:
+            raise tornado.web.HTTPError(503, "%s", describe_backend_error(exc)) from None
+
+    async def pump(self, prelude: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Send ``prelude``, then until ``next_batch`` says the stream is over or the client
+        goes away; the open-streams count is given back whatever happens."""
+        try:
+            if prelude is not None:
+                await prelude()
             while not self.closed:
                 done = await self.next_batch()
                 await self.flush()
@@ -88,7 +95,7 @@ class StreamMixin(RunbookHandler):
                     self.send({}, name="end")
                     await self.flush()
                     break
-        except (StreamClosedError, redis.RedisError):
+        except (StreamClosedError, tornado.web.HTTPError):
             pass  # the client left, or Redis did: EventSource reconnects and resumes
         finally:
             StreamMixin.open_streams -= 1
@@ -171,9 +178,7 @@ class StepLog(StreamMixin):
         self.last = self.resume_point()
         self.ended = StepStatus(record.steps[step_id].status).terminal
         self.start_stream()
-        if self.last in ("0", "0-0"):
-            await self.backlog()
-        await self.pump()
+        await self.pump(self.backlog if self.last in ("0", "0-0") else None)
 
     async def backlog(self) -> None:
         """The newest ``LOG_BACKLOG`` lines (a step keeps up to RUNBOOK_LOG_LINES)."""
