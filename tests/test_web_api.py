@@ -358,8 +358,12 @@ def test_read_only_flower_refuses_every_action(worker, defs, tmp_path):
         assert resp.status == 403 and "--read_only" in resp.json["error"]
 
 
-def test_url_prefix_applies_to_pages_api_static_and_the_navbar(worker, defs, tmp_path):
+def test_url_prefix_applies_to_pages_api_static_and_the_navbar(fl, defs, tmp_path):
+    earlier = trigger(fl, "web-failing")  # through another Flower process
+    wait_end(earlier)
     with web_flower(tmp_path, f"--definitions={defs}", "--url_prefix=ops/flower") as pf:
+        # a Flower started later lists it: the history is Redis's, not Flower's memory
+        assert f'href="/ops/flower/runs/{earlier}"' in pf.request("GET", "/ops/flower/runs").text
         resp = pf.request("POST", "/ops/flower/api/runs", {"workflow": "web-failing"})
         assert resp.status == 201, resp.text
         run_id = resp.json["id"]
