@@ -68,9 +68,6 @@ class TemplateLoader(tornado.template.Loader):
     Runs next to Workers, Tasks and Broker on Flower's pages and ours alike.
     """
 
-    def __init__(self, flower_dir: str, **kwargs: Any) -> None:
-        super().__init__(flower_dir, **kwargs)
-
     def _create_template(self, name: str) -> tornado.template.Template:
         ours = TEMPLATE_DIR / name
         if name == "navbar.html":
