@@ -52,14 +52,15 @@ class Run:
         """The current record (status of the run and of every step)."""
         return self.store.get_run(self.id)
 
-    def cancel(self) -> RunRecord:
+    def cancel(self, by: str | None = None) -> RunRecord:
         """Stop the run: nothing new starts, running steps are killed (SIGTERM, grace, SIGKILL).
 
         Steps whose ``if:`` uses ``always()`` or ``cancelled()`` still run (cleanup).
+        ``by`` is recorded as the run's ``cancelled_by`` (Flower passes its logged-in user).
         Returns the record as it is right after the request.
         """
         keep = cancel_survivors(self.store.snapshot(self.id))
-        self.store.cancel_run(self.id, reason="cancelled", keep=keep)
+        self.store.cancel_run(self.id, reason="cancelled", keep=keep, by=by)
         if self.store.last_admitted:
             from .dispatch import publish_admitted
 
@@ -101,9 +102,13 @@ class Run:
 
         return RunControl(self.id, self.settings)
 
-    def rerun(self, *, from_failed: bool = False, from_step: str | None = None) -> Run:
+    def rerun(
+        self, *, from_failed: bool = False, from_step: str | None = None, by: str | None = None
+    ) -> Run:
         """A new run from this run's snapshot; see ``rerun()``."""
-        return rerun(self.id, from_failed=from_failed, from_step=from_step, settings=self.settings)
+        return rerun(
+            self.id, from_failed=from_failed, from_step=from_step, settings=self.settings, by=by
+        )
 
     def _ended(self) -> bool:
         return self.store.run_status(self.id) in TERMINAL_RUN_STATUSES
@@ -235,12 +240,14 @@ def rerun(
     from_failed: bool = False,
     from_step: str | None = None,
     settings: Settings | None = None,
+    by: str | None = None,
 ) -> Run:
     """Start a new run from an earlier run's snapshot (never today's YAML).
 
     ``from_failed`` reuses the outputs of the steps that succeeded and runs the failed,
     skipped and cancelled ones; ``from_step`` reruns that step and everything downstream
-    (and anything that had not succeeded). The original run is left unchanged.
+    (and anything that had not succeeded). The original run is left unchanged. ``by`` is
+    recorded as the new run's ``triggered_by``.
     """
     settings = settings or get_settings()
     store = _store(settings)
@@ -266,7 +273,8 @@ def rerun(
     if reused:
         snapshot["reused"] = reused
     snapshot["mode"], snapshot["mode_reason"] = mode_for_snapshot(snapshot)
-    return submit_snapshot(snapshot, settings=settings, extra={"rerun_of": run_id})
+    extra = {"rerun_of": run_id, **({"triggered_by": by} if by else {})}
+    return submit_snapshot(snapshot, settings=settings, extra=extra)
 
 
 def _admit(store: RunStore, run_id: str, group: Mapping[str, Any]) -> bool:

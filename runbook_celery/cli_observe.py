@@ -248,24 +248,33 @@ def graph(source: str, fmt: str) -> None:
     show_default=True,
     help="Interface to listen on; Flower has no login unless you pass --basic-auth etc.",
 )
+@click.option(
+    "--definitions",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of workflow files offered by the trigger form and POST /api/runs.",
+)
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(port: int, address: str, flower_args: tuple[str, ...]) -> None:
-    """Start Flower for runbook's Celery app (extra arguments go to Flower).
+def flower(port: int, address: str, definitions: Path | None, flower_args: tuple[str, ...]) -> None:
+    """Start Flower for runbook's Celery app, with runs at /runs (extra arguments go to Flower).
 
-    Steps are listed as <workflow>.<step>, with `run=<id> step=<id>` in their args:
-    search for a run id to see one run. Workers started by `runbook-celery worker` send
-    task events; Flower also turns them on for workers that run without -E.
+    One process and port: Flower's workers, tasks and broker pages, and our runs list,
+    run pages (live DAG, steps, logs, buttons), trigger form and JSON API under /api/runs,
+    all behind Flower's login (--basic-auth user:password, or --auth with OAuth) and
+    --url_prefix. Without a login, control actions are refused unless
+    FLOWER_UNAUTHENTICATED_API=true (Flower's rule for its API). Steps are also Flower
+    tasks named <workflow>.<step>, with `run=<id> step=<id>` in their args.
     """
     from .app import app
+    from .web.server import serve
 
     argv = [
-        "flower",
         f"--port={port}",
         f"--address={address}",
         f"--tasks_columns={FLOWER_COLUMNS}",
         *flower_args,
     ]
-    app.start(argv)
+    serve(app, argv, definitions.resolve() if definitions else None)
 
 
 COMMANDS: list[click.Command] = [logs, events_command, runs, watch, graph, flower]

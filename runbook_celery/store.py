@@ -330,8 +330,14 @@ if not run[1] then return {'missing'} end
 if run[2] then return {'finished', run[1]} end
 if run[3] == '1' then return {'ok'} end
 redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'cancel_reason', ARGV[4])
-emit(KEYS[2], KEYS[3], {'type', 'workflow_cancelling', 'run_id', ARGV[1],
-     'workflow', ARGV[3], 'reason', ARGV[4], 'ts', ARGV[2]})
+local event = {'type', 'workflow_cancelling', 'run_id', ARGV[1], 'workflow', ARGV[3],
+               'reason', ARGV[4], 'ts', ARGV[2]}
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'cancelled_by', ARGV[5])
+  event[#event + 1] = 'by'
+  event[#event + 1] = ARGV[5]
+end
+emit(KEYS[2], KEYS[3], event)
 return {'ok'}
 """
 )
@@ -837,12 +843,17 @@ class RunStore:
         return bool(self._handback(keys=keys, args=[run_id, step_id, token, now_iso(), workflow]))
 
     def cancel_run(
-        self, run_id: str, reason: str = "cancelled", keep: Iterable[str] = ()
+        self,
+        run_id: str,
+        reason: str = "cancelled",
+        keep: Iterable[str] = (),
+        by: str | None = None,
     ) -> tuple[int, str | None]:
         """Ask a run to stop: pending steps are cancelled now, running ones stop themselves.
 
         ``keep``: steps (and their instances) that still run after a cancel. A fanned-out
         step whose instances have all ended is cancelled now, not when its fan-in comes.
+        ``by``: who asked (the run's ``cancelled_by`` and the ``by`` of its cancelling event).
         Returns (steps cancelled now, final run status if this ended the run).
         """
         k = self.keys
@@ -852,7 +863,7 @@ class RunStore:
         workflow = run.get("workflow", "")
         head = [k.run(run_id), k.run_events(run_id), k.global_events]
         args = [run_id, now_iso(), workflow, reason]
-        begun = [_s(x) for x in self._cancel_begin(keys=head, args=args)]
+        begun = [_s(x) for x in self._cancel_begin(keys=head, args=[*args, by or ""])]
         if begun[0] == "missing":
             raise RunNotFound(run_id)
         self.last_admitted = []
