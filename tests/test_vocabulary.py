@@ -6,8 +6,8 @@ The emitted vocabulary is read from the source itself, so a new event written an
 * Lua (in Python strings or ``.lua`` files): ``'type', 'step_x'`` literals, and
   ``'type', 'step_' .. status`` constructions, resolved against the terminal statuses;
   ``'reason', 'x'`` literals.
-* Python: ``{"type": "x", "run_id": ...}`` dict literals; string arguments of calls to anything named
-  like ``*event*``/``*emit*``; ``event=``/``etype=`` keywords; identifier-like strings in
+* Python: ``{"type": "x", "run_id": ...}`` dict literals; string arguments of calls to
+  anything named like ``*event*``/``*emit*``; ``event=``/``etype=`` keywords; identifier-like strings in
   ``reason=`` keywords (sentences such as ``f"skipped by {by}"`` are descriptions).
 """
 
