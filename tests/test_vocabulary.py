@@ -7,8 +7,9 @@ The emitted vocabulary is read from the source itself, so a new event written an
   ``'type', 'step_' .. status`` constructions, resolved against the terminal statuses;
   ``'reason', 'x'`` literals.
 * Python: ``{"type": "x", "run_id": ...}`` dict literals; string arguments of calls to
-  anything named like ``*event*``/``*emit*``; ``event=``/``etype=`` keywords; identifier-like strings in
-  ``reason=`` keywords (sentences such as ``f"skipped by {by}"`` are descriptions).
+  anything named like ``*event*``/``*emit*``; ``event=``/``etype=`` keywords;
+  identifier-like strings in ``reason=`` keywords (sentences such as ``f"skipped by {by}"``
+  are descriptions).
 """
 
 from __future__ import annotations
