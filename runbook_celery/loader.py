@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class LoadedWorkflow:
     file: str
     base_dir: Path
     graph: Graph
+    source: LoadedYaml | None = field(default=None, compare=False, repr=False)  # lines
 
 
 def load_workflow(path: str | Path) -> LoadedWorkflow:
@@ -77,7 +78,7 @@ def _validate(doc: LoadedYaml, base_dir: Path) -> LoadedWorkflow:
     if problems:
         raise InvalidDefinition(problems)
     graph = Graph({s.id: s.needs for s in workflow.steps})
-    return LoadedWorkflow(workflow, doc.file, base_dir, graph)
+    return LoadedWorkflow(workflow, doc.file, base_dir, graph, doc)
 
 
 def _step_id_at(doc: LoadedYaml, loc: tuple[Any, ...]) -> str | None:
