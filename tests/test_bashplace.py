@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import PREFIX, run_cli
 
 from runbook_celery import bashcommands as bc
 from runbook_celery import bashplace
@@ -537,3 +538,18 @@ def test_let_takes_numbers_only():
 )
 def test_which_commands_run_their_standard_input_as_code(line, code):
     assert (bc.reads_code_from_stdin(words(*line)) is not None) is code
+
+
+def test_validate_and_trigger_refuse_an_unsafe_place_with_exit_2(write_workflow, redis_client):
+    wf = write_workflow(
+        "name: t\nparams:\n  v: a\nsteps:\n  - id: s\n    run: |\n      echo start\n"
+        '      [[ "${{ params.v }}" -eq 1 ]] && echo one\n'
+    )
+    runs_before = redis_client.zcard(f"{PREFIX}:runs")
+    for command in ("validate", "trigger"):
+        res = run_cli(command, str(wf))
+        assert res.returncode == 2, res
+        assert res.stdout == ""
+        assert res.stderr.startswith(f"{wf}:8: steps[0].run: ${{{{ params.v }}}}: [[ ... -eq")
+        assert "declare the param with type: number" in res.stderr
+    assert redis_client.zcard(f"{PREFIX}:runs") == runs_before

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import PREFIX, run_cli
 
+from runbook_celery import submit
 from runbook_celery.compile import build_snapshot, resolve_params
 from runbook_celery.errors import InvalidDefinition, InvalidParams
 from runbook_celery.loader import load_workflow_text
@@ -159,3 +161,24 @@ def test_the_shorthand_and_the_full_form_mean_the_same():
     )
     assert short.workflow.params == full.workflow.params
     assert short.workflow.params["p"] == Param(default=3, type="string")
+
+
+def test_trigger_refuses_a_value_that_does_not_fit_with_exit_2(write_workflow, redis_client):
+    wf = write_workflow(WORKFLOW)
+    runs_before = redis_client.zcard(f"{PREFIX}:runs")
+    res = run_cli("trigger", str(wf), "-p", "count=a[$(touch PWNED)]")
+    assert res.returncode == 2
+    assert res.stdout == ""
+    assert res.stderr == (
+        "error: param 'count' (type: number) must be a decimal number such as 3, -1 or 2.5 "
+        "(got 'a[$(touch PWNED)]')\n"
+    )
+    assert redis_client.zcard(f"{PREFIX}:runs") == runs_before
+
+
+def test_submit_refuses_a_missing_required_param(write_workflow, redis_client):
+    wf = write_workflow(WORKFLOW.replace("  region: eu\n", "  region: {required: true}\n"))
+    runs_before = redis_client.zcard(f"{PREFIX}:runs")
+    with pytest.raises(InvalidParams, match="param 'region' is required"):
+        submit(wf, {"count": 1})
+    assert redis_client.zcard(f"{PREFIX}:runs") == runs_before
