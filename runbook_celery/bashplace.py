@@ -16,7 +16,8 @@ Everything else is refused with a message saying what to write instead: single q
 the text), arithmetic and subscripts (Bash evaluates ``a[$(cmd)]`` in a value as code), the
 code or input of a second interpreter (``bash -c``, ``python -c``, ``eval``, ``ssh``, a
 heredoc piped into ``sh``, ...), variable names, and any place the tree does not let us
-classify with certainty. The command policy lives in ``bashcommands``.
+classify with certainty. The command policy lives in ``bashcommands``, the reading of the
+tree and the checks that it can be trusted in ``bashtree``.
 """
 
 from __future__ import annotations
@@ -26,13 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-import tree_sitter
-import tree_sitter_bash
-
 from . import bashcommands as bc
-
-_LANGUAGE = tree_sitter.Language(tree_sitter_bash.language())
-Node = tree_sitter.Node
+from . import bashtree as bt
+from .bashtree import Node
 
 
 class Quoting(Enum):
@@ -78,36 +75,17 @@ def place(text: str, exprs: Sequence[Expr]) -> list[Site]:
     if not exprs:
         return []
     source, spans = _with_placeholders(text, exprs)
-    parser = tree_sitter.Parser(_LANGUAGE)
-    tree = parser.parse(source)
-    whole = _whole_script_refusal(tree.root_node)
+    tree = bt.parse(source)
+    whole = bt.whole_script_refusal(tree.root_node)
     if whole is None:
-        patched = _indented_heredoc_patch(tree.root_node, source, spans)
+        patched = bt.indented_heredoc_patch(tree.root_node, source, spans)
         if patched != source:
-            source, tree = patched, parser.parse(patched)
-            whole = _whole_script_refusal(tree.root_node)
+            source, tree = patched, bt.parse(patched)
+            whole = bt.whole_script_refusal(tree.root_node)
     if whole is not None:
         return [Site(e, None, f"{whole}; {_env_hint(e)}") for e in exprs]
     walker = _Walker(tree.root_node, source)
     return [walker.site(e, s, t) for e, (s, t) in zip(exprs, spans, strict=True)]
-
-
-def _indented_heredoc_patch(root: Node, source: bytes, spans: list[tuple[int, int]]) -> bytes:
-    """The source with blanks before a heredoc line's leading placeholder made ``_``.
-
-    tree-sitter-bash 0.25 sees no expansion in a heredoc line that starts with blanks and
-    then ``${``, which Bash expands like any other. The blanks are text of the heredoc body,
-    so making them another character of the same length changes nothing else in the tree.
-    """
-    out = bytearray(source)
-    for start, end in spans:
-        line_start = source.rfind(b"\n", 0, start) + 1
-        if line_start == start or source[line_start:start].strip(b" \t"):
-            continue
-        node = root.descendant_for_byte_range(start, end)
-        if node is not None and node.type in ("heredoc_body", "heredoc_content"):
-            out[line_start:start] = b"_" * (start - line_start)
-    return bytes(out)
 
 
 def render(text: str, sites: Sequence[Site], names: Sequence[str | None]) -> str:
@@ -124,8 +102,10 @@ def render(text: str, sites: Sequence[Site], names: Sequence[str | None]) -> str
     for site, name in zip(sites, names, strict=True):
         expr = site.expr
         out.append(text[pos : expr.start])
-        if name is None or site.quoting is Quoting.COMMENT:
+        if site.quoting is Quoting.COMMENT:
             out.append(text[expr.start : expr.end])
+        elif name is None:
+            raise ValueError(f"no variable for ${{{{ {expr.source} }}}}")
         elif site.quoting is Quoting.WORD:
             out.append(f'"${{{name}}}"')
         else:
@@ -157,97 +137,6 @@ def _with_placeholders(text: str, exprs: Sequence[Expr]) -> tuple[bytes, list[tu
         pos = expr.end
     parts.append(text[pos:].encode())
     return b"".join(parts), spans
-
-
-def _line_of(node: Node) -> int:
-    return node.start_point[0] + 1
-
-
-def _whole_script_refusal(root: Node) -> str | None:
-    """A reason no placement in this script can be trusted: the tree is not Bash's tree."""
-    if root.has_error:
-        bad = _first_error(root)
-        where = f" near line {_line_of(bad)} of the script" if bad is not None else ""
-        return (
-            f"the Bash parser cannot read this script{where}, so where the value lands is "
-            "unknown; fix the syntax"
-        )
-    heredocs = [
-        (h, start)
-        for h in _descendants(root, "heredoc_redirect")
-        if (start := _child(h, "heredoc_start")) is not None
-    ]
-    lines = [start.start_point[0] for _, start in heredocs]
-    for line in lines:
-        if lines.count(line) > 1:
-            return (
-                f"line {line + 1} of the script starts two heredocs, which the Bash parser "
-                "does not read reliably; put each heredoc on its own line"
-            )
-    for heredoc, start in heredocs:
-        problem = _heredoc_problem(heredoc, start)
-        if problem is not None:
-            return problem
-    return None
-
-
-def _heredoc_problem(heredoc: Node, start: Node) -> str | None:
-    """A heredoc whose body the parser did not end at its delimiter line."""
-    body = _child(heredoc, "heredoc_body")
-    end = _child(heredoc, "heredoc_end")
-    if body is None and end is None:
-        return None
-    delimiter = re.sub(r"""['"\\]""", "", _text(start))
-    dash = any(c.type == "<<-" for c in heredoc.children)
-    ended = _text(end) if end is not None else None
-    if ended is None or (ended.lstrip("\t") if dash else ended) != delimiter:
-        return (
-            f"the Bash parser does not end the heredoc started on line {_line_of(start)} of "
-            f"the script at a line {delimiter!r}; write that heredoc more simply"
-        )
-    if body is not None:
-        lines = _text(body).split("\n")
-        for line in lines[:-1]:
-            if (line.lstrip("\t") if dash else line) == delimiter:
-                return (
-                    f"the Bash parser reads the heredoc started on line {_line_of(start)} of "
-                    "the script past its end; write that heredoc more simply"
-                )
-    return None
-
-
-def _first_error(node: Node) -> Node | None:
-    if node.type == "ERROR" or node.is_missing:
-        return node
-    for child in node.children:
-        if child.has_error or child.is_missing:
-            found = _first_error(child)
-            if found is not None:
-                return found
-    return None
-
-
-def _descendants(node: Node, kind: str) -> list[Node]:
-    out: list[Node] = []
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if current.type == kind:
-            out.append(current)
-        stack.extend(reversed(current.children))
-    return out
-
-
-def _child(node: Node, kind: str) -> Node | None:
-    return next((c for c in node.children if c.type == kind), None)
-
-
-def _text(node: Node) -> str:
-    return (node.text or b"").decode("utf-8", "replace")
-
-
-def _contains(node: Node, start: int, end: int) -> bool:
-    return node.start_byte <= start and end <= node.end_byte
 
 
 # ---------------------------------------------------------------- messages
@@ -296,7 +185,7 @@ def _code_hint(expr: Expr) -> str:
 
 def _unexpanded_refusal(node: Node, expr: Expr) -> str:
     """Why a placeholder that Bash would not expand cannot hold a value."""
-    kinds = {n.type for n in _ancestors(node, include_self=True)}
+    kinds = {n.type for n in bt.ancestors(node, include_self=True)}
     if "raw_string" in kinds:
         return (
             "inside single quotes Bash expands nothing, so the value would be spliced into "
@@ -308,7 +197,7 @@ def _unexpanded_refusal(node: Node, expr: Expr) -> str:
             "inside $'...' Bash expands nothing, so the value would be spliced into the text; "
             f'use double quotes ("...${{{{ {expr.source} }}}}...") instead'
         )
-    if _in_quoted_heredoc(node):
+    if bt.in_quoted_heredoc(node):
         return (
             "in a quoted heredoc (<<'EOF') Bash expands nothing, so the value would be "
             "spliced into the text; use an unquoted delimiter (<<EOF) if the body is data, "
@@ -324,23 +213,6 @@ def _unexpanded_refusal(node: Node, expr: Expr) -> str:
         f"Bash does not expand this place as a variable ({node.type}), so where the value "
         f"would land is unknown; {_env_hint(expr)}"
     )
-
-
-def _in_quoted_heredoc(node: Node) -> bool:
-    for ancestor in _ancestors(node, include_self=True):
-        if ancestor.type == "heredoc_redirect":
-            start = _child(ancestor, "heredoc_start")
-            return start is not None and any(q in _text(start) for q in "'\"\\")
-    return False
-
-
-def _ancestors(node: Node, include_self: bool = False) -> list[Node]:
-    out = [node] if include_self else []
-    current = node.parent
-    while current is not None:
-        out.append(current)
-        current = current.parent
-    return out
 
 
 # ---------------------------------------------------------------- classification
@@ -359,13 +231,13 @@ class _Walker:
     def __init__(self, root: Node, source: bytes) -> None:
         self.root = root
         self.source = source
-        self.integers, self.namerefs, self.unknown_attributes = _attributes(root)
+        self.integers, self.namerefs, self.unknown_attributes = bt.attributes(root)
 
     def site(self, expr: Expr, start: int, end: int) -> Site:
         expansion = self._expansion_at(start, end)
         if expansion is None:
             node = self.root.descendant_for_byte_range(start, end) or self.root
-            if any(n.type == "comment" for n in _ancestors(node, include_self=True)):
+            if any(n.type == "comment" for n in bt.ancestors(node, include_self=True)):
                 return Site(expr, Quoting.COMMENT)
             return Site(expr, None, _unexpanded_refusal(node, expr))
         try:
@@ -396,7 +268,7 @@ class _Walker:
         """Check every ancestor; the nearest quoting construct decides how to write it."""
         quoting: Quoting | None = None
         child = expansion
-        for node in _ancestors(expansion):
+        for node in bt.ancestors(expansion):
             decided = self._check(node, child, expansion, expr)
             if quoting is None and decided is not None:
                 quoting = decided
@@ -409,24 +281,32 @@ class _Walker:
         if kind in _NEUTRAL:
             return None
         if kind == "string":
-            if _translated(node):
+            if bt.translated(node):
                 raise _Refused('$"..." may be replaced by a translation; use "..." instead')
             return Quoting.BARE
+        if kind in ("command_substitution", "subshell") and _is_arithmetic(node):
+            return self._arithmetic(expr, "")
         if kind in ("command_substitution", "process_substitution"):
-            if _text(node).startswith("`") and "\\" in _text(node):
+            if bt.node_text(node).startswith("`") and "\\" in bt.node_text(node):
                 raise _Refused(
                     "inside `...` with backslashes Bash re-reads the text before running it; "
                     "use $(...) instead"
                 )
             return Quoting.WORD  # a fresh script: quoting outside does not reach inside
         if kind == "heredoc_body":
+            if "`" in bt.node_text(node):
+                # tree-sitter-bash reads `...` in a heredoc as text, Bash as a command
+                raise _Refused(
+                    "this heredoc contains backticks, which the Bash parser reads as text "
+                    "where Bash runs them; use $(...) instead"
+                )
             return Quoting.BARE
-        if kind in _ARITHMETIC or (kind == "compound_statement" and _is_arith_compound(node)):
+        if kind == "subscript":
+            return self._arithmetic(expr, "an array subscript is arithmetic: ")
+        if _is_arithmetic(node):
             if kind == "c_style_for_statement" and node.child_by_field_name("body") == child:
                 return None
             return self._arithmetic(expr, "")
-        if kind == "subscript":
-            return self._arithmetic(expr, "an array subscript is arithmetic: ")
         handler = _HANDLERS.get(kind)
         if handler is None:
             raise _Refused(
@@ -453,7 +333,7 @@ class _Walker:
         name_node = node.child_by_field_name("name")
         if name_node is not None and name_node.type == "subscript":
             name_node = name_node.child_by_field_name("name")
-        name = _text(name_node) if name_node is not None else ""
+        name = bt.node_text(name_node) if name_node is not None else ""
         if child == node.child_by_field_name("name"):
             return  # a subscript of the name: the subscript handler decided
         if name in bc.CODE_VARIABLES:
@@ -473,7 +353,7 @@ class _Walker:
             )
 
     def _array(self, node: Node, child: Node, exp: Node, expr: Expr) -> None:
-        element = _text(child)
+        element = bt.node_text(child)
         if not element.startswith("["):
             return
         split = element.find("]=")
@@ -492,10 +372,10 @@ class _Walker:
                 f"{keyword} takes this word as a variable name or option (a subscript in a name "
                 f"runs); {_env_hint(expr)}"
             )
-        flags = _declaration_flags(node)
+        flags = bt.declaration_flags(node)
         if flags is None:
             raise _Refused(f"{keyword}'s options are not literal words; {_env_hint(expr)}")
-        if "n" in flags and keyword in _NAMEREF_DECLARATIONS:
+        if "n" in flags and keyword in bt.NAMEREF_DECLARATIONS:
             raise _Refused(
                 f"{keyword} -n makes the value a variable name (a subscript in it runs); "
                 f"{_env_hint(expr)}"
@@ -508,11 +388,15 @@ class _Walker:
 
     def _test(self, node: Node, child: Node, exp: Node, expr: Expr) -> None:
         """binary/unary expressions: in [[ ]] the -eq family is arithmetic; -v reads a name."""
-        test = next((a for a in _ancestors(node) if a.type == "test_command"), None)
+        test = next((a for a in bt.ancestors(node) if a.type == "test_command"), None)
         if test is None:
-            return  # inside arithmetic: the arithmetic ancestor decides
+            if any(_is_arithmetic(a) for a in bt.ancestors(node)):
+                return  # inside arithmetic: the arithmetic ancestor decides
+            raise _Refused(
+                f"runbook-celery cannot tell how Bash reads this expression; {_env_hint(expr)}"
+            )
         operator = node.child_by_field_name("operator")
-        op = _text(operator) if operator is not None else ""
+        op = bt.node_text(operator) if operator is not None else ""
         if op in ("-v",):
             raise _Refused(f"{op} evaluates a subscript in the variable name; {_env_hint(expr)}")
         double = bool(test.children) and test.children[0].type == "[["
@@ -520,11 +404,11 @@ class _Walker:
             raise _Refused(f"[[ ... {op} ... ]]: {_ARITH_REASON}; {_arith_hint(expr)}")
 
     def _command(self, node: Node, child: Node, exp: Node, expr: Expr) -> None:
-        words, index = _command_words(node, child)
+        words, index = bt.command_words(node, child)
         if index is None:
             if child.type == "variable_assignment":
                 return  # a prefix assignment: the assignment handler decided
-            if _is_stdin_redirect(child):
+            if bt.is_stdin_redirect(child):
                 self._stdin(node, expr, "a here-string or < file feeds it")
             return
         refusal = bc.argument_refusal(words, index, expr.numeric)
@@ -536,7 +420,7 @@ class _Walker:
         raise _Refused(f"{refusal.reason}; {hint}")
 
     def _redirected(self, node: Node, child: Node, exp: Node, expr: Expr) -> None:
-        if _is_stdin_redirect(child):
+        if bt.is_stdin_redirect(child):
             body = node.child_by_field_name("body")
             if body is not None:
                 self._stdin(body, expr, "a here-string or < file feeds it")
@@ -544,6 +428,8 @@ class _Walker:
     def _heredoc(self, node: Node, child: Node, exp: Node, expr: Expr) -> None:
         if child.type != "heredoc_body":
             return  # a command after the heredoc operator on its line
+        if bt.in_quoted_heredoc(child):  # the parser saw an expansion Bash will not make
+            raise _Refused(f"in a quoted heredoc Bash expands nothing; {_env_hint(expr)}")
         consumers = [c for c in node.children if c.is_named and c.type not in _HEREDOC_PARTS]
         owner = node.parent
         if owner is not None and owner.type == "redirected_statement":
@@ -564,8 +450,8 @@ class _Walker:
                 self._stdin(stage, expr, "the value is piped into it")
 
     def _stdin(self, node: Node, expr: Expr, how: str) -> None:
-        for command in _descendants(node, "command"):
-            words, _ = _command_words(command, None)
+        for command in bt.descendants(node, "command"):
+            words, _ = bt.command_words(command, None)
             why = bc.reads_code_from_stdin(words)
             if why is not None:
                 raise _Refused(f"{how}, and {why}; {_code_hint(expr)}")
@@ -599,9 +485,24 @@ _NEUTRAL = frozenset(
         "herestring_redirect",
     }
 )
-_ARITHMETIC = frozenset({"arithmetic_expansion", "c_style_for_statement"})
+_ARITHMETIC = frozenset({"arithmetic_expansion", "c_style_for_statement", "subscript"})
+
+
+def _is_arithmetic(node: Node) -> bool:
+    """$(( )), (( )), for (( )) and subscripts: Bash evaluates what is inside as arithmetic.
+
+    tree-sitter-bash reads ``$((`` in a heredoc as a command substitution of a subshell,
+    where Bash reads arithmetic: a substitution or subshell written ``$((``/``((`` counts.
+    """
+    kind = node.type
+    if kind in _ARITHMETIC or (kind == "compound_statement" and bt.is_arith_compound(node)):
+        return True
+    return (kind == "command_substitution" and bt.node_text(node).startswith("$((")) or (
+        kind == "subshell" and bt.node_text(node).startswith("((")
+    )
+
+
 _ARITH_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
-_NAMEREF_DECLARATIONS = frozenset({"declare", "typeset", "local"})
 _HEREDOC_PARTS = frozenset({"heredoc_start", "heredoc_body", "heredoc_end"})
 _HANDLERS = {
     "expansion": _Walker._expansion,
@@ -611,6 +512,8 @@ _HANDLERS = {
     "unset_command": _Walker._unset,
     "binary_expression": _Walker._test,
     "unary_expression": _Walker._test,
+    "ternary_expression": _Walker._test,
+    "postfix_expression": _Walker._test,
     "command": _Walker._command,
     "redirected_statement": _Walker._redirected,
     "heredoc_redirect": _Walker._heredoc,
@@ -618,101 +521,3 @@ _HANDLERS = {
     "function_definition": _Walker._function,
     "compound_statement": lambda *_: None,  # { ...; } (the (( )) form is arithmetic)
 }
-
-
-def _is_arith_compound(node: Node) -> bool:
-    return bool(node.children) and node.children[0].type == "(("
-
-
-def _translated(string: Node) -> bool:
-    """``$"..."``: tree-sitter-bash reads the ``$`` as a separate token before the string."""
-    previous = string.prev_sibling
-    return previous is not None and previous.type == "$" and previous.end_byte == string.start_byte
-
-
-def _is_stdin_redirect(node: Node) -> bool:
-    if node.type == "herestring_redirect":
-        return True
-    if node.type != "file_redirect":
-        return False
-    return any(c.type in ("<", "<&", "<>") for c in node.children)
-
-
-def _literal(node: Node) -> str | None:
-    """The text a word stands for if it expands nothing (quotes removed), else None."""
-    kind = node.type
-    if kind == "command_name":
-        return _literal(node.children[0]) if node.children else None
-    if kind in ("word", "number"):
-        text = _text(node)
-        return None if "$" in text or "`" in text else re.sub(r"\\(.)", r"\1", text, flags=re.S)
-    if kind == "raw_string":
-        return _text(node)[1:-1]
-    if kind == "string":
-        parts = [c for c in node.children if c.type not in ('"',)]
-        if all(c.type == "string_content" for c in parts):
-            return re.sub(r'\\([$`"\\])', r"\1", "".join(_text(c) for c in parts))
-        return None
-    if kind == "concatenation":
-        pieces = [_literal(c) for c in node.children]
-        return None if any(p is None for p in pieces) else "".join(p or "" for p in pieces)
-    return None
-
-
-_ASSIGN_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=")
-
-
-def _command_words(command: Node, child: Node | None) -> tuple[list[bc.Word], int | None]:
-    """The command's name and arguments, and the index of the one that is ``child``."""
-    words: list[bc.Word] = []
-    index: int | None = None
-    for i, part in enumerate(command.children):
-        field = command.field_name_for_child(i)
-        if field not in ("name", "argument"):
-            continue
-        match = _ASSIGN_PREFIX.match(_text(part))
-        words.append(bc.Word(_literal(part), match.group(1) if match else None))
-        if part == child:
-            index = len(words) - 1
-    return words, index
-
-
-def _declaration_flags(node: Node) -> str | None:
-    """The letters of a declaration's options (``-ix`` -> ``ix``); None if one is not literal."""
-    letters = ""
-    for part in node.children[1:]:
-        if part.type in ("variable_assignment", "variable_name"):
-            continue
-        text = _literal(part)
-        if text is None:
-            return None
-        if text[:1] in ("-", "+"):
-            letters += text[1:]
-    return letters
-
-
-def _attributes(root: Node) -> tuple[set[str], set[str], bool]:
-    """Names given the integer (-i) or nameref (-n) attribute anywhere in the script, and
-    whether some declaration's options are not literal (then any name may have them)."""
-    integers: set[str] = set()
-    namerefs: set[str] = set()
-    unknown = False
-    for node in _descendants(root, "declaration_command"):
-        flags = _declaration_flags(node)
-        if flags is None:
-            unknown = True
-            continue
-        keyword = node.children[0].type if node.children else ""
-        names = set()
-        for part in node.children[1:]:
-            if part.type == "variable_name":
-                names.add(_text(part))
-            elif part.type == "variable_assignment":
-                name = part.child_by_field_name("name")
-                if name is not None:
-                    names.add(_text(name).split("[", 1)[0])
-        if "i" in flags:
-            integers |= names
-        if "n" in flags and keyword in _NAMEREF_DECLARATIONS:
-            namerefs |= names
-    return integers, namerefs, unknown

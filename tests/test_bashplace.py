@@ -97,6 +97,11 @@ ACCEPTED: dict[str, tuple[str, str]] = {
         'f() {\n\tcat > "$OUT" <<-EOF\n\t\t${{ params.x }}\n\tEOF\n}\nf',
         "{v}\n",
     ),
+    "command substitution in a heredoc": (
+        'cat > "$OUT" <<EOF\n'
+        "$(printf '[%s]' \"${{ params.x }}\") $(printf '<%s>' ${{ params.x }})\nEOF",
+        "[{v}] <{v}>\n",
+    ),
     "heredoc piped to a filter": ('cat <<EOF | tr Q Q > "$OUT"\n${{ params.x }}\nEOF', "{v}\n"),
     "heredoc in command substitution": (
         'v="$(cat <<EOF\n<${{ params.x }}>\nEOF\n)"\nprintf \'%s\' "$v" > "$OUT"',
@@ -258,6 +263,7 @@ NUMERIC: dict[str, tuple[str, str]] = {
     ),
     "array subscript": ('a[${{ params.n }} + 5]=z; printf %s "${a[@]}" > "$OUT"', "z"),
     "declare -i": ('declare -i r=${{ params.n }}; printf %s "$r" > "$OUT"', "{n}"),
+    "ternary": ('printf %s $(( ${{ params.n }} > 0 ? 1 : 2 )) > "$OUT"', "{pos}"),
     "c-style for": (
         "r=; for (( i = ${{ params.n }}; i < ${{ params.n }} + 2; i++ )); do r+=x; done\n"
         'printf %s "$r" > "$OUT"',
@@ -273,7 +279,7 @@ def test_numbers_may_be_used_in_arithmetic(tmp_path, context, number):
     result, got = run_compiled(template, number, tmp_path, frozenset({"params.n"}))
     assert result.ok, (result.exit_code, result.stderr_tail)
     n = int(number)
-    assert got == shown.format(n=n, n1=n + 1, n2=n * 2)
+    assert got == shown.format(n=n, n1=n + 1, n2=n * 2, pos=1 if n > 0 else 2)
 
 
 @pytest.mark.parametrize("context", list(NUMERIC))
@@ -351,6 +357,26 @@ REFUSED: dict[str, tuple[str, str, str]] = {
     "trap": ("trap ${{ params.x }} EXIT", "trap runs", CODE_FIX),
     "find -exec": ("find . -exec ${{ params.x }} {} +", "find -exec runs", CODE_FIX),
     "heredoc into ssh": ("ssh host <<EOF\n${{ params.x }}\nEOF", "ssh", CODE_FIX),
+    "backticks in a heredoc": (
+        "cat <<EOF\n`${{ params.x }}`\nEOF",
+        "contains backticks",
+        "use $(...) instead",
+    ),
+    "backticks elsewhere in a heredoc": (
+        "cat <<EOF\n`date` ${{ params.x }}\nEOF",
+        "contains backticks",
+        "use $(...) instead",
+    ),
+    "partly quoted heredoc delimiter": (
+        "echo start\ncat <<E'O'F\n${{ params.x }}\nEOF\necho done\n",
+        "in a quoted heredoc",
+        ENV_FIX,
+    ),
+    "alias expansion": (
+        "shopt -s expand_aliases\nalias e=eval\ne ${{ params.x }}",
+        "alias expansion",
+        ENV_FIX,
+    ),
     "heredoc piped into bash": ("cat <<EOF | bash\n${{ params.x }}\nEOF", "bash runs", CODE_FIX),
     "heredoc into python": ("python3 - <<EOF\n${{ params.x }}\nEOF", "python3 runs", CODE_FIX),
     "heredoc written then run": (
@@ -553,3 +579,73 @@ def test_validate_and_trigger_refuse_an_unsafe_place_with_exit_2(write_workflow,
         assert res.stderr.startswith(f"{wf}:8: steps[0].run: ${{{{ params.v }}}}: [[ ... -eq")
         assert "declare the param with type: number" in res.stderr
     assert redis_client.zcard(f"{PREFIX}:runs") == runs_before
+
+
+# ---------------------------------------------------------------- compositions
+
+# Contexts nested in each other, around an innermost use of the value: whatever the
+# placement accepts in any of these combinations, Bash must not run anything in the value.
+WRAPPERS = [
+    "{}",
+    '"{}"',
+    "$({})",
+    "`{}`",
+    "<({})",
+    "if true; then {}; fi",
+    "{{ {}; }}",
+    "( {} )",
+    "case a in a) {} ;; esac",
+    "for i in 1; do {}; done",
+    "f() {{ {}; }}; f",
+    "cat <<EOF\n{}\nEOF",
+    "cat <<'EOF'\n{}\nEOF",
+    'x=$({}); echo "$x"',
+    "echo {} | cat",
+    "echo {} | bash",
+    "[[ -n {} ]]",
+    "eval {}",
+    "bash -c {}",
+    "bash -c 'echo \"$1\"' _ {}",
+    "$(( {} ))",
+    "a[{}]=1",
+    "# {}",
+]
+INNER = ["${{ params.x }}", "echo ${{ params.x }}", 'echo "${{ params.x }}"', "x=${{ params.x }}"]
+PROBES = ["$(touch PWNED)", "`touch PWNED`", "a[$(touch PWNED)]", "x;touch PWNED", "x\ntouch PWNED"]
+
+
+def compositions() -> list[str]:
+    out = []
+    for inner in INNER:
+        for outer in WRAPPERS:
+            for middle in WRAPPERS:
+                out.append(outer.replace("{}", middle.replace("{}", inner, 1), 1))
+    return sorted(set(out))
+
+
+def test_no_composition_of_contexts_runs_the_value(tmp_path):
+    scripts = compositions()
+    accepted = ran = 0
+    probes = {f"PROBE{i}": probe for i, probe in enumerate(PROBES)}
+    for script in scripts:
+        vars_: dict[str, str] = {}
+        try:
+            command = rewrite_command(script, vars_)
+        except Unplaceable:
+            continue
+        if not vars_:
+            continue  # only in comments: nothing placed
+        accepted += 1
+        # every probe in one Bash: each run of the command in a subshell, the variable set
+        # there as the worker sets it in the environment (Bash places both the same way)
+        (var,) = vars_
+        loop = (
+            f"for __probe in {' '.join(f'{chr(34)}${k}{chr(34)}' for k in probes)}; do (\n"
+            f"{var}=$__probe\n{command}\n) >/dev/null 2>&1 </dev/null || true; done"
+        )
+        work = tmp_path / f"w{accepted}"
+        work.mkdir()
+        result = run_bash(loop, {"PATH": os.environ["PATH"], **probes}, cwd=str(work), timeout=20)
+        ran += result.ok  # a composition may not be valid Bash: then nothing runs at all
+        assert list(work.iterdir()) == [], f"{script!r} ran a probe as {command!r}"
+    assert len(scripts) > 2000 and accepted > 400 and ran > 300  # both outcomes exercised
