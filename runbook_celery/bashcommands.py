@@ -57,6 +57,12 @@ _WHOLE_LINE: dict[str, str] = {
     "getopts": "getopts assigns to the variable name it is given",
     "unset": "unset evaluates a subscript in the name it is given",
     "wait": "wait -p assigns to the variable name it is given",
+    # read as a plain command (after ! or a wrapper): names, attributes and values unknown
+    "declare": "declare takes variable names and attributes (-i evaluates arithmetic)",
+    "typeset": "typeset takes variable names and attributes (-i evaluates arithmetic)",
+    "local": "local takes variable names and attributes (-i evaluates arithmetic)",
+    "export": "export takes variable names (a subscript in a name runs)",
+    "readonly": "readonly takes variable names (a subscript in a name runs)",
     "ssh": "ssh hands its arguments to a shell on the remote host",
     "su": "su -c runs its argument as shell code",
     "runuser": "runuser -c runs its argument as shell code",
@@ -175,14 +181,25 @@ _WRAPPERS: dict[str, _Wrapper] = {
 # `< file` and pipes into them). Wrappers count by the command they run.
 _DATA_FROM_STDIN = frozenset(
     {"read", "mapfile", "readarray", "wait", "getopts", "unset", "xargs", "sed"}
+    | {"declare", "typeset", "local", "export", "readonly"}
     | {"awk", "gawk", "mawk", "nawk"}
 )
 _STDIN_CODE = SHELLS | (frozenset(_WHOLE_LINE) - _DATA_FROM_STDIN) | {"sudo", "doas"}
 
 _FIND_RUNS = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_./+-]+")
+# Reserved words: after `time` or `!` Bash still reads them as syntax, while tree-sitter-bash
+# may read them as the name of a command with arguments.
+_KEYWORDS = frozenset(
+    {"[[", "]]", "((", "))", "{", "}", "!", "if", "then", "elif", "else", "fi", "case"}
+    | {"esac", "for", "select", "while", "until", "do", "done", "in", "function", "coproc"}
+)
 
 # Commands of _WHOLE_LINE that take variable names rather than code.
-_NAME_TAKERS = frozenset({"read", "mapfile", "readarray", "getopts", "unset", "wait"})
+_NAME_TAKERS = frozenset(
+    {"read", "mapfile", "readarray", "getopts", "unset", "wait"}
+    | {"declare", "typeset", "local", "export", "readonly"}
+)
 
 
 @dataclass(frozen=True)
@@ -197,11 +214,13 @@ class Refusal:
 
 @dataclass(frozen=True)
 class Word:
-    """One word of a command line: its literal text (None if it expands), and whether its
-    source starts like an assignment ``NAME=`` (for env/sudo), with that name."""
+    """One word of a command line: its literal text (None if it expands), the name if its
+    source starts like an assignment ``NAME=`` (for env/sudo), and whether it surely stays
+    one word (an unquoted $(...) or $x may split into several)."""
 
     text: str | None
     assign: str | None = None
+    single: bool = True
 
 
 def _base(name: str) -> str:
@@ -241,14 +260,22 @@ def argument_refusal(words: Sequence[Word], w: int, numeric: bool) -> Refusal | 
                 "argument is unknown"
             )
         base = _base(name)
+        if name in _KEYWORDS:
+            return Refusal(
+                f"Bash reads {name} here as a keyword, the parser as a command name; "
+                "write this command without a prefix (time, env, ...)"
+            )
         if base in _WRAPPERS:
             nxt = _after_wrapper(_WRAPPERS[base], base, words, i, w)
             if isinstance(nxt, Refusal):
                 return nxt
             if nxt is None or nxt > w:
-                return (
-                    None  # the value is an option argument of the wrapper, or there is no command
-                )
+                return None  # an option argument of the wrapper, or there is no command
+            after = words[nxt].text
+            if base == "time" and (after is None or not _PLAIN_NAME.fullmatch(after)):
+                # `time` is a keyword: Bash reads a whole pipeline after it (assignments such
+                # as a[...]=1 with blanks in the subscript too), the parser only words
+                return Refusal("after time, Bash reads this line differently from the parser")
             i = nxt
             continue
         if base == "let":
@@ -280,6 +307,8 @@ def _after_wrapper(
     while j < len(words):
         word = words[j]
         text = word.text
+        if not word.single and j <= w:
+            return Refusal(f"this word may split into several, and {base} runs one as a command")
         if (
             spec.assignments
             and word.assign is not None

@@ -278,14 +278,18 @@ class _Walker:
     def _check(self, node: Node, child: Node, exp: Node, expr: Expr) -> Quoting | None:
         """Refuse (raise) if ``node`` makes the place unsafe; return the quoting it imposes."""
         kind = node.type
+        if kind == "subscript":
+            return self._arithmetic(expr, "an array subscript is arithmetic: ")
+        if _is_arithmetic(node):
+            if kind == "c_style_for_statement" and node.child_by_field_name("body") == child:
+                return None
+            return self._arithmetic(expr, "")
         if kind in _NEUTRAL:
             return None
         if kind == "string":
             if bt.translated(node):
                 raise _Refused('$"..." may be replaced by a translation; use "..." instead')
             return Quoting.BARE
-        if kind in ("command_substitution", "subshell") and _is_arithmetic(node):
-            return self._arithmetic(expr, "")
         if kind in ("command_substitution", "process_substitution"):
             if bt.node_text(node).startswith("`") and "\\" in bt.node_text(node):
                 raise _Refused(
@@ -294,19 +298,8 @@ class _Walker:
                 )
             return Quoting.WORD  # a fresh script: quoting outside does not reach inside
         if kind == "heredoc_body":
-            if "`" in bt.node_text(node):
-                # tree-sitter-bash reads `...` in a heredoc as text, Bash as a command
-                raise _Refused(
-                    "this heredoc contains backticks, which the Bash parser reads as text "
-                    "where Bash runs them; use $(...) instead"
-                )
+            self._plain_heredoc(node, exp, expr)
             return Quoting.BARE
-        if kind == "subscript":
-            return self._arithmetic(expr, "an array subscript is arithmetic: ")
-        if _is_arithmetic(node):
-            if kind == "c_style_for_statement" and node.child_by_field_name("body") == child:
-                return None
-            return self._arithmetic(expr, "")
         handler = _HANDLERS.get(kind)
         if handler is None:
             raise _Refused(
@@ -315,6 +308,25 @@ class _Walker:
             )
         handler(self, node, child, exp, expr)
         return None
+
+    def _plain_heredoc(self, body: Node, exp: Node, expr: Expr) -> None:
+        """A value goes in a heredoc only if Bash expands nothing else there but variables.
+
+        tree-sitter-bash misreads substitutions in heredoc bodies: `...` as text, $(( as
+        $( (, and a line starting with blanks then $( as text; Bash runs all of them. So a
+        body with a substitution or an operator ${...} is not trusted at all.
+        """
+        text = _PLACEHOLDER.sub("", bt.node_text(body))
+        if _HEREDOC_CODE.search(text):
+            raise _Refused(
+                "this heredoc also has $(...), `...`, $((...)) or ${...} with an operator, "
+                "which the Bash parser does not read reliably in a heredoc; compute those into "
+                "variables before it (x=$(cmd)) and write $x in the heredoc, or "
+                f"{_env_hint(expr)}"
+            )
+        before = self.source[: exp.named_children[0].start_byte - 2]  # up to the ${
+        if (len(before) - len(before.rstrip(b"\\"))) % 2:
+            raise _Refused(f"a \\ before it makes Bash take it as text; {_env_hint(expr)}")
 
     def _arithmetic(self, expr: Expr, what: str) -> Quoting:
         if expr.numeric:
@@ -504,6 +516,9 @@ def _is_arithmetic(node: Node) -> bool:
 
 _ARITH_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
 _HEREDOC_PARTS = frozenset({"heredoc_start", "heredoc_body", "heredoc_end"})
+_PLACEHOLDER = re.compile(r"\$\{__RBX[0-9]+__\}")
+# what Bash runs or evaluates in a heredoc body besides plain $NAME / ${NAME}
+_HEREDOC_CODE = re.compile(r"\$\(|`|\$\[|\$\{(?![A-Za-z_][A-Za-z0-9_]*\}|[0-9@*#?$!-]\})")
 _HANDLERS = {
     "expansion": _Walker._expansion,
     "variable_assignment": _Walker._assignment,

@@ -19,6 +19,7 @@ from . import bashcommands as bc
 LANGUAGE = tree_sitter.Language(tree_sitter_bash.language())
 Node = tree_sitter.Node
 NAMEREF_DECLARATIONS = frozenset({"declare", "typeset", "local"})
+_DECLARATIONS = NAMEREF_DECLARATIONS | {"export", "readonly"}
 
 
 def parse(source: bytes) -> tree_sitter.Tree:
@@ -193,10 +194,31 @@ def command_words(command: Node, child: Node | None) -> tuple[list[bc.Word], int
         if field not in ("name", "argument"):
             continue
         match = _ASSIGN_PREFIX.match(node_text(part))
-        words.append(bc.Word(literal(part), match.group(1) if match else None))
+        words.append(bc.Word(literal(part), match.group(1) if match else None, stays_one(part)))
         if part == child:
             index = len(words) - 1
     return words, index
+
+
+_PLACEHOLDER_NAME = re.compile(r"__RBX[0-9]+__")
+
+
+def stays_one(node: Node) -> bool:
+    """Whether a word expands to exactly one word: no unquoted $x, $(...) or {a,b} that could
+    split. A placeholder counts as one: it is written quoted."""
+    kind = node.type
+    if kind in ("word", "number", "raw_string", "ansi_c_string", "string", "process_substitution"):
+        return kind != "word" or not re.search(r"\{[^}]*,", node_text(node))
+    if kind == "expansion":
+        names = [c for c in node.named_children if c.type == "variable_name"]
+        return (
+            len(node.named_children) == 1
+            and bool(names)
+            and bool(_PLACEHOLDER_NAME.fullmatch(node_text(names[0])))
+        )
+    if kind in ("concatenation", "command_name"):
+        return all(stays_one(c) for c in node.children)
+    return False
 
 
 def declaration_flags(node: Node) -> str | None:
@@ -218,7 +240,12 @@ def attributes(root: Node) -> tuple[set[str], set[str], bool]:
     whether some declaration's options are not literal (then any name may have them)."""
     integers: set[str] = set()
     namerefs: set[str] = set()
-    unknown = False
+    # a declaration read as a plain command (after `!` or a wrapper): its names are unknown
+    unknown = any(
+        literal(c.children[0]) in _DECLARATIONS
+        for c in descendants(root, "command")
+        if c.children and c.children[0].type == "command_name"
+    )
     for node in descendants(root, "declaration_command"):
         flags = declaration_flags(node)
         if flags is None:
@@ -259,3 +286,4 @@ def indented_heredoc_patch(root: Node, source: bytes, spans: list[tuple[int, int
 
 
 NAMEREF_DECLARATIONS = frozenset({"declare", "typeset", "local"})
+_DECLARATIONS = NAMEREF_DECLARATIONS | {"export", "readonly"}
