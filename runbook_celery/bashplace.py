@@ -395,6 +395,16 @@ class _Walker:
         if "i" in flags and not expr.numeric:
             raise _Refused(f"{keyword} -i: {_ARITH_REASON}; {_arith_hint(expr)}")
 
+    def _test_command(self, node: Node, child: Node, exp: Node, expr: Expr) -> None:
+        """``[ ... ]`` is the test command: Bash reads ordinary words there (``<(...)`` runs,
+        ``<`` redirects), the parser an expression. Only a plain one is trusted."""
+        single = bool(node.children) and node.children[0].type == "["
+        if single and re.search(r"[()<>]", bt.node_text(node)):
+            raise _Refused(
+                "inside [ ... ] with parentheses, < or >, Bash reads the words differently "
+                f"from the parser; use [[ ... ]], or {_env_hint(expr)}"
+            )
+
     def _unset(self, node: Node, child: Node, exp: Node, expr: Expr) -> None:
         raise _Refused(f"unset evaluates a subscript in the name it is given; {_env_hint(expr)}")
 
@@ -490,7 +500,6 @@ _NEUTRAL = frozenset(
         "case_item",
         "negated_command",
         "variable_assignments",
-        "test_command",
         "parenthesized_expression",
         "command_name",
         "file_redirect",
@@ -525,6 +534,7 @@ _HANDLERS = {
     "array": _Walker._array,
     "declaration_command": _Walker._declaration,
     "unset_command": _Walker._unset,
+    "test_command": _Walker._test_command,
     "binary_expression": _Walker._test,
     "unary_expression": _Walker._test,
     "ternary_expression": _Walker._test,

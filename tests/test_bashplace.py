@@ -401,6 +401,11 @@ REFUSED: dict[str, tuple[str, str, str]] = {
         "another ${...}",
         ENV_FIX,
     ),
+    "process substitution in [ ]": (
+        "[ -n <(bash -c x=${{ params.x }}) ]",
+        "inside [ ... ] with parentheses",
+        ENV_FIX,
+    ),
     "keyword after time": ("time [[ ${{ params.x }} -eq 1 ]]", "reads this line", ENV_FIX),
     "assignment after time": ('time a[echo "${{ params.x }}"]=1', "reads this line", ENV_FIX),
     "split output as a wrapper's command": (
