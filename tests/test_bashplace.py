@@ -402,7 +402,7 @@ REFUSED: dict[str, tuple[str, str, str]] = {
         ENV_FIX,
     ),
     "process substitution in [ ]": (
-        "[ -n <(bash -c x=${{ params.x }}) ]",
+        "[ -n source <(bash -c x=${{ params.x }}) ]",
         "inside [ ... ] with parentheses",
         ENV_FIX,
     ),
