@@ -75,6 +75,11 @@ def _validate(doc: LoadedYaml, base_dir: Path) -> LoadedWorkflow:
     if workflow.schedule is not None and (why := cron_problem(workflow.schedule)):
         line = doc.line_of(("schedule",))
         problems.append(Problem(doc.file, line, f"invalid schedule: {why}", "schedule"))
+    if workflow.schedule is not None:
+        for name in (n for n, p in workflow.params.items() if p.required):
+            message = "beat triggers a scheduled workflow without params: give it a default"
+            line = doc.line_of(("params", name))
+            problems.append(Problem(doc.file, line, message, f"params.{name}"))
     if problems:
         raise InvalidDefinition(problems)
     graph = Graph({s.id: s.needs for s in workflow.steps})

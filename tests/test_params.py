@@ -182,3 +182,15 @@ def test_submit_refuses_a_missing_required_param(write_workflow, redis_client):
     with pytest.raises(InvalidParams, match="param 'region' is required"):
         submit(wf, {"count": 1})
     assert redis_client.zcard(f"{PREFIX}:runs") == runs_before
+
+
+def test_a_scheduled_workflow_may_not_require_a_param():
+    text = (
+        "name: t\nschedule: '@hourly'\nparams:\n  p: {required: true}\n"
+        "steps:\n  - id: a\n    run: echo\n"
+    )
+    with pytest.raises(InvalidDefinition) as info:
+        load_workflow_text(text, file="wf.yaml")
+    assert [p.render() for p in info.value.problems] == [
+        "wf.yaml:4: params.p: beat triggers a scheduled workflow without params: give it a default"
+    ]
