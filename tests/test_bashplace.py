@@ -153,6 +153,11 @@ ACCEPTED: dict[str, tuple[str, str]] = {
         "no",
     ),
     "for loop word": ('for v in ${{ params.x }}; do printf \'%s\' "$v"; done > "$OUT"', "{v}"),
+    "ruff ci.yaml: apostrophe in a comment, then [ = ]": (
+        "# Make executable, since artifact download doesn't preserve this\n"
+        'if [ "${{ params.x }}" = "$EXPECTED" ]; then r=yes; else r=no; fi; printf %s $r > "$OUT"',
+        "yes",
+    ),
     "apostrophe in a comment before": (
         "# don't touch this\nprintf '%s' ${{ params.x }} > \"$OUT\"",
         "{v}",
@@ -299,6 +304,11 @@ CODE_FIX = "have that code read X from its environment"
 # name: (script, fragment of the reason, fragment of the fix)
 REFUSED: dict[str, tuple[str, str, str]] = {
     "single quotes": ("echo '${{ params.x }}'", "inside single quotes", QUOTE_FIX),
+    "the OWNER=$(echo '...' | tr) idiom": (
+        "OWNER=\"$(echo '${{ params.x }}' | tr '[:upper:]' '[:lower:]')\"",
+        "inside single quotes",
+        QUOTE_FIX,
+    ),
     "single quotes as code": (
         "python3 -c 'print(\"${{ params.x }}\")'",
         "inside single quotes",
