@@ -61,18 +61,24 @@ def cli() -> None:
     show_default=True,
     help="json: one list of {file, valid, problems} on stdout instead of text.",
 )
-def validate(files: tuple[Path, ...], fmt: str) -> None:
+@click.option(
+    "--lint",
+    is_flag=True,
+    help="Also run shellcheck on every run: and script:, reported at the file's lines.",
+)
+def validate(files: tuple[Path, ...], fmt: str, lint: bool) -> None:
     """Check workflow files; print FILE:LINE: path: message on stderr for each problem.
 
     FILES may be files, directories (their *.yaml and *.yml files) or quoted glob patterns
     such as 'flows/**/*.yaml'. Given a directory or a pattern, a last line says
-    `N files, M invalid`. Exit 0 if every file is valid, 2 if not.
+    `N files, M invalid`. Exit 0 if every file is valid, 2 if not. With --lint, a
+    shellcheck finding in a step's Bash counts as a problem too.
     """
     from .cli_ecosystem import check_workflows, expand_workflow_paths
 
     expansion = expand_workflow_paths(files)
     checked: list[tuple[str, list[Any]]] = []
-    for file, problems in check_workflows(expansion.items):
+    for file, problems in check_workflows(expansion.items, lint=lint):
         checked.append((file, problems))
         if fmt == "text":
             for problem in problems:

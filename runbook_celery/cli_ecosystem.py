@@ -18,6 +18,7 @@ import click
 
 from .cli_deadletters import dead_letters
 from .errors import InvalidDefinition, Problem
+from .lint import lint_workflow
 from .model import Workflow
 
 # Draft 7 rather than pydantic's 2020-12: the YAML language server (VS Code, Neovim) validates
@@ -83,8 +84,13 @@ def expand_workflow_paths(args: Iterable[Path | str]) -> Expansion:
     return Expansion(list(dict.fromkeys(items)), expanded)
 
 
-def check_workflows(items: Iterable[Path | Problem]) -> Iterator[tuple[str, list[Problem]]]:
-    """Each file (or argument that named none) with its problems, none if valid; lazily."""
+def check_workflows(
+    items: Iterable[Path | Problem], lint: bool = False
+) -> Iterator[tuple[str, list[Problem]]]:
+    """Each file (or argument that named none) with its problems, none if valid; lazily.
+
+    With ``lint``, a valid file's Bash is also run through shellcheck (``lint.py``).
+    """
     from .loader import load_workflow
 
     for item in items:
@@ -92,11 +98,11 @@ def check_workflows(items: Iterable[Path | Problem]) -> Iterator[tuple[str, list
             yield item.file, [item]
             continue
         try:
-            load_workflow(item)
+            loaded = load_workflow(item)
         except InvalidDefinition as exc:
             yield str(item), list(exc.problems)
         else:
-            yield str(item), []
+            yield str(item), lint_workflow(loaded) if lint else []
 
 
 @click.command()

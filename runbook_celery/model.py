@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -15,6 +16,7 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -60,6 +62,9 @@ Scalar = Annotated[
     str | int | float | bool,
     BeforeValidator(_finite_scalar, json_schema_input_type=str | int | float | bool),
 ]
+# A `type: number` param: a finite decimal, so that no character of it means anything to Bash
+# (arithmetic included: a value such as a[$(cmd)] runs the command when Bash evaluates it).
+NUMBER_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
 def _scalar_to_str(value: Any) -> Any:
@@ -164,6 +169,116 @@ class _Strict(BaseModel):
             inside = f"{where.lstrip('.')}: " if where else ""
             raise PydanticCustomError("nul_character", inside + NUL_MESSAGE)
         return value
+
+
+ParamType = Literal["string", "number", "boolean", "choice"]
+
+
+class Param(_Strict):
+    """A trigger-time input: its type, default and what it is for.
+
+    Written in full, or as the shorthand ``NAME: default`` (a string param with a default).
+    """
+
+    default: Scalar | None = Field(
+        None, description="Value when the trigger does not give one (omit with required: true)."
+    )
+    type: ParamType = Field(
+        "string",
+        description="string (any text), number (a decimal such as 3, -1 or 2.5), boolean "
+        "(true or false) or choice (one of options). Checked when a run is triggered.",
+    )
+    options: list[Scalar] | None = Field(
+        None, min_length=1, max_length=1000, description="The allowed values of a choice param."
+    )
+    description: str | None = Field(None, description="What the param is for.")
+    required: bool = Field(False, description="The trigger must give a value (no default).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Param:
+        problem = param_declaration_problem(self)
+        if problem is not None:
+            raise PydanticCustomError("param", problem)
+        return self
+
+
+def param_declaration_problem(param: Param) -> str | None:
+    """What is inconsistent in a param declaration (its default checked against its type)."""
+    if param.type == "choice" and not param.options:
+        return "a choice param needs options: [...]"
+    if param.type != "choice" and param.options is not None:
+        return f"options belong to type: choice (this param is type: {param.type})"
+    if param.required and param.default is not None:
+        return "a required param has no default: drop one of required and default"
+    if param.default is None:
+        if not param.required and param.type in ("number", "choice"):
+            return f"a {param.type} param needs a default or required: true"
+        return None
+    problem = param_value_problem(param, param.default)
+    return None if problem is None else f"default {problem}"
+
+
+def param_value_problem(param: Param, value: Any) -> str | None:
+    """Why ``value`` does not fit the declaration, or None."""
+    if param.type == "number":
+        if param_text(param, value) is None:
+            return f"must be a decimal number such as 3, -1 or 2.5 (got {value!r})"
+    elif param.type == "boolean":
+        if param_text(param, value) is None:
+            return f"must be true or false (got {value!r})"
+    elif param.type == "choice":
+        allowed = [_text_of(o) for o in param.options or []]
+        if _text_of(value) not in allowed:
+            return f"must be one of {', '.join(allowed)} (got {value!r})"
+    return None
+
+
+def param_text(param: Param, value: Any) -> str | None:
+    """The text a step sees for a value of this param, or None if the value does not fit."""
+    if param.type == "number":
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return None
+        text = _number_text(value)
+        return text if text is not None and re.fullmatch(NUMBER_PATTERN, text) else None
+    if param.type == "boolean":
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value if value in ("true", "false") else None
+    return _text_of(value)
+
+
+def _number_text(value: str | int | float) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return repr(value) if "e" not in repr(value) else f"{value:f}"
+    return str(value)
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _param_shorthand(value: Any) -> Any:
+    """``NAME: default`` means a string param with that default."""
+    if isinstance(value, str | int | float | bool):
+        return {"default": value}
+    if isinstance(value, dict | Param):
+        return value
+    raise PydanticCustomError(
+        "param",
+        "must be a default value (string, number or boolean) or a mapping of "
+        "default/type/options/description/required",
+    )
+
+
+ParamDeclaration = Annotated[
+    Param, BeforeValidator(_param_shorthand, json_schema_input_type=Scalar | Param)
+]
 
 
 class Retries(_Strict):
@@ -281,8 +396,10 @@ class Workflow(_Strict):
 
     name: StepId = Field(description="Workflow name; shown in Flower as `<name>.<step>`.")
     description: str | None = None
-    params: dict[EnvName, Scalar] = Field(
-        default_factory=dict, description="Parameters with their defaults; override at trigger."
+    params: dict[EnvName, ParamDeclaration] = Field(
+        default_factory=dict,
+        description="Parameters: NAME: default, or NAME: {default, type, options, description, "
+        "required}; given at trigger and checked against the declaration.",
     )
     env: dict[EnvName, EnvValue] = Field(
         default_factory=dict, description="Environment for every step; may use expressions."

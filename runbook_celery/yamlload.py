@@ -49,6 +49,22 @@ class LoadedYaml:
     data: Any
     file: str
     lines: dict[YamlPath, int] = field(default_factory=dict)
+    # where each scalar value starts (line of its first character or block indicator) and its
+    # style ("|", ">", '"', "'" or "" for plain), to point at a line inside a multi-line value
+    scalars: dict[YamlPath, tuple[int, str]] = field(default_factory=dict)
+
+    def line_in(self, path: YamlPath, text: str, offset: int) -> int | None:
+        """Line of character ``offset`` of the string value at ``path``.
+
+        Exact for block literals (``run: |``), whose lines are the file's lines; for other
+        styles, lines of the value are counted from where it starts (folding may differ).
+        """
+        start = self.scalars.get(path)
+        if start is None:
+            return self.line_of(path)
+        line, style = start
+        within = text.count("\n", 0, offset)
+        return line + within + (1 if style in ("|", ">") else 0)
 
     def line_of(self, path: YamlPath) -> int | None:
         """Line of the deepest known prefix of ``path`` (pydantic locs may go past YAML)."""
@@ -143,7 +159,7 @@ def load_yaml_text(text: str, *, file: str = "<string>") -> LoadedYaml:
         raise DefinitionError(f"YAML error: {str(exc).splitlines()[0]}", file=file) from None
     if builder.documents == 0:
         raise DefinitionError("file is empty; expected a workflow mapping", file=file, line=1)
-    return LoadedYaml(data=data, file=file, lines=builder.lines)
+    return LoadedYaml(data=data, file=file, lines=builder.lines, scalars=builder.scalars)
 
 
 def _is_parser_nesting_limit(exc: yaml.MarkedYAMLError) -> bool:
@@ -195,6 +211,7 @@ class _Builder:
     def __init__(self, file: str) -> None:
         self.file = file
         self.lines: dict[YamlPath, int] = {}
+        self.scalars: dict[YamlPath, tuple[int, str]] = {}
         self.count = 0
         self.documents = 0
         self.stack: list[_Open] = []
@@ -284,6 +301,7 @@ class _Builder:
         else:
             self._counted(1, event, path)
             value = self._scalar(event, path)
+            self.scalars[path] = (event.start_mark.line + 1, event.style or "")
             if event.anchor is not None:
                 self.anchors[event.anchor] = (value, 1, 0)
         return self._place(value, 0)

@@ -85,13 +85,13 @@ def test_booleans_stay_welcome_where_they_are_values():
     wf = Workflow.model_validate(
         {"name": "x", "params": {"dry": True}, "env": {"V": False}, "steps": [STEP]}
     )
-    assert (wf.params["dry"], wf.env["V"]) == (True, "false")
+    assert (wf.params["dry"].default, wf.env["V"]) == (True, "false")
 
 
 @pytest.mark.parametrize(
     ("workflow", "loc"),
     [
-        ({"params": {"p": math.nan}}, ("params", "p")),
+        ({"params": {"p": math.nan}}, ("params", "p", "default")),
         ({"env": {"V": math.inf}}, ("env", "V")),
         ({"steps": [{**STEP, "matrix": {"m": [1, math.nan]}}]}, ("steps", 0, "matrix", "m", 1)),
     ],
@@ -108,7 +108,7 @@ def test_nan_as_a_value_is_refused_with_a_hint_to_quote_it(workflow, loc):
     [
         ({"description": "d\x00"}, ("description",), ""),
         ({"env": {"V": "a\x00"}}, ("env",), "V: "),
-        ({"params": {"p": "a\x00"}}, ("params",), "p: "),
+        ({"params": {"p": "a\x00"}}, ("params", "p", "default"), ""),
         ({"steps": [{**STEP, "run": "echo \x00"}]}, ("steps", 0, "run"), ""),
         ({"steps": [{**STEP, "name": "n\x00"}]}, ("steps", 0, "name"), ""),
         ({"steps": [{**STEP, "env": {"V": "a\x00"}}]}, ("steps", 0, "env"), "V: "),
