@@ -415,3 +415,28 @@ def test_overlap_allow_starts_runs_while_earlier_ones_still_run(tmp_path: Path, 
     records = _finished_runs_of(store, "sched-allow")
     assert all(r.status == "succeeded" for r in records)
     assert _overlaps(records), [(r.created_at, r.finished_at) for r in records]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.usefixtures("worker")
+def test_beat_triggers_a_zoned_cron_schedule_at_the_minute(tmp_path: Path, store, beat_in):
+    # Given a definition due every minute in Kathmandu (UTC+05:45, so a zone is really applied:
+    # its minutes still start at :00 seconds)
+    folder = tmp_path / "defs"
+    folder.mkdir()
+    (folder / "minute.yaml").write_text(
+        'name: sched-minute\nschedule: "* * * * *"\ntimezone: Asia/Kathmandu\n'
+        'steps:\n  - id: work\n    run: echo "run=$RUNBOOK_RUN_ID" >> "$RUNBOOK_OUTPUT"\n'
+    )
+    since = _now_id()
+    # When real Celery beat runs on the folder
+    beat = beat_in(folder)
+    # Then a normal run is started at the start of the next minute
+    (run_id,) = wait_for_runs(store, "sched-minute", 1, since, beat, timeout=90)
+    record = store.get_run(run_id)
+    assert record.status == "succeeded"
+    created = datetime.fromisoformat(record.created_at.replace("Z", "+00:00"))
+    assert created.second < 5, record.created_at  # beat wakes at the minute, not on a poll
+    assert "minute.yaml [* * * * * (Asia/Kathmandu)]" in beat.text()
+    assert "(schedule '* * * * *' in Asia/Kathmandu)" in beat.text()
