@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from . import bashplace
 from . import expressions as ex
+from .cron import schedule_problem
 from .errors import DefinitionError, InvalidDefinition, Problem
 from .graph import Graph, find_cycle
 from .model import NUMBER_PATTERN, Defaults, Param, Retries, Step, Workflow
-from .schedule import cron_problem
 from .settings import get_settings
 from .yamlload import LoadedYaml, YamlPath, format_path, load_yaml_file, load_yaml_text
 
@@ -72,9 +72,9 @@ def _validate(doc: LoadedYaml, base_dir: Path) -> LoadedWorkflow:
     except ValidationError as exc:
         raise InvalidDefinition(_pydantic_problems(exc, doc)) from None
     problems = _check_semantics(workflow, doc)
-    if workflow.schedule is not None and (why := cron_problem(workflow.schedule)):
-        line = doc.line_of(("schedule",))
-        problems.append(Problem(doc.file, line, f"invalid schedule: {why}", "schedule"))
+    if found := schedule_problem(workflow.schedule, workflow.timezone):
+        key, why = found
+        problems.append(Problem(doc.file, doc.line_of((key,)), f"invalid {key}: {why}", key))
     if workflow.schedule is not None:
         for name in (n for n, p in workflow.params.items() if p.required):
             message = "beat triggers a scheduled workflow without params: give it a default"

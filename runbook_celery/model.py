@@ -407,8 +407,14 @@ class Workflow(_Strict):
     defaults: Defaults | None = Field(None, description="Defaults for retries/timeout/kill_grace.")
     schedule: str | None = Field(
         None,
-        description="Cron expression (5 fields, e.g. '*/15 * * * *'): `runbook-celery beat` "
-        "triggers the workflow on it.",
+        description="Cron expression (5 fields, e.g. '*/15 * * * *', Vixie cron semantics), "
+        "a macro such as '@daily', or '@every 30s': `runbook-celery beat` triggers the "
+        "workflow on it.",
+    )
+    timezone: str | None = Field(
+        None,
+        description="IANA time zone of `schedule` (e.g. 'Europe/Berlin'; default UTC); "
+        "DST changes are followed as cron does.",
     )
     overlap: Literal["skip", "allow"] = Field(
         "skip", description="When a scheduled run is due while the previous one still runs."
