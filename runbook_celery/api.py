@@ -22,6 +22,7 @@ from .compile import (
 )
 from .errors import BackendUnavailable, InvalidOperation, RunFailed, RunNotFound, WaitTimeout
 from .events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES
+from .fullredis import full_description
 from .loader import LoadedWorkflow, from_model, load_workflow
 from .model import Workflow
 from .redisconn import get_client, redact
@@ -51,14 +52,15 @@ class Run:
         """The current record (status of the run and of every step)."""
         return self.store.get_run(self.id)
 
-    def cancel(self) -> RunRecord:
+    def cancel(self, by: str | None = None) -> RunRecord:
         """Stop the run: nothing new starts, running steps are killed (SIGTERM, grace, SIGKILL).
 
         Steps whose ``if:`` uses ``always()`` or ``cancelled()`` still run (cleanup).
+        ``by`` is recorded as the run's ``cancelled_by`` (Flower passes its logged-in user).
         Returns the record as it is right after the request.
         """
         keep = cancel_survivors(self.store.snapshot(self.id))
-        self.store.cancel_run(self.id, reason="cancelled", keep=keep)
+        self.store.cancel_run(self.id, reason="cancelled", keep=keep, by=by)
         if self.store.last_admitted:
             from .dispatch import publish_admitted
 
@@ -100,9 +102,13 @@ class Run:
 
         return RunControl(self.id, self.settings)
 
-    def rerun(self, *, from_failed: bool = False, from_step: str | None = None) -> Run:
+    def rerun(
+        self, *, from_failed: bool = False, from_step: str | None = None, by: str | None = None
+    ) -> Run:
         """A new run from this run's snapshot; see ``rerun()``."""
-        return rerun(self.id, from_failed=from_failed, from_step=from_step, settings=self.settings)
+        return rerun(
+            self.id, from_failed=from_failed, from_step=from_step, settings=self.settings, by=by
+        )
 
     def _ended(self) -> bool:
         return self.store.run_status(self.id) in TERMINAL_RUN_STATUSES
@@ -111,9 +117,10 @@ class Run:
         """Block until the run ends and return its final record.
 
         Follows the run's event stream with a blocking read, so it returns as soon as the
-        final event is written (no polling interval).
+        final event is written (no polling interval). With ``timeout`` (seconds) raises
+        ``WaitTimeout`` once it has passed and the run has not ended; the run goes on.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         try:
             current = self.store.run_status(self.id)
         except redis.RedisError as exc:
@@ -121,7 +128,8 @@ class Run:
         if current is None:
             raise RunNotFound(self.id)
         if current not in TERMINAL_RUN_STATUSES:
-            block_ms = 1000
+            # never block past the deadline: each read returns by then, events or not
+            block_ms = 1000 if timeout is None else max(1, min(1000, int(timeout * 1000)))
             try:
                 for _eid, event in self.store.follow_events(self.id, block_ms=block_ms):
                     if event.get("type") in TERMINAL_EVENTS:
@@ -129,13 +137,27 @@ class Run:
                     if not event and self._ended():  # heartbeat; the stream may be trimmed
                         break
                     if deadline is not None and time.monotonic() >= deadline:
-                        raise WaitTimeout(self.id, timeout or 0)
+                        if self._ended():
+                            break
+                        raise self.wait_timeout_error(timeout or 0)
             except redis.RedisError as exc:
                 raise BackendUnavailable(f"lost Redis while waiting: {redact(str(exc))}") from exc
         record = self.status()
         if raise_on_failure and not record.succeeded:
             raise RunFailed(record)
         return record
+
+    def wait_timeout_error(self, timeout: float) -> WaitTimeout:
+        """The error for a wait that ran out: says where the run is, and if Redis is full."""
+        try:
+            status = self.store.run_status(self.id) or "gone"
+        except redis.RedisError:
+            status = "unknown"
+        detail = f"; it goes on (status {status})"
+        full = full_description(self.store.r)
+        if full:
+            detail += f"; {full}"
+        return WaitTimeout(self.id, timeout, detail)
 
 
 def _load(source: WorkflowSource) -> LoadedWorkflow:
@@ -184,12 +206,25 @@ def submit_snapshot(
     fields = dict(extra or {})
     group = snapshot.get("concurrency")
     if group:
-        fields.update(cgroup=group["group"], cgroup_limit=str(group["limit"]), status="queued")
+        fields.update(
+            cgroup=group["group"],
+            cgroup_key=store.keys.cgroup(group["group"]),
+            cgroup_limit=str(group["limit"]),
+            status="queued",
+        )
     store.create_run(run_id, snapshot, snapshot_sha256(snapshot), **fields)
     try:
         if group and not _admit(store, run_id, group):
             return Run(run_id, settings)
         publish_run(snapshot, run_id, plan.tree, graph.sources(), store)
+    except InvalidOperation:
+        with contextlib.suppress(redis.RedisError):
+            store.delete_run(run_id)
+        raise
+    except redis.ResponseError as exc:  # Redis answered, and said no (e.g. out of memory)
+        with contextlib.suppress(redis.RedisError):
+            store.delete_run(run_id)
+        raise BackendUnavailable(f"Redis refused the run: {redact(str(exc))}") from None
     except (OperationalError, redis.RedisError, OSError) as exc:
         with contextlib.suppress(redis.RedisError):
             store.delete_run(run_id)
@@ -205,12 +240,14 @@ def rerun(
     from_failed: bool = False,
     from_step: str | None = None,
     settings: Settings | None = None,
+    by: str | None = None,
 ) -> Run:
     """Start a new run from an earlier run's snapshot (never today's YAML).
 
     ``from_failed`` reuses the outputs of the steps that succeeded and runs the failed,
     skipped and cancelled ones; ``from_step`` reruns that step and everything downstream
-    (and anything that had not succeeded). The original run is left unchanged.
+    (and anything that had not succeeded). The original run is left unchanged. ``by`` is
+    recorded as the new run's ``triggered_by``.
     """
     settings = settings or get_settings()
     store = _store(settings)
@@ -236,7 +273,8 @@ def rerun(
     if reused:
         snapshot["reused"] = reused
     snapshot["mode"], snapshot["mode_reason"] = mode_for_snapshot(snapshot)
-    return submit_snapshot(snapshot, settings=settings, extra={"rerun_of": run_id})
+    extra = {"rerun_of": run_id, **({"triggered_by": by} if by else {})}
+    return submit_snapshot(snapshot, settings=settings, extra=extra)
 
 
 def _admit(store: RunStore, run_id: str, group: Mapping[str, Any]) -> bool:

@@ -7,12 +7,16 @@ deliveries itself (see tasks.py), so acks_late + reject_on_worker_lost are safe.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 from celery.utils.log import get_logger
 
+from .errors import InvalidSetting
+from .fullredis import use_patient_redis_transport, wait_while_full, worker_stopping
+from .queuenames import queue_name_problem
 from .settings import Settings, get_settings
 
 logger = get_logger("runbook_celery.worker")
@@ -56,6 +60,15 @@ class ResultBackend(RedisBackend):
         finally:
             handed_on.member = None
 
+    def set(self, key, value, expires=None, **retry_policy):  # type: ignore[no-untyped-def]
+        """Store a task state; while Redis is full, wait (see fullredis) instead of failing
+        the task or, in the worker's main process, the consumer."""
+        return wait_while_full(
+            lambda: super(ResultBackend, self).set(key, value, expires, **retry_policy),
+            f"storing task state {_s(key)}",
+            give_up=worker_stopping,
+        )
+
     def _set(self, key, value, expires=None):  # type: ignore[no-untyped-def]
         member = getattr(handed_on, "member", None)
         if member is None:
@@ -64,13 +77,14 @@ class ResultBackend(RedisBackend):
 
         settings, store = _worker_store()
         run_id, _, step_id = member.partition("|")
-        successors = handed_on_successors(member)
+        successors, ended = handed_on_successors(member)
         store.hand_on(
             run_id,
             step_id,
             successors,
             settings.lease_seconds,
             result=(key, value, self.expires if expires is None else expires),
+            ended=ended,
         )
         handed_on.dropped = member
         return None
@@ -100,14 +114,19 @@ class ResultBackend(RedisBackend):
 handed_on = threading.local()
 
 
-def note_successors(member: str, successors: list[Any]) -> None:
-    """A step task says which steps may be ready once it has handed on (see hand_on)."""
-    handed_on.successors = (member, successors)
+def note_successors(member: str, successors: Iterable[Any], ended: Iterable[str] = ()) -> None:
+    """A step task says which steps may be ready once it has handed on (see hand_on), and
+    which other steps of its run hand on with it (``ended``: their transitions were made
+    by this task)."""
+    handed_on.successors = (member, list(successors), list(ended))
 
 
-def handed_on_successors(member: str) -> list[Any]:
+def handed_on_successors(member: str) -> tuple[list[Any], list[str]]:
+    """(successors, steps ending with it) noted for ``member`` by its task, if any."""
     noted = getattr(handed_on, "successors", None)
-    return list(noted[1]) if noted and noted[0] == member else []
+    if noted and noted[0] == member:
+        return list(noted[1]), list(noted[2])
+    return [], []
 
 
 def _infrastructure_failure(request: Any, state: str, result: Any) -> bool:
@@ -138,8 +157,15 @@ def _lease_member(request: Any, state: str, result: Any) -> str | None:
     return f"{args[0]}|{args[1]}"
 
 
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def make_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
+    if problem := queue_name_problem(s.default_queue):
+        raise InvalidSetting([f"RUNBOOK_QUEUE: {problem}"])
+    use_patient_redis_transport()
     app = Celery(
         "runbook_celery",
         broker=s.broker_url,
@@ -184,6 +210,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         # name "<workflow>.<step>") Flower shows the step under the generic name.
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
+        # Celery's consumer, but a message it cannot use is dead-lettered (poison.py; its
+        # EnvelopeCheck bootstep does the same for Redis items kombu cannot parse)
+        worker_consumer="runbook_celery.poison:Consumer",
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         redis_socket_connect_timeout=5,
@@ -194,6 +223,8 @@ def make_app(settings: Settings | None = None) -> Celery:
             "interval_max": 1,
         },
     )
+    # checks each item a worker pops from a Redis queue before kombu parses it (poison.py)
+    app.steps["consumer"].add("runbook_celery.poison:EnvelopeCheck")
     return app
 
 

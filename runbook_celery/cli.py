@@ -1,6 +1,7 @@
 """The `runbook-celery` command. The only place errors become messages and exit codes.
 
-Exit codes: 0 ok, 1 run failed, 2 invalid input, 3 Redis/broker unreachable, 4 not found.
+Exit codes: 0 ok, 1 run failed, 2 invalid input, 3 Redis/broker unreachable, 4 not found,
+5 --timeout ran out before the run ended (the run goes on).
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ from typing import Any
 import click
 
 from . import __version__
+from .cli_options import check_timeout, timeout_option
 from .errors import (
     EXIT_INVALID,
     EXIT_OK,
     EXIT_RUN_FAILED,
+    EXIT_UNAVAILABLE,
     InvalidDefinition,
     InvalidParams,
     RunbookError,
 )
+from .redisconn import BACKEND_ERRORS, describe_backend_error
+from .terminal import echo as echo_untrusted
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
@@ -56,18 +61,24 @@ def cli() -> None:
     show_default=True,
     help="json: one list of {file, valid, problems} on stdout instead of text.",
 )
-def validate(files: tuple[Path, ...], fmt: str) -> None:
+@click.option(
+    "--lint",
+    is_flag=True,
+    help="Also run shellcheck on every run: and script:, reported at the file's lines.",
+)
+def validate(files: tuple[Path, ...], fmt: str, lint: bool) -> None:
     """Check workflow files; print FILE:LINE: path: message on stderr for each problem.
 
     FILES may be files, directories (their *.yaml and *.yml files) or quoted glob patterns
     such as 'flows/**/*.yaml'. Given a directory or a pattern, a last line says
-    `N files, M invalid`. Exit 0 if every file is valid, 2 if not.
+    `N files, M invalid`. Exit 0 if every file is valid, 2 if not. With --lint, a
+    shellcheck finding in a step's Bash counts as a problem too.
     """
     from .cli_ecosystem import check_workflows, expand_workflow_paths
 
     expansion = expand_workflow_paths(files)
     checked: list[tuple[str, list[Any]]] = []
-    for file, problems in check_workflows(expansion.items):
+    for file, problems in check_workflows(expansion.items, lint=lint):
         checked.append((file, problems))
         if fmt == "text":
             for problem in problems:
@@ -107,11 +118,15 @@ def plan(file: Path) -> None:
 @click.option(
     "--wait", is_flag=True, help="Follow the run to its end; exit 0 if it succeeded, 1 if not."
 )
+@timeout_option
 @json_option
-def trigger(file: Path, params: tuple[str, ...], wait: bool, as_json: bool) -> None:
+def trigger(
+    file: Path, params: tuple[str, ...], wait: bool, timeout: float | None, as_json: bool
+) -> None:
     """Validate FILE, snapshot it and start a run; prints the run id."""
     from .api import submit
 
+    check_timeout(timeout, wait)
     run = submit(file, _parse_params(params))
     if not wait:
         if as_json:
@@ -121,23 +136,29 @@ def trigger(file: Path, params: tuple[str, ...], wait: bool, as_json: bool) -> N
         return
     if not as_json:
         click.echo(run.id)
-    record = _follow(run, echo=None if as_json else click.echo)
+    record = _follow(run, echo=None if as_json else echo_untrusted, timeout=timeout)
     if as_json:
         click.echo(json.dumps(record.to_dict()))
     else:
         from .render import record_table
 
-        click.echo(record_table(record))
+        echo_untrusted(record_table(record))
     raise SystemExit(_exit_for(record.status))
 
 
-def _follow(run: Any, echo: Callable[[str], None] | None) -> Any:
-    """Show the run until it ends (live table on a terminal, else one line per event)."""
+def _follow(run: Any, echo: Callable[[str], None] | None, timeout: float | None = None) -> Any:
+    """Show the run until it ends (live table on a terminal, else one line per event).
+
+    With ``timeout``, raises WaitTimeout (exit 5) when it runs out first; the run goes on.
+    """
     if echo is None:
-        return run.wait()
+        return run.wait(timeout=timeout)
     from .live import follow_run
 
-    return follow_run(run, echo)
+    record = follow_run(run, echo, timeout=timeout)
+    if timeout is not None and not record.finished:
+        raise run.wait_timeout_error(timeout)
+    return record
 
 
 @cli.command()
@@ -149,7 +170,10 @@ def status(run_id: str, as_json: bool) -> None:
     from .render import record_table
 
     record = get_run(run_id)
-    click.echo(json.dumps(record.to_dict()) if as_json else record_table(record))
+    if as_json:
+        click.echo(json.dumps(record.to_dict()))  # JSON escapes every control character
+    else:
+        echo_untrusted(record_table(record))  # a step's stderr tail is in it
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -162,9 +186,10 @@ def worker(
 ) -> None:
     """Start a Celery worker for runbook steps (extra arguments go to Celery)."""
     from .app import app
-    from .settings import get_settings
+    from .settings import get_settings, warn_of_passwords_in_env
 
     argv = ["worker", f"--loglevel={loglevel}", "-E", "-Q", queues or get_settings().default_queue]
+    warn_of_passwords_in_env()
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     argv += list(celery_args)
@@ -207,8 +232,13 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(problem.render(), err=True)
         code = exc.exit_code
     except RunbookError as exc:
-        click.echo(f"error: {exc}", err=True)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            click.echo(f"error: {line}", err=True)
         code = exc.exit_code
+    except BACKEND_ERRORS as exc:
+        # a Redis or broker failure on a path that did not name what it was doing
+        click.echo(f"error: {describe_backend_error(exc)}", err=True)
+        code = EXIT_UNAVAILABLE
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:

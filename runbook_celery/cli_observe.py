@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING
 
 import click
 
+from .cli_options import timeout_option
 from .errors import EXIT_OK, EXIT_RUN_FAILED
 from .events import EventType, RunStatus
+from .terminal import echo as echo_untrusted
+from .terminal import is_terminal, neutralise
 
 if TYPE_CHECKING:
     from .store import RunStore
@@ -53,7 +56,9 @@ def logs(run_id: str, step: str | None, follow: bool) -> None:
     """Print the output of a run's steps (stderr lines go to stderr).
 
     Lines of several steps are prefixed with the step id. Logs last as long as the run
-    (RUNBOOK_RETENTION); a step keeps its last RUNBOOK_LOG_LINES lines.
+    (RUNBOOK_RETENTION); a step keeps its last RUNBOOK_LOG_LINES lines. On a terminal,
+    escape sequences in the output are shown, not obeyed (colours are kept); redirected to
+    a file or a pipe, the output is written byte for byte.
     """
     from .logs import Gap, LogReader
     from .settings import get_settings
@@ -68,12 +73,17 @@ def logs(run_id: str, step: str | None, follow: bool) -> None:
                 err=True,
             )
             continue
-        text = item.text
+        err = item.stream == "err"
+        tty = is_terminal(err)
+        text = neutralise(item.text) if tty else item.text
         if len(reader.steps) > 1:  # re-checked: a fanned-out step adds instances as it runs
             width = max(len(s) for s in reader.steps)
-            colour = PREFIX_COLOURS[reader.steps.index(item.step) % len(PREFIX_COLOURS)]
-            text = f"{click.style(item.step.ljust(width), fg=colour)} | {text}"
-        click.echo(text, err=item.stream == "err")
+            prefix = item.step.ljust(width)
+            if tty:
+                colour = PREFIX_COLOURS[reader.steps.index(item.step) % len(PREFIX_COLOURS)]
+                prefix = click.style(prefix, fg=colour)
+            text = f"{prefix} | {text}"
+        click.echo(text, err=err, color=True)  # color=True: click would strip colours in files
     if follow:
         raise SystemExit(_outcome_code(reader.status()))
 
@@ -111,7 +121,8 @@ def events_command(
         if as_json:
             click.echo(json.dumps(event.to_dict()))
         else:
-            click.echo(f"{event.id}  {event_line(event, with_run=run_id is None)}")
+            # a prompt, an operator's name or a reason may hold escape sequences
+            echo_untrusted(f"{event.id}  {event_line(event, with_run=run_id is None)}")
 
 
 # ------------------------------------------------------------------------------ runs
@@ -153,7 +164,7 @@ def runs(workflow: str | None, status: str | None, limit: int, as_json: bool) ->
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
     for row in [header, *rows]:
         cells = [row[i].ljust(widths[i]) if i != 4 else row[i].rjust(widths[i]) for i in range(5)]
-        click.echo("  ".join([*cells, row[5]]))
+        echo_untrusted("  ".join([*cells, row[5]]))  # params are anyone's text
 
 
 def _clock(iso: str | None) -> str:
@@ -175,7 +186,8 @@ def _seconds(value: float | None) -> str:
 
 @click.command()
 @click.argument("run_id")
-def watch(run_id: str) -> None:
+@timeout_option
+def watch(run_id: str, timeout: float | None) -> None:
     """Show a run live until it ends; exit 0 if it succeeded, 1 if not.
 
     On a terminal the step table updates in place; otherwise one line per event.
@@ -186,8 +198,10 @@ def watch(run_id: str) -> None:
 
     run = Run(run_id)
     run.status()  # RunNotFound before anything is drawn
-    record = follow_run(run, click.echo)
-    click.echo(record_table(record))
+    record = follow_run(run, echo_untrusted, timeout=timeout)
+    echo_untrusted(record_table(record))
+    if timeout is not None and not record.finished:
+        raise run.wait_timeout_error(timeout)
     raise SystemExit(_outcome_code(record.status))
 
 
@@ -234,24 +248,33 @@ def graph(source: str, fmt: str) -> None:
     show_default=True,
     help="Interface to listen on; Flower has no login unless you pass --basic-auth etc.",
 )
+@click.option(
+    "--definitions",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of workflow files offered by the trigger form and POST /api/runs.",
+)
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(port: int, address: str, flower_args: tuple[str, ...]) -> None:
-    """Start Flower for runbook's Celery app (extra arguments go to Flower).
+def flower(port: int, address: str, definitions: Path | None, flower_args: tuple[str, ...]) -> None:
+    """Start Flower for runbook's Celery app, with runs at /runs (extra arguments go to Flower).
 
-    Steps are listed as <workflow>.<step>, with `run=<id> step=<id>` in their args:
-    search for a run id to see one run. Workers started by `runbook-celery worker` send
-    task events; Flower also turns them on for workers that run without -E.
+    One process and port: Flower's workers, tasks and broker pages, and our runs list,
+    run pages (live DAG, steps, logs, buttons), trigger form and JSON API under /api/runs,
+    all behind Flower's login (--basic-auth user:password, or --auth with OAuth) and
+    --url_prefix. Without a login, control actions are refused unless
+    FLOWER_UNAUTHENTICATED_API=true (Flower's rule for its API). Steps are also Flower
+    tasks named <workflow>.<step>, with `run=<id> step=<id>` in their args.
     """
     from .app import app
+    from .web.server import serve
 
     argv = [
-        "flower",
         f"--port={port}",
         f"--address={address}",
         f"--tasks_columns={FLOWER_COLUMNS}",
         *flower_args,
     ]
-    app.start(argv)
+    serve(app, argv, definitions.resolve() if definitions else None)
 
 
 COMMANDS: list[click.Command] = [logs, events_command, runs, watch, graph, flower]

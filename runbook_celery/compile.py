@@ -10,16 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
+from . import bashplace
 from . import expressions as ex
 from .errors import DefinitionError, InvalidDefinition, InvalidParams
 from .graph import Graph, Leaf, Series, SPTree
-from .loader import LoadedWorkflow
-from .model import Scalar
+from .loader import LoadedWorkflow, numeric_refs
+from .model import Param, Scalar, param_text, param_value_problem
 
 CANVAS = "canvas"
 DYNAMIC = "dynamic"
@@ -49,63 +50,41 @@ def _var_name(ref: ex.Ref, taken: dict[str, str]) -> str:
     return name
 
 
-def rewrite_command(text: str, vars_out: dict[str, str]) -> str:
-    """Replace each ``${{ ref }}`` with a quoted reference to an environment variable.
+def rewrite_command(
+    text: str, vars_out: dict[str, str], numeric: Collection[str] = frozenset()
+) -> str:
+    """Replace each ``${{ ref }}`` with a reference to an environment variable holding it.
 
-    The value never becomes shell text, so ``$(...)``, backticks and quotes in it run
-    nothing. ``vars_out`` receives ``{VAR: expression source}``. Quoting follows the
-    context: ``"${VAR}"`` outside quotes, ``${VAR}`` inside double quotes, and
-    ``'"${VAR}"'`` inside single quotes (close, reference, reopen).
+    The value never becomes shell text: ``bashplace`` reads the script's Bash syntax and
+    writes ``"${VAR}"`` where a word is expected, ``${VAR}`` inside double quotes or an
+    unquoted heredoc, and leaves comments alone; it refuses (``bashplace.Unplaceable``) where
+    no reference is safe. ``numeric`` names the references that are always decimal numbers
+    (``params.N`` of type number, all-numeric ``matrix.K``), which arithmetic may use.
+    ``vars_out`` receives ``{VAR: expression source}``.
     """
     occurrences = ex.find(text)
     if not occurrences:
         return text
-    contexts = _quote_contexts(text, [o.start for o in occurrences])
-    out: list[str] = []
-    pos = 0
-    for occ, ctx in zip(occurrences, contexts, strict=True):
-        refs = ex.refs(occ.node)
-        if not (len(refs) == 1 and isinstance(occ.node, ex.Ref)):
+    exprs: list[bashplace.Expr] = []
+    for occ in occurrences:
+        if not isinstance(occ.node, ex.Ref):
             raise ex.ExpressionError(
                 f"${{{{ {occ.source} }}}}: only a single reference can be used in a command"
             )
-        ref = refs[0]
-        var = _var_name(ref, vars_out)
-        vars_out[var] = ref.text()
-        if ctx == '"':
-            replacement = f"${{{var}}}"
-        elif ctx == "'":
-            replacement = f"'\"${{{var}}}\"'"
-        else:
-            replacement = f'"${{{var}}}"'
-        out.append(text[pos : occ.start])
-        out.append(replacement)
-        pos = occ.end
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def _quote_contexts(text: str, positions: list[int]) -> list[str]:
-    """The quote context ('', '"' or "'") at each position of a Bash text."""
-    wanted = set(positions)
-    found: dict[int, str] = {}
-    state = ""
-    i = 0
-    while i < len(text):
-        if i in wanted:
-            found[i] = state
-        c = text[i]
-        if state == "'":
-            if c == "'":
-                state = ""
-        elif c == "\\":
-            i += 1  # the next character is escaped (outside quotes and inside "...")
-        elif c == '"':
-            state = "" if state == '"' else '"'
-        elif c == "'" and state == "":
-            state = "'"
-        i += 1
-    return [found.get(p, state) for p in positions]
+        exprs.append(bashplace.Expr(occ.start, occ.end, occ.source, occ.node.text() in numeric))
+    sites = bashplace.place(text, exprs)
+    names: list[str | None] = []
+    if all(site.quoting is not None for site in sites):
+        for occ, site in zip(occurrences, sites, strict=True):
+            if site.quoting is bashplace.Quoting.COMMENT:
+                names.append(None)
+                continue
+            ref = occ.node
+            assert isinstance(ref, ex.Ref)
+            var = _var_name(ref, vars_out)
+            vars_out[var] = ref.text()
+            names.append(var)
+    return bashplace.render(text, sites, names)
 
 
 def substitute_text(template: str, resolve) -> str:  # type: ignore[no-untyped-def]
@@ -126,24 +105,47 @@ def substitute_text(template: str, resolve) -> str:  # type: ignore[no-untyped-d
 
 
 def resolve_params(
-    declared: Mapping[str, Scalar], given: Mapping[str, Any] | None
+    declared: Mapping[str, Param | Scalar], given: Mapping[str, Any] | None
 ) -> dict[str, str]:
-    """Defaults overridden by trigger params; unknown names and non-scalars are errors."""
-    out = {k: ex.to_text(v) for k, v in declared.items()}
+    """Each param's text: the trigger's value checked against its declaration, else the default.
+
+    Unknown names, non-scalars, values that do not fit the param's type and missing required
+    params are errors, all reported at once; a ``type: number`` value is a finite decimal
+    before any step sees it.
+    """
+    params = {k: v if isinstance(v, Param) else Param(default=v) for k, v in declared.items()}
+    given = dict(given or {})
+    out: dict[str, str] = {}
     problems: list[str] = []
-    for key, value in (given or {}).items():
-        if key not in declared:
-            known = ", ".join(sorted(declared)) or "none"
+    for key in given:
+        if key not in params:
+            known = ", ".join(sorted(params)) or "none"
             problems.append(f"unknown param {key!r} (this workflow declares: {known})")
-        elif value is None or not isinstance(value, str | int | float | bool):
+    for key, param in params.items():
+        if key not in given:
+            if param.required:
+                problems.append(f"param {key!r} is required: give it (-p {key}=VALUE)")
+            else:
+                out[key] = _default_text(param)
+            continue
+        value = given[key]
+        if value is None or not isinstance(value, str | int | float | bool):
             problems.append(f"param {key!r} must be a string, number or boolean")
         elif isinstance(value, str) and "\x00" in value:
             problems.append(f"param {key!r} contains a NUL byte")
+        elif (why := param_value_problem(param, value)) is not None:
+            problems.append(f"param {key!r} (type: {param.type}) {why}")
         else:
-            out[key] = ex.to_text(value)
+            out[key] = param_text(param, value) or ""
     if problems:
         raise InvalidParams("; ".join(problems))
     return out
+
+
+def _default_text(param: Param) -> str:
+    if param.default is None:
+        return "false" if param.type == "boolean" else ""
+    return param_text(param, param.default) or ex.to_text(param.default)
 
 
 def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = None) -> dict:
@@ -163,7 +165,7 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
         if step.script is not None:
             command = _read_script(loaded, i, step.script)
         else:
-            command = rewrite_command(step.run or "", vars_)
+            command = _rewrite_step(loaded, i, vars_)
         working_dir = None
         if step.working_dir:
             working_dir = str((loaded.base_dir / step.working_dir).resolve())
@@ -216,6 +218,26 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
         if wf.concurrency
         else None,
     }
+
+
+def _rewrite_step(loaded: LoadedWorkflow, index: int, vars_out: dict[str, str]) -> str:
+    """A step's run: text with references placed; a refusal is a definition error.
+
+    Loading already refuses these with file and line; this covers a LoadedWorkflow built
+    some other way.
+    """
+    step = loaded.workflow.steps[index]
+    try:
+        return rewrite_command(step.run or "", vars_out, numeric_refs(loaded.workflow, step))
+    except bashplace.Unplaceable as exc:
+        raise InvalidDefinition(
+            [
+                DefinitionError(
+                    site.message(), file=loaded.file, path=f"steps[{index}].run", step_id=step.id
+                ).problem
+                for site in exc.sites
+            ]
+        ) from None
 
 
 def _first(*values: Any) -> Any:

@@ -6,12 +6,14 @@ Every decision is recorded in the run's events with its author and time.
 from __future__ import annotations
 
 import getpass
+import json
 from typing import Any
 
 from .app import app
 from .errors import InvalidOperation
-from .events import StepStatus
+from .events import EventType, FailureReason, StepStatus
 from .gates import Gates
+from .redisconn import backend_errors, check_writable, client_for
 from .settings import Settings, get_settings
 from .store import RunStore
 
@@ -24,7 +26,11 @@ def default_author() -> str:
 
 
 class RunControl:
-    """Decisions for one run, as an operator makes them from the CLI or Python."""
+    """Decisions for one run, as an operator makes them from the CLI or Python.
+
+    Every decision raises BackendUnavailable (exit 3) when Redis or the broker is down or
+    refuses writes (full), RunNotFound or InvalidOperation when it does not apply.
+    """
 
     def __init__(self, run_id: str, settings: Settings | None = None) -> None:
         from .api import _store
@@ -34,36 +40,60 @@ class RunControl:
         self.store: RunStore = _store(self.settings)
         self.gates = Gates(self.store)
 
+    def _check_writable(self) -> None:
+        """Refuse a decision up front when Redis (or a Redis broker) would refuse writes.
+
+        A decision opens a gate in Redis and then publishes the parked step; a gate opened
+        whose step could not be published would leave the run hanging. So a Redis that is
+        full, read-only or down is found out before the first write, changing nothing.
+        """
+        probe = f"{self.settings.prefix}:writable-probe"
+        check_writable(self.store.r, probe)
+        broker = self.settings.broker_url
+        if broker != self.settings.redis_url and broker.startswith(("redis:", "rediss:")):
+            check_writable(client_for(broker), probe)
+
     def pause(self, by: str | None = None) -> None:
         """No new step starts until resume; running steps finish."""
-        self.gates.pause(self.run_id, by or default_author())
+        with backend_errors(f"pause run {self.run_id}"):
+            self._check_writable()
+            self.gates.pause(self.run_id, by or default_author())
 
     def resume(self, by: str | None = None) -> int:
         """Continue where the run stopped; returns how many waiting steps were released."""
-        messages = self.gates.resume(self.run_id, by or default_author())
-        for message in messages:
-            app.signature(message).apply_async()
+        with backend_errors(f"resume run {self.run_id}"):
+            self._check_writable()
+            messages = self.gates.resume(self.run_id, by or default_author())
+            for message in messages:
+                app.signature(message).apply_async()
         return len(messages)
 
     def approve(self, step_id: str, by: str | None = None) -> None:
-        message = self.gates.open_gate(
-            self.run_id,
-            step_id,
-            expected="awaiting_approval",
-            event="step_approved",
-            by=by or default_author(),
-            field="approved_by",
-        )
-        if message:
-            app.signature(message).apply_async()
+        with backend_errors(f"approve step {step_id} of run {self.run_id}"):
+            self._check_writable()
+            message = self.gates.open_gate(
+                self.run_id,
+                step_id,
+                expected=StepStatus.AWAITING_APPROVAL,
+                event=EventType.STEP_APPROVED,
+                by=by or default_author(),
+                field="approved_by",
+            )
+            if message:
+                app.signature(message).apply_async()
 
     def reject(self, step_id: str, by: str | None = None) -> None:
-        self._require(step_id, "awaiting_approval")
-        self._event(step_id, "step_rejected", by)
+        with backend_errors(f"reject step {step_id} of run {self.run_id}"):
+            self._check_writable()
+            self._reject(step_id, by)
+
+    def _reject(self, step_id: str, by: str | None) -> None:
+        self._require(step_id, StepStatus.AWAITING_APPROVAL)
+        self._event(step_id, EventType.STEP_REJECTED, by)
         self._finish(
             step_id,
             StepStatus.FAILED,
-            reason="rejected",
+            reason=FailureReason.REJECTED,
             stderr=[f"[runbook] rejected by {by or default_author()}"],
         )
 
@@ -71,26 +101,31 @@ class RunControl:
         self, step_id: str, env: dict[str, str] | None = None, by: str | None = None
     ) -> None:
         """Run a step waiting for a decision again, optionally with changed environment."""
-        import json
-
-        message = self.gates.open_gate(
-            self.run_id,
-            step_id,
-            expected="awaiting_decision",
-            event="step_decision_retry",
-            by=by or default_author(),
-            field="env_override",
-            value=json.dumps(env or {}),
-        )
-        if message:
-            app.signature(message).apply_async()
+        with backend_errors(f"retry step {step_id} of run {self.run_id}"):
+            self._check_writable()
+            message = self.gates.open_gate(
+                self.run_id,
+                step_id,
+                expected=StepStatus.AWAITING_DECISION,
+                event=EventType.STEP_DECISION_RETRY,
+                by=by or default_author(),
+                field="env_override",
+                value=json.dumps(env or {}),
+            )
+            if message:
+                app.signature(message).apply_async()
 
     def skip_step(
         self, step_id: str, outputs: dict[str, str] | None = None, by: str | None = None
     ) -> None:
         """Mark a failed step skipped with supplied outputs; the run goes on."""
-        h = self._require(step_id, "awaiting_decision")
-        self._event(step_id, "step_decision_skip", by)
+        with backend_errors(f"skip step {step_id} of run {self.run_id}"):
+            self._check_writable()
+            self._skip(step_id, outputs, by)
+
+    def _skip(self, step_id: str, outputs: dict[str, str] | None, by: str | None) -> None:
+        h = self._require(step_id, StepStatus.AWAITING_DECISION)
+        self._event(step_id, EventType.STEP_DECISION_SKIP, by)
         self._finish(
             step_id,
             StepStatus.SKIPPED,
@@ -99,27 +134,30 @@ class RunControl:
             reason=f"skipped by {by or default_author()}",
         )
         if h.get("parked_sig"):
-            import json
-
             app.signature(json.loads(h["parked_sig"])).apply_async()  # canvas continues
 
     def abort(self, by: str | None = None) -> None:
         """Fail the run as if its waiting steps had failed without pause."""
+        with backend_errors(f"abort run {self.run_id}"):
+            self._check_writable()
+            self._abort(by)
+
+    def _abort(self, by: str | None) -> None:
         steps = self.store.step_ids(self.run_id)
         waiting = {
             s: h
             for s, h in self.store.step_hashes(self.run_id, steps).items()
-            if h.get("status") == "awaiting_decision"
+            if h.get("status") == StepStatus.AWAITING_DECISION
         }
         if not waiting:
             raise InvalidOperation(f"run {self.run_id} has no step awaiting a decision")
         for step_id, h in waiting.items():
-            self._event(step_id, "step_decision_abort", by)
+            self._event(step_id, EventType.STEP_DECISION_ABORT, by)
             code = h.get("exit_code")
             self._finish(
                 step_id,
                 StepStatus.FAILED,
-                reason=h.get("reason") or "aborted",
+                reason=h.get("reason") or FailureReason.ABORTED,
                 exit_code=int(code) if code not in (None, "") else None,
                 stderr=[f"[runbook] aborted by {by or default_author()}"],
             )
@@ -135,7 +173,7 @@ class RunControl:
             )
         return h
 
-    def _event(self, step_id: str, etype: str, by: str | None) -> None:
+    def _event(self, step_id: str, etype: EventType, by: str | None) -> None:
         from .store import now_iso
 
         k = self.store.keys

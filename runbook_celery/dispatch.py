@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from celery import chain, chord, group
+from celery import chain, group
 from celery.canvas import Signature
 
-from .app import FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
+from .app import RUN_TIMEOUT_TASK, STEP_TASK, app
 from .compile import CANVAS
 from .graph import Leaf, Parallel, Series, SPTree
 from .settings import get_settings
@@ -98,25 +98,24 @@ def publish_run(
     publish_steps(snapshot, run_id, sources)
 
 
-def publish_fan_out(
-    snapshot: Mapping[str, Any],
-    run_id: str,
-    parent: str,
-    instance_ids: list[str],
-    max_parallel: int | None,
-) -> None:
-    """Instances as a Celery group (``max_parallel`` lanes of chains), joined by a chord."""
-    lanes_count = min(max_parallel or len(instance_ids), len(instance_ids))
-    lanes: list[list[Signature]] = [[] for _ in range(lanes_count)]
-    for i, iid in enumerate(instance_ids):
-        lanes[i % lanes_count].append(step_signature(snapshot, run_id, iid))
-    parts = [lane[0] if len(lane) == 1 else chain(*lane) for lane in lanes]
-    join = step_signature(snapshot, run_id, parent, task=FANIN_TASK)
-    if len(parts) == 1:
-        chain(parts[0], join).apply_async()
-        return
-    header = group(*parts).set(task_id=f"{run_id}.{parent}.instances")
-    chord(header, join).apply_async()
+FAN_OUT_WINDOW = 1000  # instances of one step queued or running at once, by default
+
+
+def fan_out_window(max_parallel: int | None, instances: int) -> int:
+    """How many instances are sent at once: ``max_parallel``, else ``FAN_OUT_WINDOW``."""
+    return max(1, min(max_parallel or FAN_OUT_WINDOW, instances))
+
+
+def publish_fan_out(snapshot: Mapping[str, Any], run_id: str, instance_ids: list[str]) -> None:
+    """Send the first window of a fanned-out step's instances.
+
+    The rest follow in lanes: when instance i ends it sends instance i + window (see
+    ``RunStore.instance_ended``), so at most a window of messages exists at a time, a
+    large fan-out is sent in a fraction of a second and a cancel leaves few messages to
+    drain. The instance that ends last joins them (``runbook.fan_in`` is kept for messages
+    sent by earlier versions).
+    """
+    publish_steps(snapshot, run_id, instance_ids)
 
 
 def publish_steps(snapshot: Mapping[str, Any], run_id: str, step_ids: Iterable[str]) -> None:

@@ -7,11 +7,13 @@ the CLI exit code it maps to::
     ├── DefinitionError               exit 2  one problem in a workflow file (file, line, path)
     ├── InvalidDefinition             exit 2  a list of DefinitionErrors for one or more files
     ├── InvalidParams                 exit 2  trigger params that do not fit the workflow
+    ├── InvalidSetting                exit 2  a malformed RUNBOOK_* variable (each one named)
     ├── BackendUnavailable            exit 3  Redis / the broker did not answer
     ├── RunNotFound                   exit 4  no run with that id (or it expired)
     ├── InvalidOperation              exit 2  e.g. rerun --from an unknown step
     ├── RunFailed                     exit 1  Run.wait(raise_on_failure=True) on a failed run
-    └── WaitTimeout                   exit 1  Run.wait(timeout=...) ran out
+    └── WaitTimeout                   exit 5  Run.wait(timeout=...) / --timeout ran out; the
+                                              run goes on
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ EXIT_RUN_FAILED = 1
 EXIT_INVALID = 2
 EXIT_UNAVAILABLE = 3
 EXIT_NOT_FOUND = 4
+EXIT_WAIT_TIMEOUT = 5  # --timeout ran out before the run ended; the run goes on
 
 
 class RunbookError(Exception):
@@ -106,6 +109,16 @@ class InvalidParams(RunbookError):
     exit_code = EXIT_INVALID
 
 
+class InvalidSetting(RunbookError):
+    """One or more ``RUNBOOK_*`` settings are malformed; ``problems`` names each variable."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"invalid setting {p}" for p in problems))
+
+
 class InvalidOperation(RunbookError):
     """An operation that cannot apply to this run (unknown step, wrong state)."""
 
@@ -129,11 +142,14 @@ class RunNotFound(RunbookError):
 
 
 class WaitTimeout(RunbookError):
-    """Waiting for a run ran out of time before the run ended."""
+    """Waiting for a run ran out of time before the run ended (the run itself goes on)."""
 
-    def __init__(self, run_id: str, timeout: float) -> None:
+    exit_code = EXIT_WAIT_TIMEOUT
+
+    def __init__(self, run_id: str, timeout: float, detail: str = "") -> None:
         self.run_id = run_id
-        super().__init__(f"run {run_id} did not finish within {timeout:g}s")
+        self.timeout = timeout
+        super().__init__(f"run {run_id} did not finish within {timeout:g}s{detail}")
 
 
 class RunFailed(RunbookError):

@@ -60,11 +60,16 @@ class StepStatus(StrEnum):
 
 
 class EventType(StrEnum):
+    """Every type of event written to a run's stream (tests/test_vocabulary.py proves it)."""
+
     WORKFLOW_STARTED = "workflow_started"
     WORKFLOW_SUCCEEDED = "workflow_succeeded"
     WORKFLOW_FAILED = "workflow_failed"
     WORKFLOW_CANCELLED = "workflow_cancelled"
     WORKFLOW_CANCELLING = "workflow_cancelling"
+    WORKFLOW_SKIPPED = "workflow_skipped"  # concurrency group full with on_conflict: skip
+    WORKFLOW_PAUSED = "workflow_paused"
+    WORKFLOW_RESUMED = "workflow_resumed"
     STEP_STARTED = "step_started"
     STEP_SUCCEEDED = "step_succeeded"
     STEP_FAILED = "step_failed"
@@ -72,11 +77,21 @@ class EventType(StrEnum):
     STEP_CANCELLED = "step_cancelled"
     STEP_RETRYING = "step_retrying"
     STEP_HANDED_BACK = "step_handed_back"
+    STEP_WAITING = "step_waiting"  # parked: run paused or max_active_steps reached
+    STEP_AWAITING_APPROVAL = "step_awaiting_approval"
+    STEP_APPROVED = "step_approved"
+    STEP_REJECTED = "step_rejected"
+    STEP_AWAITING_DECISION = "step_awaiting_decision"  # failed with on_failure: pause
+    STEP_DECISION_RETRY = "step_decision_retry"
+    STEP_DECISION_SKIP = "step_decision_skip"
+    STEP_DECISION_ABORT = "step_decision_abort"
     # a delivery that no longer held its step tried to record something: kept, not applied
     STEP_RESULT_DISCARDED = "step_result_discarded"
 
 
 class FailureReason(StrEnum):
+    """Why a step failed (or was cancelled): the ``reason`` of its record and events."""
+
     EXIT_CODE = "exit_code"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
@@ -84,6 +99,19 @@ class FailureReason(StrEnum):
     OUTPUT_TOO_LARGE = "output_too_large"
     SPAWN_ERROR = "spawn_error"
     INTERNAL_ERROR = "internal_error"  # the step task itself failed (a bug), not the step
+    REJECTED = "rejected"  # `reject` at its approval gate
+    APPROVAL_TIMEOUT = "approval_timeout"  # nobody approved within approval.timeout
+    INSTANCE_FAILED = "instance_failed"  # an instance of a fanned-out step failed
+    BAD_INPUT = "bad_input"  # for_each got something other than a JSON list
+    ABORTED = "aborted"  # `abort` of a step awaiting a decision
+    TOO_MANY_INSTANCES = "too_many_instances"  # for_each longer than RUNBOOK_MAX_INSTANCES
+
+
+class WaitReason(StrEnum):
+    """Why a step is parked (the ``reason`` of ``step_waiting``)."""
+
+    PAUSED = "paused"
+    MAX_ACTIVE_STEPS = "max_active_steps"
 
 
 TERMINAL_EVENTS = frozenset(
@@ -91,7 +119,7 @@ TERMINAL_EVENTS = frozenset(
         EventType.WORKFLOW_SUCCEEDED,
         EventType.WORKFLOW_FAILED,
         EventType.WORKFLOW_CANCELLED,
-        "workflow_skipped",
+        EventType.WORKFLOW_SKIPPED,
     }
 )
 
@@ -252,7 +280,7 @@ def _follow(
             return
 
 
-_ENDED_OR_GONE = frozenset({None, RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+_ENDED_OR_GONE = frozenset({None, *TERMINAL_RUN_STATUSES})
 
 
 def _open(run_id: str | None, settings: Settings | None) -> RunStore:

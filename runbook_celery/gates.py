@@ -113,18 +113,27 @@ return {1, release_slot(KEYS[1], ARGV[2]) or ''}
 
 # Admission of a new run into its concurrency group.
 # The run was recorded as 'queued'. KEYS: group active zset, group queue list, run
-# ARGV: run_id, limit, on_conflict -> {'start'} | {'queued'} | {'skip'} | {'cancel', ids...}
+# ARGV: run_id, limit, on_conflict
+# -> {'start'} | {'queued'} | {'skip'} | {'cancel', ids...} | {'corrupt', key}
+# Every check comes before the first write: a group key of the wrong type (written by
+# something else under our prefix) is reported, never half-applied.
 _LUA_ADMIT = """
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+local t_active = redis.call('TYPE', KEYS[1])['ok']
+if t_active ~= 'zset' and t_active ~= 'none' then return {'corrupt', KEYS[1]} end
+local t_queue = redis.call('TYPE', KEYS[2])['ok']
+if t_queue ~= 'list' and t_queue ~= 'none' then return {'corrupt', KEYS[2]} end
+local limit = tonumber(ARGV[2])
+if not limit then return {'corrupt', 'limit ' .. ARGV[2]} end
+if redis.call('ZCARD', KEYS[1]) < limit then
   redis.call('ZADD', KEYS[1], 0, ARGV[1])
   redis.call('HSET', KEYS[3], 'status', 'pending')
   return {'start'}
 end
 if ARGV[3] == 'skip' then return {'skip'} end
 if ARGV[3] == 'cancel_running' then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
   local out = {'cancel'}
   for _, r in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do out[#out + 1] = r end
+  redis.call('LPUSH', KEYS[2], ARGV[1])
   return out
 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -247,12 +256,13 @@ class Gates:
     # ------------------------------------------------------------------ concurrency groups
 
     def admit(self, run_id: str, group: str, limit: int, on_conflict: str) -> tuple[str, list]:
+        """Let a run into its concurrency group: start, queue, skip, or cancel the others."""
         k = self.store.keys
-        active = f"{k.prefix}:cgroup:{group}"
-        res = [
-            _s(x)
-            for x in self._admit(
-                keys=[active, f"{active}:queue", k.run(run_id)], args=[run_id, limit, on_conflict]
+        keys = [k.cgroup(group), k.cgroup_queue(group), k.run(run_id)]
+        res = [_s(x) for x in self._admit(keys=keys, args=[run_id, limit, on_conflict])]
+        if res[0] == "corrupt":
+            raise InvalidOperation(
+                f"concurrency group {group!r}: Redis key {res[1]} is not what runbook-celery "
+                "wrote there; delete it (redis-cli DEL) and trigger again"
             )
-        ]
         return res[0], res[1:]

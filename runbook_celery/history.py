@@ -10,6 +10,7 @@ behind in the index, its logs or the event streams.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import redis
 
 from .errors import BackendUnavailable
+from .events import TERMINAL_RUN_STATUSES
 from .store import RunStore
 
 DEFAULT_LIMIT = 20
@@ -71,6 +73,137 @@ def list_runs(
         from .redisconn import redact
 
         raise BackendUnavailable(f"cannot read run history: {redact(str(exc))}") from exc
+    return out
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of history and how many runs match in all (for a pager and a count)."""
+
+    total: int
+    offset: int
+    runs: list[RunSummary]
+
+
+FILTER_CHUNK = 1000  # runs whose workflow and status are read per round trip when filtering
+
+
+class EndedRuns:
+    """Workflow and status of runs that have ended, which never change again.
+
+    Filtering the history reads the workflow and status of every indexed run; with this
+    cache (one per long-lived process, e.g. Flower) it reads only the runs still going or
+    not seen before, so filtering 10,000 runs costs one ZREVRANGE and a few reads. An entry
+    is trusted until its run's retention ends, then read again (and pruned when gone).
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[str, tuple[str, str, float]] = {}  # id -> workflow, status, expires
+        self._lock = threading.Lock()
+
+    def known(self, run_id: str, now: float) -> tuple[str, str] | None:
+        entry = self._runs.get(run_id)
+        return (entry[0], entry[1]) if entry and entry[2] > now else None
+
+    def remember(self, run_id: str, workflow: str, status: str, expires: float) -> None:
+        with self._lock:
+            self._runs[run_id] = (workflow, status, expires)
+
+    def keep_only(self, run_ids: set[str]) -> None:
+        with self._lock:
+            self._runs = {k: v for k, v in self._runs.items() if k in run_ids}
+
+
+def page_runs(
+    store: RunStore,
+    *,
+    workflow: str | None = None,
+    status: str | None = None,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+    now: datetime | None = None,
+    ended: EndedRuns | None = None,
+) -> RunPage:
+    """Runs ``offset`` to ``offset + limit`` of the history, newest first, and the total.
+
+    Without a filter this reads only the page (the index gives the order and the count).
+    A filter reads the workflow and status of every indexed run (only of the runs still
+    going, with an ``EndedRuns`` cache), a thousand per round trip, then the page.
+    Expired runs found are dropped from the index.
+
+    Raises:
+        BackendUnavailable: Redis did not answer.
+    """
+    now = now or datetime.now(UTC)
+    try:
+        if workflow is None and status is None:
+            total = int(store.r.zcard(store.keys.runs_index))
+            ids = [
+                _s(i) for i in store.r.zrevrange(store.keys.runs_index, offset, offset + limit - 1)
+            ]
+        else:
+            matching = _matching(store, workflow, status, now, ended or EndedRuns())
+            total = len(matching)
+            ids = matching[offset : offset + limit]
+        found = _summaries(store, ids, now)
+        total -= len(ids) - len(found)  # expired meanwhile
+    except redis.RedisError as exc:
+        from .redisconn import redact
+
+        raise BackendUnavailable(f"cannot read run history: {redact(str(exc))}") from exc
+    return RunPage(total=max(total, len(found)), offset=offset, runs=found)
+
+
+def _matching(
+    store: RunStore, workflow: str | None, status: str | None, now: datetime, ended: EndedRuns
+) -> list[str]:
+    """Ids of the indexed runs of this workflow and status, newest first."""
+    ids = [_s(i) for i in store.r.zrevrange(store.keys.runs_index, 0, -1)]
+    clock = now.timestamp()
+    known = {run_id: ended.known(run_id, clock) for run_id in ids}
+    unknown = [run_id for run_id, got in known.items() if got is None]
+    expired: list[str] = []
+    for start in range(0, len(unknown), FILTER_CHUNK):
+        chunk = unknown[start : start + FILTER_CHUNK]
+        pipe = store.r.pipeline(transaction=False)
+        for run_id in chunk:
+            pipe.hmget(store.keys.run(run_id), ("workflow", "status", "finished_at"))
+        for run_id, (wf, st, fin) in zip(chunk, pipe.execute(), strict=True):
+            if wf is None:
+                expired.append(run_id)
+                continue
+            known[run_id] = (_s(wf), _s(st))
+            finished = _parse(_s(fin)) if fin else None
+            if finished is not None and _s(st) in TERMINAL_RUN_STATUSES:
+                ended.remember(run_id, _s(wf), _s(st), finished.timestamp() + store.retention)
+    if expired:
+        store.r.zrem(store.keys.runs_index, *expired)
+    ended.keep_only(set(ids))
+    return [
+        run_id
+        for run_id in ids
+        if (got := known.get(run_id)) is not None
+        and (workflow is None or got[0] == workflow)
+        and (status is None or got[1] == status)
+    ]
+
+
+def _summaries(store: RunStore, ids: list[str], now: datetime) -> list[RunSummary]:
+    """The summaries of these runs in this order; expired ones are dropped from the index."""
+    if not ids:
+        return []
+    pipe = store.r.pipeline(transaction=False)
+    for run_id in ids:
+        pipe.hmget(store.keys.run(run_id), _FIELDS)
+    out, expired = [], []
+    for run_id, values in zip(ids, pipe.execute(), strict=True):
+        fields = {f: _s(v) for f, v in zip(_FIELDS, values, strict=True)}
+        if fields["id"] is None:
+            expired.append(run_id)
+        else:
+            out.append(_summary(fields, now))
+    if expired:
+        store.r.zrem(store.keys.runs_index, *expired)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -25,6 +26,11 @@ class Keys:
     def global_events(self) -> str:
         return f"{self.prefix}:events"
 
+    @property
+    def dead_letters(self) -> str:
+        """Capped list of broker messages workers refused (newest first; deadletter.py)."""
+        return f"{self.prefix}:deadletters"
+
     def run(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}"
 
@@ -43,6 +49,24 @@ class Keys:
 
     def logs(self, run_id: str, step_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:logs:{step_id}"
+
+    def ended_instances(self, run_id: str, step_id: str) -> str:
+        """Set of the instances of fanned-out ``step_id`` that have ended (the fan-in join)."""
+        return f"{self.prefix}:run:{run_id}:ended:{step_id}"
+
+    def cgroup(self, group: str) -> str:
+        """Sorted set of the active runs of a concurrency group.
+
+        The group's value comes from params (``deploy-${{ params.env }}``), so it is
+        digested: no value, whatever its characters, can name another key (``env=prod:queue``
+        once made one group's active set the queue of another).
+        """
+        digest = hashlib.sha256(group.encode()).hexdigest()
+        return f"{self.prefix}:cgroup:{digest}"
+
+    def cgroup_queue(self, group: str) -> str:
+        """List of the queued runs of a concurrency group, oldest first."""
+        return f"{self.cgroup(group)}:queue"
 
     def transition(self, run_id: str, step_id: str) -> list[str]:
         """The KEYS every step-transition Lua script starts with, in this order."""
@@ -63,5 +87,6 @@ class Keys:
                 self.lease(run_id, sid),
                 self.arrived(run_id, sid),
                 self.logs(run_id, sid),
+                self.ended_instances(run_id, sid),
             ]
         return keys

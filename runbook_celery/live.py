@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .events import Event, RunStatus, StepStatus
 from .events import follow as follow_events
+from .terminal import neutralise
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -50,23 +51,34 @@ def is_terminal() -> bool:
 
 
 def follow_run(
-    run: Run, echo: Callable[[str], None], *, console: Console | None = None
+    run: Run,
+    echo: Callable[[str], None],
+    *,
+    console: Console | None = None,
+    timeout: float | None = None,
 ) -> RunRecord:
-    """Show the run until it ends (live table on a terminal, else lines); return its record."""
+    """Show the run until it ends (live table on a terminal, else lines); return its record.
+
+    With ``timeout`` (seconds) it returns by then, the run perhaps still going.
+    """
     if console is not None or is_terminal():
-        return live_table(run, console)
-    return plain_lines(run, echo)
+        return live_table(run, console, timeout=timeout)
+    return plain_lines(run, echo, timeout=timeout)
 
 
-def plain_lines(run: Run, echo: Callable[[str], None]) -> RunRecord:
-    """One line per event of the run, from its first event to its last."""
-    for event in follow_events(run.id, settings=run.settings):
+def plain_lines(
+    run: Run, echo: Callable[[str], None], *, timeout: float | None = None
+) -> RunRecord:
+    """One line per event of the run, from its first event to its last (or the timeout)."""
+    for event in follow_events(run.id, settings=run.settings, timeout=timeout):
         echo(event_line(event))
     return run.status()
 
 
-def live_table(run: Run, console: Console | None = None) -> RunRecord:
-    """Redraw the run's step table in place until the run ends."""
+def live_table(
+    run: Run, console: Console | None = None, *, timeout: float | None = None
+) -> RunRecord:
+    """Redraw the run's step table in place until the run ends (or the timeout)."""
     from rich.console import Console
     from rich.live import Live
 
@@ -74,7 +86,7 @@ def live_table(run: Run, console: Console | None = None) -> RunRecord:
     view = RunView(run.status())
     # transient: the caller prints the final record (with the failed step's stderr) after
     with Live(view, console=console, transient=True, refresh_per_second=REFRESH_PER_SECOND) as live:
-        for _event in follow_events(run.id, settings=run.settings):
+        for _event in follow_events(run.id, settings=run.settings, timeout=timeout):
             view.record = run.status()
             live.refresh()
     return run.status()
@@ -149,7 +161,9 @@ class RunView:
         parts: list[Any] = [header, table]
         for sid, step in rec.steps.items():
             if step.status == StepStatus.FAILED and not step.allowed_failure and step.stderr_tail:
-                tail = Text("\n".join(step.stderr_tail[-TAIL_LINES:]))
+                # rich styles text itself: every control of the step's, colours too, is shown
+                tail_lines = step.stderr_tail[-TAIL_LINES:]
+                tail = Text(neutralise("\n".join(tail_lines), colour=False))
                 title = f"{sid} failed: exit {step.exit_code}, {step.reason or 'error'}"
                 parts.append(Panel(tail, title=title, title_align="left", border_style="red"))
         return Group(*parts)

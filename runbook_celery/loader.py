@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from . import bashplace
 from . import expressions as ex
+from .cron import schedule_problem
 from .errors import DefinitionError, InvalidDefinition, Problem
 from .graph import Graph, find_cycle
-from .model import Defaults, Retries, Step, Workflow
-from .schedule import cron_problem
+from .model import NUMBER_PATTERN, Defaults, Param, Retries, Step, Workflow
 from .settings import get_settings
 from .yamlload import LoadedYaml, YamlPath, format_path, load_yaml_file, load_yaml_text
 
@@ -26,6 +28,7 @@ class LoadedWorkflow:
     file: str
     base_dir: Path
     graph: Graph
+    source: LoadedYaml | None = field(default=None, compare=False, repr=False)  # lines
 
 
 def load_workflow(path: str | Path) -> LoadedWorkflow:
@@ -69,13 +72,18 @@ def _validate(doc: LoadedYaml, base_dir: Path) -> LoadedWorkflow:
     except ValidationError as exc:
         raise InvalidDefinition(_pydantic_problems(exc, doc)) from None
     problems = _check_semantics(workflow, doc)
-    if workflow.schedule is not None and (why := cron_problem(workflow.schedule)):
-        line = doc.line_of(("schedule",))
-        problems.append(Problem(doc.file, line, f"invalid schedule: {why}", "schedule"))
+    if found := schedule_problem(workflow.schedule, workflow.timezone):
+        key, why = found
+        problems.append(Problem(doc.file, doc.line_of((key,)), f"invalid {key}: {why}", key))
+    if workflow.schedule is not None:
+        for name in (n for n, p in workflow.params.items() if p.required):
+            message = "beat triggers a scheduled workflow without params: give it a default"
+            line = doc.line_of(("params", name))
+            problems.append(Problem(doc.file, line, message, f"params.{name}"))
     if problems:
         raise InvalidDefinition(problems)
     graph = Graph({s.id: s.needs for s in workflow.steps})
-    return LoadedWorkflow(workflow, doc.file, base_dir, graph)
+    return LoadedWorkflow(workflow, doc.file, base_dir, graph, doc)
 
 
 def _step_id_at(doc: LoadedYaml, loc: tuple[Any, ...]) -> str | None:
@@ -90,6 +98,8 @@ def _step_id_at(doc: LoadedYaml, loc: tuple[Any, ...]) -> str | None:
 def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     """Keys allowed in the mapping that holds ``loc[-1]`` (for did-you-mean hints)."""
     parent = [p for p in loc[:-1] if not isinstance(p, int)]
+    if len(parent) == 2 and parent[0] == "params":
+        return list(Param.model_fields)
     model: Any = {
         (): Workflow,
         ("steps",): Step,
@@ -157,8 +167,16 @@ def _check_semantics(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
     """Graph and expression checks that pydantic cannot express."""
     problems: list[Problem] = []
 
-    def add(path: YamlPath, message: str, step: str | None = None) -> None:
-        problems.append(Problem(doc.file, doc.line_of(path), message, format_path(path), step))
+    def add(
+        path: YamlPath, message: str, step: str | None = None, offset: int | None = None
+    ) -> None:
+        """``offset``: where in the string value at ``path`` the problem is (for its line)."""
+        if offset is None:
+            line = doc.line_of(path)
+        else:
+            value = _value_at(doc.data, path)
+            line = doc.line_in(path, value, offset) if isinstance(value, str) else doc.line_of(path)
+        problems.append(Problem(doc.file, line, message, format_path(path), step))
 
     seen: dict[str, int] = {}
     for i, step in enumerate(wf.steps):
@@ -231,8 +249,14 @@ def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add) -> 
             combos *= len(values)
         if not step.matrix:
             add(("steps", i, "matrix"), "matrix needs at least one key", step.id)
-        elif combos > 1000:
-            add(("steps", i, "matrix"), f"matrix has {combos} combinations (limit 1000)", step.id)
+        elif combos > (cap := get_settings().max_instances):
+            add(
+                ("steps", i, "matrix"),
+                f"matrix has {combos:,} combinations, more than the {cap:,} instances a step "
+                "may have (RUNBOOK_MAX_INSTANCES); split it into several steps or shorten "
+                "the value lists",
+                step.id,
+            )
     if step.for_each is not None:
         text = step.for_each.strip()
         try:
@@ -262,9 +286,11 @@ def _check_text(
     except ex.ExpressionError as exc:
         add(path, str(exc), sid)
         return
+    valid = True
     for occ in occurrences:
         if ex.calls(occ.node):
             add(path, f"${{{{ {occ.source} }}}}: status functions belong in 'if:' only", sid)
+            valid = False
             continue
         if path[-1] == "run" and not isinstance(occ.node, ex.Ref):
             add(
@@ -273,9 +299,56 @@ def _check_text(
                 "steps.ID.outputs.KEY, matrix.KEY, item) can be used in a command",
                 sid,
             )
+            valid = False
             continue
         for problem in reference_problems(occ.node, step, wf, graph):
             add(path, f"${{{{ {occ.source} }}}}: {problem}", sid)
+            valid = False
+    if valid and occurrences and path[-1] == "run":
+        _check_placement(text, occurrences, path, step, wf, add)
+
+
+def _check_placement(
+    text: str,
+    occurrences: list[ex.Occurrence],
+    path: YamlPath,
+    step: Step | None,
+    wf: Workflow,
+    add,  # type: ignore[no-untyped-def]
+) -> None:
+    """Each ``${{ }}`` of a run: must sit where Bash takes its value as data (bashplace)."""
+    numeric = numeric_refs(wf, step)
+    exprs = [
+        bashplace.Expr(o.start, o.end, o.source, ex.refs(o.node)[0].text() in numeric)
+        for o in occurrences
+    ]
+    for site in bashplace.place(text, exprs):
+        if site.refusal is not None:
+            add(path, site.message(), step.id if step else None, site.expr.start)
+
+
+def numeric_refs(wf: Workflow, step: Step | None) -> frozenset[str]:
+    """References whose value is always a decimal number, so Bash arithmetic may use them:
+    params of type number (checked at trigger) and matrix keys whose every value is one."""
+    out = {f"params.{name}" for name, param in wf.params.items() if param.type == "number"}
+    if step is not None and step.matrix:
+        for key, values in step.matrix.items():
+            if all(_is_number(v) for v in values):
+                out.add(f"matrix.{key}")
+    return frozenset(out)
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and bool(re.fullmatch(NUMBER_PATTERN, ex.to_text(value)))
+
+
+def _value_at(data: Any, path: YamlPath) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
 
 
 def reference_problems(node: ex.Node, step: Step | None, wf: Workflow, graph: Graph) -> list[str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from .errors import BackendUnavailable, InvalidOperation, RunNotFound
-from .events import TERMINAL_EVENTS, RunStatus
+from .events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES
 from .store import RunStore
 
 PAGE = 1000  # entries per Redis round trip
@@ -218,7 +218,7 @@ class LogReader:
         return (int(raw) if raw else stored), stored
 
 
-_ENDED = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+_ENDED = TERMINAL_RUN_STATUSES  # skipped too: a run its concurrency group skipped
 
 
 @contextmanager

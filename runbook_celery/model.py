@@ -2,14 +2,69 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import math
+import re
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .queuenames import QUEUE_PATTERN, queue_name_problem
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
-Scalar = str | int | float | bool
+
+def _not_finite(value: float, hint: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "number_not_finite",
+        "must be a finite number, not {value}{hint}",
+        {"value": str(value), "hint": hint},
+    )
+
+
+def _finite_scalar(value: Any) -> Any:
+    """YAML's `.nan` and `.inf` are floats; as a param, env or matrix value they are a slip."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _not_finite(value, f"; quote it ('{value}') if you mean the text")
+    return value
+
+
+def _number(value: Any) -> Any:
+    """A count or a duration: `timeout: true` is not 1, and `.nan`/`.inf` are no duration."""
+    if isinstance(value, bool):
+        raise PydanticCustomError(
+            "number_not_bool",
+            "must be a number, not {value} (booleans are not numbers here)",
+            {"value": "true" if value else "false"},
+        )
+    try:
+        parsed = float(value) if isinstance(value, str | float) else 0.0
+    except ValueError:
+        return value  # pydantic says it is not a number
+    if not math.isfinite(parsed):
+        raise _not_finite(parsed, "")
+    return value
+
+
+Scalar = Annotated[
+    str | int | float | bool,
+    BeforeValidator(_finite_scalar, json_schema_input_type=str | int | float | bool),
+]
+# A `type: number` param: a finite decimal, so that no character of it means anything to Bash
+# (arithmetic included: a value such as a[$(cmd)] runs the command when Bash evaluates it).
+NUMBER_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
 def _scalar_to_str(value: Any) -> Any:
@@ -17,7 +72,7 @@ def _scalar_to_str(value: Any) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return str(value)
+        return str(_finite_scalar(value))
     return value
 
 
@@ -28,8 +83,202 @@ EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
 StepId = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
+def _safe_queue(value: str) -> str:
+    """A queue must not share a Redis key with the broker's bookkeeping or ours (queuenames)."""
+    if problem := queue_name_problem(value):
+        raise PydanticCustomError("queue_name", problem)
+    return value
+
+
+QueueName = Annotated[
+    str,
+    AfterValidator(_safe_queue),
+    WithJsonSchema({"type": "string", "pattern": QUEUE_PATTERN}),
+]
+
+
+def _numeric_shape(annotation: Any) -> str | None:
+    """``"number"`` for an int/float key (optional or not), ``"list"`` for a list of them."""
+    if get_origin(annotation) is Annotated:
+        return _numeric_shape(get_args(annotation)[0])
+    if annotation in (int, float):
+        return "number"
+    if get_origin(annotation) in (Union, types.UnionType):
+        shapes = {_numeric_shape(a) for a in get_args(annotation) if a is not type(None)}
+        return shapes.pop() if len(shapes) == 1 else None
+    if get_origin(annotation) is list and _numeric_shape(get_args(annotation)[0]) == "number":
+        return "list"
+    return None
+
+
+NUL_MESSAGE = (
+    "contains a NUL character (\\0), which Bash cannot take in a command, an argument or "
+    "an environment variable; remove it"
+)
+
+
+def _nul_inside(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` (a text, or a map or list of them) a NUL character is, or None."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    items: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        items = list(value.items())
+        for key in value:
+            if isinstance(key, str) and "\x00" in key:
+                return f"{where}key {key!r}"
+    elif isinstance(value, list | tuple):
+        items = list(enumerate(value))
+    for key, item in items:
+        found = _nul_inside(item, f"{where}[{key!r}]" if isinstance(key, int) else f"{where}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, populate_by_name=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every int/float key of a definition refuses `true`, `.nan` and `.inf`.
+
+        Pydantic's lax mode would take `timeout: true` as 1 second, and `.nan` fails its
+        range check with a message about the range. One validator on the base model keeps
+        the numeric fields plain `int`/`float` (and the JSON Schema unchanged).
+        """
+        field = cls.model_fields.get(info.field_name or "")
+        shape = _numeric_shape(field.annotation) if field else None
+        if shape == "number":
+            return _number(value)
+        if shape == "list" and isinstance(value, list):
+            return [_number(v) for v in value]
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """No text of a definition may hold NUL: it would only fail later, at spawn time.
+
+        Files are checked with a line for each value by the YAML loader; this covers
+        definitions built in Python.
+        """
+        where = _nul_inside(value)
+        if where is not None:
+            inside = f"{where.lstrip('.')}: " if where else ""
+            raise PydanticCustomError("nul_character", inside + NUL_MESSAGE)
+        return value
+
+
+ParamType = Literal["string", "number", "boolean", "choice"]
+
+
+class Param(_Strict):
+    """A trigger-time input: its type, default and what it is for.
+
+    Written in full, or as the shorthand ``NAME: default`` (a string param with a default).
+    """
+
+    default: Scalar | None = Field(
+        None, description="Value when the trigger does not give one (omit with required: true)."
+    )
+    type: ParamType = Field(
+        "string",
+        description="string (any text), number (a decimal such as 3, -1 or 2.5), boolean "
+        "(true or false) or choice (one of options). Checked when a run is triggered.",
+    )
+    options: list[Scalar] | None = Field(
+        None, min_length=1, max_length=1000, description="The allowed values of a choice param."
+    )
+    description: str | None = Field(None, description="What the param is for.")
+    required: bool = Field(False, description="The trigger must give a value (no default).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Param:
+        problem = param_declaration_problem(self)
+        if problem is not None:
+            raise PydanticCustomError("param", problem)
+        return self
+
+
+def param_declaration_problem(param: Param) -> str | None:
+    """What is inconsistent in a param declaration (its default checked against its type)."""
+    if param.type == "choice" and not param.options:
+        return "a choice param needs options: [...]"
+    if param.type != "choice" and param.options is not None:
+        return f"options belong to type: choice (this param is type: {param.type})"
+    if param.required and param.default is not None:
+        return "a required param has no default: drop one of required and default"
+    if param.default is None:
+        if not param.required and param.type in ("number", "choice"):
+            return f"a {param.type} param needs a default or required: true"
+        return None
+    problem = param_value_problem(param, param.default)
+    return None if problem is None else f"default {problem}"
+
+
+def param_value_problem(param: Param, value: Any) -> str | None:
+    """Why ``value`` does not fit the declaration, or None."""
+    if param.type == "number":
+        if param_text(param, value) is None:
+            return f"must be a decimal number such as 3, -1 or 2.5 (got {value!r})"
+    elif param.type == "boolean":
+        if param_text(param, value) is None:
+            return f"must be true or false (got {value!r})"
+    elif param.type == "choice":
+        allowed = [_text_of(o) for o in param.options or []]
+        if _text_of(value) not in allowed:
+            return f"must be one of {', '.join(allowed)} (got {value!r})"
+    return None
+
+
+def param_text(param: Param, value: Any) -> str | None:
+    """The text a step sees for a value of this param, or None if the value does not fit."""
+    if param.type == "number":
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return None
+        text = _number_text(value)
+        return text if text is not None and re.fullmatch(NUMBER_PATTERN, text) else None
+    if param.type == "boolean":
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value if value in ("true", "false") else None
+    return _text_of(value)
+
+
+def _number_text(value: str | int | float) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return repr(value) if "e" not in repr(value) else f"{value:f}"
+    return str(value)
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _param_shorthand(value: Any) -> Any:
+    """``NAME: default`` means a string param with that default."""
+    if isinstance(value, str | int | float | bool):
+        return {"default": value}
+    if isinstance(value, dict | Param):
+        return value
+    raise PydanticCustomError(
+        "param",
+        "must be a default value (string, number or boolean) or a mapping of "
+        "default/type/options/description/required",
+    )
+
+
+ParamDeclaration = Annotated[
+    Param, BeforeValidator(_param_shorthand, json_schema_input_type=Scalar | Param)
+]
 
 
 class Retries(_Strict):
@@ -118,10 +367,10 @@ class Step(_Strict):
     max_parallel: int | None = Field(
         None, ge=1, le=1000, description="Most instances of a fanned-out step running at once."
     )
-    queue: str | None = Field(
+    queue: QueueName | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
-        description="Celery queue; only workers started with -Q NAME run this step.",
+        description="Celery queue; only workers started with -Q NAME run this step. Not a "
+        "Redis key of kombu or Celery (unacked, celery-task-meta-..., ...), no ':'.",
     )
     approval: Approval | None = Field(None, description="Wait for `runbook-celery approve`.")
     on_failure: Literal["fail", "pause"] | None = Field(
@@ -147,8 +396,10 @@ class Workflow(_Strict):
 
     name: StepId = Field(description="Workflow name; shown in Flower as `<name>.<step>`.")
     description: str | None = None
-    params: dict[EnvName, Scalar] = Field(
-        default_factory=dict, description="Parameters with their defaults; override at trigger."
+    params: dict[EnvName, ParamDeclaration] = Field(
+        default_factory=dict,
+        description="Parameters: NAME: default, or NAME: {default, type, options, description, "
+        "required}; given at trigger and checked against the declaration.",
     )
     env: dict[EnvName, EnvValue] = Field(
         default_factory=dict, description="Environment for every step; may use expressions."
@@ -156,8 +407,14 @@ class Workflow(_Strict):
     defaults: Defaults | None = Field(None, description="Defaults for retries/timeout/kill_grace.")
     schedule: str | None = Field(
         None,
-        description="Cron expression (5 fields, e.g. '*/15 * * * *'): `runbook-celery beat` "
-        "triggers the workflow on it.",
+        description="Cron expression (5 fields, e.g. '*/15 * * * *', Vixie cron semantics), "
+        "a macro such as '@daily', or '@every 30s': `runbook-celery beat` triggers the "
+        "workflow on it.",
+    )
+    timezone: str | None = Field(
+        None,
+        description="IANA time zone of `schedule` (e.g. 'Europe/Berlin'; default UTC); "
+        "DST changes are followed as cron does.",
     )
     overlap: Literal["skip", "allow"] = Field(
         "skip", description="When a scheduled run is due while the previous one still runs."

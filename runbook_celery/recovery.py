@@ -231,7 +231,7 @@ def _act(
     elif v.status in TERMINAL_STEP_STATUSES:
         # recorded, but its task never handed on (it failed to store what Celery hands on
         # from, or its worker died after the message was acknowledged)
-        _fail_over(store, v.run_id, v.step_id, rerun=False)
+        _hand_on_again(store, v)
         store.drop_lease_entry(v.run_id, v.step_id, expired_before=cutoff)
     elif is_queued:
         store.watch_steps([v.member], lease)  # waiting for a worker: keep watching
@@ -247,7 +247,7 @@ def _act_without_broker(store: RunStore, v: Watched, cutoff: float) -> None:
         return
     if v.status is not None and v.run_status not in TERMINAL_RUN_STATUSES:
         if v.status in TERMINAL_STEP_STATUSES:
-            _fail_over(store, v.run_id, v.step_id, rerun=False)
+            _hand_on_again(store, v)
         elif v.status not in PARKED:
             _republish(store, v)
     store.drop_lease_entry(v.run_id, v.step_id, expired_before=cutoff)
@@ -257,7 +257,7 @@ def _republish(store: RunStore, v: Watched) -> None:
     """The step's message is nowhere: publish the step again."""
     if v.fanned_out:
         _join_again(store, v)
-    elif "[" in v.step_id:  # a fan-out instance: its lane is gone; run it on its own
+    elif "[" in v.step_id:  # a fan-out instance (its lane goes on from it when it ends)
         log.warning(
             "step %s of run %s: its message was lost; publishing it again", v.step_id, v.run_id
         )
@@ -273,6 +273,31 @@ def _republish(store: RunStore, v: Watched) -> None:
                 v.status,
             )
         _fail_over(store, v.run_id, v.step_id, rerun=v.status != "pending")
+
+
+def _hand_on_again(store: RunStore, v: Watched) -> None:
+    """A step recorded as ended whose task never handed on: do what its task had left.
+
+    An instance of a fanned-out step: its lane's next instance and its step's join (the
+    transition is idempotent, and watches what it makes due; the join goes out as a
+    fan-in message). Any other step: its run continues by dynamic dispatch.
+    """
+    if "[" not in v.step_id:
+        _fail_over(store, v.run_id, v.step_id, rerun=False)
+        return
+    settings = get_settings()
+    watch = settings.lease_seconds if settings.broker_url.startswith("redis") else None
+    nxt, join = store.instance_ended(v.run_id, v.step_id, watch)
+    snapshot = store.snapshot(v.run_id)
+    if nxt:
+        log.warning("instance %s of run %s was not sent; sending it", nxt, v.run_id)
+        dispatch.publish_steps(snapshot, v.run_id, [nxt])
+    if join:
+        parent = v.step_id.rsplit("[", 1)[0]
+        log.warning("fan-in of step %s of run %s was not run; sending it", parent, v.run_id)
+        dispatch.step_signature(snapshot, v.run_id, parent, task=FANIN_TASK).apply_async(
+            root_id=v.run_id
+        )
 
 
 def _join_again(store: RunStore, v: Watched) -> None:

@@ -1,39 +1,34 @@
-"""Redis clients from settings, and URL redaction so credentials never reach users' eyes."""
+"""Redis clients from settings; ``redact`` keeps their passwords out of every message."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import redis
+from kombu.exceptions import OperationalError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import BackendUnavailable
+from .redaction import redact as redact  # re-exported: callers import it from here
 from .settings import Settings
 
-_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*)(:(?P<pw>[^@/\s]*))?@"
-)
-
-
-def redact(text: str) -> str:
-    """Replace passwords in any URL inside ``text`` with ``***``."""
-
-    def _sub(m: re.Match[str]) -> str:
-        user = m.group("user")
-        if m.group("pw") is None:
-            return f"{m.group('scheme')}{user}@" if user else m.group(0)
-        return f"{m.group('scheme')}{user}:***@"
-
-    return _CREDENTIALS.sub(_sub, text)
+# A Redis that stops answering (frozen, half-open connection) becomes an error after this
+# many seconds instead of a hang; above our longest blocking read (XREAD BLOCK, 5 s).
+RESPONSE_TIMEOUT = 60
 
 
 @lru_cache(maxsize=8)
 def client_for(url: str) -> redis.Redis:
     """A shared client (connection pool) per URL."""
     return redis.Redis.from_url(
-        url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=30
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=RESPONSE_TIMEOUT,
+        socket_keepalive=True,
+        health_check_interval=30,
     )
 
 
@@ -54,6 +49,15 @@ def get_client(settings: Settings) -> redis.Redis:
     return client_for(settings.redis_url)
 
 
+def check_writable(client: redis.Redis, probe_key: str) -> None:
+    """Raise the error Redis would give a write now (down, full, read-only), changing nothing.
+
+    LPUSHX on a key that does not exist is a no-op, but Redis refuses it like any write that
+    may grow memory when maxmemory is reached under ``noeviction``.
+    """
+    client.lpushx(probe_key, "")
+
+
 def ping(settings: Settings) -> None:
     """Fail fast with BackendUnavailable when Redis does not answer."""
     try:
@@ -62,3 +66,37 @@ def ping(settings: Settings) -> None:
         raise BackendUnavailable(
             f"Redis at {redact(settings.redis_url)} is unreachable: {redact(str(exc))}"
         ) from None
+
+
+# Errors of Redis or the broker that a user fixes outside runbook-celery (exit 3).
+BACKEND_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OperationalError)
+
+
+def describe_backend_error(exc: BaseException) -> str:
+    """What went wrong with Redis or the broker, in a sentence saying what to do; no secrets."""
+    text = redact(str(exc)) or type(exc).__name__
+    if isinstance(exc, OperationalError):
+        return f"the broker is unreachable: {text}"
+    if isinstance(exc, redis.AuthenticationError) or text.startswith(("NOAUTH", "WRONGPASS")):
+        return f"Redis refused the credentials of RUNBOOK_REDIS_URL: {text}"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return f"Redis is unreachable: {text}"
+    if isinstance(exc, redis.OutOfMemoryError) or "used memory > 'maxmemory'" in text:
+        return (
+            "Redis is full and refuses writes (maxmemory reached, policy noeviction); "
+            f"free memory or raise maxmemory, then try again: {text}"
+        )
+    if isinstance(exc, redis.ReadOnlyError):
+        return f"Redis is a read-only replica; point RUNBOOK_REDIS_URL at the primary: {text}"
+    if "MISCONF" in text:
+        return f"Redis refuses writes until it can save to disk again: {text}"
+    return f"Redis failed: {text}"
+
+
+@contextmanager
+def backend_errors(doing: str) -> Iterator[None]:
+    """Turn a Redis or broker failure while ``doing`` something into BackendUnavailable."""
+    try:
+        yield
+    except BACKEND_ERRORS as exc:
+        raise BackendUnavailable(f"cannot {doing}: {describe_backend_error(exc)}") from exc

@@ -72,7 +72,16 @@ class StepRecord:
         }
 
 
-_CONTROL_FIELDS = ("paused_by", "paused_at", "resumed_by", "resumed_at", "reason", "cgroup")
+_CONTROL_FIELDS = (
+    "paused_by",
+    "paused_at",
+    "resumed_by",
+    "resumed_at",
+    "reason",
+    "cgroup",
+    "triggered_by",
+    "cancelled_by",
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ class RunRecord:
     sha256: str | None = None
     mode: str | None = None
     rerun_of: str | None = None
-    control: dict[str, str] = field(default_factory=dict)  # paused_by/at, resumed_by/at
+    control: dict[str, str] = field(default_factory=dict)  # paused_by/at, triggered_by, ...
 
     @classmethod
     def from_hash(cls, h: dict[str, str], steps: dict[str, StepRecord]) -> RunRecord:

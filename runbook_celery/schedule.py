@@ -1,8 +1,10 @@
 """Scheduled runs: a definition's ``schedule:`` makes ``runbook-celery beat`` trigger it.
 
-``schedule`` is a standard 5-field cron expression (minute hour day-of-month month
-day-of-week, in UTC), a macro (``@hourly``, ``@daily``, ``@weekly``, ``@monthly``,
-``@yearly``) or ``@every <N>s|m|h`` for a fixed interval.
+``schedule`` is a 5-field cron expression, a macro (``@hourly``, ``@daily``, ...) or
+``@every <N>s|m|h``, read by ``cron.py`` (Vixie cron semantics, in the workflow's
+``timezone:`` or UTC). Celery's own ``crontab`` cannot say "day of month OR day of week"
+nor take a zone per entry, so a cron entry is a ``CronSchedule`` whose due times come from
+``cron.next_fire``; ``@every`` stays Celery's interval ``schedule``.
 
 Design: Celery beat runs our scheduler over the definitions folder. When an entry is due,
 the beat process itself calls ``api.submit`` on the file (validated and snapshotted at that
@@ -11,101 +13,106 @@ run field ``trigger=schedule``. Workers need neither the folder nor an extra tas
 definition that became invalid is reported by beat instead of failing on a worker.
 Overlap ``skip`` (the default) starts nothing while the last scheduled run of that workflow,
 remembered in Redis under ``<prefix>:schedule:<workflow>:last``, has not finished.
-Run exactly one beat per Redis prefix, as with any Celery beat.
+Run exactly one beat per Redis prefix, as with any Celery beat. Like Celery beat (and cron),
+fire times that pass while beat is down are not made up when it starts again.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from celery.schedules import BaseSchedule, schedstate
+from celery.schedules import schedule as interval_schedule
+
+from .cron import Cron, Every, ScheduleError, Spec, next_fire, parse
 from .settings import Settings, get_settings
 
-if TYPE_CHECKING:  # Celery is imported only when a schedule is parsed: the loader stays light
+if TYPE_CHECKING:
+    from celery import Celery
     from celery.beat import Scheduler
-    from celery.schedules import BaseSchedule
 
 log = logging.getLogger("runbook_celery.beat")
 
 SCHEDULED_TASK = "runbook.scheduled_trigger"  # entry name only: due entries are not sent
 DEFAULT_RELOAD_SECONDS = 1.0  # longest beat sleep, so a changed folder is seen this fast
 WORKFLOW_SUFFIXES = (".yaml", ".yml")
-MACROS = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
-CRON_FIELDS = (  # (name, crontab keyword, allowed range)
-    ("minute", "minute", "0-59"),
-    ("hour", "hour", "0-23"),
-    ("day of month", "day_of_month", "1-31"),
-    ("month", "month_of_year", "1-12 or jan-dec"),
-    ("day of week", "day_of_week", "0-6 or sun-sat, Sunday = 0"),
-)
-_EVERY = re.compile(r"^@every\s+([0-9]+)\s*([smh])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+NEVER = timedelta(days=3650)  # "not due" for an expression with no fire time left
 
 
-def parse_schedule(text: str) -> BaseSchedule:
-    """The Celery schedule for a ``schedule:`` value.
+class CronSchedule(BaseSchedule):
+    """A Celery beat schedule for a ``cron.Cron``: due when its next fire time has come.
+
+    ``last_run_at`` is when beat last ran the entry (or built it); the entry is due once
+    ``next_fire(last_run_at)`` has passed, and the check after that is at the following fire
+    time. ``nowfun`` lets tests drive it with a frozen clock.
+    """
+
+    def __init__(
+        self, cron: Cron, nowfun: Callable[[], datetime] | None = None, app: Celery | None = None
+    ) -> None:
+        super().__init__(nowfun=nowfun, app=app)
+        self.cron = cron
+
+    def _aware(self, moment: datetime) -> datetime:
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+    def next_after(self, moment: datetime) -> datetime | None:
+        fire = next_fire(self.cron, self._aware(moment))
+        return fire.at if fire is not None else None
+
+    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
+        due = self.next_after(last_run_at)
+        if due is None:
+            return NEVER
+        return due - self._aware(self.now())
+
+    def is_due(self, last_run_at: datetime) -> tuple[bool, float]:
+        remaining = self.remaining_estimate(last_run_at).total_seconds()
+        if remaining > 0:
+            return schedstate(is_due=False, next=remaining)
+        now = self._aware(self.now())
+        following = self.next_after(now)
+        later = (following - now).total_seconds() if following else NEVER.total_seconds()
+        return schedstate(is_due=True, next=later)
+
+    def __repr__(self) -> str:
+        return f"<cron: {self.cron}>"
+
+    def __str__(self) -> str:
+        return str(self.cron)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, CronSchedule):
+            return self.cron == other.cron and self.nowfun == other.nowfun
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.cron)
+
+    def __reduce__(self) -> tuple[type, tuple[Cron, Callable[[], datetime] | None]]:
+        return self.__class__, (self.cron, self.nowfun)
+
+
+def celery_schedule(spec: Spec) -> BaseSchedule:
+    """The Celery beat schedule of a parsed ``schedule:``."""
+    if isinstance(spec, Every):
+        return interval_schedule(timedelta(seconds=spec.seconds))
+    return CronSchedule(spec)
+
+
+def parse_schedule(text: str, timezone: str | None = None) -> BaseSchedule:
+    """The Celery schedule for a ``schedule:`` value (and the workflow's ``timezone:``).
 
     Raises:
-        ValueError: with a message naming the bad part, e.g. ``hour '25': ...``.
+        ScheduleError: with a message naming the bad part, e.g. ``hour '25': ...``.
     """
-    from celery.schedules import crontab, schedule
-
-    spec = text.strip()
-    every = _EVERY.match(spec)
-    if every:
-        seconds = int(every.group(1)) * _UNIT_SECONDS[every.group(2)]
-        if seconds < 1:
-            raise ValueError("@every needs a positive interval, e.g. '@every 30s'")
-        return schedule(timedelta(seconds=seconds))
-    if spec.startswith("@every"):
-        raise ValueError("expected '@every <N>s', '@every <N>m' or '@every <N>h'")
-    if spec.startswith("@"):
-        if spec not in MACROS:
-            known = ", ".join(sorted({*MACROS, "@every <N>s"}))
-            raise ValueError(f"unknown macro {spec!r} (known: {known})")
-        spec = MACROS[spec]
-    fields = spec.split()
-    if len(fields) != 5:
-        raise ValueError(
-            f"expected 5 cron fields (minute hour day-of-month month day-of-week), "
-            f"got {len(fields)}; or '@every <N>s' / '@hourly'"
-        )
-    for (label, keyword, allowed), value in zip(CRON_FIELDS, fields, strict=True):
-        try:
-            crontab(**{keyword: value})
-        except (ValueError, TypeError) as exc:
-            why = str(exc).rstrip(".")
-            raise ValueError(f"{label} {value!r}: {why} (allowed: {allowed})") from None
-    minute, hour, day_of_month, month_of_year, day_of_week = fields
-    return crontab(
-        minute=minute,
-        hour=hour,
-        day_of_month=day_of_month,
-        month_of_year=month_of_year,
-        day_of_week=day_of_week,
-    )
-
-
-def cron_problem(text: str) -> str | None:
-    """Why a ``schedule:`` value is invalid, or None if it is valid (for the loader)."""
-    try:
-        parse_schedule(text)
-    except ValueError as exc:
-        return str(exc)
-    return None
+    return celery_schedule(parse(text, timezone))
 
 
 def last_run_key(prefix: str, workflow: str) -> str:
@@ -136,11 +143,21 @@ class ScheduledDefinition:
     path: Path
     workflow: str
     spec: str
-    schedule: BaseSchedule
+    parsed: Spec
+    overlap: str
+
+    @property
+    def schedule(self) -> BaseSchedule:
+        return celery_schedule(self.parsed)
 
 
-def read_definitions(directory: Path) -> list[ScheduledDefinition]:
-    """Files of ``directory`` that declare a valid schedule; problems are logged, not raised."""
+def read_definitions(
+    directory: Path, on_problem: Callable[[Any], None] | None = None
+) -> list[ScheduledDefinition]:
+    """Files of ``directory`` that declare a valid schedule.
+
+    Each problem of an invalid file goes to ``on_problem`` (default: logged, as beat does).
+    """
     from .errors import InvalidDefinition
     from .loader import load_workflow
 
@@ -150,16 +167,19 @@ def read_definitions(directory: Path) -> list[ScheduledDefinition]:
             wf = load_workflow(path).workflow
         except InvalidDefinition as exc:
             for problem in exc.problems:
-                log.error("not scheduled: %s", problem.render())
+                if on_problem is None:
+                    log.error("not scheduled: %s", problem.render())
+                else:
+                    on_problem(problem)
             continue
         if wf.schedule is None:
             continue
-        try:
-            parsed = parse_schedule(wf.schedule)
-        except ValueError as exc:
-            log.error("not scheduled: %s: schedule: %s", path, exc)
+        try:  # the loader checked it: this only guards against a change of rules
+            parsed = parse(wf.schedule, wf.timezone)
+        except ScheduleError as exc:
+            log.error("not scheduled: %s: %s: %s", path, exc.key, exc)
             continue
-        found.append(ScheduledDefinition(path, wf.name, wf.schedule, parsed))
+        found.append(ScheduledDefinition(path, wf.name, wf.schedule, parsed, wf.overlap))
     return found
 
 
@@ -191,7 +211,8 @@ def trigger_scheduled(path: Path, settings: Settings | None = None) -> str | Non
                 return None
     run = submit(loaded, settings=settings, extra={"trigger": "schedule"})
     r.set(key, run.id, ex=settings.retention)
-    log.info("started %s run %s (schedule %r)", wf.name, run.id, wf.schedule)
+    zone = f" in {wf.timezone}" if wf.timezone else ""
+    log.info("started %s run %s (schedule %r%s)", wf.name, run.id, wf.schedule, zone)
     return run.id
 
 
@@ -230,7 +251,7 @@ def _scheduler_base() -> type[Scheduler]:
             }
             self.merge_inplace(entries)
             self._heap = None  # entries changed in place or went away: rebuild the timing heap
-            names = ", ".join(f"{Path(n).name} ({self.schedule[n].schedule})" for n in entries)
+            names = ", ".join(f"{Path(n).name} [{self.schedule[n].schedule}]" for n in entries)
             log.info("schedules from %s: %s", self.definitions, names or "none")
 
         def tick(self, *args: Any, **kwargs: Any) -> float:

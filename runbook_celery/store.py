@@ -41,16 +41,26 @@ local admitted = {}
 local function prefix_of(run_key)
   return string.match(run_key, '^(.*):run:[^:]+$')
 end
--- a run of a concurrency group ended: free its slot and admit the next queued run
+-- a run of a concurrency group ended: free its slot and admit the next queued run.
+-- Key names come from the run hash (keys.py digests the group's value); it runs after
+-- the caller's first write, so nothing here may raise: a key of the wrong type (written
+-- by someone else) or a bad limit leaves the group alone instead of failing halfway
 local function release_group(run_key, run_id)
-  local cg = redis.call('HGET', run_key, 'cgroup')
-  if not cg then return end
+  local cg = redis.call('HMGET', run_key, 'cgroup_key', 'cgroup_limit')
+  local active = cg[1]
+  if not active then return end
+  local queue = active .. ':queue'
+  local limit = tonumber(cg[2] or '1') or 1
+  local t_active = redis.call('TYPE', active)['ok']
+  local t_queue = redis.call('TYPE', queue)['ok']
+  if (t_active ~= 'zset' and t_active ~= 'none') or (t_queue ~= 'list' and t_queue ~= 'none')
+  then
+    return
+  end
   local prefix = prefix_of(run_key)
-  local active = prefix .. ':cgroup:' .. cg
   redis.call('ZREM', active, run_id)
-  local limit = tonumber(redis.call('HGET', run_key, 'cgroup_limit') or '1')
   while redis.call('ZCARD', active) < limit do
-    local nxt = redis.call('LPOP', active .. ':queue')
+    local nxt = redis.call('LPOP', queue)
     if not nxt then return end
     if redis.call('HGET', prefix .. ':run:' .. nxt, 'status') == 'queued' then
       redis.call('ZADD', active, 0, nxt)
@@ -121,28 +131,36 @@ local function append_history(step_key, record)
   else h = string.sub(h, 1, -2) .. ',' .. record .. ']' end
   redis.call('HSET', step_key, 'history', h)
 end
+-- a JSON list we wrote, or {} when it is not one: helpers that run after a script's first
+-- write must not raise (Lua does not roll back)
+local function json_list(raw)
+  if not raw then return {} end
+  local ok, value = pcall(cjson.decode, raw)
+  if ok and type(value) == 'table' then return value end
+  return {}
+end
 -- a finished run lives for the retention period, then vanishes with its logs (key names
 -- as in keys.py)
 -- (every step is terminal here: nothing of the run is watched any more)
 local function expire_run_keys(run_key, run_events)
-  local ttl = tonumber(redis.call('HGET', run_key, 'retention') or '0')
+  local ttl = tonumber(redis.call('HGET', run_key, 'retention') or '0') or 0
   local base = run_key
   local leases, run_id = leases_key(run_key), run_id_of(run_key)
   if ttl > 0 then
     redis.call('EXPIRE', run_key, ttl)
     redis.call('EXPIRE', run_events, ttl)
   end
-  local ids = cjson.decode(redis.call('HGET', run_key, 'steps') or '[]')
+  local ids = json_list(redis.call('HGET', run_key, 'steps'))
   local i = 1
   while i <= #ids do
-    local sid = ids[i]
+    local sid = tostring(ids[i])
     local inst = redis.call('HGET', base .. ':step:' .. sid, 'instances')
     if inst then
-      for _, x in ipairs(cjson.decode(inst)) do ids[#ids + 1] = x end
+      for _, x in ipairs(json_list(inst)) do ids[#ids + 1] = x end
     end
     redis.call('ZREM', leases, run_id .. '|' .. sid)
     if ttl > 0 then
-      for _, part in ipairs({':step:', ':lease:', ':arrived:', ':logs:'}) do
+      for _, part in ipairs({':step:', ':lease:', ':arrived:', ':logs:', ':ended:'}) do
         redis.call('EXPIRE', base .. part .. sid, ttl)
       end
     end
@@ -159,7 +177,7 @@ local function finalize(run_key, run_events, global_events, remaining, now, run_
   local cancel = redis.call('HMGET', run_key, 'cancel_requested', 'cancel_reason', 'failures')
   if cancel[1] == '1' then
     if cancel[2] == 'timeout' then final = 'failed' else final = 'cancelled' end
-  elseif tonumber(cancel[3] or '0') > 0 then final = 'failed' end
+  elseif (tonumber(cancel[3] or '0') or 0) > 0 then final = 'failed' end
   redis.call('HSET', run_key, 'status', final, 'finished_at', now)
   local ev = {'type', 'workflow_' .. final, 'run_id', run_id, 'workflow', workflow, 'ts', now}
   if cancel[1] == '1' and cancel[2] then
@@ -302,7 +320,9 @@ return {1, redis.call('HGET', KEYS[4], 'cancel_requested') or ''}
 # run watches, and may fail over to, its ready steps by them).
 # ARGV: run_id, step_id, token, now, status, exit_code, outputs_json, stderr_tail_json,
 #       reason, allowed_failure, workflow, attempt, n_skip, skip_ids..., n_children,
-#       (child_id, child_need_count)..., history_record_json
+#       (child_id, child_need_count)..., lease_s, history_record_json
+# Dynamic mode: the children this makes ready (and still pending) are watched from here,
+# for lease_s ('' = watch nothing), as the caller publishes them.
 # -> {remaining, final_status_or_empty, ready_child..., '@'admitted_run..., '!'message...}
 #    | {'dup', status} | {'superseded'}
 _LUA_FINISH = (
@@ -382,7 +402,13 @@ for i = 1, n_children do
   local need_count = tonumber(ARGV[base + 2 * i + 1])
   local key = KEYS[5 + n_skip + i]
   redis.call('SADD', key, ARGV[2])
-  if dynamic and redis.call('SCARD', key) >= need_count then out[#out + 1] = child end
+  if dynamic and redis.call('SCARD', key) >= need_count then
+    out[#out + 1] = child
+    if ARGV[#ARGV - 1] ~= '' and redis.call('HGET', KEYS[1] .. ':step:' .. child, 'status')
+                                  == 'pending' then
+      watch(leases_key(KEYS[1]), ARGV[1] .. '|' .. child, ARGV[#ARGV - 1], 'NX')
+    end
+  end
 end
 local unparked = release_slot(KEYS[1], ARGV[2])
 out[2] = finalize(KEYS[1], KEYS[4], KEYS[5], remaining, ARGV[4], ARGV[1], ARGV[11])
@@ -468,37 +494,36 @@ return {1, release_slot(KEYS[1], ARGV[3]) or ''}
 # Celery hands on from): stop watching it, and watch each successor that is now ready and
 # still pending, so that a message lost between here and that step's claim (a worker
 # killed between popping it from its queue and recording it unacknowledged, or before it
-# wrote its first watch) is found by the reconciler.
+# wrote its first watch) is found by the reconciler. Steps whose transitions this task
+# made for them hand on with it (a fanned-out step joined inline by its last instance).
 # KEYS (from k): lease index, then per successor: step key, arrived-set key
-# ARGV (from a): member, lease_s, n, then per successor: member, need count (0: no join;
-#                -1: a fanned-out step, ready for its fan-in once every instance ended)
+# ARGV (from a): member, lease_s, n, then per successor: member, need count (0: no join),
+#                then m, then m members that hand on with this one
+# Reads first (``ready_successors``), then the writes (``hand_on``).
 _LUA_HAND_ON_FN = """
-local function joined(step_key)
-  if redis.call('HGET', step_key, 'status') ~= 'running' then return false end
-  if redis.call('HEXISTS', step_key, 'holder') == 1 then return false end
-  local base = string.match(step_key, '^(.*:step:)')
-  for _, id in ipairs(cjson.decode(redis.call('HGET', step_key, 'instances') or '[]')) do
-    if not is_terminal(redis.call('HGET', base .. id, 'status')) then return false end
-  end
-  return true
-end
-local function hand_on(k, a)
-  redis.call('ZREM', KEYS[k], ARGV[a])
-  for i = 1, tonumber(ARGV[a + 2]) do
+local function ready_successors(k, a)
+  if not tonumber(ARGV[a + 1]) then error('hand-on: bad lease seconds') end
+  local n = tonumber(ARGV[a + 2])
+  local ready = {}
+  for i = 1, n do
     local need = tonumber(ARGV[a + 2 + 2 * i])
-    local key = KEYS[k - 1 + 2 * i]
-    local ready
-    if need < 0 then
-      ready = joined(key)
-    else
-      ready = redis.call('HGET', key, 'status') == 'pending'
-              and (need == 0 or redis.call('SCARD', KEYS[k + 2 * i]) >= need)
+    if redis.call('HGET', KEYS[k - 1 + 2 * i], 'status') == 'pending'
+       and (need == 0 or redis.call('SCARD', KEYS[k + 2 * i]) >= need) then
+      ready[#ready + 1] = ARGV[a + 1 + 2 * i]
     end
-    if ready then watch(KEYS[k], ARGV[a + 1 + 2 * i], ARGV[a + 1], 'NX') end
   end
+  return ready
+end
+local function hand_on(k, a, ready)
+  local n = tonumber(ARGV[a + 2])
+  redis.call('ZREM', KEYS[k], ARGV[a])
+  for j = 1, tonumber(ARGV[a + 3 + 2 * n]) do
+    redis.call('ZREM', KEYS[k], ARGV[a + 3 + 2 * n + j])
+  end
+  for _, member in ipairs(ready) do watch(KEYS[k], member, ARGV[a + 1], 'NX') end
 end
 """
-_LUA_HAND_ON = _LUA_EMIT + _LUA_HAND_ON_FN + "hand_on(1, 1)\nreturn 1\n"
+_LUA_HAND_ON = _LUA_EMIT + _LUA_HAND_ON_FN + "hand_on(1, 1, ready_successors(1, 1))\nreturn 1\n"
 
 # The same, together with Celery's stored result of the step task (one round trip, and
 # the entry ends exactly when the result Celery hands on from exists).
@@ -507,13 +532,15 @@ _LUA_STORE_RESULT = (
     _LUA_EMIT
     + _LUA_HAND_ON_FN
     + """
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local ready = ready_successors(2, 3)
+local expires = tonumber(ARGV[2]) or 0
+if expires > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', expires)
 else
   redis.call('SET', KEYS[1], ARGV[1])
 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
-hand_on(2, 3)
+hand_on(2, 3, ready)
 return 1
 """
 )
@@ -528,41 +555,96 @@ return 1
 """
 )
 
-# KEYS: run, run_events, global_events, step keys...
-# ARGV: run_id, now, workflow, reason, step ids... (same order as step keys)
-# -> {n_cancelled, final_status_or_empty}
-_LUA_CANCEL = (
+# Cancel, step 1: the request itself, so that no step starts from now on (START checks it).
+# KEYS: run, run_events, global_events   ARGV: run_id, now, workflow, reason
+# -> {'missing'} | {'finished', status} | {'ok'}
+_LUA_CANCEL_BEGIN = (
     _LUA_EMIT
     + """
-local run_status = redis.call('HGET', KEYS[1], 'status')
-if not run_status then return {-1, ''} end
-if redis.call('HGET', KEYS[1], 'finished_at') then return {0, run_status} end
-local first = redis.call('HGET', KEYS[1], 'cancel_requested') ~= '1'
-redis.call('HSET', KEYS[1], 'cancel_requested', '1')
-if first then
-  redis.call('HSET', KEYS[1], 'cancel_reason', ARGV[4])
-  emit(KEYS[2], KEYS[3], {'type', 'workflow_cancelling', 'run_id', ARGV[1],
-       'workflow', ARGV[3], 'reason', ARGV[4], 'ts', ARGV[2]})
+local run = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'cancel_requested')
+if not run[1] then return {'missing'} end
+if run[2] then return {'finished', run[1]} end
+if run[3] == '1' then return {'ok'} end
+redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'cancel_reason', ARGV[4])
+local event = {'type', 'workflow_cancelling', 'run_id', ARGV[1], 'workflow', ARGV[3],
+               'reason', ARGV[4], 'ts', ARGV[2]}
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'cancelled_by', ARGV[5])
+  event[#event + 1] = 'by'
+  event[#event + 1] = ARGV[5]
 end
-local n = 0
-local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '0')
-for i = 4, #KEYS do
-  local s = redis.call('HGET', KEYS[i], 'status')
-  if s == 'pending' or s == 'retrying' then
-    redis.call('HSET', KEYS[i], 'status', 'cancelled', 'finished_at', ARGV[2],
-               'reason', ARGV[4])
-    emit(KEYS[2], KEYS[3], {'type', 'step_cancelled', 'run_id', ARGV[1], 'workflow', ARGV[3],
-         'step', ARGV[4 + i - 3], 'reason', ARGV[4], 'ts', ARGV[2]})
-    remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
-    n = n + 1
-  end
+emit(KEYS[2], KEYS[3], event)
+return {'ok'}
+"""
+)
+
+# Cancel, step 2, in chunks (a 10,000-instance run must not hold Redis in one script):
+# pending and retrying steps of the chunk are cancelled; an instance joins its parent's
+# set of ended instances. Reads first, then writes.
+# KEYS: run, run_events, global_events, then per step: its key, the ended-instances set
+#       of its fan-out parent (for a top-level step, its own: unused)
+# ARGV: run_id, now, workflow, reason, step ids...
+# -> {n_cancelled, final_status_or_empty, admitted run ids...} | {-1, ''} (no such run)
+_LUA_CANCEL_STEPS = (
+    _LUA_EMIT
+    + """
+local run = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'remaining')
+if not run[1] then return {-1, ''} end
+if run[2] then return {0, run[1]} end
+local remaining = tonumber(run[3] or '0') or 0
+local todo = {}
+for j = 5, #ARGV do
+  local s = redis.call('HGET', KEYS[4 + 2 * (j - 5)], 'status')
+  if s == 'pending' or s == 'retrying' then todo[#todo + 1] = j end
 end
-local final = finalize(KEYS[1], KEYS[2], KEYS[3], remaining, ARGV[2], ARGV[1], ARGV[3])
-local out = {n, final}
+for _, j in ipairs(todo) do
+  local key = KEYS[4 + 2 * (j - 5)]
+  redis.call('HSET', key, 'status', 'cancelled', 'finished_at', ARGV[2], 'reason', ARGV[4])
+  if string.find(ARGV[j], '[', 1, true) then redis.call('SADD', KEYS[5 + 2 * (j - 5)], ARGV[j]) end
+  emit(KEYS[2], KEYS[3], {'type', 'step_cancelled', 'run_id', ARGV[1], 'workflow', ARGV[3],
+       'step', ARGV[j], 'reason', ARGV[4], 'ts', ARGV[2]})
+end
+if #todo > 0 then remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -#todo) end
+local out = {#todo, finalize(KEYS[1], KEYS[2], KEYS[3], remaining, ARGV[2], ARGV[1], ARGV[3])}
 for _, r in ipairs(admitted) do out[#out + 1] = r end
 return out
 """
 )
+
+# Cancel, step 3: a fanned-out step whose instances have all ended is cancelled now,
+# without waiting for its fan-in (the instances still queued may take a while to drain).
+# KEYS: run, run_events, global_events, then per fanned-out step: its key, its set of
+#       ended instances   ARGV: run_id, now, workflow, reason, step ids...
+# -> {n_cancelled, final_status_or_empty, admitted run ids...}
+_LUA_CANCEL_FANNED = (
+    _LUA_EMIT
+    + """
+local run = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'remaining')
+if not run[1] then return {-1, ''} end
+if run[2] then return {0, run[1]} end
+local remaining = tonumber(run[3] or '0') or 0
+local todo = {}
+for j = 5, #ARGV do
+  local key = KEYS[4 + 2 * (j - 5)]
+  local p = redis.call('HMGET', key, 'status', 'instance_count')
+  local n = tonumber(p[2] or '')
+  if p[1] == 'running' and n and redis.call('SCARD', KEYS[5 + 2 * (j - 5)]) >= n then
+    todo[#todo + 1] = j
+  end
+end
+for _, j in ipairs(todo) do
+  redis.call('HSET', KEYS[4 + 2 * (j - 5)], 'status', 'cancelled', 'finished_at', ARGV[2],
+             'reason', ARGV[4])
+  emit(KEYS[2], KEYS[3], {'type', 'step_cancelled', 'run_id', ARGV[1], 'workflow', ARGV[3],
+       'step', ARGV[j], 'reason', ARGV[4], 'ts', ARGV[2]})
+end
+if #todo > 0 then remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -#todo) end
+local out = {#todo, finalize(KEYS[1], KEYS[2], KEYS[3], remaining, ARGV[2], ARGV[1], ARGV[3])}
+for _, r in ipairs(admitted) do out[#out + 1] = r end
+return out
+"""
+)
+CANCEL_CHUNK = 500  # steps per cancel script: each holds Redis for a few milliseconds
 
 # KEYS: lease index; ARGV: member, cutoff -> 1 when removed (its score was still <= cutoff)
 _LUA_DROP_EXPIRED = """
@@ -610,18 +692,76 @@ return ready
 """
 )
 
-# Fan-out: record the instances of a step. KEYS: run, parent step, instance step keys...
-# ARGV: instance ids json, then per instance its values json
-_LUA_ADD_INSTANCES = """
+# Fan-out: record the instances of a step, all at once and only once. The first window
+# of them is due now (sent by the caller): watched from here, unless the run is being
+# cancelled (the caller cancels them instead of sending them).
+# KEYS: run, parent step, instance step keys...
+# ARGV: instance ids json, window, then per instance its values json, then lease_s
+#       ('' = watch nothing: a broker whose messages cannot be looked for)
+_LUA_ADD_INSTANCES = (
+    _LUA_EMIT
+    + """
 if redis.call('HGET', KEYS[2], 'instances') then return 0 end
-redis.call('HSET', KEYS[2], 'instances', ARGV[1])
-for i = 3, #KEYS do
-  redis.call('HSET', KEYS[i], 'status', 'pending', 'attempts', '0', 'values', ARGV[i - 1])
+local n = #KEYS - 2
+local ids = cjson.decode(ARGV[1])
+local window = tonumber(ARGV[2])
+local lease_s = ARGV[#ARGV]
+if type(ids) ~= 'table' or #ids ~= n or not window or #ARGV ~= n + 3
+   or (lease_s ~= '' and not tonumber(lease_s)) then
+  error('add_instances: bad arguments')
 end
-redis.call('HINCRBY', KEYS[1], 'remaining', #KEYS - 2)
-redis.call('HINCRBY', KEYS[1], 'instance_count', #KEYS - 2)
+local watching = lease_s ~= '' and redis.call('HGET', KEYS[1], 'cancel_requested') ~= '1'
+redis.call('HSET', KEYS[2], 'instances', ARGV[1], 'instance_count', n, 'fan_window', window)
+for i = 3, #KEYS do
+  redis.call('HSET', KEYS[i], 'status', 'pending', 'attempts', '0', 'values', ARGV[i])
+end
+redis.call('HINCRBY', KEYS[1], 'remaining', n)
+redis.call('HINCRBY', KEYS[1], 'instance_count', n)
+if watching then
+  local leases, run_id = leases_key(KEYS[1]), run_id_of(KEYS[1])
+  for i = 1, math.min(window, n) do watch(leases, run_id .. '|' .. ids[i], lease_s, 'NX') end
+end
 return 1
 """
+)
+
+# An instance has ended (recorded, or a replay of it): it joins its parent's set of ended
+# instances; its lane's next instance (index + window) is due unless the run is being
+# cancelled; the fan-in is due once every instance has ended and the parent is open.
+# What becomes due is watched in this same transition (the next instance, still pending;
+# the parent, whose join the caller runs): a worker lost before sending or joining leaves
+# a watch that runs out, and the reconciler sends the instance or the fan-in again.
+# Idempotent, so a redelivered instance repeats it safely (a duplicate message is a no-op).
+# KEYS: run, parent step, ended set
+# ARGV: instance id, index, parent id, lease_s ('' = watch nothing)
+# -> {next_index or -1 (only while that instance is pending), 1 when the fan-in is due}
+_LUA_INSTANCE_ENDED = (
+    _LUA_EMIT
+    + """
+local p = redis.call('HMGET', KEYS[2], 'instance_count', 'fan_window', 'status')
+local n = tonumber(p[1] or '')
+if not n then return {-1, 0} end
+local window = tonumber(p[2] or '') or n
+local i = tonumber(ARGV[2]) or n
+local lease_s = ARGV[4]
+if lease_s ~= '' and not tonumber(lease_s) then error('instance_ended: bad lease seconds') end
+local nxt = -1
+if i + window < n and redis.call('HGET', KEYS[1], 'cancel_requested') ~= '1'
+   and redis.call('HGET', KEYS[2] .. '[' .. (i + window) .. ']', 'status') == 'pending' then
+  nxt = i + window
+end
+local count = redis.call('SCARD', KEYS[3]) + (1 - redis.call('SISMEMBER', KEYS[3], ARGV[1]))
+local join = 0
+if count >= n and not is_terminal(p[3]) then join = 1 end
+redis.call('SADD', KEYS[3], ARGV[1])
+if lease_s ~= '' then
+  local leases, run_id = leases_key(KEYS[1]), run_id_of(KEYS[1])
+  if nxt >= 0 then watch(leases, run_id .. '|' .. ARGV[3] .. '[' .. nxt .. ']', lease_s, 'NX') end
+  if join == 1 then watch(leases, run_id .. '|' .. ARGV[3], lease_s, 'NX') end
+end
+return {nxt, join}
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -668,8 +808,7 @@ class Successor:
     """A step that may become ready when another hands on (see RunStore.hand_on)."""
 
     step: str
-    # how many needs it joins on; 0: none to check (the next instance of a lane); -1: the
-    # fan-in of a fanned-out step (ready once every instance has ended)
+    # how many needs it joins on (its arrived set); 0: none to check
     needs: int
 
 
@@ -685,8 +824,11 @@ class RunStore:
         self._finish = client.register_script(_LUA_FINISH)
         self._retry = client.register_script(_LUA_RETRY)
         self._handback = client.register_script(_LUA_HANDBACK)
-        self._cancel = client.register_script(_LUA_CANCEL)
+        self._cancel_begin = client.register_script(_LUA_CANCEL_BEGIN)
+        self._cancel_steps = client.register_script(_LUA_CANCEL_STEPS)
+        self._cancel_fanned = client.register_script(_LUA_CANCEL_FANNED)
         self._add_instances = client.register_script(_LUA_ADD_INSTANCES)
+        self._instance_ended = client.register_script(_LUA_INSTANCE_ENDED)
         self._fail_over = client.register_script(_LUA_FAIL_OVER)
         self._drop_expired = client.register_script(_LUA_DROP_EXPIRED)
         self._refresh = client.register_script(_LUA_REFRESH)
@@ -894,13 +1036,15 @@ class RunStore:
         skip: Iterable[str] = (),
         children: Mapping[str, int] | None = None,
         history: Mapping[str, Any] | None = None,
+        watch_seconds: float | None = None,
     ) -> FinishOutcome:
         """FINISH: record a terminal status; skip ``skip``; join ``children`` (dynamic mode).
 
         With ``attempt`` (the delivery started the step), accepted only while ``token``
         holds the step at that attempt; without, only while no other delivery holds a live
         lease on it. A refused write is recorded as a ``step_result_discarded`` event and
-        comes back as ``superseded``.
+        comes back as ``superseded``. ``watch_seconds``: the children this makes ready are
+        watched from here (recovery.py), as the caller publishes them.
         """
         k = self.keys
         skip = list(skip)
@@ -929,6 +1073,7 @@ class RunStore:
         ]
         for child, count in children.items():
             args += [child, count]
+        args.append("" if watch_seconds is None else watch_seconds)
         args.append(json.dumps(dict(history)) if history else "")
         res = [_s(x) for x in self._finish(keys=keys, args=args)]
         if res[0] == "superseded":
@@ -993,18 +1138,23 @@ class RunStore:
         successors: Iterable[Successor],
         seconds: float,
         result: tuple[str, Any, int] | None = None,
+        ended: Iterable[str] = (),
     ) -> None:
         """HAND ON: stop watching a step that has handed on; watch its ready successors.
 
         ``result``: (key, value, expires) of the Celery result to store in the same script.
+        ``ended``: steps of the same run that hand on with this one (their transitions
+        were made by this step's task: a fanned-out step joined by its last instance).
         """
         k = self.keys
         succ = list(successors)
+        also = [f"{run_id}|{s}" for s in ended]
         keys = [k.leases]
         args: list[Any] = [f"{run_id}|{step_id}", seconds, len(succ)]
         for s in succ:
             keys += [k.step(run_id, s.step), k.arrived(run_id, s.step)]
             args += [f"{run_id}|{s.step}", s.needs]
+        args += [len(also), *also]
         if result is None:
             self._hand_on(keys=keys, args=args)
             return
@@ -1080,35 +1230,64 @@ class RunStore:
         return Outcome.from_reply(self._release(keys=keys, args=[token, attempt, step_id]))
 
     def cancel_run(
-        self, run_id: str, reason: str = "cancelled", keep: Iterable[str] = ()
+        self,
+        run_id: str,
+        reason: str = "cancelled",
+        keep: Iterable[str] = (),
+        by: str | None = None,
     ) -> tuple[int, str | None]:
         """Ask a run to stop: pending steps are cancelled now, running ones stop themselves.
 
+        ``keep``: steps (and their instances) that still run after a cancel. A fanned-out
+        step whose instances have all ended is cancelled now, not when its fan-in comes.
+        ``by``: who asked (the run's ``cancelled_by`` and the ``by`` of its cancelling event).
         Returns (steps cancelled now, final run status if this ended the run).
         """
         k = self.keys
         run = _decode(self.r.hgetall(k.run(run_id)))
         if not run:
             raise RunNotFound(run_id)
-        step_ids = json.loads(run.get("steps", "[]"))
-        instances = self._instance_ids(run_id, step_ids)
-        keep = set(keep)
-        all_ids = [s for s in step_ids + instances if s not in keep]
-        keys = [
-            k.run(run_id),
-            k.run_events(run_id),
-            k.global_events,
-            *(k.step(run_id, s) for s in all_ids),
-        ]
-        args = [run_id, now_iso(), run.get("workflow", ""), reason, *all_ids]
-        res = [_s(x) for x in self._cancel(keys=keys, args=args)]
-        n, final, admitted = res[0], res[1], res[2:]
-        if int(n) < 0:
+        workflow = run.get("workflow", "")
+        head = [k.run(run_id), k.run_events(run_id), k.global_events]
+        args = [run_id, now_iso(), workflow, reason]
+        begun = [_s(x) for x in self._cancel_begin(keys=head, args=[*args, by or ""])]
+        if begun[0] == "missing":
             raise RunNotFound(run_id)
-        if final and final not in ("running", "pending"):
-            self.expire_run(run_id)
-        self.last_admitted = list(admitted)
-        return int(n), (final or None)
+        self.last_admitted = []
+        if begun[0] == "finished":
+            return 0, begun[1]
+        keep = set(keep)
+        fanned = self._instances_by_parent(run_id, json.loads(run.get("steps", "[]")))
+        ids = [s for s in json.loads(run.get("steps", "[]")) if s not in keep]
+        for parent, instances in fanned.items():
+            if parent not in keep:
+                ids += instances
+        cancelled, final = 0, ""
+        for start in range(0, len(ids), CANCEL_CHUNK):
+            chunk = ids[start : start + CANCEL_CHUNK]
+            keys = list(head)
+            for sid in chunk:
+                owner = sid.rsplit("[", 1)[0]
+                keys += [k.step(run_id, sid), k.ended_instances(run_id, owner)]
+            res = [_s(x) for x in self._cancel_steps(keys=keys, args=[*args, *chunk])]
+            if int(res[0]) < 0:
+                raise RunNotFound(run_id)
+            cancelled += int(res[0])
+            final = res[1]
+            self.last_admitted += res[2:]
+            if final:
+                break
+        parents = [p for p in fanned if p not in keep]
+        if parents and not final:
+            keys = list(head)
+            for parent in parents:
+                keys += [k.step(run_id, parent), k.ended_instances(run_id, parent)]
+            res = [_s(x) for x in self._cancel_fanned(keys=keys, args=[*args, *parents])]
+            cancelled += max(0, int(res[0]))
+            final = res[1]
+            self.last_admitted += res[2:]
+        # a run that ended here had its keys' expiry set by the same script (finalize)
+        return cancelled, (final or None)
 
     def run_mode(self, run_id: str) -> str | None:
         raw = self.r.hget(self.keys.run(run_id), "mode")
@@ -1163,14 +1342,43 @@ class RunStore:
         pipe.execute()
         self.expire_run(run_id)
 
-    def add_instances(self, run_id: str, parent: str, values: list[dict[str, Any]]) -> list[str]:
-        """Record the instances of a fanned-out step (idempotent); returns their ids."""
+    def add_instances(
+        self,
+        run_id: str,
+        parent: str,
+        values: list[dict[str, Any]],
+        window: int | None = None,
+        watch_seconds: float | None = None,
+    ) -> list[str]:
+        """Record the instances of a fanned-out step (idempotent); returns their ids.
+
+        ``window``: instances sent at once, each ending one sending the next of its lane
+        (``instance_ended``); default all. ``watch_seconds``: watch the first window from
+        here (recovery.py), as the caller sends them.
+        """
         k = self.keys
         ids = [f"{parent}[{i}]" for i in range(len(values))]
         keys = [k.run(run_id), k.step(run_id, parent), *(k.step(run_id, i) for i in ids)]
-        self._add_instances(keys=keys, args=[json.dumps(ids), *(json.dumps(v) for v in values)])
+        args = [json.dumps(ids), window or len(ids), *(json.dumps(v) for v in values)]
+        args.append("" if watch_seconds is None else watch_seconds)
+        self._add_instances(keys=keys, args=args)
         raw = self.r.hget(k.step(run_id, parent), "instances")
         return json.loads(raw) if raw else ids
+
+    def instance_ended(
+        self, run_id: str, instance_id: str, watch_seconds: float | None = None
+    ) -> tuple[str | None, bool]:
+        """An instance has ended: (the next instance of its lane to send, fan-in due?).
+
+        ``watch_seconds``: what becomes due is watched from here (recovery.py).
+        """
+        parent, _, rest = instance_id.rpartition("[")
+        index = rest.rstrip("]")
+        k = self.keys
+        keys = [k.run(run_id), k.step(run_id, parent), k.ended_instances(run_id, parent)]
+        args = [instance_id, index, parent, "" if watch_seconds is None else watch_seconds]
+        nxt, join = (int(x) for x in self._instance_ended(keys=keys, args=args))
+        return (f"{parent}[{nxt}]" if nxt >= 0 else None), bool(join)
 
     def instance_values(self, run_id: str, step_id: str) -> dict[str, Any]:
         raw = self.r.hget(self.keys.step(run_id, step_id), "values")
@@ -1183,14 +1391,16 @@ class RunStore:
         return {sid: _decode(h) for sid, h in zip(step_ids, pipe.execute(), strict=True)}
 
     def _instance_ids(self, run_id: str, step_ids: list[str]) -> list[str]:
+        return [i for ids in self._instances_by_parent(run_id, step_ids).values() for i in ids]
+
+    def _instances_by_parent(self, run_id: str, step_ids: list[str]) -> dict[str, list[str]]:
+        """The instance ids of each fanned-out step among ``step_ids``."""
         pipe = self.r.pipeline(transaction=False)
         for sid in step_ids:
             pipe.hget(self.keys.step(run_id, sid), "instances")
-        out: list[str] = []
-        for raw in pipe.execute():
-            if raw:
-                out += json.loads(raw)
-        return out
+        return {
+            sid: json.loads(raw) for sid, raw in zip(step_ids, pipe.execute(), strict=True) if raw
+        }
 
     def cancel_requested(self, run_id: str) -> bool:
         return self.r.hget(self.keys.run(run_id), "cancel_requested") in (b"1", "1")

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -19,7 +20,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
 from typing import Any
 
 import redis
@@ -39,6 +40,7 @@ from .app import (
 from .compile import DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
 from .events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
+from .fullredis import lease_keeper, wait_while_full, worker_stopping
 from .gates import Gates
 from .graph import Graph
 from .lease import LeaseKeeper, boottime
@@ -257,6 +259,9 @@ class StepExecution:
         self.mode: str | None = None  # from the store when known; a canvas run may fail over
         self.keeper: LeaseKeeper | None = None
         self._claim_sent = 0.0
+        self.inline = False  # run inside another step's task, which hands on for it
+        self.recorded = False  # this execution's FINISH went through (not a duplicate)
+        self.joined: StepExecution | None = None  # the fan-out step this instance joined
 
     # ------------------------------------------------------------------ flow
 
@@ -348,26 +353,15 @@ class StepExecution:
     def _start(self, check_needs: bool, ignore_cancel: bool) -> Any:
         """Claim the step. When a gate says "not now", claim again with this delivery's
         message: the store parks it in that same transition (or starts the step, if the
-        gate opened meanwhile), so a step is never left unclaimed and unparked."""
+        gate opened meanwhile), so a step is never left unclaimed and unparked. While
+        Redis is full, each claim waits until memory is freed (fullredis)."""
         approval = (self.spec.get("approval") or {}) if self.parent is None else {}
         park_message: dict[str, Any] | None = None
         while True:
-            self._claim_sent = boottime()
-            decision = self.store.start_step(
-                self.run_id,
-                self.step_id,
-                token=self.token,
-                needs=list(self.spec["needs"]) if self.parent is None else [],
-                output_steps=self._referenced_steps(),
-                workflow=self.ctx.workflow,
-                lease_seconds=self.settings.lease_seconds,
-                max_attempts=self.settings.max_attempts,
-                check_needs=check_needs,
-                ignore_cancel=ignore_cancel,
-                needs_approval=self.parent is None and bool(self.spec.get("approval")),
-                max_active=self.max_active,
-                park_message=park_message,
-                approval_prompt=approval.get("prompt", ""),
+            decision = wait_while_full(
+                partial(self._claim, check_needs, ignore_cancel, park_message, approval),
+                f"claiming step {self.step_id} of run {self.run_id}",
+                give_up=worker_stopping,
             )
             if decision.action != "park" or park_message is not None:
                 break  # (a claim given the message never answers "park")
@@ -381,6 +375,33 @@ class StepExecution:
                 APPROVAL_TIMEOUT_TASK, args=(self.run_id, self.step_id), immutable=True
             ).apply_async(countdown=approval["timeout"], root_id=self.run_id)
         return decision
+
+    def _claim(
+        self,
+        check_needs: bool,
+        ignore_cancel: bool,
+        park_message: dict[str, Any] | None,
+        approval: dict[str, Any],
+    ) -> Any:
+        """One CLAIM transition. Its send time starts the lease on this side (LeaseKeeper):
+        a claim retried while Redis was full counts from the retry that went through."""
+        self._claim_sent = boottime()
+        return self.store.start_step(
+            self.run_id,
+            self.step_id,
+            token=self.token,
+            needs=list(self.spec["needs"]) if self.parent is None else [],
+            output_steps=self._referenced_steps(),
+            workflow=self.ctx.workflow,
+            lease_seconds=self.settings.lease_seconds,
+            max_attempts=self.settings.max_attempts,
+            check_needs=check_needs,
+            ignore_cancel=ignore_cancel,
+            needs_approval=self.parent is None and bool(self.spec.get("approval")),
+            max_active=self.max_active,
+            park_message=park_message,
+            approval_prompt=approval.get("prompt", ""),
+        )
 
     @cached_property
     def _secret_values(self) -> list[str]:
@@ -680,47 +701,107 @@ class StepExecution:
     # ------------------------------------------------------------------ fan-out
 
     def _fan_out(self, need_outputs: dict[str, Any]) -> dict[str, Any]:
-        """Record one instance per matrix combination / list item and run them as a group."""
-        from .dispatch import publish_fan_out
+        """Record one instance per matrix combination / list item and send the first ones."""
+        from .dispatch import fan_out_window, publish_fan_out
 
-        if self.spec.get("matrix"):
-            keys = list(self.spec["matrix"])
-            combos = itertools.product(*(self.spec["matrix"][k] for k in keys))
-            values = [{"matrix": dict(zip(keys, c, strict=True))} for c in combos]
-        else:
-            occ = ex.find(self.spec["for_each"])[0]
-            raw = ex.evaluate(occ.node, self._resolver(need_outputs))
-            try:
-                items = json.loads(raw) if isinstance(raw, str) else raw
-            except ValueError:
-                items = None
-            if not isinstance(items, list):
-                return self._finish(
-                    StepStatus.FAILED,
-                    reason="bad_input",
-                    stderr=[
-                        f"[runbook] for_each: {self.spec['for_each']} is not a JSON list: "
-                        f"{str(raw)[:200]!r}"
-                    ],
-                )
-            values = [{"item": item} for item in items]
+        values = self._instance_values(need_outputs)
+        if isinstance(values, dict):  # the step failed: too many instances, or not a list
+            return values
         if not values:
             return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])  # type: ignore[arg-type]
-        ids = self.store.add_instances(self.run_id, self.step_id, values)
+        window = fan_out_window(self.spec.get("max_parallel"), len(values))
+        # the first window is watched from the transition that records it (recovery.py)
+        ids = self.store.add_instances(
+            self.run_id, self.step_id, values, window, watch_seconds=self._watch_seconds
+        )
         outcome = self.store.release_step(self.run_id, self.step_id, self.token, self.attempt or 0)
         self._after(outcome, "fan-out")
-        # the first instance of each lane is watched once this delivery has handed on
-        lanes = min(self.spec.get("max_parallel") or len(ids), len(ids))
-        note_successors(self._member, [Successor(i, 0) for i in ids[:lanes]])
-        publish_fan_out(
-            self.ctx.snapshot, self.run_id, self.step_id, ids, self.spec.get("max_parallel")
-        )
+        self._stop_keeping()  # released: the instances hold their own leases
+        if self.store.cancel_requested(self.run_id):
+            # cancelled while we fanned out: cancel the new instances too, send none
+            reason = self.store.cancel_reason(self.run_id) or FailureReason.CANCELLED
+            self.store.cancel_run(
+                self.run_id, reason=reason, keep=cancel_survivors(self.ctx.snapshot)
+            )
+        else:
+            publish_fan_out(self.ctx.snapshot, self.run_id, ids[:window])
         return {
             "run_id": self.run_id,
             "step": self.step_id,
             "status": "fanned_out",
             "instances": len(ids),
         }
+
+    def _instance_values(self, need_outputs: dict[str, Any]) -> list[dict[str, Any]] | dict:
+        """Each instance's values, or the failed step's result when there can be none.
+
+        The instance cap (RUNBOOK_MAX_INSTANCES) is checked before anything is built or
+        recorded: 100,000 items once took a pool process 500 MB and Redis 147 MB.
+        """
+        cap = self.settings.max_instances
+        if self.spec.get("matrix"):
+            keys = list(self.spec["matrix"])
+            count = math.prod(len(self.spec["matrix"][k]) for k in keys)
+            if count > cap:
+                return self._too_many(f"matrix has {count:,} combinations", cap)
+            combos = itertools.product(*(self.spec["matrix"][k] for k in keys))
+            return [{"matrix": dict(zip(keys, c, strict=True))} for c in combos]
+        occ = ex.find(self.spec["for_each"])[0]
+        raw = ex.evaluate(occ.node, self._resolver(need_outputs))
+        try:
+            items = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            items = None
+        if not isinstance(items, list):
+            return self._finish(
+                StepStatus.FAILED,
+                reason="bad_input",
+                stderr=[
+                    f"[runbook] for_each: {self.spec['for_each']} is not a JSON list: "
+                    f"{str(raw)[:200]!r}"
+                ],
+            )
+        if len(items) > cap:
+            return self._too_many(f"for_each list has {len(items):,} items", cap)
+        return [{"item": item} for item in items]
+
+    def _too_many(self, what: str, cap: int) -> dict[str, Any]:
+        return self._finish(
+            StepStatus.FAILED,
+            reason=FailureReason.TOO_MANY_INSTANCES,
+            stderr=[
+                f"[runbook] {what}: more than the {cap:,} instances a step may have "
+                "(RUNBOOK_MAX_INSTANCES); split the work or raise the limit"
+            ],
+        )
+
+    def _instance_ended(self) -> None:
+        """This instance has ended: send the next of its lane; the last one joins them all.
+
+        The join runs here rather than as a message, which would wait behind every
+        instance message still queued (after a cancel, up to a window of them). What
+        becomes due is watched in the same transition (``RunStore.instance_ended``); the
+        parent hands on with this task when its join is recorded here (_note_successors).
+        """
+        from .dispatch import publish_steps
+
+        nxt, join = wait_while_full(
+            lambda: self.store.instance_ended(self.run_id, self.step_id, self._watch_seconds),
+            f"handing on from instance {self.step_id} of run {self.run_id}",
+            give_up=worker_stopping,
+        )
+        if nxt:
+            publish_steps(self.ctx.snapshot, self.run_id, [nxt])
+        if join and self.parent:
+            parent = StepExecution(
+                self.task, self.settings, self.store, self.ctx, self.run_id, self.parent
+            )
+            parent.inline = True  # this task hands on for it
+            try:
+                with contextlib.suppress(StepFailed):  # the parent's failure is not ours
+                    parent.join_instances()
+            finally:
+                self.joined = parent if parent.recorded else None
 
     def join_instances(self) -> dict[str, Any]:
         """All instances ended: the step succeeds if they all did (or were allowed to fail)."""
@@ -734,12 +815,22 @@ class StepExecution:
             if hashes[i].get("status") not in ("succeeded",)
             and hashes[i].get("allowed_failure") != "1"
         ]
+        if failed and self.store.cancel_requested(self.run_id):
+            return self._finish(
+                StepStatus.CANCELLED,
+                outputs=outputs,  # type: ignore[arg-type]
+                reason=self.store.cancel_reason(self.run_id) or FailureReason.CANCELLED,
+                stderr=[f"[runbook] run cancelled; instances not succeeded: {len(failed)}"],
+            )
         if failed:
+            shown = ", ".join(failed[:20]) + (
+                f" and {len(failed) - 20} more" if len(failed) > 20 else ""
+            )
             return self._finish(
                 StepStatus.FAILED,
                 outputs=outputs,
                 reason="instance_failed",  # type: ignore[arg-type]
-                stderr=[f"[runbook] instances not succeeded: {', '.join(failed)}"],
+                stderr=[f"[runbook] instances not succeeded: {shown}"],
                 allowed_failure=bool(self.spec.get("continue_on_error")),
             )
         return self._finish(StepStatus.SUCCEEDED, outputs=outputs)  # type: ignore[arg-type]
@@ -773,32 +864,49 @@ class StepExecution:
                 below = self.ctx.graph.descendants(self.step_id)
                 skip = [s for s in self.ctx.graph.topological() if s in below]
             children = self._children()
-        outcome = self.store.finish_step(
-            self.run_id,
-            self.step_id,
-            token=self.token,
-            status=status,
-            workflow=self.ctx.workflow,
-            exit_code=exit_code,
-            outputs=outputs,
-            stderr_tail=stderr,
-            reason=reason,
-            allowed_failure=allowed_failure,
-            attempt=self.attempt,
-            skip=skip,
-            children=children,
-            history=history,
+        # Redis full: keep the result and the lease, record once memory is freed (fullredis)
+        outcome = wait_while_full(
+            lambda: self.store.finish_step(
+                self.run_id,
+                self.step_id,
+                token=self.token,
+                status=status,
+                workflow=self.ctx.workflow,
+                exit_code=exit_code,
+                outputs=outputs,
+                stderr_tail=stderr,
+                reason=reason,
+                allowed_failure=allowed_failure,
+                attempt=self.attempt,
+                skip=skip,
+                children=children,
+                history=history,
+                watch_seconds=self._watch_seconds,
+            ),
+            f"recording step {self.step_id} of run {self.run_id} as {status.value}",
+            while_waiting=lease_keeper(
+                self.store.r,
+                self.store.keys.lease(self.run_id, self.step_id),
+                self.token,
+                self.settings.lease_seconds,
+            ),
+            give_up=worker_stopping,
         )
         if outcome.duplicate and check_terminal:
             return self._replay(outcome.run_status or "")
         self._after(outcome, f"recording {status.value}")
-        self._note_successors()
-        if outcome.run_status:
-            _cache.drop(self.run_id)
+        self.recorded = not outcome.duplicate
+        if self.attempt is not None and not outcome.duplicate:
+            self._stop_keeping()  # recorded: the lease is gone with it
         if outcome.ready:
             from .dispatch import publish_steps
 
             publish_steps(self.ctx.snapshot, self.run_id, outcome.ready)
+        if self.parent is not None:
+            self._instance_ended()
+        self._note_successors()
+        if outcome.run_status:
+            _cache.drop(self.run_id)
         if outcome.admitted:
             from .dispatch import publish_admitted
 
@@ -827,22 +935,34 @@ class StepExecution:
 
     def _note_successors(self) -> None:
         """Tell the hand-on (stored result or task_postrun) what may be ready after this
-        step: its children in the DAG; for an instance, the next one in its lane, and the
-        fan-in of its step once every instance has ended."""
-        if self.task is None:  # recorded from outside a task (an operator's decision)
+        step: its children in the DAG. An instance's lane and its step's join are watched
+        by ``instance_ended`` itself; when this task recorded that join, the fanned-out
+        step hands on with it, and its children are this task's successors."""
+        if self.task is None or self.inline:  # an operator's decision; a join done inline
             return
         if not self.settings.broker_url.startswith(("redis", "rediss")):
             return  # an AMQP broker does not lose messages on their way: nothing to watch
         if self.parent is None:
-            succ = [Successor(c, n) for c, n in self._children().items()]
+            note_successors(self._member, [Successor(c, n) for c, n in self._children().items()])
+        elif self.joined is not None:
+            children = self.joined._children().items()
+            succ = [Successor(c, n) for c, n in children]
+            note_successors(self._member, succ, ended=[self.parent])
         else:
-            succ = [Successor(self.parent, -1)]
-            chain = getattr(self.task.request, "chain", None) or []
-            nxt = chain[-1] if chain else None
-            args = (nxt or {}).get("args") or ()
-            if (nxt or {}).get("task") == STEP_TASK and len(args) == 2 and args[0] == self.run_id:
-                succ.append(Successor(str(args[1]), 0))
-        note_successors(self._member, succ)
+            note_successors(self._member, [])
+
+    @property
+    def _watch_seconds(self) -> float | None:
+        """How long a step made ready is watched for (recovery.py); None with a broker
+        whose messages cannot be looked for (AMQP), where only received steps are."""
+        if self.settings.broker_url.startswith(("redis", "rediss")):
+            return self.settings.lease_seconds
+        return None
+
+    def _stop_keeping(self) -> None:
+        """The transition that ends this delivery's hold went through: stop renewing."""
+        if self.keeper is not None:
+            self.keeper.stop()
 
     def _replay(self, status: str) -> dict[str, Any]:
         """A duplicate delivery of a finished step: never run it again, but finish handing on.
@@ -850,8 +970,10 @@ class StepExecution:
         In dynamic mode the join is idempotent, so re-doing it publishes any child that a
         crash between "recorded" and "published" would otherwise have stranded.
         """
-        self._note_successors()  # and its ready successors are watched once it handed on
         mode = self.mode or self.store.run_mode(self.run_id) or self.ctx.snapshot["mode"]
+        if self.parent is not None:
+            self._instance_ended()  # idempotent: a crash may have come before it
+        self._note_successors()  # and its ready successors are watched once it handed on
         if self.parent is None and mode == DYNAMIC:
             ready = self.store.rejoin(self.run_id, self.step_id, self._children())
             if ready:

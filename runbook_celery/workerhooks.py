@@ -61,7 +61,8 @@ def _handed_on(
         return  # already handed on with the stored result (app.ResultBackend)
     with contextlib.suppress(redis.RedisError):
         settings, store = _worker_store()
-        store.hand_on(args[0], args[1], handed_on_successors(member), settings.lease_seconds)
+        successors, ended = handed_on_successors(member)
+        store.hand_on(args[0], args[1], successors, settings.lease_seconds, ended=ended)
 
 
 def _step_member(request: Any) -> str | None:

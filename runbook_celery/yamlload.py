@@ -6,6 +6,10 @@ duplicate keys, and (c) stop at the first event past the nesting or alias-expans
 Building iteratively from events matters: libyaml's composer recurses in C and crashes the
 interpreter on a document nested ~100,000 levels deep, and it composes the whole document
 before any limit could be checked.
+
+Newer libyaml (bundled since PyYAML 6.0.4) has a nesting limit of its own (1,000 levels) that
+its scanner can hit while looking ahead, before our builder has seen the event past ours.
+Such a document is nested deeper than our limit too, so it gets our message, not libyaml's.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import yaml
 
 from .errors import DefinitionError
+from .model import NUL_MESSAGE
 
 try:  # the C parser is much faster; fall back to pure Python where libyaml is absent
     from yaml import CSafeLoader as _Loader
@@ -44,6 +49,22 @@ class LoadedYaml:
     data: Any
     file: str
     lines: dict[YamlPath, int] = field(default_factory=dict)
+    # where each scalar value starts (line of its first character or block indicator) and its
+    # style ("|", ">", '"', "'" or "" for plain), to point at a line inside a multi-line value
+    scalars: dict[YamlPath, tuple[int, str]] = field(default_factory=dict)
+
+    def line_in(self, path: YamlPath, text: str, offset: int) -> int | None:
+        """Line of character ``offset`` of the string value at ``path``.
+
+        Exact for block literals (``run: |``), whose lines are the file's lines; for other
+        styles, lines of the value are counted from where it starts (folding may differ).
+        """
+        start = self.scalars.get(path)
+        if start is None:
+            return self.line_of(path)
+        line, style = start
+        within = text.count("\n", 0, offset)
+        return line + within + (1 if style in ("|", ">") else 0)
 
     def line_of(self, path: YamlPath) -> int | None:
         """Line of the deepest known prefix of ``path`` (pydantic locs may go past YAML)."""
@@ -117,6 +138,8 @@ def load_yaml_text(text: str, *, file: str = "<string>") -> LoadedYaml:
         data = builder.build(yaml.parse(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if _is_parser_nesting_limit(exc):
+            raise builder.too_deep(mark.line + 1 if mark else None) from None
         line = mark.line + 1 if mark else None
         problem = exc.problem or str(exc).splitlines()[0]
         if exc.context:
@@ -136,7 +159,12 @@ def load_yaml_text(text: str, *, file: str = "<string>") -> LoadedYaml:
         raise DefinitionError(f"YAML error: {str(exc).splitlines()[0]}", file=file) from None
     if builder.documents == 0:
         raise DefinitionError("file is empty; expected a workflow mapping", file=file, line=1)
-    return LoadedYaml(data=data, file=file, lines=builder.lines)
+    return LoadedYaml(data=data, file=file, lines=builder.lines, scalars=builder.scalars)
+
+
+def _is_parser_nesting_limit(exc: yaml.MarkedYAMLError) -> bool:
+    """libyaml's own depth limit ("exceeded maximum nesting depth"), whatever its context."""
+    return "nesting depth" in (exc.problem or "")
 
 
 def _indented_with_tab(text: str, line_index: int) -> bool:
@@ -183,6 +211,7 @@ class _Builder:
     def __init__(self, file: str) -> None:
         self.file = file
         self.lines: dict[YamlPath, int] = {}
+        self.scalars: dict[YamlPath, tuple[int, str]] = {}
         self.count = 0
         self.documents = 0
         self.stack: list[_Open] = []
@@ -191,9 +220,17 @@ class _Builder:
         self._resolver = yaml.SafeLoader("")  # implicit tags and scalar construction
 
     def _fail(self, message: str, event: yaml.Event, path: YamlPath) -> DefinitionError:
-        shown = path if len(path) <= 8 else (*path[:4], "...")
         line = event.start_mark.line + 1 if event.start_mark else None
+        return self._error(message, line, path)
+
+    def _error(self, message: str, line: int | None, path: YamlPath) -> DefinitionError:
+        shown = path if len(path) <= 8 else (*path[:4], "...")
         return DefinitionError(message, file=self.file, line=line, path=format_path(shown))
+
+    def too_deep(self, line: int | None) -> DefinitionError:
+        """The nesting error at ``line``, under the deepest container open so far."""
+        path = self.stack[-1].path if self.stack else ()
+        return self._error(f"nested deeper than {MAX_DEPTH} levels", line, path)
 
     def build(self, events: Iterable[yaml.Event]) -> Any:
         root: Any = None
@@ -264,6 +301,7 @@ class _Builder:
         else:
             self._counted(1, event, path)
             value = self._scalar(event, path)
+            self.scalars[path] = (event.start_mark.line + 1, event.style or "")
             if event.anchor is not None:
                 self.anchors[event.anchor] = (value, 1, 0)
         return self._place(value, 0)
@@ -279,6 +317,8 @@ class _Builder:
             ) from None
 
     def _scalar(self, event: yaml.ScalarEvent, path: YamlPath) -> Any:
+        if "\x00" in event.value:  # written as "\0" or "\x00": a raw NUL byte fails earlier
+            raise self._fail(NUL_MESSAGE, event, path)
         tag = event.tag
         if tag is None or tag == "!":
             tag = self._resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
@@ -307,6 +347,8 @@ class _Builder:
                 tag = self._resolver.resolve(yaml.ScalarNode, event.value, event.implicit)
             if tag == _MERGE:
                 raise self._fail("YAML merge keys (<<) are not supported", event, top.path)
+            if "\x00" in event.value:
+                raise self._fail(f"a key {NUL_MESSAGE}", event, top.path)
             if event.anchor is not None:
                 self.anchors[event.anchor] = (self._scalar(event, top.path), 1, 0)
             # `true:`, `1:` or `~:` as a key means the text written, not a bool/int/None

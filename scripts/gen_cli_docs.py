@@ -23,7 +23,8 @@ HEADER = f"""# CLI reference
 <!-- Regenerate: python scripts/gen_cli_docs.py -->
 
 Exit codes of every command: 0 ok, 1 run failed, 2 invalid input, 3 Redis/broker unreachable,
-4 not found. `python -m runbook_celery` works like `{PROG}`.
+4 not found, 5 `--timeout` ran out before the run ended (the run goes on).
+`python -m runbook_celery` works like `{PROG}`.
 """
 
 

@@ -28,7 +28,7 @@ CASES = [
     ("    for_each: ${{ steps.ghost.outputs.items }}\n", "for_each", "unknown step 'ghost'"),
     ("    max_parallel: 2\n", "max_parallel", "needs 'matrix' or 'for_each'"),
     ("    matrix: {k: [1]}\n    max_parallel: 0\n", "max_parallel", "greater than or equal to 1"),
-    ("    queue: 'bad queue!'\n", "queue", "should match pattern"),
+    ("    queue: 'bad queue!'\n", "queue", "is not a queue name"),
     ("    matrix: {k: [1]}\n    for_each: ${{ steps.a.outputs.x }}\n", "steps[1]", "both"),
     ("    run2: echo\n", "steps[1]", "unknown key 'run2'"),
 ]

@@ -82,7 +82,7 @@ steps:
     run: |
       printf '%s' ${{{{ steps.produce.outputs.evil }}}} > {tmp_path}/unquoted.txt
       printf '%s' "${{{{ steps.produce.outputs.evil }}}}" > {tmp_path}/quoted.txt
-      printf '%s' '${{{{ params.p }}}}' > {tmp_path}/param.txt
+      printf '%s' "$(printf '%s' "${{{{ params.p }}}}")" > {tmp_path}/param.txt
       printf '%s' "$FROM_ENV" > {tmp_path}/env.txt
 """)
     final = submit(wf, {"p": value}).wait(timeout=60)
@@ -160,7 +160,11 @@ steps:
     run: echo "n=${{ params.n }}" >> "$RUNBOOK_OUTPUT"
   - id: two
     needs: [one]
-    run: echo "double=$(( ${{ steps.one.outputs.n }} * 2 ))" >> "$RUNBOOK_OUTPUT"
+    env:
+      N: ${{ steps.one.outputs.n }}
+    run: |
+      [[ $N =~ ^[0-9]+$ ]]
+      echo "double=$(( N * 2 ))" >> "$RUNBOOK_OUTPUT"
 """)
     runs: list = [None] * 20
 

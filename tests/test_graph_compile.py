@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runbook_celery import expressions as ex
+from runbook_celery.bashplace import Unplaceable
 from runbook_celery.compile import (
     CANVAS,
     DYNAMIC,
@@ -300,9 +301,7 @@ HOSTILE = [
 CONTEXTS = {
     "unquoted": ("printf '%s' ${{ params.x }} > \"$OUT\"", "{}"),
     "double-quoted": ('printf \'%s\' "<${{ params.x }}>" > "$OUT"', "<{}>"),
-    "single-quoted": ("printf '%s' '<${{ params.x }}>' > \"$OUT\"", "<{}>"),
     "assignment": ('v=${{ params.x }}; printf "%s" "$v" > "$OUT"', "{}"),
-    "ansi-c-quoted": ("printf '%s' $'<${{ params.x }}>' > \"$OUT\"", "<{}>"),
     "after-quoted-apostrophe": (
         'echo "it\'s" >/dev/null; printf \'%s\' ${{ params.x }} > "$OUT"',
         "{}",
@@ -331,33 +330,42 @@ def test_hostile_values_arrive_verbatim_and_nothing_executes(tmp_path, context, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no PWNED
 
 
-XFAIL_CONTEXTS = {
-    "apostrophe-in-comment": (
-        "# don't panic\nprintf '%s' ${{ params.x }} > \"$OUT\"",
-        "{}",
-        "compile._quote_contexts treats the apostrophe in a # comment as an opening quote",
-    ),
-    "unquoted-heredoc": (
-        'cat > "$OUT" <<EOF\n${{ params.x }}\nEOF',
-        "{}\n",
-        "rewrite_command puts literal double quotes around the value inside a heredoc",
-    ),
+MORE_CONTEXTS = {
+    # each was a bug of the hand-written quote tracker this replaced (it had no Bash grammar)
+    "apostrophe-in-comment": ("# don't panic\nprintf '%s' ${{ params.x }} > \"$OUT\"", "{}"),
+    "unquoted-heredoc": ('cat > "$OUT" <<EOF\n${{ params.x }}\nEOF', "{}\n"),
     "quotes-nested-in-command-substitution": (
         'printf \'%s\' "$(printf \'%s\' "${{ params.x }}")" > "$OUT"',
         "{}",
-        "_quote_contexts does not track quotes nested inside $(...), so the value is unquoted",
     ),
 }
 
 
-@pytest.mark.parametrize("context", list(XFAIL_CONTEXTS))
-def test_values_arrive_verbatim_in_more_bash_contexts(tmp_path, request, context):
-    template, shown, bug = XFAIL_CONTEXTS[context]
-    request.applymarker(pytest.mark.xfail(reason=bug, strict=True))
+@pytest.mark.parametrize("context", list(MORE_CONTEXTS))
+def test_values_arrive_verbatim_in_more_bash_contexts(tmp_path, context):
+    template, shown = MORE_CONTEXTS[context]
     value = "a  b $(touch PWNED) '\" *"
     got = run_rewritten(template, value, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # never executes, even so
     assert got == shown.format(value)
+
+
+# Single quotes and $'...' expand nothing: the old rewrite closed and reopened the quotes
+# around the reference, which is only right when the quoted text is data. Since the same
+# text may be code for another program (python3 -c '...'), these places are refused now.
+REFUSED_QUOTES = {
+    "single-quoted": ("printf '%s' '<${{ params.x }}>'", "inside single quotes"),
+    "ansi-c-quoted": ("printf '%s' $'<${{ params.x }}>'", "inside $'...'"),
+}
+
+
+@pytest.mark.parametrize("context", list(REFUSED_QUOTES))
+def test_values_inside_single_quotes_are_refused_with_a_fix(context):
+    template, reason = REFUSED_QUOTES[context]
+    with pytest.raises(Unplaceable) as info:
+        rewrite_command(template, {})
+    assert reason in str(info.value)
+    assert 'use double quotes ("...${{ params.x }}...")' in str(info.value)
 
 
 # ---------------------------------------------------------------- snapshot

@@ -127,3 +127,69 @@ steps:
         w.stop()
     assert final.status == "succeeded", final.to_dict()
     assert final.steps["b"].outputs == {"got": "1"}
+
+
+LANES = """
+name: lost-lane
+steps:
+  - id: m
+    queue: {queue}
+    matrix: {{i: [{items}]}}
+    max_parallel: 2
+    run: |
+      f={release}-${{{{ matrix.i }}}}
+      while [ ! -e "$f" ]; do sleep 0.05; done
+      echo "i=${{{{ matrix.i }}}}" >> "$RUNBOOK_OUTPUT"
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_instance_of_the_first_window_whose_message_is_lost_is_sent_again(
+    write_workflow, redis_client, store, tmp_path
+):
+    # Given a fan-out of two instances sent at once, on a queue one single-slot worker
+    # serves: m[0] runs (and waits), m[1] waits in the queue, and m[1]'s message is lost
+    queue = f"lost-window-{SESSION}"
+    release = tmp_path / "release"
+    wf = write_workflow(LANES.format(queue=queue, items="0, 1", release=release))
+    w = WorkerProcess("window", queues=queue, concurrency=1)
+    try:
+        run = submit(wf)
+        wait_for_event(store, run.id, "step_started", "m[0]")
+        _take_message(redis_client, queue)
+        for i in (0, 1):
+            (tmp_path / f"release-{i}").touch()
+        # When m[0] ends, then m[1] is sent again (it was watched from the fan-out on),
+        # the last instance joins m and the run ends
+        final = run.wait(timeout=60)
+    finally:
+        w.stop()
+    assert final.status == "succeeded", final.to_dict()
+    assert final.steps["m"].outputs == [{"i": "0"}, {"i": "1"}]
+
+
+@pytest.mark.timeout(120)
+def test_the_next_instance_of_a_lane_whose_message_is_lost_is_sent_again(
+    write_workflow, redis_client, store, tmp_path
+):
+    # Given a fan-out of three instances in two lanes on a single-slot worker: m[0] ends at
+    # once and sends m[2] (its lane's next); while m[1] runs, m[2]'s message is lost
+    queue = f"lost-lane-{SESSION}"
+    release = tmp_path / "release"
+    wf = write_workflow(LANES.format(queue=queue, items="0, 1, 2", release=release))
+    for i in (0, 2):
+        (tmp_path / f"release-{i}").touch()
+    w = WorkerProcess("lane", queues=queue, concurrency=1)
+    try:
+        run = submit(wf)
+        wait_for_event(store, run.id, "step_started", "m[1]")
+        payload, _ = _take_message(redis_client, queue)
+        assert payload["headers"]["argsrepr"].endswith("step=m[2]")
+        (tmp_path / "release-1").touch()
+        # When m[1] ends, then m[2] is sent again (watched since m[0] ended), and the run ends
+        final = run.wait(timeout=60)
+    finally:
+        w.stop()
+    assert final.status == "succeeded", final.to_dict()
+    assert final.steps["m"].outputs == [{"i": "0"}, {"i": "1"}, {"i": "2"}]
+    assert final.steps["m[2]"].attempts == 1

@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_cli
 
-from runbook_celery.schedule import DEFAULT_RELOAD_SECONDS, cron_problem, scheduler_for
+from runbook_celery.cron import schedule_problem
+from runbook_celery.schedule import DEFAULT_RELOAD_SECONDS, scheduler_for
 
 # ------------------------------------------------------------------ parsing (fast)
 
@@ -33,7 +35,7 @@ from runbook_celery.schedule import DEFAULT_RELOAD_SECONDS, cron_problem, schedu
     ],
 )
 def test_valid_schedules_have_no_problem(text: str):
-    assert cron_problem(text) is None
+    assert schedule_problem(text, None) is None
 
 
 @pytest.mark.parametrize(
@@ -55,8 +57,8 @@ def test_valid_schedules_have_no_problem(text: str):
     ],
 )
 def test_invalid_schedules_say_which_part_is_wrong(text: str, expected: str):
-    problem = cron_problem(text)
-    assert problem is not None and expected in problem, problem
+    problem = schedule_problem(text, None)
+    assert problem is not None and problem[0] == "schedule" and expected in problem[1], problem
 
 
 def test_validate_reports_a_bad_schedule_at_its_line(write_workflow):
@@ -113,7 +115,7 @@ def test_scheduler_rereads_the_folder_when_a_file_is_added_edited_or_removed(tmp
     # edited: the new schedule replaces the old one
     a.write_text(YEARLY.format(name="a", schedule="0 12 * * 1-5"))
     sched.tick()
-    assert sched.schedule[str(a)].schedule.hour == {12}
+    assert sched.schedule[str(a)].schedule.cron.hours == (12,)
     # edited into an invalid schedule: left out
     b.write_text(YEARLY.format(name="b", schedule="@every 0s"))
     sched.tick()
@@ -122,6 +124,115 @@ def test_scheduler_rereads_the_folder_when_a_file_is_added_edited_or_removed(tmp
     a.unlink()
     sched.tick()
     assert dict(sched.schedule) == {}
+
+
+ZONED = """
+name: {name}
+schedule: "{schedule}"
+timezone: America/New_York
+steps:
+  - id: s
+    run: "true"
+"""
+
+
+class FrozenClock:
+    """Beat's only clock (``app.now``), moved by hand: it advances only when beat sleeps."""
+
+    def __init__(self, start: datetime) -> None:
+        self.moment = start
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+    def sleep(self, seconds: float) -> None:
+        # a real sleep always takes a little time, even sleep(0)
+        self.moment += timedelta(seconds=max(seconds, 0.001))
+
+
+def _run_beat_until(
+    directory: Path, clock: FrozenClock, end: datetime, monkeypatch
+) -> dict[str, list[datetime]]:  # type: ignore[no-untyped-def]
+    """Celery beat's own loop (tick, then sleep what it asks) over our scheduler and a frozen
+    clock; returns when each definition would have been triggered."""
+    from runbook_celery import schedule as schedule_module
+    from runbook_celery.app import app
+
+    fired: dict[str, list[datetime]] = {}
+    monkeypatch.setattr(app, "now", clock)
+    monkeypatch.setattr(
+        schedule_module,
+        "trigger_scheduled",
+        lambda path: fired.setdefault(Path(path).stem, []).append(clock()),
+    )
+    # a day-long max interval: beat sleeps until the next fire instead of re-reading the folder
+    scheduler = type("DayLong", (scheduler_for(directory),), {"max_interval": 86400.0})(app=app)
+    while clock() < end:
+        clock.sleep(scheduler.tick())
+    return fired
+
+
+def _near(fired: list[datetime], expected: list[datetime]) -> bool:
+    """Each fire within a second of its expected instant (beat wakes 10 ms early, re-checks)."""
+    return len(fired) == len(expected) and all(
+        timedelta(0) <= f - e < timedelta(seconds=1) for f, e in zip(fired, expected, strict=True)
+    )
+
+
+@pytest.mark.timeout(60)
+def test_beat_fires_a_new_york_schedule_at_the_right_utc_instants_across_dst(
+    tmp_path: Path, monkeypatch
+):
+    # Given a nightly 02:30 and an hourly schedule in New York, and a clock frozen before
+    # the spring-forward night of 8 March 2026 (02:00 EST becomes 03:00 EDT)
+    (tmp_path / "nightly.yaml").write_text(ZONED.format(name="nightly", schedule="30 2 * * *"))
+    (tmp_path / "hourly.yaml").write_text(ZONED.format(name="hourly", schedule="@hourly"))
+    clock = FrozenClock(datetime(2026, 3, 7, 0, 0, tzinfo=UTC))
+    # When Celery beat runs on our scheduler until 10 March
+    fired = _run_beat_until(tmp_path, clock, datetime(2026, 3, 10, tzinfo=UTC), monkeypatch)
+    # Then 02:30 EST (07:30Z), the jump at 03:00 EDT (07:00Z) for the skipped 02:30, 02:30 EDT
+    nightly = [
+        datetime(2026, 3, d, h, m, tzinfo=UTC) for d, h, m in ((7, 7, 30), (8, 7, 0), (9, 6, 30))
+    ]
+    assert _near(fired["nightly"], nightly), fired["nightly"]
+    # and the hourly one every real hour: nothing lost in the skipped hour, nothing doubled
+    start = datetime(2026, 3, 7, 1, tzinfo=UTC)
+    hourly = [start + timedelta(hours=h) for h in range(71)]
+    assert _near(fired["hourly"], hourly), fired["hourly"][:5]
+
+
+@pytest.mark.timeout(60)
+def test_beat_fires_a_repeated_wall_clock_time_once_when_clocks_fall_back(
+    tmp_path: Path, monkeypatch
+):
+    # New York, 1 November 2026: 01:00-02:00 happens twice (05:00-06:00Z EDT, 06:00-07:00Z EST)
+    (tmp_path / "nightly.yaml").write_text(ZONED.format(name="nightly", schedule="30 1 * * *"))
+    (tmp_path / "quarter.yaml").write_text(ZONED.format(name="quarter", schedule="*/15 1 * * *"))
+    clock = FrozenClock(datetime(2026, 10, 31, 12, 0, tzinfo=UTC))
+    fired = _run_beat_until(tmp_path, clock, datetime(2026, 11, 2, 12, tzinfo=UTC), monkeypatch)
+    nightly = [datetime(2026, 11, 1, 5, 30, tzinfo=UTC), datetime(2026, 11, 2, 6, 30, tzinfo=UTC)]
+    assert _near(fired["nightly"], nightly), fired["nightly"]
+    # */15 in hour 1 is not a fixed time: both passes of the repeated hour get their quarters
+    first = datetime(2026, 11, 1, 5, 0, tzinfo=UTC)
+    quarters = [first + timedelta(minutes=15 * q) for q in range(8)]
+    quarters += [
+        datetime(2026, 11, 2, 6, 0, tzinfo=UTC) + timedelta(minutes=15 * q) for q in range(4)
+    ]
+    assert _near(fired["quarter"], quarters), fired["quarter"]
+
+
+@pytest.mark.timeout(60)
+def test_beat_fires_on_the_day_of_month_or_the_day_of_week_as_cron_does(
+    tmp_path: Path, monkeypatch
+):
+    # Given "0 0 1 * 1": standard cron runs it on the 1st of each month and on every Monday
+    (tmp_path / "either.yaml").write_text(YEARLY.format(name="either", schedule="0 0 1 * 1"))
+    clock = FrozenClock(datetime(2026, 5, 31, 12, tzinfo=UTC))
+    # When beat runs through June into July 2026
+    fired = _run_beat_until(tmp_path, clock, datetime(2026, 7, 2, tzinfo=UTC), monkeypatch)
+    # Then it fires on Mondays 1, 8, 15, 22 and 29 June and on Wednesday 1 July
+    days = [(6, 1), (6, 8), (6, 15), (6, 22), (6, 29), (7, 1)]
+    assert _near(fired["either"], [datetime(2026, m, d, tzinfo=UTC) for m, d in days]), fired
 
 
 # ------------------------------------------------------------ beat end to end (slow)
@@ -304,3 +415,28 @@ def test_overlap_allow_starts_runs_while_earlier_ones_still_run(tmp_path: Path, 
     records = _finished_runs_of(store, "sched-allow")
     assert all(r.status == "succeeded" for r in records)
     assert _overlaps(records), [(r.created_at, r.finished_at) for r in records]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.usefixtures("worker")
+def test_beat_triggers_a_zoned_cron_schedule_at_the_minute(tmp_path: Path, store, beat_in):
+    # Given a definition due every minute in Kathmandu (UTC+05:45, so a zone is really applied:
+    # its minutes still start at :00 seconds)
+    folder = tmp_path / "defs"
+    folder.mkdir()
+    (folder / "minute.yaml").write_text(
+        'name: sched-minute\nschedule: "* * * * *"\ntimezone: Asia/Kathmandu\n'
+        'steps:\n  - id: work\n    run: echo "run=$RUNBOOK_RUN_ID" >> "$RUNBOOK_OUTPUT"\n'
+    )
+    since = _now_id()
+    # When real Celery beat runs on the folder
+    beat = beat_in(folder)
+    # Then a normal run is started at the start of the next minute
+    (run_id,) = wait_for_runs(store, "sched-minute", 1, since, beat, timeout=90)
+    record = store.get_run(run_id)
+    assert record.status == "succeeded"
+    created = datetime.fromisoformat(record.created_at.replace("Z", "+00:00"))
+    assert created.second < 5, record.created_at  # beat wakes at the minute, not on a poll
+    assert "minute.yaml [* * * * * (Asia/Kathmandu)]" in beat.text()
+    assert "(schedule '* * * * *' in Asia/Kathmandu)" in beat.text()

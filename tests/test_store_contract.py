@@ -255,3 +255,45 @@ def test_an_expired_watch_is_kept_when_it_was_renewed_meanwhile(rstore):
     members = {m.decode() for m in rstore.r.zrange(rstore.keys.leases, 0, -1)}
     assert f"{run}|a" not in members and f"{run}|b" in members and f"{run}|c" not in members
     rstore.drop_lease_entry(run, "b")
+
+
+def test_cancel_of_a_fanned_out_step_ends_it_and_the_run_at_once(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"m": [], "z": ["m"]}), "sha")
+    _start(rstore, run, "m", [])  # the parent fanned out: it stays running until joined
+    ids = rstore.add_instances(run, "m", [{"item": i} for i in range(1203)], window=3)
+    _start(rstore, run, ids[0], [])
+    rstore.finish_step(run, ids[0], token="t", status=StepStatus.SUCCEEDED, workflow="wf")
+    assert rstore.instance_ended(run, ids[0]) == ("m[3]", False)  # its lane goes on
+    n, final = rstore.cancel_run(run)
+    assert (n, final) == (1202 + 1 + 1, "cancelled")  # instances left, the parent, z
+    record = rstore.get_run(run)
+    assert record.steps["m"].status == "cancelled" and record.steps["m[1202]"].status == (
+        "cancelled"
+    )
+    assert rstore.instance_ended(run, ids[1]) == (None, False)  # no new lane step, no join
+
+
+def test_an_instance_that_ends_last_makes_the_join_due_once_per_call(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"m": []}), "sha")
+    _start(rstore, run, "m", [])
+    ids = rstore.add_instances(run, "m", [{"item": 1}, {"item": 2}], window=1)
+    assert rstore.instance_ended(run, ids[0]) == ("m[1]", False)
+    assert rstore.instance_ended(run, ids[1]) == (None, True)
+    assert rstore.instance_ended(run, ids[1]) == (None, True)  # a replay: still due (idempotent)
+    rstore.finish_step(run, "m", token="t", status=StepStatus.SUCCEEDED, workflow="wf")
+    assert rstore.instance_ended(run, ids[1]) == (None, False)  # joined: nothing more
+
+
+def test_a_cancel_that_ends_a_run_sets_the_retention_of_every_key(rstore):
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"m": [], "z": ["m"]}), "sha")
+    _start(rstore, run, "m", [])
+    ids = rstore.add_instances(run, "m", [{"item": 1}, {"item": 2}])
+    rstore.r.rpush(rstore.keys.logs(run, ids[1]), "a line")
+    assert rstore.cancel_run(run)[1] == "cancelled"
+    keys = rstore.r.keys(f"{rstore.keys.run(run)}*")
+    assert rstore.keys.logs(run, ids[1]).encode() in keys
+    ttls = {k: rstore.r.ttl(k) for k in keys}
+    assert all(0 < t <= rstore.retention for t in ttls.values()), ttls

@@ -252,3 +252,85 @@ def test_hand_on_ends_the_watch_and_watches_successors_now_ready(rstore):
     rstore.hand_on(run, "b", [Successor("c", 2)], 30)
     members = {m.decode() for m in rstore.r.zrange(rstore.keys.leases, 0, -1)}
     assert f"{run}|c" in members and f"{run}|b" not in members
+
+
+def _members(store: RunStore) -> set[str]:
+    return {m.decode() for m in store.r.zrange(store.keys.leases, 0, -1)}
+
+
+def test_a_fan_out_watches_its_first_window_in_the_transition_that_records_it(rstore):
+    run = _run(rstore, {"m": []})
+    rstore.add_instances(run, "m", [{"item": i} for i in range(5)], 2, watch_seconds=30)
+    members = _members(rstore)
+    assert {f"{run}|m[0]", f"{run}|m[1]"} <= members
+    assert not {f"{run}|m[{i}]" for i in (2, 3, 4)} & members  # sent later, by their lanes
+    # a broker whose messages cannot be looked for (AMQP): nothing is watched
+    other = _run(rstore, {"m": []})
+    rstore.add_instances(other, "m", [{"item": 1}], 1)
+    assert not any(m.startswith(other) for m in _members(rstore))
+    # a run being cancelled: its instances are cancelled, not sent, so not watched
+    cancelled = _run(rstore, {"m": []})
+    rstore.r.hset(rstore.keys.run(cancelled), "cancel_requested", "1")
+    rstore.add_instances(cancelled, "m", [{"item": 1}], 1, watch_seconds=30)
+    assert not any(m.startswith(cancelled) for m in _members(rstore))
+
+
+def _end_instance(store: RunStore, run: str, step: str) -> tuple[str | None, bool]:
+    _claim(store, run, step, step=step)
+    store.finish_step(run, step, token=step, status=StepStatus.SUCCEEDED, workflow="wf", attempt=1)
+    store.hand_on(run, step, [], 30)
+    return store.instance_ended(run, step, 30)
+
+
+def test_an_instance_that_ends_watches_its_lanes_next_instance_and_the_due_join(rstore):
+    # Given a fanned-out step m (released by its delivery) with 3 instances in 2 lanes
+    run = _run(rstore, {"m": []})
+    d = _claim(rstore, run, "m", step="m")
+    rstore.add_instances(run, "m", [{"item": i} for i in range(3)], 2, watch_seconds=30)
+    assert rstore.release_step(run, "m", "m", d.attempt).done
+    rstore.hand_on(run, "m", [], 30)
+    # When m[0] ends, then m[2] is due and watched in that same transition
+    assert _end_instance(rstore, run, "m[0]") == ("m[2]", False)
+    assert f"{run}|m[2]" in _members(rstore)
+    assert _end_instance(rstore, run, "m[1]") == (None, False)
+    assert f"{run}|m" not in _members(rstore)
+    # When the last one ends, then the join is due and m is watched until it is joined
+    assert _end_instance(rstore, run, "m[2]") == (None, True)
+    assert f"{run}|m" in _members(rstore)
+    # A replay of m[0] once m[2] has ended and handed on sends and watches nothing again
+    assert rstore.instance_ended(run, "m[0]", 30) == (None, True)
+    assert f"{run}|m[2]" not in _members(rstore)
+
+
+def test_a_join_recorded_by_the_last_instance_hands_on_with_that_instance(rstore):
+    # Given the last instance of m joined m (recorded it) and m's child z is now ready
+    run = _run(rstore, {"m": [], "z": ["m"]})
+    d = _claim(rstore, run, "m", step="m")
+    rstore.add_instances(run, "m", [{"item": 0}], 1, watch_seconds=30)
+    rstore.release_step(run, "m", "m", d.attempt)
+    rstore.hand_on(run, "m", [], 30)
+    assert _end_instance(rstore, run, "m[0]")[1]
+    rstore.watch_steps([f"{run}|m[0]"], 30)  # the instance's entry, until it hands on
+    out = rstore.finish_step(
+        run, "m", token="join", status=StepStatus.SUCCEEDED, workflow="wf",
+        children={"z": 1}, watch_seconds=30,
+    )  # fmt: skip
+    # Then z is watched by the join itself, before anything is published
+    assert out.ready == ("z",) and f"{run}|z" in _members(rstore)
+    # When the instance's task hands on, m's entry ends with the instance's
+    rstore.hand_on(run, "m[0]", [Successor("z", 1)], 30, ended=["m"])
+    members = _members(rstore)
+    assert f"{run}|m[0]" not in members and f"{run}|m" not in members
+    assert f"{run}|z" in members
+
+
+def test_finish_watches_the_dynamic_children_it_makes_ready_only_when_asked(rstore):
+    run = _run(rstore, {"a": [], "b": ["a"], "c": ["a"]})
+    _claim(rstore, run, "one")
+    out = _finish(rstore, run, "one", 1, children={"b": 1, "c": 1}, watch_seconds=30)
+    assert set(out.ready) == {"b", "c"}
+    assert {f"{run}|b", f"{run}|c"} <= _members(rstore)
+    other = _run(rstore, {"a": [], "b": ["a"]})
+    _claim(rstore, other, "one")
+    assert _finish(rstore, other, "one", 1, children={"b": 1}).ready == ("b",)
+    assert f"{other}|b" not in _members(rstore)

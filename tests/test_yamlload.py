@@ -365,6 +365,34 @@ def test_an_alias_inside_its_own_anchor_is_refused(parser):
     assert err.problem.message == "alias *loop refers to itself"
 
 
+class _LoaderWithLibyamlsNestingLimit(yaml.SafeLoader):
+    """The pure-Python loader with the flow-level limit libyaml 0.2.6 (PyYAML 6.0.4) added.
+
+    libyaml's scanner looks ahead for a possible simple key and raises this error before
+    the parser has handed out the events our own limit would catch.
+    """
+
+    LIMIT = 1000
+
+    def fetch_flow_collection_start(self, TokenClass):  # type: ignore[no-untyped-def]
+        if self.flow_level >= self.LIMIT:
+            mark = self.get_mark()
+            raise yaml.scanner.ScannerError(
+                "while increasing flow level", mark, "exceeded maximum nesting depth", mark
+            )
+        super().fetch_flow_collection_start(TokenClass)
+
+
+@pytest.mark.parametrize("prefix", ["", "name: deep\nsteps: "])
+def test_a_parsers_own_nesting_limit_is_reported_as_ours(monkeypatch, prefix):
+    # Whatever PyYAML the dependency range allows, the message and its line are ours
+    monkeypatch.setattr(yamlload, "_Loader", _LoaderWithLibyamlsNestingLimit)
+    err = refused(prefix + "[" * 10_000 + "]" * 10_000)
+    assert err.problem.message == f"nested deeper than {MAX_DEPTH} levels"
+    assert err.line == prefix.count("\n") + 1
+    assert str(err).startswith(f"wf.yaml:{err.line}: ")
+
+
 def test_a_document_nested_100000_levels_is_refused_without_crashing_python():
     # libyaml's own composer recursed in C and took the interpreter down with SIGSEGV here
     code = (

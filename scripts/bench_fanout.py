@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Measure a large ``for_each`` fan-out: time to fan out, Redis bytes, time to cancel.
+
+    python scripts/bench_fanout.py --items 10000
+    python scripts/bench_fanout.py --items 10000 --max-parallel 50
+
+Runs on a private redis-server (no persistence) on a free loopback port and one worker
+started here; both are stopped at the end. Prints one JSON object:
+
+* ``fan_out_s``: the fanned-out step's task, from its claim to its return (worker log);
+* ``redis_bytes``: Redis ``used_memory`` once fanned out, minus before the trigger;
+* ``cancel_s``: from ``Run.cancel()`` to the run's final event;
+* ``instances_started``: instances that had started when the run ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from reliability_infra import RedisServer, Worker
+
+WORKFLOW = """\
+name: fanbench
+steps:
+  - id: list
+    run: |
+      python3 -c "import json; print('items=' + json.dumps(list(range({items}))))" \\
+        >> "$RUNBOOK_OUTPUT"
+  - id: each
+    needs: [list]
+    for_each: ${{{{ steps.list.outputs.items }}}}
+{max_parallel}    run: sleep 600
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--max-parallel", type=int, default=0)
+    parser.add_argument("--concurrency", type=int, default=2)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    server = RedisServer(work / "redis")
+    queue = f"fanbench-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "RUNBOOK_REDIS_URL": server.url(),
+        "RUNBOOK_BROKER_URL": server.url(),
+        "RUNBOOK_QUEUE": queue,
+        "RUNBOOK_PREFIX": queue,
+        "RUNBOOK_KILL_GRACE": "1",
+        "RUNBOOK_MAX_INSTANCES": str(max(args.items, 10_000)),
+    }
+    os.environ.update({k: v for k, v in env.items() if k.startswith("RUNBOOK_")})
+    from runbook_celery.api import submit
+
+    worker = Worker("fan", env, work, concurrency=args.concurrency)
+    try:
+        worker.start()
+        admin = server.admin()
+        admin.config_set("appendonly", "no")
+        before = int(admin.info("memory")["used_memory"])
+        path = work / "fanbench.yaml"
+        mp = f"    max_parallel: {args.max_parallel}\n" if args.max_parallel else ""
+        path.write_text(WORKFLOW.format(items=args.items, max_parallel=mp))
+        run = submit(path)
+        pattern = re.compile(rf"\[{run.id}\.each\] succeeded in ([0-9.]+)s")
+        deadline = time.monotonic() + 600
+        while not (m := pattern.search(worker.logs())):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no fan-out in 600 s: {worker.log_tail()}")
+            time.sleep(0.2)
+        fan_out_s = float(m.group(1))
+        used = int(admin.info("memory")["used_memory"])
+        print(f"fanned out in {fan_out_s} s, {used - before} bytes", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        run.cancel()
+        record = run.wait(timeout=1200)
+        cancel_s = time.monotonic() - t0
+        started = sum(1 for sid, s in record.steps.items() if s.started_at and "[" in sid)
+        print(
+            json.dumps(
+                {
+                    "items": args.items,
+                    "max_parallel": args.max_parallel or None,
+                    "fan_out_s": round(fan_out_s, 2),
+                    "redis_bytes": used - before,
+                    "cancel_s": round(cancel_s, 2),
+                    "final_status": record.status,
+                    "instances_started": started,
+                    "worker_rss_mb": round(worker.rss_mb(), 1),
+                }
+            )
+        )
+    finally:
+        worker.stop(grace=5)
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
