@@ -102,7 +102,7 @@ def test_trigger_gives_201_and_a_run_in_the_shape_of_status_json(fl):
     assert got.status == 200
     cli = run_cli("status", run_id, "--json")
     assert got.json == json.loads(cli.stdout)
-    assert got.json["params"] == {"who": "api"}
+    assert got.json["params"] == {"who": "api", "target": "staging"}  # target: its default
     assert got.json["control"]["triggered_by"] == USER
     assert got.json["steps"]["test"]["stderr_tail"] == ["FAIL: test_login"]
     assert got.json["steps"]["deploy"]["status"] == "skipped"

@@ -13,7 +13,7 @@ import pytest
 from conftest import QUEUE, wait_for_event
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from web_helpers import USER, WebFlower, chrome, web_flower
 from web_workflows import write_definitions
 
@@ -191,12 +191,18 @@ def test_triggering_from_the_form_with_a_param(fl, browser, tmp_path):
     assert field.get_attribute("value") == "world"  # the definition's default
     field.clear()
     field.send_keys("from-the-form")
+    # a choice param is a list of its options, with its description beside it
+    choice = Select(form.find_element(By.CSS_SELECTOR, 'select[data-param="target"]'))
+    assert [o.text for o in choice.options] == ["staging", "prod"]
+    assert choice.first_selected_option.text == "staging"  # the default
+    assert "where to" in form.text
+    choice.select_by_visible_text("prod")
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait(browser, expected_conditions.url_matches(r"/runs/[0-9a-f]{32}$"), "the new run's page")
     run_id = browser.current_url.rsplit("/", 1)[1]
     record = Run(run_id).wait(timeout=60)
     assert record.workflow == "web-failing"
-    assert record.params == {"who": "from-the-form"}
+    assert record.params == {"who": "from-the-form", "target": "prod"}
     assert record.control["triggered_by"] == USER
     wait(browser, lambda b: b.find_element(By.ID, "rb-run-status").text == "failed", "the run end")
     assert browser.find_element(By.CSS_SELECTOR, '.rb-by[data-field="triggered_by"]').text == USER

@@ -8,6 +8,7 @@ FAILING = """
 name: web-failing
 params:
   who: world
+  target: {type: choice, options: [staging, prod], default: staging, description: where to}
 steps:
   - id: build
     run: |

@@ -164,7 +164,11 @@
       if (!form) { return; }
       ev.preventDefault();
       var params = {};
-      form.querySelectorAll("[data-param]").forEach(function (input) { params[input.dataset.param] = input.value; });
+      form.querySelectorAll("[data-param]").forEach(function (input) {
+        // an optional param left empty is not given: the run takes no value for it
+        if (input.value === "" && input.dataset.optional) { return; }
+        params[input.dataset.param] = input.value;
+      });
       var error = form.querySelector(".rb-error");
       var button = form.querySelector("button[type=submit]");
       error.textContent = "";
