@@ -38,6 +38,7 @@ if ARGV[5] == 'pause' then
   return {'ok'}
 end
 if redis.call('HGET', KEYS[1], 'paused') ~= '1' then return {'noop'} end
+check(tonumber(ARGV[6]), 'lease seconds')
 local before = redis.call('HGET', KEYS[1], 'status_before_pause') or 'running'
 redis.call('HSET', KEYS[1], 'paused', '0', 'status', before, 'resumed_by', ARGV[4],
            'resumed_at', ARGV[2])
@@ -65,12 +66,14 @@ _LUA_OPEN = (
 local st = redis.call('HGET', KEYS[2], 'status')
 if st ~= ARGV[6] then return {'wrong', st or 'missing'} end
 local sig = redis.call('HGET', KEYS[2], 'parked_sig') or ''
+check(sig == '' or tonumber(ARGV[10]), 'lease seconds')
+local run_status = redis.call('HGET', KEYS[1], 'status')
 redis.call('HDEL', KEYS[2], 'parked_sig')
 redis.call('HSET', KEYS[2], 'status', 'pending', 'deliveries', '0', ARGV[8], ARGV[9])
 if ARGV[6] == 'awaiting_approval' then
   redis.call('HSET', KEYS[2], 'approved', '1', 'approved_by', ARGV[5], 'approved_at', ARGV[3])
 end
-if redis.call('HGET', KEYS[1], 'status') == 'awaiting_decision' then
+if run_status == 'awaiting_decision' then
   redis.call('HSET', KEYS[1], 'status', 'running')
 end
 emit(KEYS[3], KEYS[4], {'type', ARGV[7], 'run_id', ARGV[1], 'workflow', ARGV[4],
@@ -94,14 +97,16 @@ if st ~= 'running' or not mine then
           current)
   return {-1}
 end
+local lease = redis.call('GET', KEYS[3])
+local paused = redis.call('HGET', KEYS[1], 'paused')
 redis.call('HSET', KEYS[2], 'status', 'awaiting_decision', 'parked_sig', ARGV[6],
            'exit_code', ARGV[7], 'reason', ARGV[8], 'stderr_tail', ARGV[9],
            'deliveries', '0', 'waiting_since', ARGV[4])
 redis.call('HDEL', KEYS[2], 'holder')
 append_history(KEYS[2], ARGV[10])
-if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+if lease == ARGV[3] then redis.call('DEL', KEYS[3]) end
 redis.call('ZREM', leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2])
-if redis.call('HGET', KEYS[1], 'paused') ~= '1' then
+if paused ~= '1' then
   redis.call('HSET', KEYS[1], 'status', 'awaiting_decision')
 end
 emit(KEYS[4], KEYS[5], {'type', 'step_awaiting_decision', 'run_id', ARGV[1],

@@ -37,6 +37,20 @@ end
 local function is_terminal(s)
   return s == 'succeeded' or s == 'failed' or s == 'skipped' or s == 'cancelled'
 end
+-- An integer (a counter of a record, a count or a period passed in), ``default`` when
+-- absent, nil when it is not one. Lua does not roll back: a script checks what could make
+-- a later command fail (HINCRBY of a field that is no integer, SET EX of a bad period, a
+-- key position out of range) before its first write, and ``check`` raises while nothing
+-- has been written yet.
+local function as_int(v, default)
+  if v == nil or v == false or v == '' then return default end
+  v = tostring(v)
+  if string.match(v, '^%-?%d+$') then return tonumber(v) end
+  return nil
+end
+local function check(ok, what)
+  if not ok then error('runbook: refused before any write: ' .. what) end
+end
 local admitted = {}
 local function prefix_of(run_key)
   return string.match(run_key, '^(.*):run:[^:]+$')
@@ -117,7 +131,8 @@ local function release_slot(run_key, step_id)
   local active = run_key .. ':active'
   if redis.call('SREM', active, step_id) == 0 then return nil end
   local cap = redis.call('HMGET', run_key, 'max_active', 'lease_s', 'paused')
-  local max, lease_s = tonumber(cap[1] or '0'), cap[2] or '30'
+  -- runs after the caller's first write: defaults rather than errors (START writes both)
+  local max, lease_s = tonumber(cap[1] or '0') or 0, tonumber(cap[2] or '') or 30
   if max <= 0 or cap[3] == '1' then return nil end
   if redis.call('SCARD', active) >= max then return nil end
   local raw = redis.call('LPOP', run_key .. ':parked')
@@ -213,7 +228,8 @@ local run = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'cancel_r
                        'paused', 'mode')
 local run_status = run[1]
 if not run_status then return {'done', 'gone'} end
-local step = redis.call('HMGET', KEYS[2], 'status', 'approved', 'env_override', 'attempts')
+local step = redis.call('HMGET', KEYS[2], 'status', 'approved', 'env_override', 'attempts',
+                        'deliveries')
 local st = step[1]
 if not st then return {'unknown'} end  -- a step (or instance) the record does not have
 if is_terminal(st) then return {'done', st} end
@@ -222,7 +238,12 @@ if ARGV[10] ~= '1' and (run_status == 'cancelled' or run[2] == '1') then
 end
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[3] then return {'busy', holder} end
-local n_needs = tonumber(ARGV[9])
+local n_needs, max_active = as_int(ARGV[9]), as_int(ARGV[12])
+local lease_s, max_deliveries = as_int(ARGV[5]), as_int(ARGV[6])
+check(n_needs and max_active and max_deliveries and lease_s and lease_s > 0
+      and #KEYS >= 5 + n_needs, 'claim arguments')
+local attempts, deliveries = as_int(step[4], 0), as_int(step[5], 0)
+check(attempts and deliveries, 'attempts/deliveries of step ' .. ARGV[2])
 if ARGV[8] == '1' then
   for i = 6, 5 + n_needs do
     local ns = redis.call('HMGET', KEYS[i], 'status', 'allowed_failure')
@@ -232,7 +253,6 @@ if ARGV[8] == '1' then
     end
   end
 end
-local max_active = tonumber(ARGV[12])
 local active = KEYS[1] .. ':active'
 local gate = nil
 if run[4] == '1' and ARGV[10] ~= '1' then
@@ -261,20 +281,25 @@ if gate then
   end
   return {'parked', gate}
 end
-local deliveries = redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
-if deliveries > tonumber(ARGV[6]) then
+deliveries = deliveries + 1
+if deliveries > max_deliveries then
   -- this delivery records the step failed: it holds it for that (no lease, nothing runs)
-  redis.call('HSET', KEYS[2], 'holder', ARGV[3])
-  return {'exhausted', deliveries - 1, step[4] or '0'}
+  redis.call('HSET', KEYS[2], 'deliveries', deliveries, 'holder', ARGV[3])
+  return {'exhausted', deliveries - 1, tostring(attempts)}
 end
+local out = {'start', attempts + 1, step[3] or '', run[5] or ''}
+for i = 6 + n_needs, #KEYS do
+  out[#out + 1] = redis.call('HGET', KEYS[i], 'outputs') or '{}'
+end
+local attempt = attempts + 1
+redis.call('HSET', KEYS[2], 'deliveries', deliveries, 'attempts', attempt, 'status', 'running',
+           'started_at', ARGV[4], 'holder', ARGV[3])
 if max_active > 0 then
   redis.call('SADD', active, ARGV[2])
-  redis.call('HSET', KEYS[1], 'max_active', max_active, 'lease_s', ARGV[5])
+  redis.call('HSET', KEYS[1], 'max_active', max_active, 'lease_s', lease_s)
 end
-local attempt = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[5])
-watch(leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2], ARGV[5], '')
-redis.call('HSET', KEYS[2], 'status', 'running', 'started_at', ARGV[4], 'holder', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[3], 'EX', lease_s)
+watch(leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2], lease_s, '')
 if run_status == 'pending' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[4])
   emit(KEYS[4], KEYS[5], {'type', 'workflow_started', 'run_id', ARGV[1],
@@ -282,10 +307,6 @@ if run_status == 'pending' then
 end
 emit(KEYS[4], KEYS[5], {'type', 'step_started', 'run_id', ARGV[1], 'workflow', ARGV[7],
      'step', ARGV[2], 'attempt', tostring(attempt), 'ts', ARGV[4]})
-local out = {'start', attempt, step[3] or '', run[5] or ''}
-for i = 6 + n_needs, #KEYS do
-  out[#out + 1] = redis.call('HGET', KEYS[i], 'outputs') or '{}'
-end
 return out
 """
 )
@@ -328,7 +349,8 @@ return {1, redis.call('HGET', KEYS[4], 'cancel_requested') or ''}
 _LUA_FINISH = (
     _LUA_EMIT
     + """
-local h = redis.call('HMGET', KEYS[2], 'status', 'holder', 'attempts', 'finished_by')
+local h = redis.call('HMGET', KEYS[2], 'status', 'holder', 'attempts', 'finished_by',
+                     'started_at')
 local st = h[1]
 local started = ARGV[12] ~= ''
 if is_terminal(st) then
@@ -339,7 +361,8 @@ if is_terminal(st) then
   end
   return {'dup', st}
 end
-local run = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'mode')
+local run = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'mode', 'remaining',
+                       'failures')
 if not run[1] then return {'dup', 'gone'} end
 if not st then return {'dup', 'unknown'} end
 local holder = h[2] or ''
@@ -349,7 +372,46 @@ if (started and (holder ~= ARGV[3] or h[3] ~= ARGV[12]))
   discard(KEYS[4], KEYS[5], ARGV[1], ARGV[11], ARGV[2], ARGV[12], ARGV[5], ARGV[4], h[3] or '')
   return {'superseded'}
 end
+-- Everything below is read and checked before the first write.
 local status = ARGV[5]
+local remaining, failures = as_int(run[4], 0), as_int(run[5], 0)
+check(remaining and failures, 'remaining/failures of the run')
+local n_skip = as_int(ARGV[13])
+check(n_skip and n_skip >= 0, 'skip count')
+local base = 13 + n_skip
+local n_children = as_int(ARGV[base + 1])
+check(n_children and n_children >= 0 and #ARGV == base + 2 * n_children + 3
+      and #KEYS == 5 + n_skip + n_children, 'finish arguments')
+local watch_s = ARGV[#ARGV - 1]
+check(watch_s == '' or tonumber(watch_s), 'lease seconds')
+-- the run's dispatch mode now, not when the step started: a canvas run failed over to
+-- dynamic dispatch while this step ran (fail_over_to_dynamic) needs this step's join, and
+-- Celery's canvas skips nothing after a failure once the run has failed over
+local dynamic = run[3] == 'dynamic'
+local skip_status = 'skipped'
+if run[2] == '1' then skip_status = 'cancelled' end
+local skips = {}
+for i = 1, (dynamic and 0 or n_skip) do
+  local sk = redis.call('HGET', KEYS[5 + i], 'status')
+  if not is_terminal(sk) and sk ~= 'running' then skips[#skips + 1] = i end
+end
+-- joins: each child's arrived set as it will be once this step is in it
+local ready, watched = {}, {}
+for i = 1, n_children do
+  local key = KEYS[5 + n_skip + i]
+  local need_count = as_int(ARGV[base + 2 * i + 1])
+  check(need_count, 'need count')
+  local count = redis.call('SCARD', key) + 1 - redis.call('SISMEMBER', key, ARGV[2])
+  if dynamic and count >= need_count then
+    local child = ARGV[base + 2 * i]
+    ready[#ready + 1] = child
+    if watch_s ~= '' and redis.call('HGET', KEYS[1] .. ':step:' .. child, 'status')
+                         == 'pending' then
+      watched[#watched + 1] = child
+    end
+  end
+end
+-- writes
 local fields = {'status', status, 'finished_at', ARGV[4], 'finished_by', ARGV[3]}
 if ARGV[6] ~= '' then fields[#fields+1] = 'exit_code'; fields[#fields+1] = ARGV[6] end
 if ARGV[7] ~= '' then fields[#fields+1] = 'outputs'; fields[#fields+1] = ARGV[7] end
@@ -359,7 +421,7 @@ if ARGV[10] == '1' then fields[#fields+1] = 'allowed_failure'; fields[#fields+1]
 if st == 'pending' then
   -- never started (skipped/cancelled/exhausted): give it a start time for the record
   fields[#fields+1] = 'started_at'
-  fields[#fields+1] = redis.call('HGET', KEYS[2], 'started_at') or ARGV[4]
+  fields[#fields+1] = h[5] or ARGV[4]
 end
 fields[#fields+1] = 'deliveries'; fields[#fields+1] = '0'
 redis.call('HSET', KEYS[2], unpack(fields))
@@ -373,43 +435,20 @@ if ARGV[12] ~= '' then ev[#ev+1] = 'attempt'; ev[#ev+1] = ARGV[12] end
 if ARGV[6] ~= '' then ev[#ev+1] = 'exit_code'; ev[#ev+1] = ARGV[6] end
 if ARGV[9] ~= '' then ev[#ev+1] = 'reason'; ev[#ev+1] = ARGV[9] end
 emit(KEYS[4], KEYS[5], ev)
-local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
+remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1 - #skips)
 if status == 'failed' and ARGV[10] ~= '1' then redis.call('HINCRBY', KEYS[1], 'failures', 1) end
--- the run's dispatch mode now, not when the step started: a canvas run failed over to
--- dynamic dispatch while this step ran (fail_over_to_dynamic) needs this step's join, and
--- Celery's canvas skips nothing after a failure once the run has failed over
-local dynamic = run[3] == 'dynamic'
-local n_skip = tonumber(ARGV[13])
-local skip_status = 'skipped'
-if run[2] == '1' then skip_status = 'cancelled' end
-for i = 1, (dynamic and 0 or n_skip) do
-  local key = KEYS[5 + i]
-  local s = redis.call('HGET', key, 'status')
-  if not is_terminal(s) and s ~= 'running' then
-    local sid = ARGV[13 + i]
-    redis.call('HSET', key, 'status', skip_status, 'finished_at', ARGV[4],
-               'reason', 'needs ' .. ARGV[2] .. ' ' .. status)
-    emit(KEYS[4], KEYS[5], {'type', 'step_' .. skip_status, 'run_id', ARGV[1],
-         'workflow', ARGV[11], 'step', sid, 'ts', ARGV[4]})
-    remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
-  end
+for _, i in ipairs(skips) do
+  redis.call('HSET', KEYS[5 + i], 'status', skip_status, 'finished_at', ARGV[4],
+             'reason', 'needs ' .. ARGV[2] .. ' ' .. status)
+  emit(KEYS[4], KEYS[5], {'type', 'step_' .. skip_status, 'run_id', ARGV[1],
+       'workflow', ARGV[11], 'step', ARGV[13 + i], 'ts', ARGV[4]})
 end
-local base = 13 + n_skip
-local n_children = tonumber(ARGV[base + 1])
+for i = 1, n_children do redis.call('SADD', KEYS[5 + n_skip + i], ARGV[2]) end
+for _, child in ipairs(watched) do
+  watch(leases_key(KEYS[1]), ARGV[1] .. '|' .. child, watch_s, 'NX')
+end
 local out = {remaining, ''}
-for i = 1, n_children do
-  local child = ARGV[base + 2 * i]
-  local need_count = tonumber(ARGV[base + 2 * i + 1])
-  local key = KEYS[5 + n_skip + i]
-  redis.call('SADD', key, ARGV[2])
-  if dynamic and redis.call('SCARD', key) >= need_count then
-    out[#out + 1] = child
-    if ARGV[#ARGV - 1] ~= '' and redis.call('HGET', KEYS[1] .. ':step:' .. child, 'status')
-                                  == 'pending' then
-      watch(leases_key(KEYS[1]), ARGV[1] .. '|' .. child, ARGV[#ARGV - 1], 'NX')
-    end
-  end
-end
+for _, child in ipairs(ready) do out[#out + 1] = child end
 local unparked = release_slot(KEYS[1], ARGV[2])
 out[2] = finalize(KEYS[1], KEYS[4], KEYS[5], remaining, ARGV[4], ARGV[1], ARGV[11])
 for _, r in ipairs(admitted) do out[#out + 1] = '@' .. r end
@@ -433,10 +472,11 @@ if not mine or st ~= 'running' then
   discard(KEYS[4], KEYS[5], ARGV[1], ARGV[5], ARGV[2], ARGV[6], 'retrying', ARGV[4], current)
   return {-1}
 end
+check(tonumber(ARGV[11]), 'lease seconds')
+local lease = redis.call('GET', KEYS[3])
 redis.call('HSET', KEYS[2], 'status', 'retrying', 'deliveries', '0')
 redis.call('HDEL', KEYS[2], 'holder')
 append_history(KEYS[2], ARGV[10])
-local lease = redis.call('GET', KEYS[3])
 if lease == ARGV[3] or not lease then redis.call('DEL', KEYS[3]) end
 watch(leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2], ARGV[11], '')
 local ev = {'type', 'step_retrying', 'run_id', ARGV[1], 'workflow', ARGV[5], 'step', ARGV[2],
@@ -463,12 +503,15 @@ if st ~= 'running' or not mine then
           current)
   return {-1}
 end
+local counts = redis.call('HMGET', KEYS[2], 'attempts', 'deliveries')
+local attempts, deliveries = as_int(counts[1], 0), as_int(counts[2], 0)
+check(attempts and deliveries, 'attempts/deliveries of step ' .. ARGV[2])
+check(tonumber(ARGV[8]), 'lease seconds')
 local lease = redis.call('GET', KEYS[3])
 if lease == ARGV[3] or not lease then redis.call('DEL', KEYS[3]) end
 watch(leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2], ARGV[8], '')
-redis.call('HINCRBY', KEYS[2], 'attempts', -1)
-redis.call('HINCRBY', KEYS[2], 'deliveries', -1)
-redis.call('HSET', KEYS[2], 'status', 'pending')
+redis.call('HSET', KEYS[2], 'status', 'pending', 'attempts', attempts - 1,
+           'deliveries', deliveries - 1)
 redis.call('HDEL', KEYS[2], 'holder')
 emit(KEYS[4], KEYS[5], {'type', 'step_handed_back', 'run_id', ARGV[1], 'workflow', ARGV[5],
      'step', ARGV[2], 'attempt', ARGV[6], 'reason', ARGV[7], 'ts', ARGV[4]})
@@ -484,8 +527,9 @@ _LUA_RELEASE = (
     _LUA_EMIT
     + """
 if not holds(KEYS[2], ARGV[1], ARGV[2]) then return {0} end
+local lease = redis.call('GET', KEYS[3])
 redis.call('HDEL', KEYS[2], 'holder')
-if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+if lease == ARGV[1] then redis.call('DEL', KEYS[3]) end
 return {1, release_slot(KEYS[1], ARGV[3]) or ''}
 """
 )
@@ -502,7 +546,7 @@ return {1, release_slot(KEYS[1], ARGV[3]) or ''}
 # Reads first (``ready_successors``), then the writes (``hand_on``).
 _LUA_HAND_ON_FN = """
 local function ready_successors(k, a)
-  if not tonumber(ARGV[a + 1]) then error('hand-on: bad lease seconds') end
+  check(tonumber(ARGV[a + 1]), 'lease seconds')
   local n = tonumber(ARGV[a + 2])
   local ready = {}
   for i = 1, n do
@@ -591,7 +635,8 @@ _LUA_CANCEL_STEPS = (
 local run = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'remaining')
 if not run[1] then return {-1, ''} end
 if run[2] then return {0, run[1]} end
-local remaining = tonumber(run[3] or '0') or 0
+local remaining = as_int(run[3], 0)
+check(remaining, 'remaining of the run')
 local todo = {}
 for j = 5, #ARGV do
   local s = redis.call('HGET', KEYS[4 + 2 * (j - 5)], 'status')
@@ -622,7 +667,8 @@ _LUA_CANCEL_FANNED = (
 local run = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'remaining')
 if not run[1] then return {-1, ''} end
 if run[2] then return {0, run[1]} end
-local remaining = tonumber(run[3] or '0') or 0
+local remaining = as_int(run[3], 0)
+check(remaining, 'remaining of the run')
 local todo = {}
 for j = 5, #ARGV do
   local key = KEYS[4 + 2 * (j - 5)]
@@ -664,8 +710,16 @@ _LUA_FAIL_OVER = (
     _LUA_EMIT
     + """
 local terminal = is_terminal
-local kids = cjson.decode(ARGV[1])
+local ok, kids = pcall(cjson.decode, ARGV[1])
+check(ok and type(kids) == 'table', 'children')
 local n = #kids
+check(#KEYS == 1 + 2 * n and #ARGV == n + 2 and tonumber(ARGV[n + 2]), 'fail-over arguments')
+for i = 1, n do
+  check(type(kids[i]) == 'table', 'children of step ' .. i)
+  for _, c in ipairs(kids[i]) do
+    check(type(c) == 'number' and c == math.floor(c) and c >= 1 and c <= n, 'child position')
+  end
+end
 local status, pending_needs = {}, {}
 for i = 1, n do
   status[i] = redis.call('HGET', KEYS[1 + i], 'status')
@@ -704,13 +758,13 @@ _LUA_ADD_INSTANCES = (
 if redis.call('HGET', KEYS[2], 'instances') then return 0 end
 local n = #KEYS - 2
 local ids = cjson.decode(ARGV[1])
-local window = tonumber(ARGV[2])
+local window = as_int(ARGV[2])
 local lease_s = ARGV[#ARGV]
-if type(ids) ~= 'table' or #ids ~= n or not window or #ARGV ~= n + 3
-   or (lease_s ~= '' and not tonumber(lease_s)) then
-  error('add_instances: bad arguments')
-end
-local watching = lease_s ~= '' and redis.call('HGET', KEYS[1], 'cancel_requested') ~= '1'
+check(type(ids) == 'table' and #ids == n and window and #ARGV == n + 3
+      and (lease_s == '' or tonumber(lease_s)), 'fan-out arguments')
+local run = redis.call('HMGET', KEYS[1], 'cancel_requested', 'remaining', 'instance_count')
+check(as_int(run[2], 0) and as_int(run[3], 0), 'remaining/instance_count of the run')
+local watching = lease_s ~= '' and run[1] ~= '1'
 redis.call('HSET', KEYS[2], 'instances', ARGV[1], 'instance_count', n, 'fan_window', window)
 for i = 3, #KEYS do
   redis.call('HSET', KEYS[i], 'status', 'pending', 'attempts', '0', 'values', ARGV[i])
@@ -744,7 +798,7 @@ if not n then return {-1, 0} end
 local window = tonumber(p[2] or '') or n
 local i = tonumber(ARGV[2]) or n
 local lease_s = ARGV[4]
-if lease_s ~= '' and not tonumber(lease_s) then error('instance_ended: bad lease seconds') end
+check(lease_s == '' or tonumber(lease_s), 'lease seconds')
 local nxt = -1
 if i + window < n and redis.call('HGET', KEYS[1], 'cancel_requested') ~= '1'
    and redis.call('HGET', KEYS[2] .. '[' .. (i + window) .. ']', 'status') == 'pending' then
