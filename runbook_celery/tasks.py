@@ -40,7 +40,7 @@ from .app import (
 from .compile import DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
 from .events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
-from .fullredis import lease_keeper, wait_while_full, worker_stopping
+from .fullredis import wait_while_full, worker_stopping
 from .gates import Gates
 from .graph import Graph
 from .lease import LeaseKeeper, boottime
@@ -452,14 +452,18 @@ class StepExecution:
     def _hand_back(self, reason: str) -> dict[str, Any]:
         """Give the step back without a result and send its message again (pending again,
         attempt not counted); refused (and discarded) if another delivery holds it."""
-        outcome = self.store.handback_step(
-            self.run_id,
-            self.step_id,
-            token=self.token,
-            workflow=self.ctx.workflow,
-            attempt=self.attempt or 0,
-            reason=reason,
-            lease_seconds=self.settings.lease_seconds,
+        outcome = self._while_full(
+            partial(
+                self.store.handback_step,
+                self.run_id,
+                self.step_id,
+                token=self.token,
+                workflow=self.ctx.workflow,
+                attempt=self.attempt or 0,
+                reason=reason,
+                lease_seconds=self.settings.lease_seconds,
+            ),
+            "handing back",
         )
         self._after(outcome, "hand-back")
         raise self.task.retry(countdown=0)
@@ -513,17 +517,21 @@ class StepExecution:
     def _retry(
         self, exit_code: int | None, reason: str, delay: float, history: dict[str, Any]
     ) -> dict[str, Any]:
-        outcome = self.store.retry_step(
-            self.run_id,
-            self.step_id,
-            token=self.token,
-            workflow=self.ctx.workflow,
-            attempt=self.attempt or 1,
-            exit_code=exit_code,
-            reason=reason,
-            delay=delay,
-            history=history,
-            lease_seconds=self.settings.lease_seconds,
+        outcome = self._while_full(
+            partial(
+                self.store.retry_step,
+                self.run_id,
+                self.step_id,
+                token=self.token,
+                workflow=self.ctx.workflow,
+                attempt=self.attempt or 1,
+                exit_code=exit_code,
+                reason=reason,
+                delay=delay,
+                history=history,
+                lease_seconds=self.settings.lease_seconds,
+            ),
+            "recording a retry of",
         )
         self._after(outcome, "retry")
         raise self.task.retry(countdown=delay)
@@ -531,17 +539,21 @@ class StepExecution:
     def _await_decision(
         self, exit_code: int | None, reason: str, stderr: list[str], history: dict[str, Any]
     ) -> dict[str, Any]:
-        outcome = Gates(self.store).await_decision(
-            self.run_id,
-            self.step_id,
-            token=self.token,
-            workflow=self.ctx.workflow,
-            signature=dict(self.task.signature_from_request()),
-            exit_code=exit_code,
-            reason=reason,
-            stderr=stderr,
-            history=history,
-            attempt=self.attempt or 1,
+        outcome = self._while_full(
+            partial(
+                Gates(self.store).await_decision,
+                self.run_id,
+                self.step_id,
+                token=self.token,
+                workflow=self.ctx.workflow,
+                signature=dict(self.task.signature_from_request()),
+                exit_code=exit_code,
+                reason=reason,
+                stderr=stderr,
+                history=history,
+                attempt=self.attempt or 1,
+            ),
+            "parking for a decision",
         )
         self._after(outcome, "wait for a decision")
         raise Ignore()  # the operator decides: retry, skip or abort
@@ -711,10 +723,23 @@ class StepExecution:
             return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])  # type: ignore[arg-type]
         window = fan_out_window(self.spec.get("max_parallel"), len(values))
         # the first window is watched from the transition that records it (recovery.py)
-        ids = self.store.add_instances(
-            self.run_id, self.step_id, values, window, watch_seconds=self._watch_seconds
+        ids = self._while_full(
+            partial(
+                self.store.add_instances,
+                self.run_id,
+                self.step_id,
+                values,
+                window,
+                watch_seconds=self._watch_seconds,
+            ),
+            "recording the instances of",
         )
-        outcome = self.store.release_step(self.run_id, self.step_id, self.token, self.attempt or 0)
+        outcome = self._while_full(
+            partial(
+                self.store.release_step, self.run_id, self.step_id, self.token, self.attempt or 0
+            ),
+            "releasing",
+        )
         self._after(outcome, "fan-out")
         self._stop_keeping()  # released: the instances hold their own leases
         if self.store.cancel_requested(self.run_id):
@@ -884,12 +909,7 @@ class StepExecution:
                 watch_seconds=self._watch_seconds,
             ),
             f"recording step {self.step_id} of run {self.run_id} as {status.value}",
-            while_waiting=lease_keeper(
-                self.store.r,
-                self.store.keys.lease(self.run_id, self.step_id),
-                self.token,
-                self.settings.lease_seconds,
-            ),
+            while_waiting=self._keep_lease,
             give_up=worker_stopping,
         )
         if outcome.duplicate and check_terminal:
@@ -958,6 +978,21 @@ class StepExecution:
         if self.settings.broker_url.startswith(("redis", "rediss")):
             return self.settings.lease_seconds
         return None
+
+    def _keep_lease(self) -> None:
+        """While a transition waits for a full Redis: renew this delivery's lease and watch
+        (RENEW works on a full Redis), also once the LeaseKeeper thread has stopped."""
+        if self.keeper is not None and self.keeper.lost is None:
+            self.keeper.renew()
+
+    def _while_full(self, call: Any, what: str) -> Any:
+        """``call()``, waiting (lease kept) while Redis is full (fullredis)."""
+        return wait_while_full(
+            call,
+            f"{what} step {self.step_id} of run {self.run_id}",
+            while_waiting=self._keep_lease,
+            give_up=worker_stopping,
+        )
 
     def _stop_keeping(self) -> None:
         """The transition that ends this delivery's hold went through: stop renewing."""

@@ -12,7 +12,9 @@ import uuid
 
 import fakeredis
 import pytest
+import redis
 from conftest import PREFIX
+from own_redis import fill, own_redis
 
 from runbook_celery.events import StepStatus
 from runbook_celery.store import RunStore, Successor
@@ -334,3 +336,26 @@ def test_finish_watches_the_dynamic_children_it_makes_ready_only_when_asked(rsto
     _claim(rstore, other, "one")
     assert _finish(rstore, other, "one", 1, children={"b": 1}).ready == ("b",)
     assert f"{other}|b" not in _members(rstore)
+
+
+def test_the_holder_renews_its_lease_and_watch_on_a_full_redis():
+    """A full Redis (noeviction) refuses SET and ZADD as a script's first write; the
+    renewal's first write is a PEXPIRE, so the lease and the watch are both renewed."""
+    with own_redis("--maxmemory-policy", "noeviction") as url:
+        store = RunStore(redis.Redis.from_url(url), prefix="full")
+        run = _run(store)
+        assert _claim(store, run, "one").action == "start"
+        store.r.expire(store.keys.lease(run, "a"), 5)
+        store.r.zadd(store.keys.leases, {f"{run}|a": 0})
+        store.r.config_set("maxmemory", int(store.r.info("memory")["used_memory"]) + 256 * 1024)
+        fill(url)
+        with pytest.raises(redis.OutOfMemoryError):
+            store.r.set("probe", "x")  # Redis is full
+        assert store.refresh_lease(run, "a", "one", 1, 30) == (True, False)
+        assert store.r.ttl(store.keys.lease(run, "a")) > 25
+        assert store.r.zscore(store.keys.leases, f"{run}|a") > store.server_time() + 25
+        # a lease key that expired has to be set again: refused whole, nothing changed
+        store.r.delete(store.keys.lease(run, "a"))
+        with pytest.raises(redis.OutOfMemoryError):
+            store.refresh_lease(run, "a", "one", 1, 30)
+        assert store.r.exists(store.keys.lease(run, "a")) == 0
