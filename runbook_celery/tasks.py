@@ -822,8 +822,11 @@ class StepExecution:
                 self.task, self.settings, self.store, self.ctx, self.run_id, self.parent
             )
             parent.inline = True  # this task hands on for it
+            # The parent's failure is not this instance's; a join refused because another
+            # delivery holds the parent (Ignore) is left to the parent's watch, and this
+            # instance still hands on.
             try:
-                with contextlib.suppress(StepFailed):  # the parent's failure is not ours
+                with contextlib.suppress(StepFailed, Ignore):
                     parent.join_instances()
             finally:
                 self.joined = parent if parent.recorded else None

@@ -203,3 +203,32 @@ def test_a_join_due_whose_worker_was_lost_is_sent_as_a_fan_in(store, published, 
     workerhooks.recover_once(store, store.r, 5)
     assert fan_ins == [(run, "m", "runbook.fan_in")]
     assert published == []
+
+
+class _StepTask:
+    """What StepExecution needs of a Celery task to record and hand on."""
+
+    name = "runbook.step"
+    request = None
+
+
+def test_a_join_refused_to_the_last_instance_leaves_it_to_the_watch_and_hands_the_instance_on(
+    store, published, monkeypatch
+):
+    from runbook_celery import tasks
+    from runbook_celery.settings import get_settings
+
+    # Given the last instance of m has ended while another delivery of m holds m (a
+    # redelivery of the fan-out, between its claim and its release)
+    run = _fan_out_run(store, 1, 1)
+    _ended_without_handing_on(store, run, "m[0]")
+    store.r.hset(store.keys.step(run, "m"), "holder", "other")
+    store.r.set(store.keys.lease(run, "m"), "other", ex=30)
+    ctx = tasks._cache.get(store, run)
+    execution = tasks.StepExecution(_StepTask(), get_settings(), store, ctx, run, "m[0]")  # type: ignore[arg-type]
+    # When the instance hands on, then its join is refused (m is not recorded), but the
+    # instance's own task goes on to hand on (no Ignore), and m stays watched for its join
+    execution._instance_ended()
+    assert execution.joined is None
+    assert store.r.hget(store.keys.step(run, "m"), "status") == b"running"
+    assert store.r.zscore(store.keys.leases, f"{run}|m") is not None
