@@ -216,7 +216,7 @@ def submit_snapshot(
     try:
         if group and not _admit(store, run_id, group):
             return Run(run_id, settings)
-        publish_run(snapshot, run_id, plan.tree, graph.sources())
+        publish_run(snapshot, run_id, plan.tree, graph.sources(), store)
     except InvalidOperation:
         with contextlib.suppress(redis.RedisError):
             store.delete_run(run_id)

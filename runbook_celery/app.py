@@ -7,16 +7,19 @@ deliveries itself (see tasks.py), so acks_late + reject_on_worker_lost are safe.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
+from celery.utils.log import get_logger
 
 from .errors import InvalidSetting
 from .fullredis import use_patient_redis_transport, wait_while_full, worker_stopping
-from .keys import Keys
 from .queuenames import queue_name_problem
 from .settings import Settings, get_settings
+
+logger = get_logger("runbook_celery.worker")
 
 STEP_TASK = "runbook.step"
 FANIN_TASK = "runbook.fan_in"
@@ -41,15 +44,15 @@ class ResultBackend(RedisBackend):
     def store_result(  # type: ignore[no-untyped-def]
         self, task_id, result, state, traceback=None, request=None, **kwargs
     ):
-        """Storing a step's final result also ends its lease-index entry, in one round trip.
+        """Storing a step's final result also hands it on in the lease index, in one script.
 
         Celery stores a task's result after it has published what follows the task (the
         next part of a chain; a dynamic step publishes its children itself), so from here
-        on the reconciler has nothing left to replay. Steps in a chord header hand on
-        after this (the chord counter), so their entry is dropped by ``task_postrun``.
+        on the reconciler has nothing left to replay: the step's entry ends and the
+        successors now ready are watched (``RunStore.hand_on``). Steps in a chord header
+        hand on after this (the chord counter), so they hand on in ``task_postrun``.
         """
-        member = _lease_member(request, state, result)
-        handed_on.member = member
+        handed_on.member = _lease_member(request, state, result)
         try:
             return super().store_result(
                 task_id, result, state, traceback=traceback, request=request, **kwargs
@@ -70,28 +73,74 @@ class ResultBackend(RedisBackend):
         member = getattr(handed_on, "member", None)
         if member is None:
             return super()._set(key, value, expires)
-        if expires is None:
-            expires = self.expires
-        with self.client.pipeline() as pipe:  # as RedisBackend._set, plus the ZREM
-            if expires:
-                pipe.setex(key, expires, value)
-            else:
-                pipe.set(key, value)
-            pipe.publish(key, value)
-            pipe.zrem(Keys(get_settings().prefix).leases, member)
-            pipe.execute()
+        from .tasks import _worker_store  # tasks imports this module
+
+        settings, store = _worker_store()
+        run_id, _, step_id = member.partition("|")
+        successors, ended = handed_on_successors(member)
+        store.hand_on(
+            run_id,
+            step_id,
+            successors,
+            settings.lease_seconds,
+            result=(key, value, self.expires if expires is None else expires),
+            ended=ended,
+        )
         handed_on.dropped = member
         return None
 
+    def on_chord_part_return(  # type: ignore[no-untyped-def]
+        self, request, state, result, **kwargs
+    ):
+        """A step task that failed for another reason than its step failing (its result
+        or its transition could not be written: Redis timed out, a partition) is not a
+        failed chord member: the chord is left waiting, and the step, still watched, is
+        replayed or continued by the reconciler (failing the run over to dynamic dispatch)
+        instead of the chord failing and never running its body."""
+        if _infrastructure_failure(request, state, result):
+            logger.warning(
+                "not counting step task %s in its chord: it failed to record (%r); the "
+                "reconciler will replay or continue it",
+                getattr(request, "id", "?"),
+                result,
+            )
+            return None
+        return super().on_chord_part_return(request, state, result, **kwargs)
 
-# Per worker thread: the lease-index member of the step whose result is being stored, and
-# the last member dropped that way (so that task_postrun does not drop it again).
+
+# Per worker thread: the lease-index member of the step whose result is being stored, the
+# last member handed on that way (so that task_postrun does not do it again), and the
+# successors the step task found for it (``note_successors``).
 handed_on = threading.local()
+
+
+def note_successors(member: str, successors: Iterable[Any], ended: Iterable[str] = ()) -> None:
+    """A step task says which steps may be ready once it has handed on (see hand_on), and
+    which other steps of its run hand on with it (``ended``: their transitions were made
+    by this task)."""
+    handed_on.successors = (member, list(successors), list(ended))
+
+
+def handed_on_successors(member: str) -> tuple[list[Any], list[str]]:
+    """(successors, steps ending with it) noted for ``member`` by its task, if any."""
+    noted = getattr(handed_on, "successors", None)
+    if noted and noted[0] == member:
+        return list(noted[1]), list(noted[2])
+    return [], []
+
+
+def _infrastructure_failure(request: Any, state: str, result: Any) -> bool:
+    if request is None or getattr(request, "task", None) != STEP_TASK or state != states.FAILURE:
+        return False
+    from .tasks import StepFailed  # tasks imports this module
+
+    return not isinstance(result, StepFailed)
 
 
 def _lease_member(request: Any, state: str, result: Any) -> str | None:
     """``run|step`` when storing this result means the step has handed on, else None."""
-    if request is None or getattr(request, "task", None) != STEP_TASK or request.chord:
+    task = getattr(request, "task", None) if request is not None else None
+    if task not in (STEP_TASK, FANIN_TASK) or request.chord:
         return None
     args = request.args or ()
     if len(args) != 2:
@@ -102,7 +151,7 @@ def _lease_member(request: Any, state: str, result: Any) -> str | None:
         if not isinstance(result, StepFailed):
             return None
     elif state != states.SUCCESS:
-        # RETRY: retry/handback end the entry in their own transition, and a "busy"
+        # RETRY: retry/handback keep watching the step for its next message, and a "busy"
         # delivery must not end the entry of the delivery that holds the lease
         return None
     return f"{args[0]}|{args[1]}"

@@ -15,6 +15,7 @@ from celery.canvas import Signature
 from .app import RUN_TIMEOUT_TASK, STEP_TASK, app
 from .compile import CANVAS
 from .graph import Leaf, Parallel, Series, SPTree
+from .settings import get_settings
 
 
 def _spec_of(snapshot: Mapping[str, Any], step_id: str) -> Mapping[str, Any]:
@@ -73,9 +74,20 @@ def build_canvas(
 
 
 def publish_run(
-    snapshot: Mapping[str, Any], run_id: str, tree: SPTree | None, sources: list[str]
+    snapshot: Mapping[str, Any],
+    run_id: str,
+    tree: SPTree | None,
+    sources: list[str],
+    store: Any = None,
 ) -> None:
-    """Send a new run to the broker. Every step's Celery root_id is the run id."""
+    """Send a new run to the broker. Every step's Celery root_id is the run id.
+
+    With ``store``, the source steps are watched from now on (recovery.py): a first
+    message lost on its way to a worker is found and published again.
+    """
+    settings = get_settings()
+    if store is not None and settings.broker_url.startswith(("redis", "rediss")):
+        store.watch_steps([f"{run_id}|{s}" for s in sources], settings.lease_seconds)
     if snapshot.get("timeout"):
         app.signature(RUN_TIMEOUT_TASK, args=(run_id,), immutable=True).apply_async(
             countdown=snapshot["timeout"], task_id=f"{run_id}.timeout", root_id=run_id
@@ -119,4 +131,4 @@ def publish_admitted(store: Any, run_ids: Iterable[str]) -> None:
     for run_id in run_ids:
         snapshot = store.snapshot(run_id)
         graph = snapshot_graph(snapshot)
-        publish_run(snapshot, run_id, make_plan(graph).tree, graph.sources())
+        publish_run(snapshot, run_id, make_plan(graph).tree, graph.sources(), store)

@@ -85,6 +85,8 @@ class EventType(StrEnum):
     STEP_DECISION_RETRY = "step_decision_retry"
     STEP_DECISION_SKIP = "step_decision_skip"
     STEP_DECISION_ABORT = "step_decision_abort"
+    # a delivery that no longer held its step tried to record something: kept, not applied
+    STEP_RESULT_DISCARDED = "step_result_discarded"
 
 
 class FailureReason(StrEnum):
@@ -96,6 +98,7 @@ class FailureReason(StrEnum):
     WORKER_LOST = "worker_lost"
     OUTPUT_TOO_LARGE = "output_too_large"
     SPAWN_ERROR = "spawn_error"
+    INTERNAL_ERROR = "internal_error"  # the step task itself failed (a bug), not the step
     REJECTED = "rejected"  # `reject` at its approval gate
     APPROVAL_TIMEOUT = "approval_timeout"  # nobody approved within approval.timeout
     INSTANCE_FAILED = "instance_failed"  # an instance of a fanned-out step failed

@@ -11,9 +11,12 @@ Now, while Redis refuses writes for lack of memory:
 * the worker's consumer pauses: it retries the acknowledgement or the bookkeeping of the
   message it holds and takes no new message, so nothing is taken off a queue that cannot
   be recorded;
-* a step that has run keeps its result and retries recording it (and keeps its lease) until
-  Redis accepts it: a finished step is neither lost nor run again; a step that has not
-  started yet waits to be claimed;
+* a step that has run keeps its result and retries recording it until Redis accepts it: a
+  finished step is neither lost nor run again; a step that has not started yet waits to be
+  claimed;
+* a running step keeps its lease and its watch (the renewal's first write is a PEXPIRE,
+  which a full Redis allows; see ``store._LUA_REFRESH``), so it runs on, and no other
+  worker takes it over once memory is freed;
 * everything resumes by itself once memory is freed, and the worker log says when it
   starts and stops waiting.
 
@@ -42,15 +45,6 @@ MAX_DELAY = 5.0  # retries back off to this interval
 FULL_RATIO = 0.98  # used_memory / maxmemory from which `full_description` calls Redis full
 
 _T = TypeVar("_T")
-
-# A lease is only kept by the attempt that holds it. PEXPIRE is not refused by a full Redis
-# (it uses no memory), unlike SET.
-_KEEP_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -118,16 +112,6 @@ def full_description(client: redis.Redis) -> str | None:
 
 def _mb(n: int) -> str:
     return f"{n / 1048576:.1f} MiB"
-
-
-def lease_keeper(client: redis.Redis, key: str, token: str, seconds: int) -> Callable[[], None]:
-    """A ``while_waiting`` callback keeping our lease alive while we wait to record."""
-    script = client.register_script(_KEEP_LEASE)
-
-    def keep() -> None:
-        script(keys=[key], args=[token, int(seconds * 1000)])
-
-    return keep
 
 
 def worker_stopping() -> bool:

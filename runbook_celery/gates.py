@@ -4,7 +4,10 @@ A step that may not start now (run paused, approval pending, too many steps acti
 failure awaiting a decision) is *parked*: its Celery message, rebuilt from the request
 with its chain/chord continuation, is stored in Redis and the delivery is acknowledged.
 No worker slot is held and nothing polls. Resume, approve, a freed slot or a decision
-publishes the parked message again. Each transition is one Lua script.
+publishes the parked message again. Each transition is one Lua script; parking itself
+happens in the store's claim (``RunStore.start_step``), so the check of the gate and the
+parking are one transition, and slots (a set of step ids per run) are given back inside
+the transitions that end an execution.
 """
 
 from __future__ import annotations
@@ -13,53 +16,12 @@ import json
 from typing import Any
 
 from .errors import InvalidOperation, RunNotFound
-from .store import _LUA_EMIT, RunStore, _s, now_iso
+from .settings import get_settings
+from .store import _LUA_EMIT, Outcome, RunStore, _s, now_iso
 
-# KEYS: run, step, run_events, global_events   ARGV: run_id, step_id, reason, sig, now,
-#       workflow, max_active, prompt
-# -> 1 parked | 0 the reason went away meanwhile (start again)
-_LUA_PARK = (
-    _LUA_EMIT
-    + """
-local st = redis.call('HGET', KEYS[2], 'status')
-if is_terminal(st) then return 1 end
-local reason = ARGV[3]
-if reason == 'paused' then
-  if redis.call('HGET', KEYS[1], 'paused') ~= '1' then return 0 end
-  redis.call('RPUSH', KEYS[1] .. ':parked', ARGV[4])
-  redis.call('HSET', KEYS[2], 'status', 'waiting')
-  emit(KEYS[3], KEYS[4], {'type', 'step_waiting', 'run_id', ARGV[1], 'workflow', ARGV[6],
-       'step', ARGV[2], 'reason', 'paused', 'ts', ARGV[5]})
-elseif reason == 'max_active' then
-  local active = tonumber(redis.call('HGET', KEYS[1], 'active') or '0')
-  if active < tonumber(ARGV[7]) and redis.call('HGET', KEYS[1], 'paused') ~= '1' then
-    return 0
-  end
-  redis.call('RPUSH', KEYS[1] .. ':parked', ARGV[4])
-  redis.call('HSET', KEYS[2], 'status', 'waiting')
-  emit(KEYS[3], KEYS[4], {'type', 'step_waiting', 'run_id', ARGV[1], 'workflow', ARGV[6],
-       'step', ARGV[2], 'reason', 'max_active_steps', 'ts', ARGV[5]})
-elseif reason == 'approval' then
-  if redis.call('HGET', KEYS[2], 'approved') == '1' then return 0 end
-  redis.call('HSET', KEYS[2], 'status', 'awaiting_approval', 'parked_sig', ARGV[4],
-             'approval_prompt', ARGV[8], 'waiting_since', ARGV[5])
-  emit(KEYS[3], KEYS[4], {'type', 'step_awaiting_approval', 'run_id', ARGV[1],
-       'workflow', ARGV[6], 'step', ARGV[2], 'prompt', ARGV[8], 'ts', ARGV[5]})
-end
-return 1
-"""
-)
-
-# KEYS: run   ARGV: max_active  -> a parked message to publish, or nil
-_LUA_RELEASE = """
-local active = redis.call('HINCRBY', KEYS[1], 'active', -1)
-if active < 0 then redis.call('HSET', KEYS[1], 'active', 0); active = 0 end
-if redis.call('HGET', KEYS[1], 'paused') == '1' then return false end
-if active < tonumber(ARGV[1]) then return redis.call('LPOP', KEYS[1] .. ':parked') end
-return false
-"""
-
-# KEYS: run, run_events, global_events   ARGV: run_id, now, workflow, by, action(pause|resume)
+# (resume: the parked steps are pending again and watched, as their messages are published)
+# KEYS: run, run_events, global_events
+# ARGV: run_id, now, workflow, by, action(pause|resume), lease_s
 # -> {'ok', parked...} | {'finished'} | {'missing'} | {'noop'}
 _LUA_PAUSE_RESUME = (
     _LUA_EMIT
@@ -76,6 +38,7 @@ if ARGV[5] == 'pause' then
   return {'ok'}
 end
 if redis.call('HGET', KEYS[1], 'paused') ~= '1' then return {'noop'} end
+check(tonumber(ARGV[6]), 'lease seconds')
 local before = redis.call('HGET', KEYS[1], 'status_before_pause') or 'running'
 redis.call('HSET', KEYS[1], 'paused', '0', 'status', before, 'resumed_by', ARGV[4],
            'resumed_at', ARGV[2])
@@ -84,14 +47,18 @@ emit(KEYS[2], KEYS[3], {'type', 'workflow_resumed', 'run_id', ARGV[1], 'workflow
 local out = {'ok'}
 local parked = redis.call('LRANGE', KEYS[1] .. ':parked', 0, -1)
 redis.call('DEL', KEYS[1] .. ':parked')
-for _, m in ipairs(parked) do out[#out + 1] = m end
+for _, m in ipairs(parked) do
+  unpark(KEYS[1], m, ARGV[6])
+  out[#out + 1] = m
+end
 return out
 """
 )
 
 # A gate on one step opens: approval given, or a decision to retry the failed step.
 # KEYS: run, step, run_events, global_events
-# ARGV: run_id, step_id, now, workflow, by, expected_status, event, extra_field, extra_value
+# ARGV: run_id, step_id, now, workflow, by, expected_status, event, extra_field, extra_value,
+#       lease_s (the step is watched again, as its parked message is published)
 # -> {'ok', parked_sig} | {'wrong', status}
 _LUA_OPEN = (
     _LUA_EMIT
@@ -99,40 +66,53 @@ _LUA_OPEN = (
 local st = redis.call('HGET', KEYS[2], 'status')
 if st ~= ARGV[6] then return {'wrong', st or 'missing'} end
 local sig = redis.call('HGET', KEYS[2], 'parked_sig') or ''
+check(sig == '' or tonumber(ARGV[10]), 'lease seconds')
+local run_status = redis.call('HGET', KEYS[1], 'status')
 redis.call('HDEL', KEYS[2], 'parked_sig')
 redis.call('HSET', KEYS[2], 'status', 'pending', 'deliveries', '0', ARGV[8], ARGV[9])
 if ARGV[6] == 'awaiting_approval' then
   redis.call('HSET', KEYS[2], 'approved', '1', 'approved_by', ARGV[5], 'approved_at', ARGV[3])
 end
-if redis.call('HGET', KEYS[1], 'status') == 'awaiting_decision' then
+if run_status == 'awaiting_decision' then
   redis.call('HSET', KEYS[1], 'status', 'running')
 end
 emit(KEYS[3], KEYS[4], {'type', ARGV[7], 'run_id', ARGV[1], 'workflow', ARGV[4],
      'step', ARGV[2], 'by', ARGV[5], 'ts', ARGV[3]})
+if sig ~= '' then watch(leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2], ARGV[10], '') end
 return {'ok', sig}
 """
 )
 
-# A step failed with on_failure: pause. KEYS: run, step, lease, run_events, global_events
-# ARGV: run_id, step_id, token, now, workflow, sig, exit_code, reason, stderr_json, history
+# A step failed with on_failure: pause. Holder only (as FINISH); the step stops holding a
+# max_active_steps slot. KEYS: run, step, lease, run_events, global_events
+# ARGV: run_id, step_id, token, now, workflow, sig, exit_code, reason, stderr_json, history,
+#       attempt  -> {1, parked message to publish or ''} | {-1} (superseded)
 _LUA_AWAIT_DECISION = (
     _LUA_EMIT
     + """
 local st = redis.call('HGET', KEYS[2], 'status')
-if is_terminal(st) then return 0 end
+local mine, current = holds(KEYS[2], ARGV[3], ARGV[11])
+if st ~= 'running' or not mine then
+  discard(KEYS[4], KEYS[5], ARGV[1], ARGV[5], ARGV[2], ARGV[11], 'awaiting_decision', ARGV[4],
+          current)
+  return {-1}
+end
+local lease = redis.call('GET', KEYS[3])
+local paused = redis.call('HGET', KEYS[1], 'paused')
 redis.call('HSET', KEYS[2], 'status', 'awaiting_decision', 'parked_sig', ARGV[6],
            'exit_code', ARGV[7], 'reason', ARGV[8], 'stderr_tail', ARGV[9],
            'deliveries', '0', 'waiting_since', ARGV[4])
+redis.call('HDEL', KEYS[2], 'holder')
 append_history(KEYS[2], ARGV[10])
-if redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
+if lease == ARGV[3] then redis.call('DEL', KEYS[3]) end
 redis.call('ZREM', leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2])
-if redis.call('HGET', KEYS[1], 'paused') ~= '1' then
+if paused ~= '1' then
   redis.call('HSET', KEYS[1], 'status', 'awaiting_decision')
 end
 emit(KEYS[4], KEYS[5], {'type', 'step_awaiting_decision', 'run_id', ARGV[1],
      'workflow', ARGV[5], 'step', ARGV[2], 'exit_code', ARGV[7], 'reason', ARGV[8],
      'ts', ARGV[4]})
-return 1
+return {1, release_slot(KEYS[1], ARGV[2]) or ''}
 """
 )
 
@@ -172,44 +152,10 @@ class Gates:
     def __init__(self, store: RunStore) -> None:
         self.store = store
         r = store.r
-        self._park = r.register_script(_LUA_PARK)
-        self._release = r.register_script(_LUA_RELEASE)
         self._pause_resume = r.register_script(_LUA_PAUSE_RESUME)
         self._open = r.register_script(_LUA_OPEN)
         self._await = r.register_script(_LUA_AWAIT_DECISION)
         self._admit = r.register_script(_LUA_ADMIT)
-
-    # ------------------------------------------------------------------ parking
-
-    def park(
-        self,
-        run_id: str,
-        step_id: str,
-        *,
-        reason: str,
-        signature: dict[str, Any],
-        workflow: str,
-        max_active: int = 0,
-        prompt: str = "",
-    ) -> bool:
-        k = self.store.keys
-        keys = [k.run(run_id), k.step(run_id, step_id), k.run_events(run_id), k.global_events]
-        args = [
-            run_id,
-            step_id,
-            reason,
-            json.dumps(signature),
-            now_iso(),
-            workflow,
-            max_active,
-            prompt,
-        ]
-        return bool(self._park(keys=keys, args=args))
-
-    def release_slot(self, run_id: str, max_active: int) -> dict[str, Any] | None:
-        """A step of a capped run stopped executing: maybe unpark the next one."""
-        raw = self._release(keys=[self.store.keys.run(run_id)], args=[max_active])
-        return json.loads(_s(raw)) if raw else None
 
     # ------------------------------------------------------------------ pause / resume
 
@@ -227,7 +173,7 @@ class Gates:
             _s(x)
             for x in self._pause_resume(
                 keys=[k.run(run_id), k.run_events(run_id), k.global_events],
-                args=[run_id, now_iso(), workflow, by, action],
+                args=[run_id, now_iso(), workflow, by, action, get_settings().lease_seconds],
             )
         ]
         if res[0] == "missing":
@@ -270,6 +216,7 @@ class Gates:
                     event,
                     field,
                     value or by,
+                    get_settings().lease_seconds,
                 ],
             )
         ]
@@ -291,7 +238,9 @@ class Gates:
         reason: str,
         stderr: list[str],
         history: dict[str, Any],
-    ) -> bool:
+        attempt: int,
+    ) -> Outcome:
+        """A failed step waits for an operator's decision (holder only, as FINISH)."""
         k = self.store.keys
         keys = k.transition(run_id, step_id)
         args = [
@@ -305,8 +254,9 @@ class Gates:
             reason,
             json.dumps(stderr),
             json.dumps(history),
+            attempt,
         ]
-        return bool(self._await(keys=keys, args=args))
+        return Outcome.from_reply(self._await(keys=keys, args=args))
 
     # ------------------------------------------------------------------ concurrency groups
 

@@ -8,6 +8,8 @@ from functools import lru_cache
 
 import redis
 from kombu.exceptions import OperationalError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import BackendUnavailable
 from .redaction import redact as redact  # re-exported: callers import it from here
@@ -27,6 +29,19 @@ def client_for(url: str) -> redis.Redis:
         socket_timeout=RESPONSE_TIMEOUT,
         socket_keepalive=True,
         health_check_interval=30,
+    )
+
+
+@lru_cache(maxsize=8)
+def lease_client(url: str, timeout: float) -> redis.Redis:
+    """A client for lease renewal: every call answers or fails within ``timeout`` seconds
+    (no retries), so a worker cut off from Redis knows it in time to stop its steps."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
     )
 
 

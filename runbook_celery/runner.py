@@ -74,14 +74,37 @@ def _wrapper(guardian_fd: int) -> str:
     )
 
 
-# Reads "+PGID" / "-PGID" lines; at end of file (its pool process is gone), kills every
-# process group still registered.
-_GUARDIAN_SCRIPT = (
-    "declare -A g; "
-    "while read -r line; do pg=${line:1}; [[ $pg =~ ^[0-9]+$ ]] || continue; "
-    'if [[ ${line:0:1} == + ]]; then g[$pg]=1; else unset "g[$pg]"; fi; done; '
-    'for pg in "${!g[@]}"; do kill -KILL -- "-$pg"; done 2>/dev/null'
-)
+# Reads "+PGID" / "-PGID" lines, and "=PGID T": kill that group once CLOCK_BOOTTIME
+# (/proc/uptime, in centiseconds) reaches T unless a later "=" line moves T (the step's
+# lease could not be renewed: the pool process may be stopped or hung, so the deadline is
+# kept here, outside it). At end of file (its pool process is gone), kills every process
+# group still registered. Bash builtins only: no fork per line or per wake-up.
+_GUARDIAN_SCRIPT = """
+declare -A g d
+while :; do
+  t=()
+  if ((${#d[@]})); then
+    read -r up _ < /proc/uptime; now=$((10#${up/./})); min=
+    for pg in "${!d[@]}"; do
+      if ((d[$pg] <= now)); then kill -KILL -- "-$pg" 2>/dev/null; unset "g[$pg]" "d[$pg]"
+      elif [[ -z $min ]] || ((d[$pg] < min)); then min=${d[$pg]}; fi
+    done
+    if [[ -n $min ]]; then
+      w=$((min - now)); printf -v frac %02d $((w % 100)); t=(-t "$((w / 100)).$frac")
+    fi
+  fi
+  if read -r "${t[@]}" line; then
+    pg=${line:1}; pg=${pg%% *}; [[ $pg =~ ^[0-9]+$ ]] || continue
+    case ${line:0:1} in
+      +) g[$pg]=1 ;;
+      -) unset "g[$pg]" "d[$pg]" ;;
+      =) at=${line##* }; [[ $at =~ ^[0-9]+$ ]] && { g[$pg]=1; d[$pg]=$at; } ;;
+    esac
+  elif (($? <= 128)); then break
+  fi
+done
+for pg in "${!g[@]}"; do kill -KILL -- "-$pg"; done 2>/dev/null
+"""
 
 
 class _Guardian:
@@ -107,6 +130,18 @@ class _Guardian:
                 )
                 self.owner = os.getpid()
             return proc.stdin.fileno()  # type: ignore[union-attr]
+
+    def deadline(self, pgid: int, at: float) -> None:
+        """Kill group ``pgid`` at ``at`` (CLOCK_BOOTTIME seconds) unless moved again.
+
+        Enforced by the guardian, so it holds even while this process is stopped (SIGSTOP,
+        a long pause): the fence of a step whose lease could not be renewed.
+        """
+        proc = self.proc
+        if proc is None or self.owner != os.getpid():
+            return
+        with contextlib.suppress(OSError):
+            os.write(proc.stdin.fileno(), f"={pgid} {max(0, int(at * 100))}\n".encode())  # type: ignore[union-attr]
 
     def release(self, pgid: int) -> None:
         """The step's group is dead: the guardian must not kill it (its id may be reused)."""
@@ -159,8 +194,12 @@ def run_bash(
     tick: Tick | None = None,
     tick_interval: float = 0.5,
     on_line: OnLine | None = None,
+    on_spawn: Callable[[int], None] | None = None,
 ) -> BashResult:
-    """Run ``command`` with ``bash -eo pipefail`` and collect exit code, outputs and tails."""
+    """Run ``command`` with ``bash -eo pipefail`` and collect exit code, outputs and tails.
+
+    ``on_spawn`` gets the step's process group id as soon as Bash runs (lease fencing).
+    """
     started = time.monotonic()
     output_path = _output_file()
     try:
@@ -189,6 +228,8 @@ def run_bash(
         }
         reason: str | None = None
         try:
+            if on_spawn is not None:
+                on_spawn(proc.pid)
             reason = _supervise(proc, streams, timeout, kill_grace, tick, tick_interval)
         finally:
             _killpg(proc.pid, signal.SIGKILL)  # whatever the step left behind dies

@@ -11,42 +11,59 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import math
 import os
+import re
 import tempfile
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
 from typing import Any
 
+import redis
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject, Retry
 
 from . import expressions as ex
 from . import workerhooks  # noqa: F401  (connects the worker signals: recovery, shutdown)
-from .app import APPROVAL_TIMEOUT_TASK, FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
+from .app import (
+    APPROVAL_TIMEOUT_TASK,
+    FANIN_TASK,
+    RUN_TIMEOUT_TASK,
+    STEP_TASK,
+    app,
+    note_successors,
+)
 from .compile import DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
 from .events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
-from .fullredis import lease_keeper, wait_while_full, worker_stopping
+from .fullredis import wait_while_full, worker_stopping
 from .gates import Gates
 from .graph import Graph
+from .lease import LeaseKeeper, boottime
 from .logsink import StepLogSink
-from .redisconn import get_client
+from .redisconn import get_client, lease_client
 from .runner import BashResult, run_bash
 from .settings import Settings, get_settings, worker_environment
-from .store import RunStore, now_iso
+from .store import FinishOutcome, Outcome, RunStore, Successor, now_iso
 
 STDERR_TAIL_LINES = 20
 RETRYABLE = (FailureReason.EXIT_CODE, FailureReason.TIMEOUT)
 HANDBACK = "handback"
+_INSTANCE = re.compile(r"^(?P<parent>.+)\[(?P<index>0|[1-9][0-9]{0,8})\]$")
+
+log = logging.getLogger("runbook_celery.worker")
 
 
 class StepFailed(Exception):
     """Raised so Celery records FAILURE and does not continue the canvas past this step."""
+
+
+def _fans_out(spec: dict[str, Any]) -> bool:
+    return bool(spec.get("matrix") or spec.get("for_each"))
 
 
 @dataclass(frozen=True)
@@ -54,12 +71,25 @@ class RunContext:
     """A run's snapshot parsed once per worker process (it never changes)."""
 
     snapshot: dict[str, Any]
-    graph: Graph
+    graph: Graph  # what this run executes (a rerun leaves out the steps it reuses)
     steps: dict[str, dict[str, Any]]
 
     @property
     def workflow(self) -> str:
         return self.snapshot["workflow"]
+
+    @cached_property
+    def full_graph(self) -> Graph:
+        """Every step of the snapshot, reused ones too: what ``if:`` conditions look at."""
+        return Graph({s["id"]: list(s["needs"]) for s in self.snapshot["steps"]})
+
+    def knows(self, step_id: str, *, fan_in: bool = False) -> bool:
+        """Whether ``step_id`` names a step (or an instance of a fanning-out step) of this
+        run: anything else in a message is forged or stale and is dropped."""
+        if step_id in self.steps:
+            return not fan_in or _fans_out(self.steps[step_id])
+        m = _INSTANCE.match(step_id)
+        return bool(m) and not fan_in and _fans_out(self.steps.get(m["parent"]) or {})
 
 
 class _RunCache:
@@ -108,36 +138,52 @@ def _worker_store() -> tuple[Settings, RunStore]:
     return settings, RunStore(get_client(settings), settings.prefix, settings.retention)
 
 
+@lru_cache(maxsize=1)
+def _lease_store() -> RunStore:
+    """The store as lease renewal sees it: a client that gives up quickly (no retries), so
+    that a renewal that cannot reach Redis is known as such well within the lease."""
+    settings = get_settings()
+    timeout = max(0.25, settings.lease_seconds / 8)
+    return RunStore(lease_client(settings.redis_url, timeout), settings.prefix, settings.retention)
+
+
 def shutdown_flag_path(worker_pid: int) -> str:
     """A file the worker's main process creates when running steps must be handed back."""
     return os.path.join(tempfile.gettempdir(), f"runbook-handback-{worker_pid}")
 
 
-def _execution(task: Task, run_id: str, step_id: str) -> StepExecution | None:
-    """The delivery's context, or None when the run no longer exists (expired, deleted)."""
+def _execution(
+    task: Task, run_id: str, step_id: str, *, fan_in: bool = False
+) -> StepExecution | dict[str, Any]:
+    """The delivery's context, or what to answer when its message names a run that no
+    longer exists (expired, deleted) or a step the run does not have (forged, stale)."""
     settings, store = _worker_store()
     try:
         ctx = _cache.get(store, run_id)
     except RunNotFound:
-        return None
+        log.warning("dropped %s for step %r: run %s does not exist", task.name, step_id, run_id)
+        return {"run_id": run_id, "step": step_id, "status": "gone"}
+    if not ctx.knows(step_id, fan_in=fan_in):
+        log.warning("dropped %s for step %r: run %s has no such step", task.name, step_id, run_id)
+        return {"run_id": run_id, "step": step_id, "status": "unknown"}
     return StepExecution(task, settings, store, ctx, run_id, step_id)
 
 
 @app.task(bind=True, name=STEP_TASK, max_retries=None, acks_late=True)
 def run_step(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     execution = _execution(self, run_id, step_id)
-    if execution is None:
-        return {"run_id": run_id, "step": step_id, "status": "gone"}
-    return execution.execute()
+    if isinstance(execution, dict):
+        return execution
+    return execution.guarded(execution.execute)
 
 
 @app.task(bind=True, name=FANIN_TASK, max_retries=None, acks_late=True)
 def fan_in(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     """Join a fanned-out step: all its instances have ended; record the step itself."""
-    execution = _execution(self, run_id, step_id)
-    if execution is None:
-        return {"run_id": run_id, "step": step_id, "status": "gone"}
-    return execution.join_instances()
+    execution = _execution(self, run_id, step_id, fan_in=True)
+    if isinstance(execution, dict):
+        return execution
+    return execution.guarded(execution.join_instances)
 
 
 @app.task(name=RUN_TIMEOUT_TASK)
@@ -211,8 +257,28 @@ class StepExecution:
         self.token = uuid.uuid4().hex
         self.attempt: int | None = None
         self.mode: str | None = None  # from the store when known; a canvas run may fail over
+        self.keeper: LeaseKeeper | None = None
+        self._claim_sent = 0.0
+        self.inline = False  # run inside another step's task, which hands on for it
+        self.recorded = False  # this execution's FINISH went through (not a duplicate)
+        self.joined: StepExecution | None = None  # the fan-out step this instance joined
 
     # ------------------------------------------------------------------ flow
+
+    def guarded(self, body: Any) -> dict[str, Any]:
+        """Run ``body``; a bug in it (not a step failure, not Redis) fails the step with
+        reason ``internal_error`` instead of leaving the run to replay it forever."""
+        try:
+            return body()
+        except (Ignore, Retry, Reject, StepFailed, redis.RedisError):
+            raise
+        except Exception as exc:
+            log.exception("step %s of run %s: internal error", self.step_id, self.run_id)
+            return self._finish(
+                StepStatus.FAILED,
+                reason=FailureReason.INTERNAL_ERROR,
+                stderr=[f"[runbook] internal error: {type(exc).__name__}: {exc}"[:2000]],
+            )
 
     def execute(self) -> dict[str, Any]:
         ignore_cancel = False
@@ -227,11 +293,45 @@ class StepExecution:
                 self.store.instance_values(self.run_id, self.step_id) if self.parent else {}
             )
         decision = self._start(check_needs, ignore_cancel)
+        if decision.action != "start":
+            return self._not_started(decision)
+        self.attempt = decision.attempt
+        self.mode = decision.mode
+        self.keeper = LeaseKeeper(
+            _lease_store(),
+            self.run_id,
+            self.step_id,
+            token=self.token,
+            attempt=decision.attempt,
+            lease_seconds=self.settings.lease_seconds,
+            claimed_at=self._claim_sent,
+        ).start()
+        try:  # the lease is kept until the result is recorded, not only while Bash runs
+            outputs = decision.need_outputs or {}
+            if self.parent is None and _fans_out(self.spec):
+                return self._fan_out(outputs)
+            started = now_iso()
+            result = self._run(outputs, decision.env or {})
+            return self._record(result, started)
+        finally:
+            self.keeper.stop()
+
+    def _not_started(self, decision: Any) -> dict[str, Any]:
+        """The claim did not start the step: finish, hand on, or drop this delivery."""
         if decision.action == "done":
             return self._replay(decision.status or "")
+        if decision.action == "unknown":
+            log.warning(
+                "dropped a message for step %r of run %s: no such step in the record",
+                self.step_id,
+                self.run_id,
+            )
+            return {"run_id": self.run_id, "step": self.step_id, "status": "unknown"}
         if decision.action == "busy":
             # another delivery holds the lease; come back when it may have expired
             raise self.task.retry(countdown=max(1, self.settings.lease_seconds // 2))
+        if decision.action == "parked":
+            raise Ignore()  # acknowledged; the parked message is published again later
         if decision.action == "blocked":
             return self._finish(
                 StepStatus.SKIPPED, reason=f"needs {decision.blocked_by} {decision.status}"
@@ -248,55 +348,60 @@ class StepExecution:
                     "running this step was lost each time"
                 ],
             )
-        self.attempt = decision.attempt
-        self.mode = decision.mode
-        outputs = decision.need_outputs or {}
-        if self.parent is None and (self.spec.get("matrix") or self.spec.get("for_each")):
-            return self._fan_out(outputs)
-        started = now_iso()
-        result = self._run(outputs, decision.env or {})
-        return self._record(result, started)
+        raise RuntimeError(f"unexpected claim decision {decision.action!r}")
 
     def _start(self, check_needs: bool, ignore_cancel: bool) -> Any:
-        """Claim the step; park it (and end this delivery) when a gate says not yet."""
-        approval = self.spec.get("approval") if self.parent is None else None
-        for _ in range(5):
-            decision = wait_while_full(  # Redis full: claim once memory is freed
-                lambda: self.store.start_step(
-                    self.run_id,
-                    self.step_id,
-                    token=self.token,
-                    needs=list(self.spec["needs"]) if self.parent is None else [],
-                    output_steps=self._referenced_steps(),
-                    workflow=self.ctx.workflow,
-                    lease_seconds=self.settings.lease_seconds,
-                    max_attempts=self.settings.max_attempts,
-                    check_needs=check_needs,
-                    ignore_cancel=ignore_cancel,
-                    needs_approval=bool(approval),
-                    max_active=self.max_active,
-                ),
+        """Claim the step. When a gate says "not now", claim again with this delivery's
+        message: the store parks it in that same transition (or starts the step, if the
+        gate opened meanwhile), so a step is never left unclaimed and unparked. While
+        Redis is full, each claim waits until memory is freed (fullredis)."""
+        approval = (self.spec.get("approval") or {}) if self.parent is None else {}
+        park_message: dict[str, Any] | None = None
+        while True:
+            decision = wait_while_full(
+                partial(self._claim, check_needs, ignore_cancel, park_message, approval),
                 f"claiming step {self.step_id} of run {self.run_id}",
                 give_up=worker_stopping,
             )
-            if decision.action != "park":
-                return decision
-            parked = Gates(self.store).park(
-                self.run_id,
-                self.step_id,
-                reason=decision.status or "",
-                signature=dict(self.task.signature_from_request()),
-                workflow=self.ctx.workflow,
-                max_active=self.max_active,
-                prompt=(approval or {}).get("prompt", ""),
-            )
-            if parked:
-                if decision.status == "approval" and (approval or {}).get("timeout"):
-                    app.signature(
-                        APPROVAL_TIMEOUT_TASK, args=(self.run_id, self.step_id), immutable=True
-                    ).apply_async(countdown=approval["timeout"], root_id=self.run_id)
-                raise Ignore()  # acknowledged; the parked message is published again later
+            if decision.action != "park" or park_message is not None:
+                break  # (a claim given the message never answers "park")
+            park_message = dict(self.task.signature_from_request())
+        if (
+            decision.action == "parked"
+            and decision.status == "approval"
+            and approval.get("timeout")
+        ):
+            app.signature(
+                APPROVAL_TIMEOUT_TASK, args=(self.run_id, self.step_id), immutable=True
+            ).apply_async(countdown=approval["timeout"], root_id=self.run_id)
         return decision
+
+    def _claim(
+        self,
+        check_needs: bool,
+        ignore_cancel: bool,
+        park_message: dict[str, Any] | None,
+        approval: dict[str, Any],
+    ) -> Any:
+        """One CLAIM transition. Its send time starts the lease on this side (LeaseKeeper):
+        a claim retried while Redis was full counts from the retry that went through."""
+        self._claim_sent = boottime()
+        return self.store.start_step(
+            self.run_id,
+            self.step_id,
+            token=self.token,
+            needs=list(self.spec["needs"]) if self.parent is None else [],
+            output_steps=self._referenced_steps(),
+            workflow=self.ctx.workflow,
+            lease_seconds=self.settings.lease_seconds,
+            max_attempts=self.settings.max_attempts,
+            check_needs=check_needs,
+            ignore_cancel=ignore_cancel,
+            needs_approval=self.parent is None and bool(self.spec.get("approval")),
+            max_active=self.max_active,
+            park_message=park_message,
+            approval_prompt=approval.get("prompt", ""),
+        )
 
     @cached_property
     def _secret_values(self) -> list[str]:
@@ -317,11 +422,51 @@ class StepExecution:
     def max_active(self) -> int:
         return int(self.ctx.snapshot.get("max_active_steps") or 0)
 
-    def _release_slot(self) -> None:
-        if self.max_active:
-            message = Gates(self.store).release_slot(self.run_id, self.max_active)
-            if message:
-                app.signature(message).apply_async()
+    def _after(self, outcome: Outcome | FinishOutcome, what: str) -> None:
+        """Publish what a transition let go (a freed slot's parked message); a transition
+        refused because another delivery holds the step ends this delivery: it is
+        acknowledged, nothing is recorded, and what follows the step is handed on by the
+        delivery that holds it."""
+        for message in outcome.unparked:
+            app.signature(message).apply_async()
+        if outcome.superseded:
+            log.warning(
+                "step %s of run %s (attempt %s): %s refused, another delivery holds the "
+                "step; discarded",
+                self.step_id,
+                self.run_id,
+                self.attempt,
+                what,
+            )
+            raise Ignore()
+
+    def _fenced(self, result: BashResult) -> bool:
+        """Whether this attempt was stopped because its lease could not be kept (so its
+        result says nothing about the step)."""
+        keeper = self.keeper
+        if keeper is None:
+            return False
+        killed = result.exit_code is not None and result.exit_code < 0
+        return keeper.lost is not None or (killed and keeper.expired())
+
+    def _hand_back(self, reason: str) -> dict[str, Any]:
+        """Give the step back without a result and send its message again (pending again,
+        attempt not counted); refused (and discarded) if another delivery holds it."""
+        outcome = self._while_full(
+            partial(
+                self.store.handback_step,
+                self.run_id,
+                self.step_id,
+                token=self.token,
+                workflow=self.ctx.workflow,
+                attempt=self.attempt or 0,
+                reason=reason,
+                lease_seconds=self.settings.lease_seconds,
+            ),
+            "handing back",
+        )
+        self._after(outcome, "hand-back")
+        raise self.task.retry(countdown=0)
 
     def _record(self, result: BashResult, started: str) -> dict[str, Any]:
         history = {
@@ -331,12 +476,10 @@ class StepExecution:
             "started_at": started,
             "finished_at": now_iso(),
         }
+        if self._fenced(result):
+            return self._hand_back("lease_lost")
         if result.reason == HANDBACK:
-            self.store.handback_step(
-                self.run_id, self.step_id, token=self.token, workflow=self.ctx.workflow
-            )
-            self._release_slot()
-            raise self.task.retry(countdown=0)
+            return self._hand_back("shutdown")
         if result.ok:
             return self._finish(
                 StepStatus.SUCCEEDED, exit_code=0, outputs=result.outputs, history=history
@@ -359,33 +502,9 @@ class StepExecution:
                 )
         delay = self._retry_delay(reason, result.exit_code)
         if delay is not None:
-            self.store.retry_step(
-                self.run_id,
-                self.step_id,
-                token=self.token,
-                workflow=self.ctx.workflow,
-                attempt=self.attempt or 1,
-                exit_code=result.exit_code,
-                reason=reason,
-                delay=delay,
-                history=history,
-            )
-            self._release_slot()
-            raise self.task.retry(countdown=delay)
+            return self._retry(result.exit_code, reason, delay, history)
         if self._on_failure() == "pause" and not self.store.cancel_requested(self.run_id):
-            Gates(self.store).await_decision(
-                self.run_id,
-                self.step_id,
-                token=self.token,
-                workflow=self.ctx.workflow,
-                signature=dict(self.task.signature_from_request()),
-                exit_code=result.exit_code,
-                reason=reason,
-                stderr=stderr,
-                history=history,
-            )
-            self._release_slot()
-            raise Ignore()  # the operator decides: retry, skip or abort
+            return self._await_decision(result.exit_code, reason, stderr, history)
         return self._finish(
             StepStatus.FAILED,
             exit_code=result.exit_code,
@@ -394,6 +513,50 @@ class StepExecution:
             history=history,
             allowed_failure=bool(self.spec.get("continue_on_error")),
         )
+
+    def _retry(
+        self, exit_code: int | None, reason: str, delay: float, history: dict[str, Any]
+    ) -> dict[str, Any]:
+        outcome = self._while_full(
+            partial(
+                self.store.retry_step,
+                self.run_id,
+                self.step_id,
+                token=self.token,
+                workflow=self.ctx.workflow,
+                attempt=self.attempt or 1,
+                exit_code=exit_code,
+                reason=reason,
+                delay=delay,
+                history=history,
+                lease_seconds=self.settings.lease_seconds,
+            ),
+            "recording a retry of",
+        )
+        self._after(outcome, "retry")
+        raise self.task.retry(countdown=delay)
+
+    def _await_decision(
+        self, exit_code: int | None, reason: str, stderr: list[str], history: dict[str, Any]
+    ) -> dict[str, Any]:
+        outcome = self._while_full(
+            partial(
+                Gates(self.store).await_decision,
+                self.run_id,
+                self.step_id,
+                token=self.token,
+                workflow=self.ctx.workflow,
+                signature=dict(self.task.signature_from_request()),
+                exit_code=exit_code,
+                reason=reason,
+                stderr=stderr,
+                history=history,
+                attempt=self.attempt or 1,
+            ),
+            "parking for a decision",
+        )
+        self._after(outcome, "wait for a decision")
+        raise Ignore()  # the operator decides: retry, skip or abort
 
     def _on_failure(self) -> str | None:
         return self.spec.get("on_failure") if self.parent is None else None
@@ -420,7 +583,8 @@ class StepExecution:
         node = ex.parse_condition(self.spec["if"])
         if not ex.calls(node):  # like GitHub Actions: a plain expression implies success()
             node = ex.BinOp("&&", ex.Call("success"), node)
-        ancestors = sorted(self.ctx.graph.ancestors(self.step_id))
+        # the whole snapshot's graph: a rerun's reused steps are needs and ancestors too
+        ancestors = sorted(self.ctx.full_graph.ancestors(self.step_id))
         hashes = self.store.step_hashes(self.run_id, ancestors)
         cancel = self.store.cancel_requested(self.run_id)
 
@@ -501,27 +665,31 @@ class StepExecution:
                 kill_grace=self.settings.kill_grace if grace is None else grace,
                 tick=self._tick(sink),
                 on_line=sink,
+                on_spawn=self.keeper.attach if self.keeper else None,
             )
         finally:
+            if self.keeper:
+                self.keeper.detach()
             sink.close()
 
     def _tick(self, sink: StepLogSink):  # type: ignore[no-untyped-def]
-        """Called while Bash runs: flush logs, keep the lease, notice cancel or shutdown."""
-        every = max(1.0, self.settings.lease_seconds / 3)
-        last_refresh = time.monotonic()
+        """Called while Bash runs: flush logs, notice cancel, shutdown or a lost lease.
+
+        The lease itself is renewed by the delivery's LeaseKeeper thread; here the
+        guardian's kill time follows its renewals (from this thread, which also releases
+        the step's process group, so the guardian never hears of a released group)."""
         flag = shutdown_flag_path(os.getppid())
+        keeper = self.keeper
 
         def tick() -> bool | str:
-            nonlocal last_refresh
+            if keeper is not None:
+                if keeper.lost is not None:
+                    return True  # stop now: the result is discarded (see _fenced)
+                keeper.push_deadline()
             sink.flush()
             if os.path.exists(flag):
                 return HANDBACK
             try:
-                if time.monotonic() - last_refresh >= every:
-                    last_refresh = time.monotonic()
-                    self.store.refresh_lease(
-                        self.run_id, self.step_id, self.token, self.settings.lease_seconds
-                    )
                 return self.store.cancel_requested(self.run_id)
             except Exception:  # Redis blip: keep the step running, try again next tick
                 return False
@@ -554,9 +722,26 @@ class StepExecution:
         if not values:
             return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])  # type: ignore[arg-type]
         window = fan_out_window(self.spec.get("max_parallel"), len(values))
-        ids = self.store.add_instances(self.run_id, self.step_id, values, window)
-        self.store.release_lease(self.run_id, self.step_id, self.token)
-        self._release_slot()
+        # the first window is watched from the transition that records it (recovery.py)
+        ids = self._while_full(
+            partial(
+                self.store.add_instances,
+                self.run_id,
+                self.step_id,
+                values,
+                window,
+                watch_seconds=self._watch_seconds,
+            ),
+            "recording the instances of",
+        )
+        outcome = self._while_full(
+            partial(
+                self.store.release_step, self.run_id, self.step_id, self.token, self.attempt or 0
+            ),
+            "releasing",
+        )
+        self._after(outcome, "fan-out")
+        self._stop_keeping()  # released: the instances hold their own leases
         if self.store.cancel_requested(self.run_id):
             # cancelled while we fanned out: cancel the new instances too, send none
             reason = self.store.cancel_reason(self.run_id) or FailureReason.CANCELLED
@@ -619,12 +804,14 @@ class StepExecution:
         """This instance has ended: send the next of its lane; the last one joins them all.
 
         The join runs here rather than as a message, which would wait behind every
-        instance message still queued (after a cancel, up to a window of them).
+        instance message still queued (after a cancel, up to a window of them). What
+        becomes due is watched in the same transition (``RunStore.instance_ended``); the
+        parent hands on with this task when its join is recorded here (_note_successors).
         """
         from .dispatch import publish_steps
 
         nxt, join = wait_while_full(
-            lambda: self.store.instance_ended(self.run_id, self.step_id),
+            lambda: self.store.instance_ended(self.run_id, self.step_id, self._watch_seconds),
             f"handing on from instance {self.step_id} of run {self.run_id}",
             give_up=worker_stopping,
         )
@@ -634,8 +821,15 @@ class StepExecution:
             parent = StepExecution(
                 self.task, self.settings, self.store, self.ctx, self.run_id, self.parent
             )
-            with contextlib.suppress(StepFailed):  # the parent's failure is not this instance's
-                parent.join_instances()
+            parent.inline = True  # this task hands on for it
+            # The parent's failure is not this instance's; a join refused because another
+            # delivery holds the parent (Ignore) is left to the parent's watch, and this
+            # instance still hands on.
+            try:
+                with contextlib.suppress(StepFailed, Ignore):
+                    parent.join_instances()
+            finally:
+                self.joined = parent if parent.recorded else None
 
     def join_instances(self) -> dict[str, Any]:
         """All instances ended: the step succeeds if they all did (or were allowed to fail)."""
@@ -715,28 +909,27 @@ class StepExecution:
                 skip=skip,
                 children=children,
                 history=history,
+                watch_seconds=self._watch_seconds,
             ),
             f"recording step {self.step_id} of run {self.run_id} as {status.value}",
-            while_waiting=lease_keeper(
-                self.store.r,
-                self.store.keys.lease(self.run_id, self.step_id),
-                self.token,
-                self.settings.lease_seconds,
-            ),
+            while_waiting=self._keep_lease,
             give_up=worker_stopping,
         )
         if outcome.duplicate and check_terminal:
             return self._replay(outcome.run_status or "")
-        if self.parent is not None:
-            self._instance_ended()
-        if outcome.run_status:
-            _cache.drop(self.run_id)
+        self._after(outcome, f"recording {status.value}")
+        self.recorded = not outcome.duplicate
         if self.attempt is not None and not outcome.duplicate:
-            self._release_slot()
+            self._stop_keeping()  # recorded: the lease is gone with it
         if outcome.ready:
             from .dispatch import publish_steps
 
             publish_steps(self.ctx.snapshot, self.run_id, outcome.ready)
+        if self.parent is not None:
+            self._instance_ended()
+        self._note_successors()
+        if outcome.run_status:
+            _cache.drop(self.run_id)
         if outcome.admitted:
             from .dispatch import publish_admitted
 
@@ -755,7 +948,59 @@ class StepExecution:
         return result
 
     def _children(self) -> dict[str, int]:
+        if self.parent is not None:
+            return {}
         return {c: len(self.ctx.graph.needs[c]) for c in self.ctx.graph.children[self.step_id]}
+
+    @property
+    def _member(self) -> str:
+        return f"{self.run_id}|{self.step_id}"
+
+    def _note_successors(self) -> None:
+        """Tell the hand-on (stored result or task_postrun) what may be ready after this
+        step: its children in the DAG. An instance's lane and its step's join are watched
+        by ``instance_ended`` itself; when this task recorded that join, the fanned-out
+        step hands on with it, and its children are this task's successors."""
+        if self.task is None or self.inline:  # an operator's decision; a join done inline
+            return
+        if not self.settings.broker_url.startswith(("redis", "rediss")):
+            return  # an AMQP broker does not lose messages on their way: nothing to watch
+        if self.parent is None:
+            note_successors(self._member, [Successor(c, n) for c, n in self._children().items()])
+        elif self.joined is not None:
+            children = self.joined._children().items()
+            succ = [Successor(c, n) for c, n in children]
+            note_successors(self._member, succ, ended=[self.parent])
+        else:
+            note_successors(self._member, [])
+
+    @property
+    def _watch_seconds(self) -> float | None:
+        """How long a step made ready is watched for (recovery.py); None with a broker
+        whose messages cannot be looked for (AMQP), where only received steps are."""
+        if self.settings.broker_url.startswith(("redis", "rediss")):
+            return self.settings.lease_seconds
+        return None
+
+    def _keep_lease(self) -> None:
+        """While a transition waits for a full Redis: renew this delivery's lease and watch
+        (RENEW works on a full Redis), also once the LeaseKeeper thread has stopped."""
+        if self.keeper is not None and self.keeper.lost is None:
+            self.keeper.renew()
+
+    def _while_full(self, call: Any, what: str) -> Any:
+        """``call()``, waiting (lease kept) while Redis is full (fullredis)."""
+        return wait_while_full(
+            call,
+            f"{what} step {self.step_id} of run {self.run_id}",
+            while_waiting=self._keep_lease,
+            give_up=worker_stopping,
+        )
+
+    def _stop_keeping(self) -> None:
+        """The transition that ends this delivery's hold went through: stop renewing."""
+        if self.keeper is not None:
+            self.keeper.stop()
 
     def _replay(self, status: str) -> dict[str, Any]:
         """A duplicate delivery of a finished step: never run it again, but finish handing on.
@@ -766,7 +1011,8 @@ class StepExecution:
         mode = self.mode or self.store.run_mode(self.run_id) or self.ctx.snapshot["mode"]
         if self.parent is not None:
             self._instance_ended()  # idempotent: a crash may have come before it
-        elif mode == DYNAMIC:
+        self._note_successors()  # and its ready successors are watched once it handed on
+        if self.parent is None and mode == DYNAMIC:
             ready = self.store.rejoin(self.run_id, self.step_id, self._children())
             if ready:
                 from .dispatch import publish_steps

@@ -51,6 +51,13 @@ FIXED = (
     "watched from the moment its message reaches a worker (`task_received`), and the "
     "reconciler restores or republishes it. A canvas step finishing during a fail-over is "
     "now always joined (the finishing script reads the run's mode itself).",
+    "Under CPU load the CI soak hung 2 of 5 runs (2 of 10 when reproduced): a worker killed "
+    "after kombu moved a step's message into `unacked` but before `task_received` watched the "
+    "step left it unacknowledged and unwatched (a step `pending`, or `running` after an "
+    "earlier recovery, with its message `unacked`), and one killed between popping the message "
+    "and recording it lost it outright (`nowhere`). A step is now watched from the moment it "
+    "is ready (run published, need handed on, fail-over, slot freed) until it has handed on, "
+    "and the reconciler keeps watching after it restored or republished a step.",
 )
 
 

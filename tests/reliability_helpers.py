@@ -32,6 +32,8 @@ def battery(tmp_path: Path, *flags: str, timeout: float = 170) -> dict[str, Any]
     require_redis_server()
     out = tmp_path / "reliability.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOOK_")}
+    # the script's own directory comes first on its sys.path: make it import this checkout
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "scripts/reliability.py", "--ci", *flags, "--json", str(out)],
         cwd=ROOT,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import threading
 import time
@@ -171,6 +172,74 @@ def test_a_full_redis_pauses_the_worker_and_the_run_resumes_when_memory_is_freed
         assert record.steps["a"].attempts == 1  # recorded, not run again
         assert record.steps["b"].outputs == {"b": "yes"}
         assert w.proc.poll() is None
+    finally:
+        w.stop()
+
+
+RUNNING = """
+name: long
+steps:
+  - id: a
+    run: |
+      echo $$ > {pidfile}
+      while [ ! -e {release} ]; do sleep 0.05; done
+      echo "done=yes" >> "$RUNBOOK_OUTPUT"
+"""
+FULL_LEASE = 3  # seconds: the step's lease, and how fast an unrenewed step is stopped
+
+
+def _bash_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(120)
+def test_a_running_step_keeps_its_lease_and_its_watch_while_redis_is_full(
+    small_redis, write_workflow, tmp_path
+):
+    """A full Redis refused the renewal (SET), so after ½ lease the worker stopped a step
+    that was fine, and after a lease its lease and watch ran out: once memory was freed
+    the reconciler could start a second copy. Renewal is a PEXPIRE now, allowed then."""
+    url, admin = small_redis
+    env = {"RUNBOOK_REDIS_URL": url, "RUNBOOK_BROKER_URL": url}
+    env["RUNBOOK_LEASE_SECONDS"] = str(FULL_LEASE)
+    w = PrivateWorker("full-lease", concurrency=1, env=env)
+    try:
+        store = RunStore(admin, PREFIX)
+        pidfile, release = tmp_path / "pid", tmp_path / "release"
+        wf = write_workflow(RUNNING.format(pidfile=pidfile, release=release))
+        res = run_cli("trigger", str(wf), env=env)
+        assert res.returncode == 0, res.stderr
+        run_id = res.stdout.strip()
+        wait_for_event(store, run_id, "step_started", "a")
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert time.monotonic() < deadline and w.proc.poll() is None
+            time.sleep(0.02)  # Bash writes it first thing; a file has no event to wait on
+        pid = int(pidfile.read_text())
+        lease, member = store.keys.lease(run_id, "a"), f"{run_id}|a"
+
+        # When Redis is full for three lease periods while the step runs
+        admin.config_set("maxmemory", "1")
+        until = time.monotonic() + 3 * FULL_LEASE
+        while time.monotonic() < until:  # the property holds throughout, not at one moment
+            now = store.server_time()
+            # Then the step runs on, its lease never lapses and it stays watched
+            assert _bash_alive(pid), "the step was stopped while Redis was full"
+            assert admin.pttl(lease) > 0, "the lease ran out while Redis was full"
+            assert (admin.zscore(store.keys.leases, member) or 0) > now, "the watch ran out"
+            time.sleep(0.1)  # sampling an invariant over a period: nothing to wait for
+        admin.config_set("maxmemory", "0")
+        release.touch()
+        wait_for_event(store, run_id, "workflow_succeeded", timeout=60)
+        record = store.get_run(run_id)
+        assert record.steps["a"].attempts == 1 and record.steps["a"].outputs == {"done": "yes"}
+        types = [e["type"] for _, e in store.events(run_id)]
+        assert "step_handed_back" not in types and "step_result_discarded" not in types
+        assert "lost its lease" not in w.log_path.read_text(errors="replace")
     finally:
         w.stop()
 

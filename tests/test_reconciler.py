@@ -9,6 +9,7 @@ import fakeredis
 import pytest
 
 from runbook_celery import dispatch, workerhooks
+from runbook_celery.events import StepStatus
 from runbook_celery.store import RunStore
 
 
@@ -48,11 +49,12 @@ def test_a_delivery_dropped_by_the_worker_goes_back_on_its_queue(store, publishe
     store.r.zadd("unacked_index", {"tag-1": 1})
     # When the reconciler passes
     dealt = workerhooks.recover_once(store, store.r, 5)
-    # Then the message is back on its queue, and the step is no longer watched
+    # Then the message is back on its queue, and the step is watched again (the restored
+    # message may be lost too, on its way to the next worker)
     assert dealt == [f"{run}|a"]
     assert store.r.hlen("unacked") == 0
     assert json.loads(store.r.lpop("q"))["headers"]["id"] == f"{run}.a"
-    assert store.r.zscore(store.keys.leases, f"{run}|a") is None
+    assert store.r.zscore(store.keys.leases, f"{run}|a") > store.server_time()
     assert published == []
 
 
@@ -64,10 +66,10 @@ def test_a_delivery_acknowledged_before_its_step_started_is_published_again(stor
     store.watch_steps([f"{run}|a"], -1)
     # When the reconciler passes
     workerhooks.recover_once(store, store.r, 5)
-    # Then a is published again, by dynamic dispatch
+    # Then a is published again, by dynamic dispatch, and watched until it hands on
     assert published == [(run, ["a"])]
     assert store.run_mode(run) == "dynamic"
-    assert store.r.zscore(store.keys.leases, f"{run}|a") is None
+    assert store.r.zscore(store.keys.leases, f"{run}|a") > store.server_time()
 
 
 def test_a_watched_step_that_a_gate_parked_is_left_alone(store, published):
@@ -120,3 +122,113 @@ def test_a_received_step_is_watched_while_the_worker_holds_it(store, monkeypatch
         state.active_requests.discard(started)
     # the held request's watch goes on; the started one is up to its lease now
     assert [(r, s) for r, s in store.expired_leases() if r == "r1"] == [("r1", "b")]
+
+
+def _fan_out_run(store: RunStore, n: int, window: int) -> str:
+    """A dynamic run whose step m fanned out ``n`` instances in lanes of ``window``."""
+    run = uuid.uuid4().hex
+    snapshot = {
+        "workflow": "wf",
+        "params": {},
+        "mode": "dynamic",
+        "steps": [{"id": "m", "needs": [], "matrix": {"i": [str(i) for i in range(n)]}}],
+    }
+    store.create_run(run, snapshot, "sha")
+    store.r.hset(store.keys.step(run, "m"), "status", "running")
+    store.add_instances(run, "m", [{"matrix": {"i": str(i)}} for i in range(n)], window, 30)
+    return run
+
+
+def _ended_without_handing_on(store: RunStore, run: str, step: str) -> None:
+    """The instance was recorded, then its worker died before it sent on or joined."""
+    store.start_step(
+        run, step, token="t", needs=[], output_steps=[], workflow="wf", lease_seconds=30,
+        max_attempts=5,
+    )  # fmt: skip
+    store.finish_step(run, step, token="t", status=StepStatus.SUCCEEDED, workflow="wf", attempt=1)
+    store.watch_steps([f"{run}|{step}"], -1)  # its watch ran out; its message was acked
+
+
+@pytest.fixture
+def fan_ins(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
+    sent: list[tuple[str, str, str]] = []
+
+    class _Sig:
+        def __init__(self, run: str, step: str, task: str) -> None:
+            self.entry = (run, step, task)
+
+        def apply_async(self, **_: object) -> None:
+            sent.append(self.entry)
+
+    monkeypatch.setattr(
+        dispatch,
+        "step_signature",
+        lambda snap, run, step, task="runbook.step": _Sig(run, step, task),
+    )
+    return sent
+
+
+def test_an_instance_that_ended_without_handing_on_has_its_lane_and_join_done_again(
+    store, published, fan_ins
+):
+    # Given instance m[0] of 2 (one lane) was recorded, and its worker died before it sent
+    # m[1] (nothing but m[0]'s own watch says so)
+    run = _fan_out_run(store, 2, 1)
+    _ended_without_handing_on(store, run, "m[0]")
+    # When the reconciler passes, then m[1] is sent, and watched from that transition on
+    workerhooks.recover_once(store, store.r, 5)
+    assert published == [(run, ["m[1]"])]
+    assert store.r.zscore(store.keys.leases, f"{run}|m[1]") > store.server_time()
+    assert store.r.zscore(store.keys.leases, f"{run}|m[0]") is None
+    # Given the last instance ended the same way, when the reconciler passes, then the join
+    # goes out as a fan-in message, and m is watched until it is joined
+    store.r.delete(f"{store.keys.prefix}:recover:{run}|m[1]")
+    _ended_without_handing_on(store, run, "m[1]")
+    workerhooks.recover_once(store, store.r, 5)
+    assert fan_ins == [(run, "m", "runbook.fan_in")]
+    assert store.r.zscore(store.keys.leases, f"{run}|m") > store.server_time()
+
+
+def test_a_join_due_whose_worker_was_lost_is_sent_as_a_fan_in(store, published, fan_ins):
+    # Given every instance of m ended and the join was due (m watched), but the worker that
+    # was to join them died: m is still running, and its watch ran out
+    run = _fan_out_run(store, 2, 2)
+    for step in ("m[0]", "m[1]"):
+        _ended_without_handing_on(store, run, step)
+        store.instance_ended(run, step, 30)
+        store.r.zrem(store.keys.leases, f"{run}|{step}")
+    assert store.r.zscore(store.keys.leases, f"{run}|m") is not None
+    store.watch_steps([f"{run}|m"], -1)
+    # When the reconciler passes, then the join goes out as a fan-in message
+    workerhooks.recover_once(store, store.r, 5)
+    assert fan_ins == [(run, "m", "runbook.fan_in")]
+    assert published == []
+
+
+class _StepTask:
+    """What StepExecution needs of a Celery task to record and hand on."""
+
+    name = "runbook.step"
+    request = None
+
+
+def test_a_join_refused_to_the_last_instance_leaves_it_to_the_watch_and_hands_the_instance_on(
+    store, published, monkeypatch
+):
+    from runbook_celery import tasks
+    from runbook_celery.settings import get_settings
+
+    # Given the last instance of m has ended while another delivery of m holds m (a
+    # redelivery of the fan-out, between its claim and its release)
+    run = _fan_out_run(store, 1, 1)
+    _ended_without_handing_on(store, run, "m[0]")
+    store.r.hset(store.keys.step(run, "m"), "holder", "other")
+    store.r.set(store.keys.lease(run, "m"), "other", ex=30)
+    ctx = tasks._cache.get(store, run)
+    execution = tasks.StepExecution(_StepTask(), get_settings(), store, ctx, run, "m[0]")  # type: ignore[arg-type]
+    # When the instance hands on, then its join is refused (m is not recorded), but the
+    # instance's own task goes on to hand on (no Ignore), and m stays watched for its join
+    execution._instance_ended()
+    assert execution.joined is None
+    assert store.r.hget(store.keys.step(run, "m"), "status") == b"running"
+    assert store.r.zscore(store.keys.leases, f"{run}|m") is not None

@@ -161,11 +161,14 @@ def test_retry_and_handback_keep_the_step_open(rstore):
         reason="exit_code",
         delay=0.5,
         history={"attempt": 1},
-    )
+        lease_seconds=30,
+    ).done
     assert rstore.get_run(run).steps["a"].status == "retrying"
     d = _start(rstore, run, "a", [], token="t2")
     assert d.action == "start" and d.attempt == 2
-    assert rstore.handback_step(run, "a", token="t2", workflow="wf")
+    assert rstore.handback_step(
+        run, "a", token="t2", workflow="wf", attempt=2, reason="shutdown", lease_seconds=30
+    ).done
     step = rstore.get_run(run).steps["a"]
     assert step.status == "pending" and step.attempts == 1
     assert step.history == [{"attempt": 1}]
