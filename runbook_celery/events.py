@@ -85,6 +85,8 @@ class EventType(StrEnum):
     STEP_DECISION_RETRY = "step_decision_retry"
     STEP_DECISION_SKIP = "step_decision_skip"
     STEP_DECISION_ABORT = "step_decision_abort"
+    NOTIFICATION_SENT = "notification_sent"  # a `notify:` URL took a notification (notify.py)
+    NOTIFICATION_FAILED = "notification_failed"  # it did not, after the attempts made
 
 
 class FailureReason(StrEnum):

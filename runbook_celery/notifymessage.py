@@ -7,6 +7,7 @@ text that may hold them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,19 +45,33 @@ _KIND = {
 
 
 def masker(secrets: Iterable[str]) -> Callable[[str], str]:
-    """Replaces each secret (also percent-encoded) and every password in a URL with ***."""
-    values: set[str] = set()
-    for secret in secrets:
-        if secret:
-            values.update({secret, quote(secret, safe=""), quote(secret)})
-    ordered = sorted(values, key=len, reverse=True)
+    """Replaces each secret and every password in a URL with ***.
+
+    A secret is found however much of it a library percent-encoded on its way into a URL
+    (apprise quotes ``/`` but not ``&`` in a path, requests quotes both in a query): each
+    of its characters may appear as itself or as its %XX bytes.
+    """
+    values = sorted({s for s in secrets if s}, key=len, reverse=True)
+    if not values:
+        return redact
+    pattern = re.compile("|".join(_any_encoding(v) for v in values))
 
     def mask(text: str) -> str:
-        for value in ordered:
-            text = text.replace(value, MASK)
-        return redact(text)
+        return redact(pattern.sub(MASK, text))
 
     return mask
+
+
+def _any_encoding(secret: str) -> str:
+    """A regex matching ``secret`` with any of its characters percent-encoded (or + for space)."""
+    parts = []
+    for char in secret:
+        encoded = "".join(f"%{b:02X}" for b in char.encode())
+        options = [re.escape(char), re.escape(encoded), re.escape(encoded.lower())]
+        if char == " ":
+            options.append(r"\+")
+        parts.append("(?:" + "|".join(dict.fromkeys(options)) + ")")
+    return "".join(parts)
 
 
 def compose(

@@ -199,10 +199,15 @@ def test_a_secret_that_is_not_set_is_an_error_naming_it(env):
     assert info.value.name == "T" and "secret T is not set" in str(info.value)
 
 
-def test_the_mask_hides_secrets_also_percent_encoded_and_url_passwords():
-    mask = masker(["a/b c"])
-    text = "posted to /x/a%2Fb%20c and a/b c; redis://:hunter2@h:6379/0"
-    assert mask(text) == "posted to /x/*** and ***; redis://:***@h:6379/0"
+def test_the_mask_hides_secrets_however_encoded_and_url_passwords():
+    mask = masker(["a/b c&d"])
+    text = (
+        "raw a/b c&d, quoted a%2Fb%20c%26d, partly a%2fb+c&d (a path as apprise writes it); "
+        "redis://:hunter2@h:6379/0"
+    )
+    assert mask(text) == "raw ***, quoted ***, partly *** (a path as apprise writes it); " + (
+        "redis://:***@h:6379/0"
+    )
 
 
 # ---------------------------------------------------------------- the message
