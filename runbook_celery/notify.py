@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,7 +118,7 @@ class Notifier:
         self._rules_cache: OrderedDict[str, _Rules] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._group_ready = False
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _Senders | None = None
         self._in_hand: set[str] = set()  # entries our senders are working on
         self._idle = threading.Condition()
 
@@ -127,7 +127,7 @@ class Notifier:
     def run(self) -> None:
         """Serve until ``stop`` is set; Redis failures are waited out, never fatal."""
         known_schemes()  # apprise loads its services once, here rather than in a first send
-        self._pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="runbook-notify")
+        self._pool = _Senders(SENDERS)
         backoff, next_claim = 1.0, 0.0
         try:
             while not self.stop.is_set():
@@ -150,7 +150,7 @@ class Notifier:
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
         finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
 
     def ensure_group(self) -> None:
         """Create the consumer group at the stream's end (events from now on) if missing."""
@@ -225,7 +225,7 @@ class Notifier:
             return
         with self._idle:
             self._in_hand.add(entry_id)
-        self._pool.submit(self._send_and_release, entry_id, fields, claimed)
+        self._pool.submit(lambda: self._send_and_release(entry_id, fields, claimed))
 
     def _send_and_release(
         self, entry_id: str, fields: Mapping[Any, Any] | None, claimed: bool
@@ -391,6 +391,34 @@ def _json(raw: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+class _Senders:
+    """Daemon threads that run what they are given: a stopping process never waits for
+    a send stuck on a hung service (a ThreadPoolExecutor's threads are joined at exit)."""
+
+    def __init__(self, count: int) -> None:
+        self.tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self._serve, name=f"runbook-notify-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self.tasks.put(task)
+
+    def shutdown(self) -> None:
+        for _ in self.threads:
+            self.tasks.put(None)
+
+    def _serve(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            try:
+                task()
+            except Exception:  # a sender that died would shrink the pool for good
+                log.exception("notifier: a send failed unexpectedly")
 
 
 # ---------------------------------------------------------------- in a worker

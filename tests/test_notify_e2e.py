@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PREFIX, QUEUE, ROOT, WorkerProcess, run_cli, wait_for_event
-from notify_helpers import Receiver, closed_port, receiver, silent_port
+from notify_helpers import HungService, Receiver, closed_port, receiver, silent_port
 
 from runbook_celery.notify import GROUP
 from runbook_celery.settings import get_settings
@@ -307,6 +307,27 @@ def test_a_separate_notifier_sends_when_workers_do_not(redis_client, hook, write
         worker.stop()
         _forget_task_results(redis_client, prefix)
     assert code == 0, rest
+
+
+def test_a_stopping_worker_does_not_wait_for_a_notification_stuck_on_a_hung_service(
+    redis_client, write_workflow
+):
+    prefix = f"{PREFIX}:nh"
+    env = {**ENV, "RUNBOOK_PREFIX": prefix, "RUNBOOK_QUEUE": f"{QUEUE}-nh"}
+    hung = HungService()
+    worker = WorkerProcess("hang", queues=env["RUNBOOK_QUEUE"], concurrency=1, env=env)
+    try:
+        url = f"json://127.0.0.1:{hung.port}/x?rto=120"  # a read would wait two minutes
+        trigger(write_workflow(FAILING.format(url=url)), env=env)
+        assert hung.called.wait(60), "the notification never reached the hung service"
+        started = time.monotonic()
+        code = worker.stop(signal.SIGTERM, timeout=60)
+        took = time.monotonic() - started
+    finally:
+        worker.stop(signal.SIGKILL)
+        hung.close()
+        _forget_task_results(redis_client, prefix)
+    assert code == 0 and took < 20, f"the worker took {took:.1f}s to stop (exit code {code})"
 
 
 def test_the_notifier_command_exits_3_when_redis_is_unreachable():
