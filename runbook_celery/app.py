@@ -225,6 +225,8 @@ def make_app(settings: Settings | None = None) -> Celery:
     )
     # checks each item a worker pops from a Redis queue before kombu parses it (poison.py)
     app.steps["consumer"].add("runbook_celery.poison:EnvelopeCheck")
+    # a notifier thread per worker, started and stopped with it (notify.py)
+    app.steps["worker"].add("runbook_celery.notify:NotifierStep")
     return app
 
 

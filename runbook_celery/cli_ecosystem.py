@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from .cli_deadletters import dead_letters
+from .cli_notify import notifier
 from .cron import Cron, Every, Fire, upcoming
 from .errors import EXIT_INVALID, InvalidDefinition, Problem
 from .lint import lint_workflow
@@ -256,4 +257,5 @@ def schedules(definitions: Path, count: int, after: datetime, as_json: bool) -> 
         raise SystemExit(EXIT_INVALID)
 
 
-COMMANDS = [schema, beat, schedules, dead_letters]  # dead-letters: here to keep cli.py as is
+# dead-letters and notifier: here to keep cli.py as is
+COMMANDS = [schema, beat, schedules, dead_letters, notifier]

@@ -210,6 +210,8 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
         "timeout": wf.timeout,
         "max_active_steps": wf.max_active_steps,
         "secrets": list(wf.secrets),
+        # URLs as written: their ${{ secrets.NAME }} are resolved only where they are sent
+        "notify": [{"on": [str(e) for e in n.on], "urls": list(n.urls)} for n in wf.notify],
         "concurrency": {
             "group": substitute_text(wf.concurrency.group, param_only),
             "limit": wf.concurrency.limit,

@@ -87,6 +87,8 @@ class EventType(StrEnum):
     STEP_DECISION_ABORT = "step_decision_abort"
     # a delivery that no longer held its step tried to record something: kept, not applied
     STEP_RESULT_DISCARDED = "step_result_discarded"
+    NOTIFICATION_SENT = "notification_sent"  # a `notify:` URL took a notification (notify.py)
+    NOTIFICATION_FAILED = "notification_failed"  # it did not, after the attempts made
 
 
 class FailureReason(StrEnum):

@@ -15,7 +15,8 @@ from . import expressions as ex
 from .cron import schedule_problem
 from .errors import DefinitionError, InvalidDefinition, Problem
 from .graph import Graph, find_cycle
-from .model import NUMBER_PATTERN, Defaults, Param, Retries, Step, Workflow
+from .model import NUMBER_PATTERN, Defaults, Notify, Param, Retries, Step, Workflow
+from .notifyconfig import rule_problems
 from .settings import get_settings
 from .yamlload import LoadedYaml, YamlPath, format_path, load_yaml_file, load_yaml_text
 
@@ -53,7 +54,7 @@ def load_workflow_text(text: str, *, file: str = "<string>", base_dir: Path | No
 def from_model(workflow: Workflow, *, base_dir: Path | None = None) -> LoadedWorkflow:
     """Validate a Workflow built in Python (graph and expression checks still apply)."""
     doc = LoadedYaml(data=workflow.model_dump(by_alias=True), file=f"<workflow {workflow.name}>")
-    problems = _check_semantics(workflow, doc)
+    problems = _check_semantics(workflow, doc) + _notify_problems(workflow, doc)
     if problems:
         raise InvalidDefinition(problems)
     return LoadedWorkflow(
@@ -71,7 +72,7 @@ def _validate(doc: LoadedYaml, base_dir: Path) -> LoadedWorkflow:
         workflow = Workflow.model_validate(doc.data)
     except ValidationError as exc:
         raise InvalidDefinition(_pydantic_problems(exc, doc)) from None
-    problems = _check_semantics(workflow, doc)
+    problems = _check_semantics(workflow, doc) + _notify_problems(workflow, doc)
     if found := schedule_problem(workflow.schedule, workflow.timezone):
         key, why = found
         problems.append(Problem(doc.file, doc.line_of((key,)), f"invalid {key}: {why}", key))
@@ -106,6 +107,7 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
         ("defaults",): Defaults,
         ("steps", "retries"): Retries,
         ("defaults", "retries"): Retries,
+        ("notify",): Notify,
     }.get(tuple(parent))
     if model is None:
         return []
@@ -227,6 +229,15 @@ def _check_semantics(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
             _check_text(value, ("steps", i, "env", key), step, wf, graph, add)
         _check_step_control(i, step, wf, graph, add)
     return problems
+
+
+def _notify_problems(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
+    """``notify:`` URLs may only use secrets that ``secrets:`` lists (notifyconfig)."""
+    rules = [(n.on, n.urls) for n in wf.notify]
+    return [
+        Problem(doc.file, doc.line_of(path), message, format_path(path))
+        for path, message in rule_problems(rules, wf.secrets)
+    ]
 
 
 def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add) -> None:  # type: ignore[no-untyped-def]

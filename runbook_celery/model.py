@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import types
@@ -20,6 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .notifyconfig import MAX_URLS, NotifyEvent, url_problem
 from .queuenames import QUEUE_PATTERN, queue_name_problem
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
@@ -324,6 +326,63 @@ class Defaults(_Strict):
     on_failure: Literal["fail", "pause"] | None = None
 
 
+def _usable_notify_url(value: str) -> str:
+    """An apprise URL (parsed without network); ``${{ secrets.NAME }}`` for secret parts."""
+    if problem := url_problem(value):
+        raise PydanticCustomError("notify_url", problem)
+    return value
+
+
+NotifyUrl = Annotated[str, Field(min_length=1), AfterValidator(_usable_notify_url)]
+
+
+def _one_or_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _known_notify_event(value: Any) -> Any:
+    """An event name, with a did-you-mean for a typo."""
+    names = [e.value for e in NotifyEvent]
+    if isinstance(value, str) and value not in names:
+        hint = difflib.get_close_matches(value, names, n=1)
+        raise PydanticCustomError(
+            "notify_event",
+            "unknown event {value}{hint}; notify can be on: {names}",
+            {
+                "value": repr(value),
+                "hint": f" (did you mean {hint[0]!r}?)" if hint else "",
+                "names": ", ".join(names),
+            },
+        )
+    return value
+
+
+NotifyOn = Annotated[NotifyEvent, BeforeValidator(_known_notify_event)]
+
+
+class Notify(_Strict):
+    """One notification rule: on these events of a run, send to these URLs (apprise)."""
+
+    on: Annotated[
+        list[NotifyOn],
+        BeforeValidator(_one_or_list, json_schema_input_type=NotifyEvent | list[NotifyEvent]),
+    ] = Field(
+        default_factory=lambda: [NotifyEvent.FAILED],
+        min_length=1,
+        description="Events to notify: started, succeeded, failed, cancelled, skipped, "
+        "awaiting_approval, awaiting_decision, step_failed (default: failed).",
+    )
+    urls: Annotated[
+        list[NotifyUrl],
+        BeforeValidator(_one_or_list, json_schema_input_type=NotifyUrl | list[NotifyUrl]),
+    ] = Field(
+        min_length=1,
+        max_length=MAX_URLS,
+        description="apprise URLs (json://host/path, slack://..., mailto://...); write "
+        "secret parts as ${{ secrets.NAME }}.",
+    )
+
+
 class Step(_Strict):
     """One node of the DAG: a Bash command or script, run after the steps it needs."""
 
@@ -434,6 +493,12 @@ class Workflow(_Strict):
         None, ge=1, le=10_000, description="Most steps of one run executing at once."
     )
     priority: int | None = Field(None, ge=0, le=9, description="Default task priority (0-9).")
+    notify: list[Notify] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Notifications: [{on: [failed, ...], urls: [...]}], sent by the workers "
+        "(apprise URLs; secret parts as ${{ secrets.NAME }}).",
+    )
     steps: list[Step] = Field(min_length=1, max_length=10_000, description="The steps of the DAG.")
 
     @property

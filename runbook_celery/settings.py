@@ -68,6 +68,8 @@ class Settings:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     max_instances: int = DEFAULT_MAX_INSTANCES
     default_queue: str = DEFAULT_QUEUE
+    flower_url: str | None = None  # base URL of Flower, for links to run pages in notifications
+    worker_notifier: bool = True  # workers send notifications (else `runbook-celery notifier`)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -96,6 +98,8 @@ class Settings:
             kill_grace=reader.seconds("RUNBOOK_KILL_GRACE", DEFAULT_KILL_GRACE, 3600),
             shutdown_grace=reader.seconds("RUNBOOK_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE, 86400),
             max_instances=reader.whole("RUNBOOK_MAX_INSTANCES", DEFAULT_MAX_INSTANCES, 1, 10**6),
+            flower_url=reader.web_url("RUNBOOK_FLOWER_URL"),
+            worker_notifier=reader.flag("RUNBOOK_WORKER_NOTIFIER", True),
         )
         if reader.problems:
             raise InvalidSetting(reader.problems)
@@ -166,6 +170,36 @@ class _Reader:
             return value
 
         return self._checked(name, default, parse)
+
+    def flag(self, name: str, default: bool) -> bool:
+        """A yes/no setting: 1/0, true/false, yes/no or on/off."""
+
+        def parse(raw: str) -> bool:
+            value = raw.lower()
+            if value in ("1", "true", "yes", "on"):
+                return True
+            if value in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a yes/no value; write {name}=true or {name}=false")
+
+        return self._checked(name, default, parse)
+
+    def web_url(self, name: str) -> str | None:
+        """An http(s) URL, kept without a trailing slash (optional)."""
+
+        def parse(raw: str) -> str:
+            try:
+                parts = urlsplit(raw)
+                parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+            except ValueError:
+                parts = None  # type: ignore[assignment]
+            if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"not an http:// or https:// URL; write e.g. {name}=https://flower.example.com"
+                )
+            return raw.rstrip("/")
+
+        return self._checked(name, None, parse)
 
     def name(self, name: str, default: str) -> str:
         def parse(raw: str) -> str:
