@@ -636,7 +636,7 @@ return {'ok'}
 )
 
 # Cancel, step 2, in chunks (a 10,000-instance run must not hold Redis in one script):
-# pending and retrying steps of the chunk are cancelled; an instance joins its parent's
+# steps of the chunk that are pending, retrying or parked are cancelled; an instance joins its parent's
 # set of ended instances. Reads first, then writes.
 # KEYS: run, run_events, global_events, then per step: its key, the ended-instances set
 #       of its fan-out parent (for a top-level step, its own: unused)
@@ -653,7 +653,12 @@ check(remaining, 'remaining of the run')
 local todo = {}
 for j = 5, #ARGV do
   local s = redis.call('HGET', KEYS[4 + 2 * (j - 5)], 'status')
-  if s == 'pending' or s == 'retrying' then todo[#todo + 1] = j end
+  -- not started yet, or parked by a gate (paused, max_active, approval, decision): no copy
+  -- of the step is live, so it is cancelled now; a running step stops itself
+  if s == 'pending' or s == 'retrying' or s == 'waiting' or s == 'awaiting_approval'
+     or s == 'awaiting_decision' then
+    todo[#todo + 1] = j
+  end
 end
 for _, j in ipairs(todo) do
   local key = KEYS[4 + 2 * (j - 5)]

@@ -272,3 +272,46 @@ def test_priority_orders_waiting_steps(solo, write_workflow, tmp_path, store):
     for r in runs:
         assert r.wait(timeout=60).status == "succeeded"
     assert order.read_text().split() == ["high", "low"]
+
+
+PAUSED_AFTER_A = """
+name: paused-cancel
+steps:
+  - id: a
+    queue: {queue}
+    run: while [ ! -e {release} ]; do sleep 0.02; done
+  - id: b
+    needs: [a]
+    queue: {queue}
+    run: 'true'
+"""
+
+
+@pytest.mark.parametrize("parked", ["awaiting_approval", "awaiting_decision", "waiting"])
+def test_cancel_ends_a_run_whose_step_is_parked_at_a_gate(
+    parked, solo, write_workflow, tmp_path, store
+):
+    """A step parked at a gate has no live copy: a cancel ends it and so the run (it hung)."""
+    release = tmp_path / "release"
+    if parked == "awaiting_approval":
+        run = submit(write_workflow(APPROVAL.format(queue=solo)))
+        wait_for_event(store, run.id, "step_awaiting_approval", "deploy")
+        step = "deploy"
+    elif parked == "awaiting_decision":
+        run = submit(write_workflow(DECISION.format(queue=solo)))
+        wait_for_event(store, run.id, "step_awaiting_decision", "flaky")
+        step = "flaky"
+    else:
+        run = submit(write_workflow(PAUSED_AFTER_A.format(queue=solo, release=release)))
+        wait_for_event(store, run.id, "step_started", "a")
+        assert run_cli("pause", run.id).returncode == 0
+        release.touch()
+        wait_for_event(store, run.id, "step_waiting", "b")
+        step = "b"
+    assert run.status().steps[step].status == parked
+    assert run_cli("cancel", run.id).returncode == 0
+    final = run.wait(timeout=60)
+    assert final.status == "cancelled", final.to_dict()
+    assert final.steps[step].status == "cancelled"
+    cancelled = [e["step"] for _, e in store.events(run.id) if e["type"] == "step_cancelled"]
+    assert cancelled.count(step) == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import QUEUE, wait_for_event
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -45,7 +46,12 @@ def trigger(fl: WebFlower, workflow: str, **params: str) -> str:
 
 
 def wait(browser, condition, what: str):  # type: ignore[no-untyped-def]
-    return WebDriverWait(browser, WAIT).until(condition, message=f"page never showed {what}")
+    # live updates replace page elements: one found just before a replacement goes stale,
+    # which means "look again", as an element not found yet does
+    waiter = WebDriverWait(
+        browser, WAIT, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+    )
+    return waiter.until(condition, message=f"page never showed {what}")
 
 
 def row(browser, step: str):  # type: ignore[no-untyped-def]
