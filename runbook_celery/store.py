@@ -636,8 +636,8 @@ return {'ok'}
 )
 
 # Cancel, step 2, in chunks (a 10,000-instance run must not hold Redis in one script):
-# steps of the chunk that are pending, retrying or parked are cancelled; an instance joins its parent's
-# set of ended instances. Reads first, then writes.
+# steps of the chunk that are pending, retrying or parked are cancelled; an instance joins
+# its parent's set of ended instances. Reads first, then writes.
 # KEYS: run, run_events, global_events, then per step: its key, the ended-instances set
 #       of its fan-out parent (for a top-level step, its own: unused)
 # ARGV: run_id, now, workflow, reason, step ids...
