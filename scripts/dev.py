@@ -192,7 +192,7 @@ def test(args: argparse.Namespace) -> int:
         return subprocess.run(cmd, env=env, cwd=ROOT).returncode
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run an example workflow end to end")
@@ -201,8 +201,19 @@ def main() -> int:
     t = sub.add_parser("test", help="run the test suite (unit and end-to-end)")
     t.add_argument("pytest_args", nargs=argparse.REMAINDER)
     t.set_defaults(func=test)
-    args = parser.parse_args()
-    return args.func(args)
+    # parse_known_args: options after `test` (`-m "not slow"`, `-x`, `-k NAME`) belong to pytest;
+    # argparse.REMAINDER alone refuses them when they come first.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "test":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "test":
+        args.pytest_args = [*extra, *args.pytest_args]
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

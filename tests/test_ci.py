@@ -98,3 +98,36 @@ def test_dev_py_test_installs_and_runs_pytest_with_the_interpreter_it_runs_under
 @pytest.mark.parametrize("script", [".ci/run", "scripts/ensure_rabbitmq.sh"])
 def test_ci_scripts_are_valid_bash(script):
     subprocess.run(["bash", "-n", str(ROOT / script)], check=True, timeout=30)
+
+
+def _dev_test_lines() -> list[list[str]]:
+    """Each `scripts/dev.py test ...` command in .ci/run, as the argument list dev.py receives."""
+    import shlex
+
+    lines = []
+    for cmd in _commands(CI_RUN):
+        if "scripts/dev.py" not in cmd:
+            continue
+        words = shlex.split(cmd)
+        if "scripts/dev.py" in words:
+            lines.append(words[words.index("scripts/dev.py") + 1 :])
+    return lines
+
+
+def test_every_dev_py_command_in_ci_parses_and_hands_its_options_to_pytest():
+    dev = _module(ROOT / "scripts" / "dev.py")
+    lines = _dev_test_lines()
+    assert len(lines) >= 2
+    for argv in lines:
+        args = dev.parse_args(argv)
+        assert args.command == "test"
+        assert args.pytest_args == argv[1:]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["test", "-m", "not slow", "-q"], ["test", "tests/test_ci.py", "-k", "x"], ["test", "-x"]],
+)
+def test_dev_py_test_passes_options_through_in_order(argv):
+    dev = _module(ROOT / "scripts" / "dev.py")
+    assert dev.parse_args(argv).pytest_args == argv[1:]
