@@ -30,9 +30,18 @@ SNAPSHOT_VERSION = 1
 # ---------------------------------------------------------------- expressions in Bash text
 
 
-def _var_name(ref: ex.Ref, taken: dict[str, str]) -> str:
-    """A readable environment variable name for a reference, unique within a step."""
-    if ref.kind == "params":
+def _var_name(node: ex.Node, source: str, taken: dict[str, str]) -> str:
+    """A readable environment variable name for an expression, unique within a step."""
+    ref = node if isinstance(node, ex.Ref) else ex.Ref("expr")
+    if ref.kind == "expr":  # a computed value: toJSON(...), a comparison, ...
+        base = "RUNBOOK_EXPR"
+    elif ref.kind == "status":
+        base = f"RUNBOOK_STATUS_{ref.name}"
+    elif ref.kind == "run_status":
+        base = "RUNBOOK_RUN_STATUS"
+    elif ref.kind == "needs":
+        base = "RUNBOOK_NEEDS"
+    elif ref.kind == "params":
         base = f"RUNBOOK_PARAM_{ref.name}"
     elif ref.kind == "outputs":
         base = f"RUNBOOK_OUT_{ref.name}__{ref.key}"
@@ -44,7 +53,7 @@ def _var_name(ref: ex.Ref, taken: dict[str, str]) -> str:
         base = "RUNBOOK_ITEM"
     base = re.sub(r"[^A-Za-z0-9_]", "_", base)
     name, n = base, 1
-    while name in taken and taken[name] != ref.text():
+    while name in taken and taken[name] != source:
         n += 1
         name = f"{base}_{n}"
     return name
@@ -67,11 +76,12 @@ def rewrite_command(
         return text
     exprs: list[bashplace.Expr] = []
     for occ in occurrences:
-        if not isinstance(occ.node, ex.Ref):
+        if ex.calls(occ.node):
             raise ex.ExpressionError(
-                f"${{{{ {occ.source} }}}}: only a single reference can be used in a command"
+                f"${{{{ {occ.source} }}}}: status functions belong in 'if:' only"
             )
-        exprs.append(bashplace.Expr(occ.start, occ.end, occ.source, occ.node.text() in numeric))
+        is_number = isinstance(occ.node, ex.Ref) and occ.node.text() in numeric
+        exprs.append(bashplace.Expr(occ.start, occ.end, occ.source, is_number))
     sites = bashplace.place(text, exprs)
     names: list[str | None] = []
     if all(site.quoting is not None for site in sites):
@@ -79,10 +89,9 @@ def rewrite_command(
             if site.quoting is bashplace.Quoting.COMMENT:
                 names.append(None)
                 continue
-            ref = occ.node
-            assert isinstance(ref, ex.Ref)
-            var = _var_name(ref, vars_out)
-            vars_out[var] = ref.text()
+            source = occ.node.text() if isinstance(occ.node, ex.Ref) else occ.source
+            var = _var_name(occ.node, source, vars_out)
+            vars_out[var] = source
             names.append(var)
     return bashplace.render(text, sites, names)
 

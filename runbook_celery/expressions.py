@@ -7,10 +7,22 @@ Grammar (small on purpose)::
     and     := unary ('&&' unary)*
     unary   := '!' unary | cmp
     cmp     := atom (('==' | '!=') atom)?
-    atom    := STRING | NUMBER | 'true' | 'false' | call | ref | '(' expr ')'
+    atom    := (STRING | NUMBER | 'true' | 'false' | call | func | ref | '(' expr ')') ('.' NAME)*
     call    := ('success' | 'failure' | 'always' | 'cancelled') '(' ')'
+    func    := FUNC '(' (expr (',' expr)*)? ')'
     ref     := 'params' '.' NAME | 'steps' '.' ID '.' 'outputs' ('.' NAME)?
+             | 'steps' '.' ID '.' 'status' | 'run' '.' 'status' | 'needs'
              | 'matrix' '.' NAME | 'item'
+
+``steps.ID.status`` is ``succeeded``, ``failed``, ``skipped`` or ``cancelled``;
+``run.status`` is ``succeeded`` while nothing has failed, else ``failed`` or ``cancelled``.
+``needs`` is GitHub's ``needs`` context: ``{ID: {"result": status, "outputs": {...}}}`` for
+each step listed in ``needs:``, so ``toJSON(needs)`` feeds an "alls-green" check.
+
+``FUNC`` is one of GitHub Actions' value functions (``contains``, ``startsWith``,
+``endsWith``, ``format``, ``join``, ``toJSON``, ``fromJSON``), with GitHub's semantics:
+string comparison ignores case, and ``fromJSON`` gives lists and objects. Their results are
+bounded (``MAX_VALUE_CHARS``) so a short expression cannot build a huge value.
 
 Expressions are never pasted into shell text: see ``compile.rewrite_command``.
 """
@@ -26,6 +38,18 @@ from typing import Any
 OPEN = "${{"
 CLOSE = "}}"
 FUNCTIONS = ("success", "failure", "always", "cancelled")
+VALUE_FUNCTIONS = ("contains", "startsWith", "endsWith", "format", "join", "toJSON", "fromJSON")
+_ARITY = {
+    "contains": (2, 2),
+    "startsWith": (2, 2),
+    "endsWith": (2, 2),
+    "format": (1, 64),
+    "join": (1, 2),
+    "toJSON": (1, 1),
+    "fromJSON": (1, 1),
+}
+# The largest text a function may produce: the size of the largest step output.
+MAX_VALUE_CHARS = 1024 * 1024
 # Bounds keep parsing and the recursive tree walks (refs, evaluate) far from Python's
 # recursion limit whatever a definition contains.
 MAX_TOKENS = 256
@@ -33,7 +57,7 @@ MAX_NESTING = 32  # levels of '(' and '!'
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
 _TRAILING_SPACE = re.compile(r"\s*\Z")
 _TOKEN = re.compile(
-    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<op>==|!=|&&|\|\||!|\(|\)|\.)"
+    r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<op>==|!=|&&|\|\||!|\(|\)|\.|,)"
     rf"|(?P<name>{_NAME}))"
 )
 
@@ -46,7 +70,7 @@ class ExpressionError(ValueError):
 class Ref:
     """A reference to a value: ``params.x``, ``steps.a.outputs.k``, ``matrix.k``, ``item``."""
 
-    kind: str  # params | outputs | all_outputs | matrix | item
+    kind: str  # params | outputs | all_outputs | status | run_status | needs | matrix | item
     name: str = ""
     key: str = ""
 
@@ -57,6 +81,12 @@ class Ref:
             return f"steps.{self.name}.outputs.{self.key}"
         if self.kind == "all_outputs":
             return f"steps.{self.name}.outputs"
+        if self.kind == "status":
+            return f"steps.{self.name}.status"
+        if self.kind == "run_status":
+            return "run.status"
+        if self.kind == "needs":
+            return "needs"
         if self.kind == "matrix":
             return f"matrix.{self.name}"
         return "item"
@@ -73,6 +103,22 @@ class Call:
 
 
 @dataclass(frozen=True)
+class Func:
+    """A value function: ``contains(a, b)``, ``toJSON(x)``, ..."""
+
+    name: str
+    args: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Attr:
+    """A property of an object value: ``fromJSON(x).name``."""
+
+    operand: Node
+    name: str
+
+
+@dataclass(frozen=True)
 class Not:
     operand: Node
 
@@ -84,7 +130,12 @@ class BinOp:
     right: Node
 
 
-Node = Ref | Literal | Call | Not | BinOp
+Node = Ref | Literal | Call | Func | Attr | Not | BinOp
+
+
+class EvaluationError(ExpressionError):
+    """An expression that parsed but cannot be evaluated with these values (bad JSON, a
+    result too large); the step using it fails with reason ``bad_input``."""
 
 
 @dataclass(frozen=True)
@@ -161,21 +212,31 @@ def refs(node: Node) -> list[Ref]:
     """Every reference in an expression, in order."""
     if isinstance(node, Ref):
         return [node]
-    if isinstance(node, Not):
+    if isinstance(node, Not | Attr):
         return refs(node.operand)
     if isinstance(node, BinOp):
         return refs(node.left) + refs(node.right)
+    if isinstance(node, Func):
+        return [r for arg in node.args for r in refs(arg)]
     return []
+
+
+def names_a_status(node: Node) -> bool:
+    """Whether an expression reads ``steps.ID.status`` or ``run.status``: such an ``if:``
+    decides by itself and does not imply ``success()``."""
+    return any(r.kind in ("status", "run_status", "needs") for r in refs(node))
 
 
 def calls(node: Node) -> set[str]:
     """Status functions used by an expression."""
     if isinstance(node, Call):
         return {node.name}
-    if isinstance(node, Not):
+    if isinstance(node, Not | Attr):
         return calls(node.operand)
     if isinstance(node, BinOp):
         return calls(node.left) | calls(node.right)
+    if isinstance(node, Func):
+        return set().union(*(calls(arg) for arg in node.args))
     return set()
 
 
@@ -204,6 +265,17 @@ def evaluate(
         return bool((status or {}).get(node.name, False))
     if isinstance(node, Not):
         return not truthy(evaluate(node.operand, resolve, status))
+    if isinstance(node, Func):
+        return _call(node.name, [evaluate(a, resolve, status) for a in node.args])
+    if isinstance(node, Attr):
+        value = evaluate(node.operand, resolve, status)
+        if isinstance(value, str):  # an output holding JSON: GitHub derefs objects only
+            value = _loads_or_none(value)
+        if isinstance(value, dict):
+            for key, item in value.items():  # GitHub: property names ignore case
+                if key.lower() == node.name.lower():
+                    return item
+        return None
     if node.op == "&&":
         return truthy(evaluate(node.left, resolve, status)) and truthy(
             evaluate(node.right, resolve, status)
@@ -215,6 +287,103 @@ def evaluate(
     left = to_text(evaluate(node.left, resolve, status))
     right = to_text(evaluate(node.right, resolve, status))
     return (left == right) if node.op == "==" else (left != right)
+
+
+def _loads_or_none(text: str) -> Any:
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _fold(value: Any) -> str:
+    """A value as GitHub compares it in string functions: its text, case folded."""
+    return to_text(value).lower()
+
+
+def _bounded(text: str, name: str) -> str:
+    if len(text) > MAX_VALUE_CHARS:
+        raise EvaluationError(f"{name}() would produce more than {MAX_VALUE_CHARS:,} characters")
+    return text
+
+
+_FORMAT_FIELD = re.compile(r"\{\{|\}\}|\{(\d+)\}|[{}]")
+
+
+def _format(template: Any, args: list[Any]) -> str:
+    text = to_text(template)
+    out: list[str] = []
+    size = 0
+    pos = 0
+    for m in _FORMAT_FIELD.finditer(text):
+        piece = text[pos : m.start()]
+        token = m.group(0)
+        if token in ("{{", "}}"):
+            piece += token[0]
+        elif m.group(1) is not None:
+            index = int(m.group(1))
+            if index >= len(args):
+                raise EvaluationError(
+                    f"format(): {{{index}}} has no argument ({len(args)} given after the format)"
+                )
+            piece += to_text(args[index])
+        else:
+            raise EvaluationError(
+                f"format(): unmatched {token!r} in {text[:40]!r}; write {token}{token}"
+            )
+        size += len(piece)
+        if size > MAX_VALUE_CHARS:
+            raise EvaluationError(
+                f"format() would produce more than {MAX_VALUE_CHARS:,} characters"
+            )
+        out.append(piece)
+        pos = m.end()
+    out.append(text[pos:])
+    return _bounded("".join(out), "format")
+
+
+def _call(name: str, args: list[Any]) -> Any:
+    """GitHub Actions' value functions."""
+    if name == "contains":
+        haystack, needle = args
+        if isinstance(haystack, str) and haystack.lstrip().startswith("["):
+            haystack = _loads_list_or(haystack)
+        if isinstance(haystack, list):
+            return any(_fold(item) == _fold(needle) for item in haystack)
+        return _fold(needle) in _fold(haystack)
+    if name == "startsWith":
+        return _fold(args[0]).startswith(_fold(args[1]))
+    if name == "endsWith":
+        return _fold(args[0]).endswith(_fold(args[1]))
+    if name == "format":
+        return _format(args[0], args[1:])
+    if name == "join":
+        items = args[0]
+        if isinstance(items, str) and items.lstrip().startswith("["):
+            items = _loads_list_or(items)
+        sep = to_text(args[1]) if len(args) > 1 else ","
+        if isinstance(items, list):
+            return _bounded(sep.join(to_text(i) for i in items), "join")
+        return to_text(items)
+    if name == "toJSON":
+        return _bounded(json.dumps(args[0], indent=2, sort_keys=False), "toJSON")
+    if name == "fromJSON":
+        text = to_text(args[0])
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise EvaluationError(f"fromJSON(): not JSON: {text[:60]!r} ({exc.msg})") from None
+    raise EvaluationError(f"unknown function {name}()")  # the parser admits none other
+
+
+def _loads_list_or(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, list) else text
 
 
 def truthy(value: Any) -> bool:
@@ -301,6 +470,33 @@ class _Parser:
         return node
 
     def parse_atom(self) -> Node:
+        node = self._parse_primary()
+        while (tok := self._peek()) and tok[1] == "." and not isinstance(node, Ref):
+            self.pos += 1
+            node = Attr(node, self._take(kind="name"))
+        return node
+
+    def _parse_func(self, name: str) -> Func:
+        self._take("(")
+        self._nest()
+        args: list[Node] = []
+        if (tok := self._peek()) and tok[1] != ")":
+            args.append(self.parse_or())
+            while (tok := self._peek()) and tok[1] == ",":
+                self.pos += 1
+                args.append(self.parse_or())
+        self._take(")")
+        self.nesting -= 1
+        low, high = _ARITY[name]
+        if not low <= len(args) <= high:
+            want = str(low) if low == high else f"{low} to {high}"
+            raise ExpressionError(
+                f"{name}() takes {want} argument{'s' if high > 1 else ''}, got {len(args)} "
+                f"in expression {self.source!r}"
+            )
+        return Func(name, tuple(args))
+
+    def _parse_primary(self) -> Node:
         tok = self._peek()
         if tok is None:
             raise ExpressionError(f"expression {self.source!r} ends too early")
@@ -329,9 +525,12 @@ class _Parser:
             return Call(value)
         nxt = self._peek()
         if nxt and nxt[1] == "(":
+            canonical = {f.lower(): f for f in VALUE_FUNCTIONS}.get(value.lower())
+            if canonical:  # GitHub's function names ignore case
+                return self._parse_func(canonical)
             raise ExpressionError(
                 f"unknown function {value}() in expression {self.source!r}; "
-                f"known: {', '.join(f + '()' for f in FUNCTIONS)}"
+                f"known: {', '.join(f + '()' for f in FUNCTIONS + VALUE_FUNCTIONS)}"
             )
         if value == "params":
             self._take(".")
@@ -341,10 +540,19 @@ class _Parser:
             return Ref("matrix", self._take(kind="name"))
         if value == "item":
             return Ref("item")
+        if value == "needs":
+            return Ref("needs")
+        if value == "run":
+            self._take(".")
+            self._take("status")
+            return Ref("run_status")
         if value == "steps":
             self._take(".")
             step = self._take(kind="name")
             self._take(".")
+            if (t := self._peek()) and t[1] == "status":
+                self.pos += 1
+                return Ref("status", step)
             self._take("outputs")
             if (t := self._peek()) and t[1] == ".":
                 self.pos += 1
@@ -352,5 +560,6 @@ class _Parser:
             return Ref("all_outputs", step)
         raise ExpressionError(
             f"unknown name {value!r} in expression {self.source!r}; "
-            "expected params.NAME, steps.ID.outputs.KEY, matrix.KEY or item"
+            "expected params.NAME, steps.ID.outputs.KEY, steps.ID.status, run.status, "
+            "needs, matrix.KEY or item"
         )

@@ -276,11 +276,11 @@ def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add) -> 
             add(("steps", i, "for_each"), str(exc), step.id)
             return
         whole = len(occ) == 1 and occ[0].start == 0 and occ[0].end == len(text)
-        if not whole or not isinstance(occ[0].node, ex.Ref) or occ[0].node.kind != "outputs":
+        if not whole or ex.calls(occ[0].node):
             add(
                 ("steps", i, "for_each"),
-                "for_each must be one expression like ${{ steps.ID.outputs.KEY }} "
-                "holding a JSON list",
+                "for_each must be one expression like ${{ steps.ID.outputs.KEY }} or "
+                "${{ fromJSON(params.LIST) }} giving a list (or JSON text of one)",
                 step.id,
             )
             return
@@ -303,15 +303,6 @@ def _check_text(
             add(path, f"${{{{ {occ.source} }}}}: status functions belong in 'if:' only", sid)
             valid = False
             continue
-        if path[-1] == "run" and not isinstance(occ.node, ex.Ref):
-            add(
-                path,
-                f"${{{{ {occ.source} }}}}: only a single reference (params.X, "
-                "steps.ID.outputs.KEY, matrix.KEY, item) can be used in a command",
-                sid,
-            )
-            valid = False
-            continue
         for problem in reference_problems(occ.node, step, wf, graph):
             add(path, f"${{{{ {occ.source} }}}}: {problem}", sid)
             valid = False
@@ -330,12 +321,16 @@ def _check_placement(
     """Each ``${{ }}`` of a run: must sit where Bash takes its value as data (bashplace)."""
     numeric = numeric_refs(wf, step)
     exprs = [
-        bashplace.Expr(o.start, o.end, o.source, ex.refs(o.node)[0].text() in numeric)
-        for o in occurrences
+        bashplace.Expr(o.start, o.end, o.source, _is_numeric(o.node, numeric)) for o in occurrences
     ]
     for site in bashplace.place(text, exprs):
         if site.refusal is not None:
             add(path, site.message(), step.id if step else None, site.expr.start)
+
+
+def _is_numeric(node: ex.Node, numeric: frozenset[str]) -> bool:
+    """An expression Bash arithmetic may use: a single reference that is always a number."""
+    return isinstance(node, ex.Ref) and node.text() in numeric
 
 
 def numeric_refs(wf: Workflow, step: Step | None) -> frozenset[str]:
@@ -369,7 +364,9 @@ def reference_problems(node: ex.Node, step: Step | None, wf: Workflow, graph: Gr
         if ref.kind == "params" and ref.name not in wf.params:
             known = ", ".join(sorted(wf.params)) or "none defined"
             out.append(f"unknown param {ref.name!r} (params: {known})")
-        elif ref.kind in ("outputs", "all_outputs"):
+        elif ref.kind in ("run_status", "needs") and step is None:
+            out.append(f"workflow-level env may use params only, not {ref.text()}")
+        elif ref.kind in ("outputs", "all_outputs", "status"):
             if step is None:
                 out.append("workflow-level env may use params only, not step outputs")
             elif ref.name not in graph.needs:

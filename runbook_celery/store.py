@@ -1474,6 +1474,16 @@ class RunStore:
             sid: json.loads(raw) for sid, raw in zip(step_ids, pipe.execute(), strict=True) if raw
         }
 
+    def run_status_so_far(self, run_id: str) -> str:
+        """``succeeded`` while nothing has failed, else ``failed`` or ``cancelled``: the
+        outcome the run would have if it ended now (the same rule as its finalize)."""
+        cancel, reason, failures = self.r.hmget(
+            self.keys.run(run_id), "cancel_requested", "cancel_reason", "failures"
+        )
+        if cancel in (b"1", "1"):
+            return "failed" if _s(reason or "") == "timeout" else "cancelled"
+        return "failed" if int(failures or 0) > 0 else "succeeded"
+
     def cancel_requested(self, run_id: str) -> bool:
         return self.r.hget(self.keys.run(run_id), "cancel_requested") in (b"1", "1")
 

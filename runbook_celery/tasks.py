@@ -262,6 +262,8 @@ class StepExecution:
         self.inline = False  # run inside another step's task, which hands on for it
         self.recorded = False  # this execution's FINISH went through (not a duplicate)
         self.joined: StepExecution | None = None  # the fan-out step this instance joined
+        self._statuses: dict[str, str] = {}  # steps.ID.status, read once
+        self._run_status_seen: str | None = None
 
     # ------------------------------------------------------------------ flow
 
@@ -272,6 +274,12 @@ class StepExecution:
             return body()
         except (Ignore, Retry, Reject, StepFailed, redis.RedisError):
             raise
+        except ex.EvaluationError as exc:  # e.g. fromJSON() of text that is not JSON
+            return self._finish(
+                StepStatus.FAILED,
+                reason=FailureReason.BAD_INPUT,
+                stderr=[f"[runbook] {exc}"[:2000]],
+            )
         except Exception as exc:
             log.exception("step %s of run %s: internal error", self.step_id, self.run_id)
             return self._finish(
@@ -581,7 +589,8 @@ class StepExecution:
     def _condition(self) -> tuple[bool, bool, str]:
         """Evaluate ``if:``: returns (run it?, run even though the run is cancelled?, why)."""
         node = ex.parse_condition(self.spec["if"])
-        if not ex.calls(node):  # like GitHub Actions: a plain expression implies success()
+        # like GitHub Actions: a plain expression implies success(), unless it reads a status
+        if not ex.calls(node) and not ex.names_a_status(node):
             node = ex.BinOp("&&", ex.Call("success"), node)
         # the whole snapshot's graph: a rerun's reused steps are needs and ancestors too
         ancestors = sorted(self.ctx.full_graph.ancestors(self.step_id))
@@ -603,6 +612,7 @@ class StepExecution:
             "cancelled": cancel,
         }
         outputs = {sid: _outputs(h) for sid, h in hashes.items()}
+        self._statuses = {sid: h.get("status", "") for sid, h in hashes.items()}
         verdict = ex.truthy(ex.evaluate(node, self._resolver(outputs), status))
         survives_cancel = bool(ex.calls(node) & {"always", "cancelled"})
         if cancel and not survives_cancel:
@@ -626,9 +636,34 @@ class StepExecution:
                 return self.values.get("matrix", {}).get(ref.name, "")
             if ref.kind == "item":
                 return self.values.get("item", "")
+            if ref.kind == "status":
+                return self._step_status(ref.name)
+            if ref.kind == "run_status":
+                return self._run_status()
+            if ref.kind == "needs":
+                return {
+                    sid: {"result": self._step_status(sid), "outputs": outputs.get(sid, {})}
+                    for sid in self.spec["needs"]
+                }
             return ""
 
         return resolve
+
+    def _step_status(self, step_id: str) -> str:
+        """``steps.ID.status`` of a step this one needs (so it has finished)."""
+        if step_id not in self._statuses:
+            unread = [s for s in (step_id, *self.spec["needs"]) if s not in self._statuses]
+            self._statuses.update(
+                (sid, h.get("status", ""))
+                for sid, h in self.store.step_hashes(self.run_id, unread).items()
+            )
+        return self._statuses.get(step_id, "")
+
+    def _run_status(self) -> str:
+        """``run.status`` and ``RUNBOOK_RUN_STATUS``: the run's outcome so far."""
+        if self._run_status_seen is None:
+            self._run_status_seen = self.store.run_status_so_far(self.run_id)
+        return self._run_status_seen
 
     def _run(self, need_outputs: dict[str, Any], override: dict[str, str]) -> BashResult:
         env = worker_environment()
@@ -643,6 +678,7 @@ class StepExecution:
         env["RUNBOOK_STEP_ID"] = self.step_id
         env["RUNBOOK_WORKFLOW"] = self.ctx.workflow
         env["RUNBOOK_STEP_ATTEMPT"] = str(self.attempt or 1)
+        env["RUNBOOK_RUN_STATUS"] = self._run_status()
         cwd = self.spec.get("working_dir") or self.ctx.snapshot.get("base_dir")
         if cwd and not os.path.isdir(cwd):
             cwd = None
@@ -708,6 +744,8 @@ class StepExecution:
             for ref in ex.refs(ex.parse(source)):
                 if ref.kind in ("outputs", "all_outputs") and ref.name not in wanted:
                     wanted.append(ref.name)
+                elif ref.kind == "needs":  # GitHub's needs context: every direct need's outputs
+                    wanted += [n for n in self.spec["needs"] if n not in wanted]
         return wanted
 
     # ------------------------------------------------------------------ fan-out

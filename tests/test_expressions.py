@@ -137,7 +137,7 @@ def test_operators_chain_to_the_left():
         ("", "empty expression"),
         ("   ", "empty expression"),
         ("foo()", "unknown function foo() in expression 'foo()'; known: success(), failure()"),
-        ("toJSON(params.x)", "unknown function toJSON()"),
+        ("hashFiles(params.x)", "unknown function hashFiles()"),
         ("env.HOME", "unknown name 'env' in expression 'env.HOME'"),
         ("github.sha", "unknown name 'github'"),
         ("params.", "expected name, got end of expression in expression 'params.'"),

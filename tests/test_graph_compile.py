@@ -278,10 +278,16 @@ def test_references_whose_names_clash_once_sanitised_get_distinct_variables():
     }
 
 
-@pytest.mark.parametrize("expr", ["params.a == 'x'", "'literal'", "!params.a", "success()"])
-def test_only_a_single_reference_may_appear_in_a_command(expr):
-    with pytest.raises(ex.ExpressionError, match="only a single reference"):
-        rewrite_command(f"echo ${{{{ {expr} }}}}", {})
+@pytest.mark.parametrize("expr", ["params.a == 'x'", "'literal'", "!params.a", "toJSON(params.a)"])
+def test_a_computed_expression_in_a_command_becomes_a_variable_holding_its_value(expr):
+    vars_: dict[str, str] = {}
+    assert rewrite_command(f"echo ${{{{ {expr} }}}}", vars_) == 'echo "${RUNBOOK_EXPR}"'
+    assert vars_ == {"RUNBOOK_EXPR": expr}
+
+
+def test_status_functions_are_refused_in_a_command():
+    with pytest.raises(ex.ExpressionError, match="status functions belong in 'if:'"):
+        rewrite_command("echo ${{ success() }}", {})
 
 
 HOSTILE = [
