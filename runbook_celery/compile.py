@@ -19,7 +19,7 @@ from . import bashplace
 from . import expressions as ex
 from .errors import DefinitionError, InvalidDefinition, InvalidParams
 from .graph import Graph, Leaf, Series, SPTree
-from .loader import LoadedWorkflow, numeric_refs
+from .loader import LoadedWorkflow, matrix_text, numeric_refs
 from .model import Param, Scalar, param_text, param_value_problem
 
 CANVAS = "canvas"
@@ -192,9 +192,7 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
                 "kill_grace": _first(step.kill_grace, defaults.kill_grace if defaults else None),
                 "continue_on_error": step.continue_on_error,
                 "if": step.if_.strip() if step.if_ else None,
-                "matrix": {k: [ex.to_text(v) for v in vs] for k, vs in step.matrix.items()}
-                if step.matrix
-                else None,
+                "matrix": matrix_text(step.matrix) if step.matrix else None,
                 "for_each": step.for_each.strip() if step.for_each else None,
                 "max_parallel": step.max_parallel,
                 "queue": step.queue,

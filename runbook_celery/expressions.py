@@ -471,7 +471,7 @@ class _Parser:
 
     def parse_atom(self) -> Node:
         node = self._parse_primary()
-        while (tok := self._peek()) and tok[1] == "." and not isinstance(node, Ref):
+        while (tok := self._peek()) and tok[1] == ".":  # matrix.os.name, fromJSON(x).key
             self.pos += 1
             node = Attr(node, self._take(kind="name"))
         return node

@@ -150,7 +150,7 @@ class RunView:
             if step.status == StepStatus.RUNNING:
                 status = Spinner("dots", text=Text(step.status, style=style), style=style)
             table.add_row(
-                sid,
+                step.label(sid),
                 status,
                 str(step.attempts) if step.attempts else "-",
                 elapsed(step.started_at, step.finished_at, now)

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import bashplace
+from . import bashplace, matrix
 from . import expressions as ex
 from .cron import schedule_problem
 from .errors import DefinitionError, InvalidDefinition, Problem
@@ -255,19 +255,19 @@ def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add) -> 
     if step.max_parallel is not None and step.matrix is None and step.for_each is None:
         add(("steps", i, "max_parallel"), "max_parallel needs 'matrix' or 'for_each'", step.id)
     if step.matrix is not None:
-        combos = 1
-        for values in step.matrix.values():
-            combos *= len(values)
-        if not step.matrix:
-            add(("steps", i, "matrix"), "matrix needs at least one key", step.id)
-        elif combos > (cap := get_settings().max_instances):
-            add(
-                ("steps", i, "matrix"),
-                f"matrix has {combos:,} combinations, more than the {cap:,} instances a step "
-                "may have (RUNBOOK_MAX_INSTANCES); split it into several steps or shorten "
-                "the value lists",
-                step.id,
-            )
+        if not matrix.axes(step.matrix) and not step.matrix.get("include"):
+            add(("steps", i, "matrix"), "matrix needs at least one key or an include", step.id)
+        else:
+            try:
+                matrix.expand(matrix_text(step.matrix), get_settings().max_instances)
+            except matrix.TooManyCombinations as exc:
+                add(
+                    ("steps", i, "matrix"),
+                    f"{exc}, more than the {exc.cap:,} instances a step may have "
+                    "(RUNBOOK_MAX_INSTANCES; the cross product counts before exclude); split "
+                    "it into several steps or shorten the value lists",
+                    step.id,
+                )
     if step.for_each is not None:
         text = step.for_each.strip()
         try:
@@ -338,10 +338,28 @@ def numeric_refs(wf: Workflow, step: Step | None) -> frozenset[str]:
     params of type number (checked at trigger) and matrix keys whose every value is one."""
     out = {f"params.{name}" for name, param in wf.params.items() if param.type == "number"}
     if step is not None and step.matrix:
-        for key, values in step.matrix.items():
-            if all(_is_number(v) for v in values):
+        try:
+            combos = matrix.expand(matrix_text(step.matrix), get_settings().max_instances)
+        except matrix.TooManyCombinations:
+            combos = []
+        for key in matrix.keys(step.matrix):
+            if combos and all(key in c and _is_number(c[key]) for c in combos):
                 out.add(f"matrix.{key}")
     return frozenset(out)
+
+
+def matrix_text(declared: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """A matrix with each scalar as the text a step sees (as env values are), objects kept
+    as objects of text: validation and the worker expand and compare the same values."""
+    return {k: [_value_text(v) for v in vs] for k, vs in declared.items()}
+
+
+def _value_text(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _value_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_value_text(v) for v in value]
+    return ex.to_text(value)
 
 
 def _is_number(value: object) -> bool:
@@ -379,8 +397,8 @@ def reference_problems(node: ex.Node, step: Step | None, wf: Workflow, graph: Gr
         elif ref.kind == "matrix":
             if step is None or step.matrix is None:
                 out.append(f"'{ref.text()}' is only available in a step with matrix")
-            elif ref.name not in step.matrix:
-                out.append(f"unknown matrix key {ref.name!r} (keys: {', '.join(step.matrix)})")
+            elif ref.name not in (known := matrix.keys(step.matrix)):
+                out.append(f"unknown matrix key {ref.name!r} (keys: {', '.join(known)})")
         elif ref.kind == "item" and (step is None or step.for_each is None):
             out.append("'item' is only available in a step with for_each")
     return out

@@ -83,6 +83,52 @@ EnvValue = Annotated[
 ]
 EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
 StepId = Annotated[str, Field(pattern=ID_PATTERN)]
+# GitHub's matrix keys may contain '-' (python-version); `include`/`exclude` are lists of objects
+MatrixKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")]
+
+
+def _matrix_value(value: Any) -> Any:
+    """A matrix value: a scalar (finite) or an object; never a list."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str | int | float | bool):
+        return _finite_scalar(value)
+    raise PydanticCustomError(
+        "matrix_value",
+        "must be text, a number, a boolean or a mapping, not {kind}",
+        {"kind": type(value).__name__},
+    )
+
+
+MatrixValue = Annotated[
+    Any,
+    BeforeValidator(
+        _matrix_value, json_schema_input_type=str | int | float | bool | dict[str, Any]
+    ),
+]
+
+
+def _matrix_shape(matrix: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+    """``include``/``exclude`` hold objects (key: value entries); the other keys' values are
+    scalars or objects, never lists (GitHub's shape)."""
+    if matrix is None:
+        return None
+    for key, values in matrix.items():
+        for value in values:
+            if key in ("include", "exclude") and (not isinstance(value, dict) or not value):
+                raise PydanticCustomError(
+                    "matrix_entry",
+                    "each '{key}' entry must be a non-empty mapping such as "
+                    "{{os: linux, python-version: '3.12'}}",
+                    {"key": key},
+                )
+            if isinstance(value, dict):
+                for inner in value:
+                    if not isinstance(inner, str):
+                        raise PydanticCustomError(
+                            "matrix_entry", "matrix object keys must be text", {}
+                        )
+    return matrix
 
 
 def _safe_queue(value: str) -> str:
@@ -417,8 +463,13 @@ class Step(_Strict):
         description="Condition: success() (default), failure(), always(), cancelled(), "
         "with &&, ||, ! and == / != comparisons of params and needed outputs.",
     )
-    matrix: dict[EnvName, Annotated[list[Scalar], Field(min_length=1, max_length=256)]] | None = (
-        Field(None, description="Fan out into one instance per combination of values.")
+    matrix: Annotated[
+        dict[MatrixKey, Annotated[list[MatrixValue], Field(min_length=1, max_length=256)]] | None,
+        AfterValidator(_matrix_shape),
+    ] = Field(
+        None,
+        description="Fan out into one instance per combination of values, with GitHub's "
+        "include and exclude.",
     )
     for_each: str | None = Field(
         None, description="Fan out over a JSON list: ${{ steps.ID.outputs.KEY }}."

@@ -33,12 +33,13 @@ def record_table(record: RunRecord) -> str:
     if record.rerun_of:
         lines.append(f"rerun of  {record.rerun_of}")
     lines.append("")
-    width = max([4, *(len(s) for s in record.steps)])
+    labels = {sid: step.label(sid) for sid, step in record.steps.items()}
+    width = max([4, *(len(s) for s in labels.values())])
     lines.append(f"{'STEP':<{width}}  {'STATUS':<10} {'EXIT':>4}  {'TRIES':>5}  {'DURATION':>9}")
     for sid, step in record.steps.items():
         code = "-" if step.exit_code is None else str(step.exit_code)
         lines.append(
-            f"{sid:<{width}}  {step.status:<10} {code:>4}  {step.attempts:>5}  "
+            f"{labels[sid]:<{width}}  {step.status:<10} {code:>4}  {step.attempts:>5}  "
             f"{duration(step.started_at, step.finished_at):>9}"
         )
     for sid, step in record.steps.items():

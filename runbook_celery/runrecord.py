@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .events import RunStatus
+from .matrix import label as matrix_label
 
 _STEP_CONTROL_FIELDS = (
     "approval_prompt",
@@ -53,6 +54,19 @@ class StepRecord:
             reused=h.get("reused") == "1",
             control={k: h[k] for k in _STEP_CONTROL_FIELDS if h.get(k)},
         )
+
+    def label(self, step_id: str, limit: int = 60) -> str:
+        """How a step is named on screen: an instance with its values, as GitHub shows
+        ``test (python-version=3.12, os=linux)``; the id alone for other steps."""
+        if not self.values:
+            return step_id
+        if isinstance(self.values.get("matrix"), dict):
+            text = matrix_label(self.values["matrix"])
+        else:
+            text = ", ".join(f"{k}={v}" for k, v in self.values.items())
+        if len(text) > limit:
+            text = text[: limit - 3] + "..."
+        return f"{step_id} ({text})"
 
     def to_dict(self) -> dict[str, Any]:
         return {

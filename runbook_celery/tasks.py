@@ -9,10 +9,8 @@ no-op and keeps two live copies of one step from running together.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
-import math
 import os
 import re
 import tempfile
@@ -28,7 +26,10 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
 from . import expressions as ex
-from . import workerhooks  # noqa: F401  (connects the worker signals: recovery, shutdown)
+from . import (
+    matrix,
+    workerhooks,  # noqa: F401  (connects the worker signals: recovery, shutdown)
+)
 from .app import (
     APPROVAL_TIMEOUT_TASK,
     FANIN_TASK,
@@ -803,12 +804,11 @@ class StepExecution:
         """
         cap = self.settings.max_instances
         if self.spec.get("matrix"):
-            keys = list(self.spec["matrix"])
-            count = math.prod(len(self.spec["matrix"][k]) for k in keys)
-            if count > cap:
-                return self._too_many(f"matrix has {count:,} combinations", cap)
-            combos = itertools.product(*(self.spec["matrix"][k] for k in keys))
-            return [{"matrix": dict(zip(keys, c, strict=True))} for c in combos]
+            try:
+                combos = matrix.expand(self.spec["matrix"], cap)
+            except matrix.TooManyCombinations as exc:
+                return self._too_many(str(exc), cap)
+            return [{"matrix": combo} for combo in combos]
         occ = ex.find(self.spec["for_each"])[0]
         raw = ex.evaluate(occ.node, self._resolver(need_outputs))
         try:
