@@ -107,6 +107,7 @@ class FailureReason(StrEnum):
     BAD_INPUT = "bad_input"  # for_each got something other than a JSON list
     ABORTED = "aborted"  # `abort` of a step awaiting a decision
     TOO_MANY_INSTANCES = "too_many_instances"  # for_each longer than RUNBOOK_MAX_INSTANCES
+    EXIT_CODE_SKIP = "exit_code_skip"  # an exit code in skip_on_exit_codes: recorded skipped
 
 
 class WaitReason(StrEnum):

@@ -83,6 +83,7 @@ EnvValue = Annotated[
 ]
 EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
 StepId = Annotated[str, Field(pattern=ID_PATTERN)]
+ExitCode = Annotated[int, BeforeValidator(_number), Field(ge=0, le=255)]
 # GitHub's matrix keys may contain '-' (python-version); `include`/`exclude` are lists of objects
 MatrixKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")]
 
@@ -454,8 +455,19 @@ class Step(_Strict):
     kill_grace: float | None = Field(
         None, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL (default 10)."
     )
-    continue_on_error: bool = Field(
-        False, description="Record a failure but let the run and dependents go on."
+    continue_on_error: bool | Annotated[list[ExitCode], Field(min_length=1, max_length=256)] = (
+        Field(
+            False,
+            description="Record a failure but let the run and dependents go on: true for any "
+            "failure, or a list of the exit codes that may fail this way.",
+        )
+    )
+    skip_on_exit_codes: Annotated[list[ExitCode], Field(min_length=1, max_length=256)] | None = (
+        Field(
+            None,
+            description="Exit codes that record the step skipped (reason exit_code_skip), "
+            "not failed; steps needing it are skipped too.",
+        )
     )
     if_: str | None = Field(
         None,

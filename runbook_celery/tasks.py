@@ -497,6 +497,16 @@ class StepExecution:
         if result.message:
             stderr = [*stderr, f"[runbook] {result.message}"][-STDERR_TAIL_LINES:]
         reason = result.reason or FailureReason.EXIT_CODE
+        if reason == FailureReason.EXIT_CODE and result.exit_code in (
+            self.spec.get("skip_on_exit_codes") or ()
+        ):  # like Airflow's skip_on_exit_code: no retry, recorded skipped
+            return self._finish(
+                StepStatus.SKIPPED,
+                exit_code=result.exit_code,
+                reason=FailureReason.EXIT_CODE_SKIP,
+                stderr=stderr,
+                history=history,
+            )
         if reason == FailureReason.CANCELLED:
             cancel_reason = self.store.cancel_reason(self.run_id)
             if cancel_reason == FailureReason.TIMEOUT:  # the run's timeout, not a person
@@ -520,8 +530,16 @@ class StepExecution:
             reason=reason,
             stderr=stderr,
             history=history,
-            allowed_failure=bool(self.spec.get("continue_on_error")),
+            allowed_failure=self._allowed_failure(reason, result.exit_code),
         )
+
+    def _allowed_failure(self, reason: str, exit_code: int | None) -> bool:
+        """``continue_on_error``: true for any failure, or a list of the exit codes that may
+        fail (Dagu's continueOn.exitCode): a timeout or a lost worker is no such exit."""
+        allowed = self.spec.get("continue_on_error")
+        if isinstance(allowed, list):
+            return reason == FailureReason.EXIT_CODE and exit_code in allowed
+        return bool(allowed)
 
     def _retry(
         self, exit_code: int | None, reason: str, delay: float, history: dict[str, Any]
@@ -878,7 +896,7 @@ class StepExecution:
         failed = [
             i
             for i in ids
-            if hashes[i].get("status") not in ("succeeded",)
+            if hashes[i].get("status") not in ("succeeded", "skipped")
             and hashes[i].get("allowed_failure") != "1"
         ]
         if failed and self.store.cancel_requested(self.run_id):
@@ -897,7 +915,7 @@ class StepExecution:
                 outputs=outputs,
                 reason="instance_failed",  # type: ignore[arg-type]
                 stderr=[f"[runbook] instances not succeeded: {shown}"],
-                allowed_failure=bool(self.spec.get("continue_on_error")),
+                allowed_failure=self.spec.get("continue_on_error") is True,
             )
         return self._finish(StepStatus.SUCCEEDED, outputs=outputs)  # type: ignore[arg-type]
 

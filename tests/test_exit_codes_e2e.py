@@ -1,0 +1,67 @@
+"""continue_on_error with exit codes (Dagu's continueOn.exitCode) and skip_on_exit_codes
+(Airflow's skip_on_exit_code), end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from runbook_celery import submit
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker")]
+
+
+def test_a_listed_exit_code_continues_and_another_fails(write_workflow):
+    wf = write_workflow("""
+name: exit-codes
+steps:
+  - id: listed
+    continue_on_error: [3, 4]
+    run: exit 3
+  - id: after_listed
+    needs: [listed]
+    run: echo "ran=yes" >> "$RUNBOOK_OUTPUT"
+  - id: unlisted
+    continue_on_error: [3]
+    run: exit 5
+""")
+    final = submit(wf).wait(timeout=60)
+    assert final.status == "failed", final.to_dict()
+    assert final.steps["listed"].status == "failed"
+    assert final.steps["listed"].allowed_failure
+    assert final.steps["after_listed"].outputs == {"ran": "yes"}
+    assert final.steps["unlisted"].status == "failed"
+    assert not final.steps["unlisted"].allowed_failure
+
+
+@pytest.mark.parametrize("mode", ["canvas", "dynamic"])
+def test_a_skip_exit_code_records_skipped_without_retrying_and_skips_dependents(
+    write_workflow, mode
+):
+    # a diamond is canvas; the extra if: on 'side' makes the run dynamic
+    side_if = "    if: always()\n" if mode == "dynamic" else ""
+    wf = write_workflow(f"""
+name: skip-codes-{mode}
+steps:
+  - id: check
+    skip_on_exit_codes: [99]
+    retries: {{limit: 3, delay: 0}}
+    run: |
+      echo tried >> "$RUNBOOK_OUTPUT.count"
+      exit 99
+  - id: deploy
+    needs: [check]
+    run: echo never
+  - id: side
+{side_if}    run: "true"
+""")
+    final = submit(wf).wait(timeout=60)
+    assert final.mode == mode
+    assert final.status == "succeeded", final.to_dict()
+    check = final.steps["check"]
+    assert (check.status, check.reason, check.exit_code, check.attempts) == (
+        "skipped",
+        "exit_code_skip",
+        99,
+        1,
+    )
+    assert final.steps["deploy"].status == "skipped"
