@@ -98,16 +98,7 @@ def rewrite_command(
 
 def substitute_text(template: str, resolve) -> str:  # type: ignore[no-untyped-def]
     """Fill a value template (env values) with resolved expressions. Values stay data."""
-    occurrences = ex.find(template)
-    if not occurrences:
-        return template
-    out, pos = [], 0
-    for occ in occurrences:
-        out.append(template[pos : occ.start])
-        out.append(ex.to_text(ex.evaluate(occ.node, resolve)))
-        pos = occ.end
-    out.append(template[pos:])
-    return "".join(out)
+    return ex.substitute(template, resolve)
 
 
 # ---------------------------------------------------------------- snapshot
@@ -211,6 +202,7 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
         "base_dir": str(loaded.base_dir),
         "params": values,
         "env": env,
+        "workflow_outputs": dict(wf.outputs),
         "steps": steps,
         "order": loaded.graph.topological(),
         "mode": mode,

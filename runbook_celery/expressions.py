@@ -289,6 +289,20 @@ def evaluate(
     return (left == right) if node.op == "==" else (left != right)
 
 
+def substitute(template: str, resolve: Callable[[Ref], Any]) -> str:
+    """A text with each ``${{ }}`` replaced by its value's text (env values, outputs)."""
+    occurrences = find(template)
+    if not occurrences:
+        return template
+    parts, pos = [], 0
+    for occ in occurrences:
+        parts.append(template[pos : occ.start])
+        parts.append(to_text(evaluate(occ.node, resolve)))
+        pos = occ.end
+    parts.append(template[pos:])
+    return "".join(parts)
+
+
 def _loads_or_none(text: str) -> Any:
     if not text.lstrip().startswith("{"):
         return None

@@ -222,6 +222,7 @@ def _check_semantics(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
         _check_text(wf.concurrency.group, ("concurrency", "group"), None, wf, graph, add)
     for key, value in wf.env.items():
         _check_text(value, ("env", key), None, wf, graph, add)
+    _check_outputs(wf, graph, add)
     for i, step in enumerate(wf.steps):
         if step.run is not None:
             _check_text(step.run, ("steps", i, "run"), step, wf, graph, add)
@@ -286,6 +287,35 @@ def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add) -> 
             return
         for problem in reference_problems(occ[0].node, step, wf, graph):
             add(("steps", i, "for_each"), problem, step.id)
+
+
+def _check_outputs(wf: Workflow, graph: Graph, add) -> None:  # type: ignore[no-untyped-def]
+    """Workflow ``outputs:``: expressions over params, steps' outputs and statuses (any
+    step: they are read once the run has ended)."""
+    for name, text in wf.outputs.items():
+        path: YamlPath = ("outputs", name)
+        try:
+            occurrences = ex.find(text)
+        except ex.ExpressionError as exc:
+            add(path, str(exc), None)
+            continue
+        for occ in occurrences:
+            if ex.calls(occ.node):
+                add(path, f"${{{{ {occ.source} }}}}: status functions belong in 'if:' only", None)
+            for ref in ex.refs(occ.node):
+                if ref.kind == "params" and ref.name not in wf.params:
+                    add(path, f"${{{{ {occ.source} }}}}: unknown param {ref.name!r}", None)
+                elif (
+                    ref.kind in ("outputs", "all_outputs", "status") and ref.name not in graph.needs
+                ):
+                    add(path, f"${{{{ {occ.source} }}}}: unknown step {ref.name!r}", None)
+                elif ref.kind in ("matrix", "item", "needs"):
+                    add(
+                        path,
+                        f"${{{{ {occ.source} }}}}: workflow outputs read params, "
+                        "steps.ID.outputs, steps.ID.status and run.status",
+                        None,
+                    )
 
 
 def _check_text(

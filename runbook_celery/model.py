@@ -523,6 +523,11 @@ class Workflow(_Strict):
         description="Parameters: NAME: default, or NAME: {default, type, options, description, "
         "required}; given at trigger and checked against the declaration.",
     )
+    outputs: dict[EnvName, str] = Field(
+        default_factory=dict,
+        description="The workflow's result: NAME: an expression over steps' outputs and "
+        "statuses, e.g. ${{ steps.build.outputs.version }}; shown once the run has ended.",
+    )
     env: dict[EnvName, EnvValue] = Field(
         default_factory=dict, description="Environment for every step; may use expressions."
     )

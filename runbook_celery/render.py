@@ -32,6 +32,8 @@ def record_table(record: RunRecord) -> str:
     ]
     if record.rerun_of:
         lines.append(f"rerun of  {record.rerun_of}")
+    for name, value in record.outputs.items():
+        lines.append(f"output    {name}={value}")
     lines.append("")
     labels = {sid: step.label(sid) for sid, step in record.steps.items()}
     width = max([4, *(len(s) for s in labels.values())])

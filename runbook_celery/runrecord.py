@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import expressions as ex
 from .events import RunStatus
 from .matrix import label as matrix_label
 
@@ -114,9 +115,18 @@ class RunRecord:
     mode: str | None = None
     rerun_of: str | None = None
     control: dict[str, str] = field(default_factory=dict)  # paused_by/at, triggered_by, ...
+    outputs: dict[str, str] = field(default_factory=dict)  # workflow outputs, once ended
 
     @classmethod
     def from_hash(cls, h: dict[str, str], steps: dict[str, StepRecord]) -> RunRecord:
+        record = cls._from_hash(h, steps)
+        declared = _declared_outputs(h.get("snapshot", ""))
+        if declared and record.finished:
+            record = replace(record, outputs=workflow_outputs(declared, record))
+        return record
+
+    @classmethod
+    def _from_hash(cls, h: dict[str, str], steps: dict[str, StepRecord]) -> RunRecord:
         return cls(
             id=h["id"],
             workflow=h.get("workflow", ""),
@@ -154,4 +164,45 @@ class RunRecord:
             "mode": self.mode,
             "rerun_of": self.rerun_of,
             **({"control": dict(self.control)} if self.control else {}),
+            **({"outputs": dict(self.outputs)} if self.outputs else {}),
         }
+
+
+def _declared_outputs(snapshot_json: str) -> dict[str, str]:
+    """The snapshot's ``workflow_outputs`` (parsed only when the snapshot has some)."""
+    if '"workflow_outputs": {"' not in snapshot_json:
+        return {}
+    declared = json.loads(snapshot_json).get("workflow_outputs") or {}
+    return {str(k): str(v) for k, v in declared.items()}
+
+
+def workflow_outputs(declared: dict[str, str], record: RunRecord) -> dict[str, str]:
+    """A workflow's ``outputs:`` evaluated over its ended run: step outputs are final then,
+    so every read gives the same values. A value that cannot be evaluated (``fromJSON`` of
+    text that is not JSON) is empty; the step that produced the text is where to look."""
+
+    def resolve(ref: ex.Ref) -> Any:
+        if ref.kind == "params":
+            return record.params.get(ref.name, "")
+        step = record.steps.get(ref.name)
+        if ref.kind == "run_status":
+            return record.status
+        if step is None:
+            return ""
+        if ref.kind == "status":
+            return step.status
+        if ref.kind == "all_outputs":
+            return step.outputs
+        if ref.kind == "outputs":
+            if isinstance(step.outputs, list):
+                return [o.get(ref.key, "") for o in step.outputs]
+            return step.outputs.get(ref.key, "")
+        return ""
+
+    out: dict[str, str] = {}
+    for name, template in declared.items():
+        try:
+            out[name] = ex.substitute(template, resolve)
+        except ex.ExpressionError:
+            out[name] = ""
+    return out

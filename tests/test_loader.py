@@ -508,3 +508,19 @@ def test_for_each_may_be_fromjson_of_a_param():
         "    for_each: ${{ fromJSON(params.l) }}\n    run: echo\n"
     )
     assert load_workflow_text(text).workflow.steps[0].for_each
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("${{ steps.nope.outputs.x }}", "unknown step 'nope'"),
+        ("${{ params.nope }}", "unknown param 'nope'"),
+        ("${{ matrix.k }}", "workflow outputs read params"),
+        ("${{ success() }}", "status functions belong in 'if:' only"),
+    ],
+)
+def test_workflow_outputs_are_checked(value, fragment):
+    text = f"name: t\noutputs:\n  o: {value}\nsteps:\n  - id: a\n    run: echo\n"
+    problem = only_problem(text)
+    assert fragment in problem.message
+    assert problem.line == 3

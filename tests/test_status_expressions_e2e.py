@@ -139,3 +139,31 @@ steps:
     assert final.status == "failed"
     step = final.steps["a"]
     assert step.reason == "bad_input", final.to_dict()
+
+
+def test_workflow_outputs_are_the_runs_result_in_status_and_to_dict(write_workflow):
+    from conftest import run_cli
+
+    wf = write_workflow("""
+name: with-outputs
+outputs:
+  version: v${{ steps.build.outputs.version }}
+  tested: ${{ steps.test.status }}
+  summary: ${{ format('{0} on {1}', run.status, params.target) }}
+params:
+  target: staging
+steps:
+  - id: build
+    run: echo "version=1.4.2" >> "$RUNBOOK_OUTPUT"
+  - id: test
+    needs: [build]
+    run: "true"
+""")
+    run = submit(wf)
+    final = run.wait(timeout=60)
+    assert final.status == "succeeded", final.to_dict()
+    expected = {"version": "v1.4.2", "tested": "succeeded", "summary": "succeeded on staging"}
+    assert final.outputs == expected
+    assert final.to_dict()["outputs"] == expected
+    shown = run_cli("status", run.id)
+    assert "output    version=v1.4.2" in shown.stdout, shown.stdout + shown.stderr
