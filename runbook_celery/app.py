@@ -18,6 +18,7 @@ from .errors import InvalidSetting
 from .fullredis import use_patient_redis_transport, wait_while_full, worker_stopping
 from .queuenames import queue_name_problem
 from .settings import Settings, get_settings
+from .taskevents import StepFailed
 
 logger = get_logger("runbook_celery.worker")
 
@@ -132,8 +133,6 @@ def handed_on_successors(member: str) -> tuple[list[Any], list[str]]:
 def _infrastructure_failure(request: Any, state: str, result: Any) -> bool:
     if request is None or getattr(request, "task", None) != STEP_TASK or state != states.FAILURE:
         return False
-    from .tasks import StepFailed  # tasks imports this module
-
     return not isinstance(result, StepFailed)
 
 
@@ -145,9 +144,7 @@ def _lease_member(request: Any, state: str, result: Any) -> str | None:
     args = request.args or ()
     if len(args) != 2:
         return None
-    if state == states.FAILURE:
-        from .tasks import StepFailed  # a failure to hand on must stay replayable
-
+    if state == states.FAILURE:  # a failure to hand on must stay replayable
         if not isinstance(result, StepFailed):
             return None
     elif state != states.SUCCESS:

@@ -50,6 +50,7 @@ from .redisconn import get_client, lease_client
 from .runner import BashResult, run_bash
 from .settings import Settings, get_settings, worker_environment
 from .store import FinishOutcome, Outcome, RunStore, Successor, now_iso
+from .taskevents import Parked, StepFailed, StepRequest, announce_skipped
 
 STDERR_TAIL_LINES = 20
 RETRYABLE = (FailureReason.EXIT_CODE, FailureReason.TIMEOUT)
@@ -57,10 +58,12 @@ HANDBACK = "handback"
 _INSTANCE = re.compile(r"^(?P<parent>.+)\[(?P<index>0|[1-9][0-9]{0,8})\]$")
 
 log = logging.getLogger("runbook_celery.worker")
-
-
-class StepFailed(Exception):
-    """Raised so Celery records FAILURE and does not continue the canvas past this step."""
+# What a parked step waits for, as Flower shows it ("waiting: ...")
+_WAITING = {
+    "approval": "an approval",
+    "paused": "the run to be resumed",
+    "max_active_steps": "a free slot (max_active_steps)",
+}
 
 
 def _fans_out(spec: dict[str, Any]) -> bool:
@@ -170,7 +173,18 @@ def _execution(
     return StepExecution(task, settings, store, ctx, run_id, step_id)
 
 
-@app.task(bind=True, name=STEP_TASK, max_retries=None, acks_late=True)
+# Request: what Flower is told (taskevents); throws: an ordinary step failure is one log
+# line at INFO, not a traceback at ERROR.
+_STEP_TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "max_retries": None,
+    "acks_late": True,
+    "Request": StepRequest,
+    "throws": (StepFailed,),
+}
+
+
+@app.task(name=STEP_TASK, **_STEP_TASK_OPTIONS)
 def run_step(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     execution = _execution(self, run_id, step_id)
     if isinstance(execution, dict):
@@ -178,7 +192,7 @@ def run_step(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     return execution.guarded(execution.execute)
 
 
-@app.task(bind=True, name=FANIN_TASK, max_retries=None, acks_late=True)
+@app.task(name=FANIN_TASK, **_STEP_TASK_OPTIONS)
 def fan_in(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     """Join a fanned-out step: all its instances have ended; record the step itself."""
     execution = _execution(self, run_id, step_id, fan_in=True)
@@ -187,7 +201,7 @@ def fan_in(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
     return execution.guarded(execution.join_instances)
 
 
-@app.task(name=RUN_TIMEOUT_TASK)
+@app.task(name=RUN_TIMEOUT_TASK, send_events=False)  # internal: not a step in Flower
 def run_timeout(run_id: str) -> str:
     """Fires when a run's `timeout` expires: stop what is left of the run."""
     _settings, store = _worker_store()
@@ -201,7 +215,7 @@ def run_timeout(run_id: str) -> str:
     return "finished in time"
 
 
-@app.task(name=APPROVAL_TIMEOUT_TASK)
+@app.task(name=APPROVAL_TIMEOUT_TASK, send_events=False)  # internal: not a step in Flower
 def approval_timeout(run_id: str, step_id: str) -> str:
     """An approval gate waited too long: reject the step."""
     _settings, store = _worker_store()
@@ -339,8 +353,8 @@ class StepExecution:
         if decision.action == "busy":
             # another delivery holds the lease; come back when it may have expired
             raise self.task.retry(countdown=max(1, self.settings.lease_seconds // 2))
-        if decision.action == "parked":
-            raise Ignore()  # acknowledged; the parked message is published again later
+        if decision.action == "parked":  # acknowledged; published again when the gate opens
+            raise Parked(_WAITING.get(decision.status or "", decision.status or "a gate"))
         if decision.action == "blocked":
             return self._finish(
                 StepStatus.SKIPPED, reason=f"needs {decision.blocked_by} {decision.status}"
@@ -583,7 +597,7 @@ class StepExecution:
             "parking for a decision",
         )
         self._after(outcome, "wait for a decision")
-        raise Ignore()  # the operator decides: retry, skip or abort
+        raise Parked("a decision (retry, skip or abort)")
 
     def _on_failure(self) -> str | None:
         return self.spec.get("on_failure") if self.parent is None else None
@@ -994,14 +1008,25 @@ class StepExecution:
             "run_id": self.run_id,
             "step": self.step_id,
             "status": status.value,
+            "reason": reason or "",
             "exit_code": exit_code,
             "outputs": outputs or {},
         }
+        if skip and not outcome.duplicate and self.task is not None:
+            self._announce_skipped(skip)
         if failed and self.parent is None:
-            raise StepFailed(
-                f"step {self.step_id} {status.value}: {reason} (exit code {exit_code})"
-            )
+            raise StepFailed(status.value, self.step_id, reason, exit_code, stderr or ())
         return result
+
+    def _announce_skipped(self, skip: list[str]) -> None:
+        """Steps the store recorded skipped after this failure that will never be tasks."""
+        hashes = self.store.step_hashes(self.run_id, skip)
+        reasons = {
+            sid: h.get("reason") or f"needs {self.step_id} {h.get('status')}"
+            for sid, h in hashes.items()
+            if h.get("status") == "skipped"
+        }
+        announce_skipped(self.task.app, self.run_id, self.ctx.workflow, reasons)
 
     def _children(self) -> dict[str, int]:
         if self.parent is not None:
@@ -1076,7 +1101,7 @@ class StepExecution:
                 publish_steps(self.ctx.snapshot, self.run_id, ready)
         elif self.parent is None and status in (StepStatus.FAILED, StepStatus.CANCELLED):
             # canvas: keep Celery from continuing past a step that did not succeed
-            raise StepFailed(f"step {self.step_id} already {status}")
+            raise StepFailed(str(status), self.step_id, "already recorded", None)
         return {"run_id": self.run_id, "step": self.step_id, "status": status, "duplicate": True}
 
 

@@ -29,6 +29,7 @@ from celery import signals
 from .recovery import recover_once
 from .redisconn import client_for
 from .settings import get_settings
+from .taskevents import StepFailed
 
 log = logging.getLogger("runbook_celery.worker")
 
@@ -44,7 +45,7 @@ def _handed_on(
 ) -> None:
     """The step's task is over and Celery has sent what follows: hand the step on."""
     from .app import STEP_TASK, handed_on, handed_on_successors
-    from .tasks import StepFailed, _worker_store
+    from .tasks import _worker_store
 
     if getattr(sender, "name", None) != STEP_TASK or not args or len(args) != 2:
         return

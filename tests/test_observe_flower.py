@@ -45,8 +45,32 @@ steps:
     run: |
       echo "docs: missing index" >&2
       exit 1
+  - id: publish
+    needs: [docs]
+    run: echo never
 """
-FLOWER_STATE = {"succeeded": "SUCCESS", "failed": "FAILURE"}
+# a dynamic run: a condition that is false, and a cleanup that runs
+GUARDED = """
+name: guarded
+timeout: 3600  # schedules an internal timeout task, which must not show as a step
+steps:
+  - id: a
+    run: "true"
+  - id: only_on_failure
+    needs: [a]
+    if: failure()
+    run: echo never
+  - id: cleanup
+    needs: [a]
+    if: always()
+    run: "true"
+"""
+FLOWER_STATE = {
+    "succeeded": "SUCCESS",
+    "failed": "FAILURE",
+    "skipped": "REVOKED",
+    "cancelled": "REVOKED",
+}
 
 
 @dataclass
@@ -69,7 +93,13 @@ def scene(worker, tmp_path_factory) -> Iterator[FlowerScene]:  # type: ignore[no
         )
         nightly = log_dir / "nightly.yaml"
         nightly.write_text(NIGHTLY)
-        handles = [submit(ROOT / "definitions" / "diamond.yaml"), submit(nightly)]
+        guarded = log_dir / "guarded.yaml"
+        guarded.write_text(GUARDED)
+        handles = [
+            submit(ROOT / "definitions" / "diamond.yaml"),
+            submit(nightly),
+            submit(guarded),
+        ]
         runs = [h.wait(timeout=60) for h in handles]
         expected = sum(1 for r in runs for s in r.steps.values() if s.status in FLOWER_STATE)
 
@@ -93,6 +123,40 @@ def test_flower_lists_every_step_as_workflow_dot_step_with_its_state(scene):
             assert mine[f"{run.workflow}.{sid}"]["state"] == FLOWER_STATE[step.status]
     nightly = next(r for r in scene.runs if r.workflow == "nightly")
     assert nightly.steps["docs"].status == "failed"  # the scene has a failure to show
+    assert nightly.steps["publish"].status == "skipped"  # and a step that never became a task
+    guarded = next(r for r in scene.runs if r.workflow == "guarded")
+    assert guarded.steps["only_on_failure"].status == "skipped"  # a task that skipped itself
+
+
+def test_a_skipped_step_is_revoked_with_its_reason_not_a_success(scene):
+    for run in scene.runs:
+        for sid, step in run.steps.items():
+            if step.status != "skipped":
+                continue
+            info = scene.flower.get(f"/api/task/info/{run.id}.{sid}")
+            assert info["state"] == "REVOKED", (sid, info)
+            assert info["exception"].startswith("skipped: "), info
+            assert info["name"] == f"{run.workflow}.{sid}"
+
+
+def test_a_failed_step_shows_its_exit_code_reason_and_stderr_not_a_traceback(scene):
+    nightly = next(r for r in scene.runs if r.workflow == "nightly")
+    info = scene.flower.get(f"/api/task/info/{nightly.id}.docs")
+    assert info["state"] == "FAILURE"
+    assert "docs: missing index" in info["traceback"]
+    assert "exit code 1" in info["traceback"] and "reason exit_code" in info["traceback"]
+    assert "Traceback (most recent call last)" not in info["traceback"]
+
+
+def test_the_root_id_link_of_a_step_leads_to_its_run_page(scene):
+    for run in scene.runs:
+        page = scene.flower.get(f"/task/{run.id}")
+        assert f"/runs/{run.id}" in page and run.workflow in page
+
+
+def test_internal_tasks_do_not_appear_beside_the_steps(scene):
+    names = {t["name"] for t in scene.tasks.values()}
+    assert not [n for n in names if n and n.startswith("runbook.")], names
 
 
 def test_flower_shows_and_finds_the_run_id_in_args_and_groups_a_run_by_root_id(scene):
@@ -149,3 +213,37 @@ def test_flower_task_list_in_a_real_browser_shows_the_steps(scene, tmp_path):
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
     if target := os.environ.get("RUNBOOK_FLOWER_SCREENSHOT"):
         shutil.copyfile(shot, Path(target))
+
+
+GATED = """
+name: gated
+steps:
+  - id: build
+    run: "true"
+  - id: deploy
+    needs: [build]
+    approval: {prompt: "Deploy?"}
+    run: "true"
+"""
+
+
+def test_a_step_waiting_for_approval_is_not_started_and_runs_once_approved(scene, tmp_path):
+    from conftest import run_cli
+
+    gated = tmp_path / "gated.yaml"
+    gated.write_text(GATED)
+    run = submit(gated)
+    task_id = f"{run.id}.deploy"
+
+    def waiting() -> dict[str, Any] | None:
+        info = scene.flower.get(f"/api/task/info/{task_id}")
+        return info if info.get("state") == "RETRY" else None
+
+    info = scene.flower.wait_until(waiting, "the gated step shown as waiting")
+    assert info["exception"] == "waiting: an approval"
+    assert run_cli("approve", run.id, "deploy", "--by", "tester").returncode == 0
+    assert run.wait(timeout=60).status == "succeeded"
+    scene.flower.wait_until(
+        lambda: scene.flower.get(f"/api/task/info/{task_id}")["state"] == "SUCCESS",
+        "the approved step shown as a success",
+    )

@@ -18,9 +18,12 @@ from types import FrameType
 from typing import Any
 
 import tornado.template
+import tornado.web
 from celery import Celery
 from flower import command as flower_command
 from flower.app import Flower, rewrite_handler
+from flower.utils.tasks import get_task_by_id
+from flower.views.tasks import TaskView
 from tornado.web import StaticFileHandler, url
 
 from ..redisconn import get_client
@@ -121,7 +124,43 @@ def build_app(
     if options.url_prefix:
         handlers = [rewrite_handler(h, options.url_prefix) for h in handlers]
     app.add_handlers(r".*", handlers)
+    _lead_run_ids_to_run_pages(app, ctx)
     return app
+
+
+def _lead_run_ids_to_run_pages(app: Flower, ctx: WebContext) -> None:
+    """Flower links every step's root id, which is its run id, to ``/task/<run id>``; no
+    task has that id. Flower's own task page gets a subclass that sends such ids to the
+    run page, and shows real tasks as before."""
+
+    class TaskOrRunView(TaskView):  # type: ignore[misc]
+        @tornado.web.authenticated  # type: ignore[misc]
+        def get(self, task_id: str) -> None:
+            if get_task_by_id(self.application.events, task_id) is None and _is_run(
+                ctx, task_id
+            ):
+                self.redirect(self.reverse_url("runbook_run", task_id))
+                return
+            TaskView.get.__wrapped__(self, task_id)
+
+    for rule in _rules(app.default_router):
+        if rule.target is TaskView:
+            rule.target = TaskOrRunView
+
+
+def _rules(router: Any) -> list[Any]:
+    out = []
+    for rule in getattr(router, "rules", []):
+        out.append(rule)
+        out += _rules(rule.target)
+    return out
+
+
+def _is_run(ctx: WebContext, run_id: str) -> bool:
+    try:
+        return ctx.store.run_status(run_id) is not None
+    except Exception:  # a malformed id or Redis trouble: Flower's own answer (404)
+        return False
 
 
 def serve(capp: Celery, argv: list[str], definitions: Path | None = None) -> None:

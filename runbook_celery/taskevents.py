@@ -1,0 +1,121 @@
+"""What Flower is told about each step: the truth, in Celery's own task states.
+
+Flower builds its task list from the worker's task events only. Left alone, those say
+SUCCESS for a step skipped by its condition, FAILURE for a cancelled one, STARTED for one
+parked at an approval gate, and show a traceback of our task code for a failed script.
+``StepRequest`` (Celery's documented hook for custom request handling) rewrites those events
+as the worker sends them:
+
+* a step recorded ``skipped`` or ``cancelled`` is REVOKED, with its reason;
+* a step parked (approval, decision, paused run, a full slot) is RETRY, "waiting: why";
+* a failed step's "traceback" is its exit code, reason and stderr tail.
+
+Steps that never become tasks (the rest of a canvas after a failure) are announced as
+REVOKED by ``announce_skipped``. Event ``uuid``s are step task ids, ``<run>.<step>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import Ignore
+from celery.worker.request import Request
+
+log = logging.getLogger("runbook_celery.worker")
+
+_STATUS = re.compile(r"'status': '(skipped|cancelled)'")
+_REASON = re.compile(r"'reason': '((?:[^'\\]|\\.)*)'")
+_FAILED = re.compile(r"^StepFailed\(['\"](?P<status>failed|cancelled)\b")
+
+
+class StepFailed(Exception):
+    """Raised so Celery records FAILURE and does not continue the canvas past this step.
+
+    Its text is one line, what an operator needs: status, reason, exit code, stderr tail.
+    """
+
+    def __init__(
+        self,
+        status: str,
+        step_id: str,
+        reason: str | None,
+        exit_code: int | None,
+        stderr: Iterable[str] = (),
+    ) -> None:
+        tail = " | ".join(line.strip() for line in list(stderr)[-5:] if line.strip())
+        text = f"{status} step {step_id}: reason {reason or '-'}, exit code {exit_code}"
+        if tail:
+            text += f"; stderr: {tail}"
+        super().__init__(text[:1000])
+
+
+class Parked(Ignore):
+    """The step waits (approval, decision, paused run, a full slot); its message is done."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class StepRequest(Request):
+    """A step task's request: its events say what happened to the step."""
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type == "task-succeeded":
+            ended = _STATUS.search(str(fields.get("result", "")))
+            if ended:  # recorded skipped or cancelled: not a success
+                reason = _REASON.search(str(fields.get("result", "")))
+                type, fields = "task-revoked", _revoked(ended.group(1), reason and reason.group(1))
+        elif type == "task-failed":
+            failed = _FAILED.match(str(fields.get("exception", "")))
+            if failed and failed.group("status") == "cancelled":
+                type, fields = "task-revoked", _revoked("cancelled", fields.get("exception"))
+            elif failed:  # the step's own report, not a Python traceback of our task code
+                fields = {**fields, "traceback": _message(str(fields.get("exception", "")))}
+        super().send_event(type, **fields)
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        if isinstance(exc, Parked):
+            self.send_event("task-retried", exception=f"waiting: {exc.why}", traceback="")
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+
+def announce_skipped(app: Celery, run_id: str, workflow: str, reasons: dict[str, str]) -> None:
+    """REVOKED in Flower for steps recorded skipped that never became tasks (a canvas stops
+    at a failed step). Monitoring only: a broker hiccup here never fails the step."""
+    if not reasons:
+        return
+    try:
+        with app.events.default_dispatcher() as dispatcher:
+            for step_id, reason in reasons.items():
+                dispatcher.send(
+                    "task-revoked",
+                    uuid=f"{run_id}.{step_id}",
+                    name=f"{workflow}.{step_id}",
+                    root_id=run_id,
+                    args=f"run={run_id} step={step_id}",
+                    **_revoked("skipped", reason),
+                )
+    except Exception as exc:  # events are best effort, as Celery's own are
+        log.info("could not tell Flower about skipped steps of run %s: %s", run_id, exc)
+
+
+def _revoked(status: str, reason: str | None) -> dict[str, Any]:
+    return {
+        "terminated": False,
+        "expired": False,
+        "signum": None,
+        "exception": f"{status}: {reason or '-'}",
+    }
+
+
+def _message(exception_repr: str) -> str:
+    m = re.match(r"^StepFailed\((['\"])(?P<text>.*)\1\)$", exception_repr, flags=re.S)
+    return m.group("text") if m else exception_repr
