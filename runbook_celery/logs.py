@@ -37,10 +37,11 @@ class LogLine:
 
 @dataclass(frozen=True)
 class Gap:
-    """Lines a step printed that are no longer stored: the per-step cap dropped them."""
+    """Lines a step printed that are no longer stored: the per-step caps dropped them."""
 
     step: str
     dropped: int
+    dropped_bytes: int = 0  # of their text, when the worker counted it (log_dropped_bytes)
 
 
 LogItem = LogLine | Gap
@@ -63,6 +64,7 @@ class LogReader:
         self._key: dict[str, str] = {}
         self._shown: dict[str, int] = {}
         self._reported: dict[str, int] = {}
+        self._reported_bytes: dict[str, int] = {}
         with _redis_errors():
             known = self._discover()
         if not known:
@@ -103,6 +105,7 @@ class LogReader:
                 self._key[step] = self.store.keys.logs(self.run_id, step)
                 self._shown[step] = 0
                 self._reported[step] = 0
+                self._reported_bytes[step] = 0
 
     # ------------------------------------------------------------------ reading
 
@@ -201,8 +204,13 @@ class LogReader:
             if at_start:
                 missed -= stored
             if missed > 0:
+                raw = self.store.r.hget(
+                    self.store.keys.step(self.run_id, step), "log_dropped_bytes"
+                )
+                missed_bytes = max(0, int(raw or 0) - self._reported_bytes[step])
                 self._reported[step] += missed
-                yield Gap(step, missed)
+                self._reported_bytes[step] += missed_bytes
+                yield Gap(step, missed, missed_bytes)
 
     def _counts(self, step: str) -> tuple[int, int]:
         """Lines ever appended to the step's stream, and lines it holds now."""
