@@ -87,8 +87,11 @@ def logs(run_id: str, step: str | None, follow: bool) -> None:
 
 
 def gap_notice(gap: Gap, max_lines: int, max_bytes: int) -> str:
-    """What ``logs`` says about lines a step printed that its log no longer holds."""
+    """What ``logs`` says about lines a step printed that its log no longer holds; the caps
+    are the worker's when it recorded them, else this machine's settings."""
     size = f" ({_size(gap.dropped_bytes)})" if gap.dropped_bytes else ""
+    max_lines = gap.max_lines or max_lines
+    max_bytes = gap.max_bytes or max_bytes
     return (
         f"[{gap.step}: {gap.dropped:,} lines{size} not shown: a step keeps its last "
         f"{max_lines:,} lines and {_size(max_bytes)} of log (RUNBOOK_LOG_LINES, "

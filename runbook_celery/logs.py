@@ -42,6 +42,8 @@ class Gap:
     step: str
     dropped: int
     dropped_bytes: int = 0  # of their text, when the worker counted it (log_dropped_bytes)
+    max_lines: int | None = None  # the worker's caps that dropped them, when it said
+    max_bytes: int | None = None
 
 
 LogItem = LogLine | Gap
@@ -204,13 +206,15 @@ class LogReader:
             if at_start:
                 missed -= stored
             if missed > 0:
-                raw = self.store.r.hget(
-                    self.store.keys.step(self.run_id, step), "log_dropped_bytes"
+                step_key = self.store.keys.step(self.run_id, step)
+                raw = self.store.r.hmget(
+                    step_key, ["log_dropped_bytes", "log_max_lines", "log_max_bytes"]
                 )
-                missed_bytes = max(0, int(raw or 0) - self._reported_bytes[step])
+                dropped_bytes, max_lines, max_bytes = (int(v) if v else None for v in raw)
+                missed_bytes = max(0, (dropped_bytes or 0) - self._reported_bytes[step])
                 self._reported[step] += missed
                 self._reported_bytes[step] += missed_bytes
-                yield Gap(step, missed, missed_bytes)
+                yield Gap(step, missed, missed_bytes, max_lines, max_bytes or None)
 
     def _counts(self, step: str) -> tuple[int, int]:
         """Lines ever appended to the step's stream, and lines it holds now."""

@@ -97,6 +97,8 @@ class StepLogSink:
             if dropped_bytes:
                 pipe.xtrim(self.key, maxlen=len(self.sizes), approximate=False)
                 pipe.hincrby(self.step_key, "log_dropped_bytes", dropped_bytes)
+                caps = {"log_max_lines": self.max_lines, "log_max_bytes": self.max_bytes or 0}
+                pipe.hset(self.step_key, mapping=caps)  # the caps that dropped them
             pipe.execute()
         except redis.RedisError:
             self.broken = True  # logs are best effort; the step itself goes on
