@@ -396,8 +396,8 @@ def test_a_command_over_128_kib_runs():
 
 
 def test_many_values_that_together_exceed_arg_max_all_reach_bash():
-    values = {f"V{i}": str(i) * 100_000 for i in range(10)}  # each fits, together ~1 MB
-    check = " && ".join(f'[ "${{#V{i}}}" = 100000 ]' for i in range(10))
+    values = {f"V{i}": "v" * 100_000 for i in range(25)}  # each fits, together 2.5 MB
+    check = " && ".join(f'[ "${{#V{i}}}" = 100000 ]' for i in range(25))
     result = run(f"{check} && ls / > /dev/null", env=values)
     assert result.ok, result
 
