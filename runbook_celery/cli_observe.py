@@ -19,6 +19,7 @@ from .terminal import echo as echo_untrusted
 from .terminal import is_terminal, neutralise
 
 if TYPE_CHECKING:
+    from .logs import Gap
     from .store import RunStore
 
 FLOWER_COLUMNS = "name,uuid,state,args,received,started,runtime,worker"
@@ -56,7 +57,8 @@ def logs(run_id: str, step: str | None, follow: bool) -> None:
     """Print the output of a run's steps (stderr lines go to stderr).
 
     Lines of several steps are prefixed with the step id. Logs last as long as the run
-    (RUNBOOK_RETENTION); a step keeps its last RUNBOOK_LOG_LINES lines. On a terminal,
+    (RUNBOOK_RETENTION); a step keeps its last RUNBOOK_LOG_LINES lines, and of those the
+    newest RUNBOOK_LOG_BYTES bytes; what was dropped is said on stderr. On a terminal,
     escape sequences in the output are shown, not obeyed (colours are kept); redirected to
     a file or a pipe, the output is written byte for byte.
     """
@@ -64,14 +66,10 @@ def logs(run_id: str, step: str | None, follow: bool) -> None:
     from .settings import get_settings
 
     reader = LogReader(_store(), run_id, [step] if step else None)
-    cap = get_settings().log_lines
+    settings = get_settings()
     for item in reader.follow() if follow else reader.read():
         if isinstance(item, Gap):
-            click.echo(
-                f"[{item.step}: {item.dropped} lines not shown: a step keeps its last {cap} "
-                "lines of log (RUNBOOK_LOG_LINES)]",
-                err=True,
-            )
+            click.echo(gap_notice(item, settings.log_lines, settings.log_bytes), err=True)
             continue
         err = item.stream == "err"
         tty = is_terminal(err)
@@ -86,6 +84,26 @@ def logs(run_id: str, step: str | None, follow: bool) -> None:
         click.echo(text, err=err, color=True)  # color=True: click would strip colours in files
     if follow:
         raise SystemExit(_outcome_code(reader.status()))
+
+
+def gap_notice(gap: Gap, max_lines: int, max_bytes: int) -> str:
+    """What ``logs`` says about lines a step printed that its log no longer holds; the caps
+    are the worker's when it recorded them, else this machine's settings."""
+    size = f" ({_size(gap.dropped_bytes)})" if gap.dropped_bytes else ""
+    max_lines = gap.max_lines or max_lines
+    max_bytes = gap.max_bytes or max_bytes
+    return (
+        f"[{gap.step}: {gap.dropped:,} lines{size} not shown: a step keeps its last "
+        f"{max_lines:,} lines and {_size(max_bytes)} of log (RUNBOOK_LOG_LINES, "
+        "RUNBOOK_LOG_BYTES)]"
+    )
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if count >= scale:
+            return f"{count / scale:,.1f} {unit}"
+    return f"{count:,} bytes"
 
 
 # ------------------------------------------------------------------------------ events

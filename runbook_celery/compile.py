@@ -261,8 +261,12 @@ def choose_mode(wf: Any, graph: Graph) -> tuple[str, str]:
 def _read_script(loaded: LoadedWorkflow, index: int, script: str) -> str:
     path = (loaded.base_dir / script).resolve()
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+        if "\x00" in text:  # changed since it was validated
+            line = text[: text.index("\x00")].count("\n") + 1
+            raise ValueError(f"a NUL byte (\\0) at line {line}; Bash cannot run it")
+        return text
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         reason = getattr(exc, "strerror", None) or str(exc)
         raise InvalidDefinition(
             [

@@ -104,7 +104,8 @@ class FailureReason(StrEnum):
     REJECTED = "rejected"  # `reject` at its approval gate
     APPROVAL_TIMEOUT = "approval_timeout"  # nobody approved within approval.timeout
     INSTANCE_FAILED = "instance_failed"  # an instance of a fanned-out step failed
-    BAD_INPUT = "bad_input"  # for_each got something other than a JSON list
+    BAD_INPUT = "bad_input"  # for_each got no JSON list, or a value holds a NUL byte
+    BAD_WORKING_DIR = "bad_working_dir"  # the step's directory is missing on the worker
     ABORTED = "aborted"  # `abort` of a step awaiting a decision
     TOO_MANY_INSTANCES = "too_many_instances"  # for_each longer than RUNBOOK_MAX_INSTANCES
     EXIT_CODE_SKIP = "exit_code_skip"  # an exit code in skip_on_exit_codes: recorded skipped

@@ -54,11 +54,13 @@ def load_workflow_text(text: str, *, file: str = "<string>", base_dir: Path | No
 def from_model(workflow: Workflow, *, base_dir: Path | None = None) -> LoadedWorkflow:
     """Validate a Workflow built in Python (graph and expression checks still apply)."""
     doc = LoadedYaml(data=workflow.model_dump(by_alias=True), file=f"<workflow {workflow.name}>")
+    base_dir = base_dir or Path.cwd()
     problems = _check_semantics(workflow, doc) + _notify_problems(workflow, doc)
+    problems += path_problems(workflow, doc, base_dir)
     if problems:
         raise InvalidDefinition(problems)
     return LoadedWorkflow(
-        workflow, doc.file, base_dir or Path.cwd(), Graph({s.id: s.needs for s in workflow.steps})
+        workflow, doc.file, base_dir, Graph({s.id: s.needs for s in workflow.steps})
     )
 
 
@@ -73,6 +75,7 @@ def _validate(doc: LoadedYaml, base_dir: Path) -> LoadedWorkflow:
     except ValidationError as exc:
         raise InvalidDefinition(_pydantic_problems(exc, doc)) from None
     problems = _check_semantics(workflow, doc) + _notify_problems(workflow, doc)
+    problems += path_problems(workflow, doc, base_dir)
     if found := schedule_problem(workflow.schedule, workflow.timezone):
         key, why = found
         problems.append(Problem(doc.file, doc.line_of((key,)), f"invalid {key}: {why}", key))
@@ -230,6 +233,60 @@ def _check_semantics(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
             _check_text(value, ("steps", i, "env", key), step, wf, graph, add)
         _check_step_control(i, step, wf, graph, add)
     return problems
+
+
+def path_problems(wf: Workflow, doc: LoadedYaml, base_dir: Path) -> list[Problem]:
+    """``working_dir`` stays in the workflow's folder (symlinks resolved) unless it is an
+    absolute path, and takes no expression; a ``script:`` holds no NUL byte."""
+    problems: list[Problem] = []
+    folder = base_dir.resolve()
+    for i, step in enumerate(wf.steps):
+        if step.working_dir is not None:
+            where = ("steps", i, "working_dir")
+            why = working_dir_problem(step.working_dir, folder)
+            if why is not None:
+                problems.append(
+                    Problem(doc.file, doc.line_of(where), why, format_path(where), step.id)
+                )
+        if step.script is not None:
+            where = ("steps", i, "script")
+            why = script_problem(step.script, folder)
+            if why is not None:
+                problems.append(
+                    Problem(doc.file, doc.line_of(where), why, format_path(where), step.id)
+                )
+    return problems
+
+
+def working_dir_problem(working_dir: str, folder: Path) -> str | None:
+    """Why ``working_dir`` cannot be used from a workflow in ``folder``, or None."""
+    if "${{" in working_dir:
+        return (
+            f"working_dir {working_dir!r}: expressions (${{{{ }}}}) are not evaluated in "
+            "working_dir; write a fixed path (cd in run: to choose one at run time)"
+        )
+    if Path(working_dir).is_absolute():
+        return None  # stated explicitly: the definition takes it where it is
+    target = (folder / working_dir).resolve()
+    if target != folder and not target.is_relative_to(folder):
+        return (
+            f"working_dir {working_dir!r} leads out of the workflow's folder (to {target}); "
+            "write a path inside the folder, or an absolute path"
+        )
+    return None
+
+
+def script_problem(script: str, folder: Path) -> str | None:
+    """A ``script:`` file that holds a NUL byte (Bash cannot take it); one that cannot be read
+    is reported at trigger, where it is read."""
+    try:
+        data = (folder / script).read_bytes()
+    except OSError:
+        return None
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        return f"script {script!r} contains a NUL byte (\\0) at its line {line}; Bash cannot run it"
+    return None
 
 
 def _notify_problems(wf: Workflow, doc: LoadedYaml) -> list[Problem]:

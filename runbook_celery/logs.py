@@ -37,10 +37,13 @@ class LogLine:
 
 @dataclass(frozen=True)
 class Gap:
-    """Lines a step printed that are no longer stored: the per-step cap dropped them."""
+    """Lines a step printed that are no longer stored: the per-step caps dropped them."""
 
     step: str
     dropped: int
+    dropped_bytes: int = 0  # of their text, when the worker counted it (log_dropped_bytes)
+    max_lines: int | None = None  # the worker's caps that dropped them, when it said
+    max_bytes: int | None = None
 
 
 LogItem = LogLine | Gap
@@ -63,6 +66,7 @@ class LogReader:
         self._key: dict[str, str] = {}
         self._shown: dict[str, int] = {}
         self._reported: dict[str, int] = {}
+        self._reported_bytes: dict[str, int] = {}
         with _redis_errors():
             known = self._discover()
         if not known:
@@ -103,6 +107,7 @@ class LogReader:
                 self._key[step] = self.store.keys.logs(self.run_id, step)
                 self._shown[step] = 0
                 self._reported[step] = 0
+                self._reported_bytes[step] = 0
 
     # ------------------------------------------------------------------ reading
 
@@ -201,8 +206,15 @@ class LogReader:
             if at_start:
                 missed -= stored
             if missed > 0:
+                step_key = self.store.keys.step(self.run_id, step)
+                raw = self.store.r.hmget(
+                    step_key, ["log_dropped_bytes", "log_max_lines", "log_max_bytes"]
+                )
+                dropped_bytes, max_lines, max_bytes = (int(v) if v else None for v in raw)
+                missed_bytes = max(0, (dropped_bytes or 0) - self._reported_bytes[step])
                 self._reported[step] += missed
-                yield Gap(step, missed)
+                self._reported_bytes[step] += missed_bytes
+                yield Gap(step, missed, missed_bytes, max_lines, max_bytes or None)
 
     def _counts(self, step: str) -> tuple[int, int]:
         """Lines ever appended to the step's stream, and lines it holds now."""

@@ -1,4 +1,4 @@
-"""Run one step's Bash: own session, inputs via environment only, bounded capture, no orphans.
+"""Run one step's Bash: own session, values passed as data, bounded capture, no orphans.
 
 Process layout of a step::
 
@@ -64,12 +64,12 @@ class BashResult:
         return self.exit_code == 0 and self.reason is None
 
 
-def _wrapper(guardian_fd: int) -> str:
+def _wrapper(guardian_fd: int, preamble: str = "") -> str:
     return (
         # register with the guardian before anything else runs; SIGPIPE ignored and `|| :`
         # so that a guardian that is gone cannot kill or fail the step (-e is on)
         f"trap '' PIPE; echo \"+$$\" >&{guardian_fd} 2>/dev/null || : ; trap - PIPE; "
-        f"exec {guardian_fd}>&- ; "
+        f"exec {guardian_fd}>&- ; {preamble}"
         f'__runbook_cmd=${COMMAND_VAR}; unset {COMMAND_VAR}; eval "$__runbook_cmd"'
     )
 
@@ -202,26 +202,32 @@ def run_bash(
     """
     started = time.monotonic()
     output_path = _output_file()
+    full_env = dict(env)
+    full_env["RUNBOOK_OUTPUT"] = output_path
+    full_env[COMMAND_VAR] = command
+    if (nul := nul_variable(full_env)) is not None:
+        return BashResult(None, reason=FailureReason.BAD_INPUT, message=nul)
+    inputs = PlacedValues(full_env)
     try:
-        full_env = dict(env)
-        full_env["RUNBOOK_OUTPUT"] = output_path
-        full_env[COMMAND_VAR] = command
         try:
+            inputs = place_values(full_env)
             guardian_fd = _guardian.fd()
             proc = subprocess.Popen(
-                ["bash", "-eo", "pipefail", "-c", _wrapper(guardian_fd)],
-                env=full_env,
+                ["bash", "-eo", "pipefail", "-c", _wrapper(guardian_fd, inputs.preamble)],
+                env=inputs.env,
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                pass_fds=(guardian_fd,),
+                pass_fds=(guardian_fd, *inputs.fds),
             )
         except OSError as exc:
             return BashResult(
                 None, reason=FailureReason.SPAWN_ERROR, message=f"cannot start bash: {exc}"
             )
+        finally:
+            inputs.close()  # the child holds its own copies until its wrapper reads them
         streams = {
             proc.stdout.fileno(): _Stream("stdout", on_line),  # type: ignore[union-attr]
             proc.stderr.fileno(): _Stream("stderr", on_line),  # type: ignore[union-attr]
@@ -256,8 +262,113 @@ def run_bash(
             _collect_outputs(output_path, output_limit, result)
         return result
     finally:
+        inputs.close()
         with contextlib.suppress(OSError):
             os.unlink(output_path)
+
+
+# ------------------------------------------------------------------ passing values to Bash
+#
+# Linux refuses to start a program when one environment string is longer than
+# MAX_ARG_STRLEN (128 KiB) or all of them together exceed ARG_MAX (E2BIG, "Argument list too
+# long"). A step's command and values (outputs of up to RUNBOOK_OUTPUT_LIMIT, params, `run:`
+# text) can be larger, so those go through memfds instead: the wrapper reads each into a
+# Bash variable of the same name before it evaluates the command, so "$NAME" expands to the
+# exact value. Such a variable is not exported: a program the step starts could not be
+# given it either (every exec would fail with E2BIG).
+
+MAX_ARG_STRLEN = 128 * 1024  # bytes of one "NAME=value" string, its NUL included
+_SHELL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_budget() -> int:
+    """Bytes of environment a step is started with, at most: half of ARG_MAX, so that the
+    programs the step starts keep room for their own arguments."""
+    try:
+        arg_max = os.sysconf("SC_ARG_MAX")
+    except (ValueError, OSError):
+        arg_max = 2 * 1024 * 1024
+    return max(64 * 1024, arg_max // 2)
+
+
+@dataclass
+class PlacedValues:
+    """The environment Bash is started with, and the values it reads from file descriptors."""
+
+    env: dict[str, str]
+    fds: tuple[int, ...] = ()
+    preamble: str = ""  # Bash that reads each value from its descriptor, then closes it
+    by_fd: tuple[str, ...] = ()  # names of the values passed through descriptors
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = ()
+
+
+def nul_variable(env: Mapping[str, str]) -> str | None:
+    """Which variable holds a NUL byte (Bash can take none; Popen would raise ValueError)."""
+    for name, value in env.items():
+        if "\x00" in name or "\x00" in value:
+            shown = "the step's command" if name == COMMAND_VAR else f"variable {name!r}"
+            return f"{shown} contains a NUL byte (\\0), which Bash cannot take"
+    return None
+
+
+def _env_bytes(name: str, value: str) -> int:
+    return len(os.fsencode(name)) + len(os.fsencode(value)) + 2 + 8  # "=", NUL, pointer
+
+
+def place_values(env: Mapping[str, str], budget: int | None = None) -> PlacedValues:
+    """Keep small values in the environment; pass the large ones through memfds.
+
+    A value goes through a descriptor when its "NAME=value" string is over MAX_ARG_STRLEN,
+    then the largest others until the environment fits ``budget`` bytes. Only names Bash can
+    assign qualify (others stay in the environment: a worker's own variables are small).
+    """
+    budget = _env_budget() if budget is None else budget
+    sizes = {name: _env_bytes(name, value) for name, value in env.items()}
+    total = sum(sizes.values())
+    movable = sorted((n for n in env if _SHELL_NAME.match(n)), key=lambda n: sizes[n], reverse=True)
+    chosen: list[str] = []
+    for name in movable:
+        if sizes[name] <= MAX_ARG_STRLEN and total <= budget:
+            break
+        chosen.append(name)
+        total -= sizes[name]
+    if not chosen:
+        return PlacedValues(dict(env))
+    kept = {n: v for n, v in env.items() if n not in chosen}
+    fds: list[int] = []
+    reads: list[str] = []
+    try:
+        for name in chosen:
+            fd = _value_fd(env[name])
+            fds.append(fd)
+            # read -d '': up to end of file (no NUL inside), keeping every byte; it
+            # returns 1 at end of file, which -e must not take for a failure
+            reads.append(f"IFS= read -r -d '' {name} <&{fd} || : ; exec {fd}<&- ; ")
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return PlacedValues(kept, tuple(fds), "".join(reads), tuple(chosen))
+
+
+def _value_fd(value: str) -> int:
+    """A descriptor open on an in-memory file holding ``value``, at its start."""
+    data = os.fsencode(value)
+    fd = os.memfd_create("runbook-value", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _supervise(

@@ -32,6 +32,7 @@ DEFAULT_MAX_FILE_BYTES = 2 * 1024 * 1024  # largest workflow file we parse
 DEFAULT_VISIBILITY_TIMEOUT = 6 * 3600  # seconds; must exceed the longest step
 DEFAULT_RETENTION = 7 * 86400  # seconds a finished run is kept
 DEFAULT_LOG_LINES = 10_000  # lines of log kept per step
+DEFAULT_LOG_BYTES = 4 * 1024 * 1024  # bytes of log text kept per step (its newest lines)
 DEFAULT_STDERR_TAIL_LINES = 20
 DEFAULT_LEASE_SECONDS = 30  # a running step refreshes its lease this often x3
 DEFAULT_MAX_ATTEMPTS = 5  # deliveries of one step before it fails as worker_lost
@@ -62,6 +63,7 @@ class Settings:
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     retention: int = DEFAULT_RETENTION
     log_lines: int = DEFAULT_LOG_LINES
+    log_bytes: int = DEFAULT_LOG_BYTES
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     kill_grace: float = DEFAULT_KILL_GRACE
@@ -92,6 +94,8 @@ class Settings:
             ),
             retention=reader.whole("RUNBOOK_RETENTION", DEFAULT_RETENTION, 1, 10 * YEAR),
             log_lines=reader.whole("RUNBOOK_LOG_LINES", DEFAULT_LOG_LINES, 1, 10**8),
+            # at least two of the longest lines (8,192 characters of up to 4 UTF-8 bytes)
+            log_bytes=reader.whole("RUNBOOK_LOG_BYTES", DEFAULT_LOG_BYTES, 64 * 1024, 2**30),
             # the lease is refreshed every third of it, in whole seconds
             lease_seconds=reader.whole("RUNBOOK_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 3, 86400),
             max_attempts=reader.whole("RUNBOOK_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, 1000),

@@ -28,6 +28,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from . import expressions as ex
 from . import (
     matrix,
+    stepinputs,
     workerhooks,  # noqa: F401  (connects the worker signals: recovery, shutdown)
 )
 from .app import (
@@ -698,9 +699,23 @@ class StepExecution:
             self._run_status_seen = self.store.run_status_so_far(self.run_id)
         return self._run_status_seen
 
+    def _checked_inputs(
+        self, workflow_env: dict[str, str], override: dict[str, str], resolve: Any
+    ) -> BashResult | str | None:
+        """The step's directory, or the failed result when an input cannot be used:
+        a NUL byte that arrived at run time, a directory missing on this worker."""
+        nul = stepinputs.nul_source(self.spec, workflow_env, override, resolve)
+        if nul is not None:
+            return BashResult(None, reason=FailureReason.BAD_INPUT, message=nul)
+        cwd, why = stepinputs.working_dir(self.spec, self.ctx.snapshot)
+        if why is not None:
+            return BashResult(None, reason=FailureReason.BAD_WORKING_DIR, message=why)
+        return cwd
+
     def _run(self, need_outputs: dict[str, Any], override: dict[str, str]) -> BashResult:
         env = worker_environment()
-        env.update(self.ctx.snapshot["env"])
+        workflow_env = self.ctx.snapshot["env"]
+        env.update(workflow_env)
         resolve = self._resolver(need_outputs)
         for key, template in self.spec["env"].items():
             env[key] = substitute_text(template, resolve)
@@ -712,9 +727,6 @@ class StepExecution:
         env["RUNBOOK_WORKFLOW"] = self.ctx.workflow
         env["RUNBOOK_STEP_ATTEMPT"] = str(self.attempt or 1)
         env["RUNBOOK_RUN_STATUS"] = self._run_status()
-        cwd = self.spec.get("working_dir") or self.ctx.snapshot.get("base_dir")
-        if cwd and not os.path.isdir(cwd):
-            cwd = None
         sink = StepLogSink(
             self.store.r,
             self.store.keys,
@@ -722,9 +734,14 @@ class StepExecution:
             self.step_id,
             self.settings.log_lines,
             mask=self.mask,
+            max_bytes=self.settings.log_bytes,
         )
         grace = self.spec.get("kill_grace")
         try:
+            cwd = self._checked_inputs(workflow_env, override, resolve)
+            if isinstance(cwd, BashResult):  # refused: fails at once, not retried
+                sink("stderr", f"[runbook] {cwd.message}")
+                return cwd
             return run_bash(
                 self.spec["command"],
                 env,

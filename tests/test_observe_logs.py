@@ -96,7 +96,8 @@ steps:
     assert res.returncode == 0
     assert len(lines) == 10_000
     assert (lines[0], lines[-1]) == ("51", "10050")
-    assert "50 lines not shown" in res.stderr
+    # ("1\n" to "50\n": 9 x 2 + 41 x 3 bytes)
+    assert "[flood: 50 lines (141 bytes) not shown" in res.stderr
     assert "RUNBOOK_LOG_LINES" in res.stderr
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runbook_celery.events import FailureReason
-from runbook_celery.runner import LINE_LIMIT, TAIL_LINES, parse_outputs, run_bash
+from runbook_celery.runner import LINE_LIMIT, TAIL_LINES, parse_outputs, place_values, run_bash
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -359,3 +359,88 @@ def test_a_step_registers_with_the_guardian_and_is_released_after(tmp_path):
     # Then both ran under one guardian (one per process, not one per step)
     first, second, same = out.stdout.split()
     assert first != second and same == "True"
+
+
+# ---------------------------------------------------------------- values Bash is given
+
+
+def test_a_value_over_the_kernels_128_kib_limit_reaches_bash_byte_for_byte():
+    # trailing newlines, quotes and shell syntax kept; E2BIG before values went by memfd
+    value = "v" * 300_000 + "\n$(touch /nonexistent) '\"` \n\n"
+    result = run(
+        'printf %s "$BIG" > "$OUT"; echo "len=${#BIG}" >> "$RUNBOOK_OUTPUT"',
+        env={"BIG": value, "OUT": "/dev/stdout"},
+    )
+    assert result.ok, result
+    assert result.outputs == {"len": str(len(value))}
+
+
+def test_a_large_value_is_set_in_bash_but_not_exported_so_programs_still_start(tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        f'printf %s "$BIG" | sha256sum > {out}; bash -c \'echo "child:${{#BIG}}"\' >> {out}',
+        env={"BIG": "b" * 1024 * 1024},
+    )
+    assert result.ok, result
+    import hashlib
+
+    digest = hashlib.sha256(b"b" * 1024 * 1024).hexdigest()
+    assert out.read_text().splitlines() == [f"{digest}  -", "child:0"]
+
+
+def test_a_command_over_128_kib_runs():
+    command = "# " + "c" * 300_000 + '\necho x=1 >> "$RUNBOOK_OUTPUT"'
+    result = run(command)
+    assert result.ok, result
+    assert result.outputs == {"x": "1"}
+
+
+def test_many_values_that_together_exceed_arg_max_all_reach_bash():
+    values = {f"V{i}": "v" * 100_000 for i in range(25)}  # each fits, together 2.5 MB
+    check = " && ".join(f'[ "${{#V{i}}}" = 100000 ]' for i in range(25))
+    result = run(f"{check} && ls / > /dev/null", env=values)
+    assert result.ok, result
+
+
+def test_place_values_keeps_small_values_in_the_environment():
+    placed = place_values({"A": "1", "B": "x" * 1000})
+    assert placed.env == {"A": "1", "B": "x" * 1000}
+    assert placed.fds == () and placed.preamble == ""
+
+
+def test_place_values_moves_the_largest_values_until_the_environment_fits():
+    env = {"SMALL": "s", "MID": "m" * 40_000, "BIG": "b" * 60_000, "HUGE": "h" * 200_000}
+    placed = place_values(env, budget=50_000)
+    try:
+        assert placed.by_fd == ("HUGE", "BIG")  # over MAX_ARG_STRLEN, then the largest
+        assert set(placed.env) == {"SMALL", "MID"}
+        assert "read -r -d '' HUGE" in placed.preamble
+    finally:
+        placed.close()
+
+
+def test_place_values_leaves_names_bash_cannot_assign_in_the_environment():
+    placed = place_values({"weird.name": "w" * 10, "OK": "o" * 200_000}, budget=10)
+    try:
+        assert placed.by_fd == ("OK",)
+        assert "weird.name" in placed.env
+    finally:
+        placed.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [({"A": "a\x00b"}, "variable 'A'"), ({}, "the step's command")],
+)
+def test_a_nul_byte_fails_with_bad_input_instead_of_raising(env, named):
+    command = "echo hi" if env else "echo \x00"
+    result = run(command, env=env)
+    assert (result.exit_code, result.reason) == (None, FailureReason.BAD_INPUT)
+    assert named in (result.message or "") and "NUL" in (result.message or "")
+
+
+def test_value_descriptors_do_not_reach_the_steps_programs():
+    # a step's programs see only stdin, stdout and stderr (and what they open)
+    result = run('ls /proc/self/fd | sort -n | tr "\\n" " "', env={"BIG": "b" * 200_000})
+    assert result.ok, result
+    assert result.stdout_tail == ["0 1 2 3 "]  # 3: ls's own listing of /proc/self/fd

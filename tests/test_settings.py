@@ -47,6 +47,7 @@ def test_well_formed_values_are_read():
             "RUNBOOK_VISIBILITY_TIMEOUT": "7200",
             "RUNBOOK_RETENTION": "3600",
             "RUNBOOK_LOG_LINES": "50",
+            "RUNBOOK_LOG_BYTES": "1048576",
             "RUNBOOK_LEASE_SECONDS": "9",
             "RUNBOOK_MAX_ATTEMPTS": "2",
             "RUNBOOK_KILL_GRACE": "0.5",
@@ -65,6 +66,7 @@ def test_well_formed_values_are_read():
         3600,
     )
     assert (s.log_lines, s.lease_seconds, s.max_attempts) == (50, 9, 2)
+    assert s.log_bytes == 1024 * 1024
     assert (s.kill_grace, s.shutdown_grace) == (0.5, 0.0)
 
 
@@ -78,6 +80,8 @@ def test_well_formed_values_are_read():
         ("RUNBOOK_RETENTION", "7d", "not a whole number"),
         ("RUNBOOK_RETENTION", "-1", "out of range"),
         ("RUNBOOK_LOG_LINES", "ten", "not a whole number"),
+        ("RUNBOOK_LOG_BYTES", "4MiB", "not a whole number; write digits only"),
+        ("RUNBOOK_LOG_BYTES", "1000", "out of range; it must be from 65536 to 1073741824"),
         ("RUNBOOK_VISIBILITY_TIMEOUT", "99999999999", "out of range"),
         ("RUNBOOK_LEASE_SECONDS", "1", "out of range; it must be from 3 to 86400"),
         ("RUNBOOK_LEASE_SECONDS", "2.5", "not a whole number"),
@@ -371,3 +375,13 @@ def test_with_the_url_in_a_file_no_step_finds_the_password_in_the_environment(tm
         status, log = run_snoop(env, tmp_path, url)
     assert status == "succeeded", log[-3000:]
     assert "carries a password" not in log
+
+
+@pytest.mark.parametrize("args", [("worker",), ("logs", "no-such-run")])
+def test_a_bad_log_byte_budget_exits_2_naming_it(args):
+    res = cli(*args, env={"RUNBOOK_LOG_BYTES": "4MB"})
+    assert res.returncode == EXIT_INVALID, res.stderr
+    assert res.stderr.splitlines() == [
+        "error: invalid setting RUNBOOK_LOG_BYTES='4MB': not a whole number; write digits "
+        "only, e.g. RUNBOOK_LOG_BYTES=4194304 (no units, signs or separators)"
+    ]

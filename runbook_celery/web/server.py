@@ -136,9 +136,7 @@ def _lead_run_ids_to_run_pages(app: Flower, ctx: WebContext) -> None:
     class TaskOrRunView(TaskView):  # type: ignore[misc]
         @tornado.web.authenticated  # type: ignore[misc]
         def get(self, task_id: str) -> None:
-            if get_task_by_id(self.application.events, task_id) is None and _is_run(
-                ctx, task_id
-            ):
+            if get_task_by_id(self.application.events, task_id) is None and _is_run(ctx, task_id):
                 self.redirect(self.reverse_url("runbook_run", task_id))
                 return
             TaskView.get.__wrapped__(self, task_id)
