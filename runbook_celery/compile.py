@@ -183,6 +183,7 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
                 "kill_grace": _first(step.kill_grace, defaults.kill_grace if defaults else None),
                 "continue_on_error": step.continue_on_error,
                 "skip_on_exit_codes": step.skip_on_exit_codes,
+                "output": step.output,
                 "if": step.if_.strip() if step.if_ else None,
                 "matrix": matrix_text(step.matrix) if step.matrix else None,
                 "for_each": step.for_each.strip() if step.for_each else None,

@@ -462,6 +462,11 @@ class Step(_Strict):
             "failure, or a list of the exit codes that may fail this way.",
         )
     )
+    output: EnvName | None = Field(
+        None,
+        description="Capture the step's stdout as the output NAME (Dagu's `output:`), "
+        "trimmed, at most RUNBOOK_OUTPUT_LIMIT bytes: ${{ steps.ID.outputs.NAME }}.",
+    )
     skip_on_exit_codes: Annotated[list[ExitCode], Field(min_length=1, max_length=256)] | None = (
         Field(
             None,

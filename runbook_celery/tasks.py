@@ -39,6 +39,7 @@ from .app import (
     app,
     note_successors,
 )
+from .capture import StdoutCapture
 from .compile import DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
 from .events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
@@ -737,12 +738,13 @@ class StepExecution:
             max_bytes=self.settings.log_bytes,
         )
         grace = self.spec.get("kill_grace")
+        capture = StdoutCapture(self.settings.output_limit) if self.spec.get("output") else None
         try:
             cwd = self._checked_inputs(workflow_env, override, resolve)
             if isinstance(cwd, BashResult):  # refused: fails at once, not retried
                 sink("stderr", f"[runbook] {cwd.message}")
                 return cwd
-            return run_bash(
+            result = run_bash(
                 self.spec["command"],
                 env,
                 cwd=cwd,
@@ -750,9 +752,12 @@ class StepExecution:
                 timeout=self.spec.get("timeout"),
                 kill_grace=self.settings.kill_grace if grace is None else grace,
                 tick=self._tick(sink),
-                on_line=sink,
+                on_line=capture.tee(sink) if capture else sink,
                 on_spawn=self.keeper.attach if self.keeper else None,
             )
+            if capture:
+                capture.into(result, self.spec["output"])
+            return result
         finally:
             if self.keeper:
                 self.keeper.detach()

@@ -65,3 +65,40 @@ steps:
         1,
     )
     assert final.steps["deploy"].status == "skipped"
+
+
+def test_stdout_captured_as_an_output(write_workflow):
+    # Dagu's `output: VAR`: the step's stdout, trimmed, as an output of the step
+    wf = write_workflow("""
+name: capture
+steps:
+  - id: version
+    output: VERSION
+    run: |
+      echo
+      echo "  1.4.2  "
+  - id: use
+    needs: [version]
+    run: echo "got=[${{ steps.version.outputs.VERSION }}]" >> "$RUNBOOK_OUTPUT"
+  - id: multi
+    output: LINES
+    run: printf 'a\\nb\\n'
+""")
+    final = submit(wf).wait(timeout=60)
+    assert final.status == "succeeded", final.to_dict()
+    assert final.steps["version"].outputs == {"VERSION": "1.4.2"}
+    assert final.steps["use"].outputs == {"got": "[1.4.2]"}
+    assert final.steps["multi"].outputs == {"LINES": "a\nb"}
+
+
+def test_captured_stdout_over_the_output_limit_fails_the_step(write_workflow):
+    wf = write_workflow("""
+name: capture-big
+steps:
+  - id: big
+    output: BLOB
+    run: head -c 3000000 /dev/zero | tr '\\0' 'x' | fold -w 1000
+""")
+    final = submit(wf).wait(timeout=60)
+    assert final.steps["big"].status == "failed"
+    assert final.steps["big"].reason == "output_too_large", final.to_dict()
