@@ -18,7 +18,7 @@ from .errors import InvalidSetting
 from .fullredis import use_patient_redis_transport, wait_while_full, worker_stopping
 from .queuenames import queue_name_problem
 from .settings import Settings, get_settings
-from .taskevents import StepFailed
+from .taskevents import StepFailed, quiet_ordinary_chord_failures
 
 logger = get_logger("runbook_celery.worker")
 
@@ -108,6 +108,8 @@ class ResultBackend(RedisBackend):
             return None
         return super().on_chord_part_return(request, state, result, **kwargs)
 
+
+quiet_ordinary_chord_failures()
 
 # Per worker thread: the lease-index member of the step whose result is being stored, the
 # last member handed on that way (so that task_postrun does not do it again), and the

@@ -36,29 +36,32 @@ class StepFailed(Exception):
     """Raised so Celery records FAILURE and does not continue the canvas past this step.
 
     Its text is one line, what an operator needs: status, reason, exit code, stderr tail.
+    One text argument, so it pickles as it is (Celery sends it between processes and
+    stores it as the result; see ``step_failed`` to build one).
     """
 
-    def __init__(
-        self,
-        status: str,
-        step_id: str,
-        reason: str | None,
-        exit_code: int | None,
-        stderr: Iterable[str] = (),
-    ) -> None:
-        tail = " | ".join(line.strip() for line in list(stderr)[-5:] if line.strip())
-        text = f"{status} step {step_id}: reason {reason or '-'}, exit code {exit_code}"
-        if tail:
-            text += f"; stderr: {tail}"
-        super().__init__(text[:1000])
+
+def step_failed(
+    status: str,
+    step_id: str,
+    reason: str | None,
+    exit_code: int | None,
+    stderr: Iterable[str] = (),
+) -> StepFailed:
+    tail = " | ".join(line.strip() for line in list(stderr)[-5:] if line.strip())
+    text = f"{status} step {step_id}: reason {reason or '-'}, exit code {exit_code}"
+    if tail:
+        text += f"; stderr: {tail}"
+    return StepFailed(text[:1000])
 
 
 class Parked(Ignore):
-    """The step waits (approval, decision, paused run, a full slot); its message is done."""
+    """The step waits (approval, decision, paused run, a full slot); its message is done.
+    One text argument, so it pickles as it is."""
 
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
+    @property
+    def why(self) -> str:
+        return str(self.args[0]) if self.args else "a gate"
 
 
 class StepRequest(Request):
@@ -119,3 +122,22 @@ def _revoked(status: str, reason: str | None) -> dict[str, Any]:
 def _message(exception_repr: str) -> str:
     m = re.match(r"^StepFailed\((['\"])(?P<text>.*)\1\)$", exception_repr, flags=re.S)
     return m.group("text") if m else exception_repr
+
+
+class _OrdinaryChordFailure(logging.Filter):
+    """Celery's Redis backend logs a chord whose member failed as an ERROR with a ChordError
+    traceback. When that member is a step whose script failed, the step task has already
+    logged it in one line (``Task.throws``): drop the second, noisier report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Chord %r raised"):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (len(args) == 2 and "raised StepFailed(" in repr(args[1]))
+
+
+def quiet_ordinary_chord_failures() -> None:
+    """Install the filter on the logger Celery's Redis backend uses (idempotent)."""
+    logger = logging.getLogger("celery.backends.redis")
+    if not any(isinstance(f, _OrdinaryChordFailure) for f in logger.filters):
+        logger.addFilter(_OrdinaryChordFailure())

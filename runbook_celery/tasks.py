@@ -52,7 +52,7 @@ from .redisconn import get_client, lease_client
 from .runner import BashResult, run_bash
 from .settings import Settings, get_settings, worker_environment
 from .store import FinishOutcome, Outcome, RunStore, Successor, now_iso
-from .taskevents import Parked, StepFailed, StepRequest, announce_skipped
+from .taskevents import Parked, StepFailed, StepRequest, announce_skipped, step_failed
 
 STDERR_TAIL_LINES = 20
 RETRYABLE = (FailureReason.EXIT_CODE, FailureReason.TIMEOUT)
@@ -1037,7 +1037,7 @@ class StepExecution:
         if skip and not outcome.duplicate and self.task is not None:
             self._announce_skipped(skip)
         if failed and self.parent is None:
-            raise StepFailed(status.value, self.step_id, reason, exit_code, stderr or ())
+            raise step_failed(status.value, self.step_id, reason, exit_code, stderr or ())
         return result
 
     def _announce_skipped(self, skip: list[str]) -> None:
@@ -1123,7 +1123,7 @@ class StepExecution:
                 publish_steps(self.ctx.snapshot, self.run_id, ready)
         elif self.parent is None and status in (StepStatus.FAILED, StepStatus.CANCELLED):
             # canvas: keep Celery from continuing past a step that did not succeed
-            raise StepFailed(str(status), self.step_id, "already recorded", None)
+            raise step_failed(str(status), self.step_id, "already recorded", None)
         return {"run_id": self.run_id, "step": self.step_id, "status": status, "duplicate": True}
 
 

@@ -42,7 +42,7 @@ def test_a_step_task_that_could_not_record_is_not_a_failed_chord_member(counted)
 
 
 def test_a_step_that_failed_and_a_success_still_count(counted):
-    failed = StepFailed("failed", "a", "exit_code", 1)
+    failed = StepFailed("failed step a: reason exit_code, exit code 1")
     app.backend.on_chord_part_return(_member(), states.FAILURE, failed)
     app.backend.on_chord_part_return(_member(), states.SUCCESS, {"status": "succeeded"})
     app.backend.on_chord_part_return(_member(FANIN_TASK), states.FAILURE, KeyError("x"))
