@@ -17,6 +17,7 @@ from .errors import DefinitionError, InvalidDefinition, Problem
 from .graph import Graph, find_cycle
 from .model import NUMBER_PATTERN, Defaults, Notify, Param, Retries, Step, Workflow
 from .notifyconfig import rule_problems
+from .safefiles import Refused, read_script
 from .settings import get_settings
 from .yamlload import LoadedYaml, YamlPath, format_path, load_yaml_file, load_yaml_text
 
@@ -39,7 +40,36 @@ def load_workflow(path: str | Path) -> LoadedWorkflow:
         doc = load_yaml_file(path, max_bytes=settings.max_file_bytes)
     except DefinitionError as exc:
         raise InvalidDefinition([exc.problem]) from None
-    return _validate(doc, Path(path).resolve().parent)
+    loaded = _validate(doc, Path(path).resolve().parent)
+    if problems := _script_problems(loaded, settings.max_file_bytes):
+        raise InvalidDefinition(problems)
+    return loaded
+
+
+def _script_problems(loaded: LoadedWorkflow, max_bytes: int) -> list[Problem]:
+    """Each ``script:`` must be a file the definition may read (``safefiles``)."""
+    problems = []
+    for i, step in enumerate(loaded.workflow.steps):
+        if step.script is None:
+            continue
+        try:
+            read_script(step.script, loaded.base_dir, max_bytes=max_bytes)
+        except Refused as exc:
+            problems.append(script_problem(loaded, i, step.script, exc))
+    return problems
+
+
+def script_problem(loaded: LoadedWorkflow, index: int, script: str, exc: Refused) -> Problem:
+    """A refused ``script:`` at its line in the workflow file."""
+    where = f"{script}:{exc.line}" if exc.line else script
+    line = loaded.source.line_of(("steps", index, "script")) if loaded.source else None
+    return Problem(
+        loaded.file,
+        line,
+        f"script {where!r}: {exc}",
+        f"steps[{index}].script",
+        loaded.workflow.steps[index].id,
+    )
 
 
 def load_workflow_text(text: str, *, file: str = "<string>", base_dir: Path | None = None):
