@@ -56,9 +56,9 @@ def encoded_forms(secret: str) -> set[bytes]:
     forms.update({hexed, hexed.upper()})
     for text in (
         "".join(f"%{b:02X}" for b in raw),
-        quote(secret, safe=""),
-        quote(secret),
-        quote_plus(secret, safe=""),
+        quote(raw, safe=""),  # bytes: an environment value may hold undecodable bytes
+        quote(raw),
+        quote_plus(raw, safe=""),
     ):
         upper = text.encode("ascii")
         lower = _PERCENT.sub(lambda m: m.group().lower(), upper)

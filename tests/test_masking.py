@@ -71,6 +71,14 @@ def test_short_values_are_masked_only_as_written():
     assert masker.mask("abc 616263 YWJj a\nbc") == "*** 616263 YWJj a\nbc"
 
 
+def test_a_value_with_undecodable_bytes_is_masked():
+    """os.environ keeps bytes that are not UTF-8 as surrogates (surrogateescape)."""
+    value = b"s3cr\xffet-value".decode("utf-8", "surrogateescape")
+    masker = Masker([value])
+    assert masker.mask(f"x{value}y") == "x***y"
+    assert masker.mask(b"s3cr\xffet-value".hex()) == "***"
+
+
 def test_no_secrets_leave_text_alone():
     masker = Masker([])
     assert not masker and masker.mask("anything") == "anything"
