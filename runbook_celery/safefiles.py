@@ -143,7 +143,8 @@ def list_definitions(directory: Path) -> Listing:
             if stat.S_ISLNK(mode):
                 target = os.path.realpath(entry)
                 if not _within(target, folder):
-                    refused.append((entry, f"symlink to {target}, outside the folder; not read"))
+                    why = f"symlink to {target}, outside the folder; not read (copy the file in)"
+                    refused.append((entry, why))
                     continue
                 mode = os.stat(target).st_mode
         except FileNotFoundError:  # removed while listed, or a dangling symlink
@@ -154,7 +155,8 @@ def list_definitions(directory: Path) -> Listing:
         if stat.S_ISDIR(mode):
             continue  # a folder named like a file: not a definition, not an error
         if not stat.S_ISREG(mode):
-            refused.append((entry, f"is {_kind(mode)}, not a regular file; not read"))
+            why = f"is {_kind(mode)}, not a regular file; not read (remove it or rename it)"
+            refused.append((entry, why))
             continue
         files.append(entry)
     return Listing(files, refused)
