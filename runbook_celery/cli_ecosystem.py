@@ -23,6 +23,7 @@ from .cron import Cron, Every, Fire, upcoming
 from .errors import EXIT_INVALID, InvalidDefinition, Problem
 from .lint import lint_workflow
 from .model import Workflow
+from .safefiles import list_definitions
 from .schedule import ScheduledDefinition, read_definitions
 from .terminal import echo as echo_untrusted
 
@@ -32,7 +33,6 @@ SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
 SCHEMA_ID = "urn:runbook-celery:workflow"
 SCHEMA_TITLE = "runbook-celery workflow"
 SCHEMA_FILE = Path(__file__).with_name("schema.json")
-WORKFLOW_SUFFIXES = (".yaml", ".yml")
 
 
 def workflow_schema() -> dict[str, Any]:
@@ -55,8 +55,11 @@ class Expansion:
     expanded: bool  # a directory or a pattern was given, so the file count is news to the user
 
 
-def _workflow_files_in(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix in WORKFLOW_SUFFIXES and p.is_file())
+def _workflow_files_in(directory: Path) -> list[Path | Problem]:
+    """Its workflow files; a symlink out of it, a FIFO or a device is reported, not read."""
+    listing = list_definitions(directory)
+    refused: list[Path | Problem] = [Problem(str(p), None, why) for p, why in listing.refused]
+    return sorted([*listing.files, *refused], key=lambda x: getattr(x, "file", str(x)))
 
 
 def expand_workflow_paths(args: Iterable[Path | str]) -> Expansion:

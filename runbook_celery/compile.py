@@ -19,8 +19,10 @@ from . import bashplace
 from . import expressions as ex
 from .errors import DefinitionError, InvalidDefinition, InvalidParams
 from .graph import Graph, Leaf, Series, SPTree
-from .loader import LoadedWorkflow, matrix_text, numeric_refs
+from .loader import LoadedWorkflow, matrix_text, numeric_refs, script_problem
 from .model import Param, Scalar, param_text, param_value_problem
+from .safefiles import Refused, read_script
+from .settings import get_settings
 
 CANVAS = "canvas"
 DYNAMIC = "dynamic"
@@ -260,25 +262,12 @@ def choose_mode(wf: Any, graph: Graph) -> tuple[str, str]:
 
 
 def _read_script(loaded: LoadedWorkflow, index: int, script: str) -> str:
-    path = (loaded.base_dir / script).resolve()
+    """The script's text, read as ``safefiles`` allows (the loader checked it already;
+    reading again here freezes what the run executes, refused the same way if it changed)."""
     try:
-        text = path.read_text(encoding="utf-8")
-        if "\x00" in text:  # changed since it was validated
-            line = text[: text.index("\x00")].count("\n") + 1
-            raise ValueError(f"a NUL byte (\\0) at line {line}; Bash cannot run it")
-        return text
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise InvalidDefinition(
-            [
-                DefinitionError(
-                    f"cannot read script {script!r} ({path}): {reason}",
-                    file=loaded.file,
-                    path=f"steps[{index}].script",
-                    step_id=loaded.workflow.steps[index].id,
-                ).problem
-            ]
-        ) from None
+        return read_script(script, loaded.base_dir, max_bytes=get_settings().max_file_bytes)
+    except Refused as exc:
+        raise InvalidDefinition([script_problem(loaded, index, script, exc)]) from None
 
 
 def snapshot_sha256(snapshot: Mapping[str, Any]) -> str:

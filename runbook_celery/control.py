@@ -111,9 +111,17 @@ class RunControl:
                 by=by or default_author(),
                 field="env_override",
                 value=json.dumps(env or {}),
+                secrets=self._secret_values(env or {}),
             )
             if message:
                 app.signature(message).apply_async()
+
+    def _secret_values(self, env: dict[str, str]) -> list[str]:
+        """Values ``env`` gives to names the workflow lists in ``secrets:``."""
+        if not env:
+            return []
+        names = set(self.store.snapshot(self.run_id).get("secrets") or [])
+        return [value for name, value in env.items() if name in names and value]
 
     def skip_step(
         self, step_id: str, outputs: dict[str, str] | None = None, by: str | None = None

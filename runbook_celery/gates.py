@@ -58,7 +58,8 @@ return out
 # A gate on one step opens: approval given, or a decision to retry the failed step.
 # KEYS: run, step, run_events, global_events
 # ARGV: run_id, step_id, now, workflow, by, expected_status, event, extra_field, extra_value,
-#       lease_s (the step is watched again, as its parked message is published)
+#       lease_s (the step is watched again, as its parked message is published),
+#       secrets_json: values to mask from now on in this run (a JSON list, or '')
 # -> {'ok', parked_sig} | {'wrong', status}
 _LUA_OPEN = (
     _LUA_EMIT
@@ -67,6 +68,14 @@ local st = redis.call('HGET', KEYS[2], 'status')
 if st ~= ARGV[6] then return {'wrong', st or 'missing'} end
 local sig = redis.call('HGET', KEYS[2], 'parked_sig') or ''
 check(sig == '' or tonumber(ARGV[10]), 'lease seconds')
+local masked = nil
+if ARGV[11] ~= '' then
+  masked = cjson.decode(redis.call('HGET', KEYS[1], 'secret_overrides') or '[]')
+  for _, v in ipairs(cjson.decode(ARGV[11])) do masked[#masked + 1] = v end
+end
+if masked and #masked > 0 then
+  redis.call('HSET', KEYS[1], 'secret_overrides', cjson.encode(masked))
+end
 local run_status = redis.call('HGET', KEYS[1], 'status')
 redis.call('HDEL', KEYS[2], 'parked_sig')
 redis.call('HSET', KEYS[2], 'status', 'pending', 'deliveries', '0', ARGV[8], ARGV[9])
@@ -194,7 +203,9 @@ class Gates:
         by: str,
         field: str = "decided_by",
         value: str = "",
+        secrets: list[str] | None = None,
     ) -> dict[str, Any] | None:
+        """``secrets``: values to mask in this run's output from now on (``retry --env``)."""
         k = self.store.keys
         workflow = _s(self.store.r.hget(k.run(run_id), "workflow")) or ""
         res = [
@@ -217,6 +228,7 @@ class Gates:
                     field,
                     value or by,
                     get_settings().lease_seconds,
+                    json.dumps(secrets) if secrets else "",
                 ],
             )
         ]

@@ -17,6 +17,7 @@ from .errors import DefinitionError, InvalidDefinition, Problem
 from .graph import Graph, find_cycle
 from .model import NUMBER_PATTERN, Defaults, Notify, Param, Retries, Step, Workflow
 from .notifyconfig import rule_problems
+from .safefiles import Refused, read_script
 from .settings import get_settings
 from .yamlload import LoadedYaml, YamlPath, format_path, load_yaml_file, load_yaml_text
 
@@ -39,7 +40,36 @@ def load_workflow(path: str | Path) -> LoadedWorkflow:
         doc = load_yaml_file(path, max_bytes=settings.max_file_bytes)
     except DefinitionError as exc:
         raise InvalidDefinition([exc.problem]) from None
-    return _validate(doc, Path(path).resolve().parent)
+    loaded = _validate(doc, Path(path).resolve().parent)
+    if problems := _script_problems(loaded, settings.max_file_bytes):
+        raise InvalidDefinition(problems)
+    return loaded
+
+
+def _script_problems(loaded: LoadedWorkflow, max_bytes: int) -> list[Problem]:
+    """Each ``script:`` must be a file the definition may read (``safefiles``)."""
+    problems = []
+    for i, step in enumerate(loaded.workflow.steps):
+        if step.script is None:
+            continue
+        try:
+            read_script(step.script, loaded.base_dir, max_bytes=max_bytes)
+        except Refused as exc:
+            problems.append(script_problem(loaded, i, step.script, exc))
+    return problems
+
+
+def script_problem(loaded: LoadedWorkflow, index: int, script: str, exc: Refused) -> Problem:
+    """A refused ``script:`` at its line in the workflow file."""
+    where = f"{script}:{exc.line}" if exc.line else script
+    line = loaded.source.line_of(("steps", index, "script")) if loaded.source else None
+    return Problem(
+        loaded.file,
+        line,
+        f"script {where!r}: {exc}",
+        f"steps[{index}].script",
+        loaded.workflow.steps[index].id,
+    )
 
 
 def load_workflow_text(text: str, *, file: str = "<string>", base_dir: Path | None = None):
@@ -237,20 +267,13 @@ def _check_semantics(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
 
 def path_problems(wf: Workflow, doc: LoadedYaml, base_dir: Path) -> list[Problem]:
     """``working_dir`` stays in the workflow's folder (symlinks resolved) unless it is an
-    absolute path, and takes no expression; a ``script:`` holds no NUL byte."""
+    absolute path, and takes no expression (``script:`` files: ``safefiles``)."""
     problems: list[Problem] = []
     folder = base_dir.resolve()
     for i, step in enumerate(wf.steps):
         if step.working_dir is not None:
             where = ("steps", i, "working_dir")
             why = working_dir_problem(step.working_dir, folder)
-            if why is not None:
-                problems.append(
-                    Problem(doc.file, doc.line_of(where), why, format_path(where), step.id)
-                )
-        if step.script is not None:
-            where = ("steps", i, "script")
-            why = script_problem(step.script, folder)
             if why is not None:
                 problems.append(
                     Problem(doc.file, doc.line_of(where), why, format_path(where), step.id)
@@ -273,19 +296,6 @@ def working_dir_problem(working_dir: str, folder: Path) -> str | None:
             f"working_dir {working_dir!r} leads out of the workflow's folder (to {target}); "
             "write a path inside the folder, or an absolute path"
         )
-    return None
-
-
-def script_problem(script: str, folder: Path) -> str | None:
-    """A ``script:`` file that holds a NUL byte (Bash cannot take it); one that cannot be read
-    is reported at trigger, where it is read."""
-    try:
-        data = (folder / script).read_bytes()
-    except OSError:
-        return None
-    if b"\x00" in data:
-        line = data[: data.index(b"\x00")].count(b"\n") + 1
-        return f"script {script!r} contains a NUL byte (\\0) at its line {line}; Bash cannot run it"
     return None
 
 

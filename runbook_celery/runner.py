@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .events import FailureReason
+from .masking import Masker, StreamMasker
 
 COMMAND_VAR = "RUNBOOK_COMMAND__"
 LINE_LIMIT = 8192  # characters kept of one log line
@@ -195,10 +196,12 @@ def run_bash(
     tick_interval: float = 0.5,
     on_line: OnLine | None = None,
     on_spawn: Callable[[int], None] | None = None,
+    masker: Masker | None = None,
 ) -> BashResult:
     """Run ``command`` with ``bash -eo pipefail`` and collect exit code, outputs and tails.
 
     ``on_spawn`` gets the step's process group id as soon as Bash runs (lease fencing).
+    ``masker`` masks secrets in the output before it is cut into lines (masking.py).
     """
     started = time.monotonic()
     output_path = _output_file()
@@ -229,8 +232,8 @@ def run_bash(
         finally:
             inputs.close()  # the child holds its own copies until its wrapper reads them
         streams = {
-            proc.stdout.fileno(): _Stream("stdout", on_line),  # type: ignore[union-attr]
-            proc.stderr.fileno(): _Stream("stderr", on_line),  # type: ignore[union-attr]
+            proc.stdout.fileno(): _Stream("stdout", on_line, masker),  # type: ignore[union-attr]
+            proc.stderr.fileno(): _Stream("stderr", on_line, masker),  # type: ignore[union-attr]
         }
         reason: str | None = None
         try:
@@ -412,6 +415,8 @@ def _supervise(
                     return FailureReason.TIMEOUT
                 if now >= next_tick:
                     next_tick = now + tick_interval
+                    for stream in streams.values():
+                        stream.idle()
                     verdict = tick() if tick is not None else False
                     if verdict:
                         _stop_group(proc, kill_grace)
@@ -458,14 +463,15 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 class _Stream:
-    """One output stream: split into lines, keep a bounded tail, forward each line."""
+    """One output stream: mask secrets, split into lines, keep a bounded tail, forward each."""
 
-    def __init__(self, name: str, on_line: OnLine | None) -> None:
+    def __init__(self, name: str, on_line: OnLine | None, masker: Masker | None = None) -> None:
         self.name = name
         self.on_line = on_line
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.partial = b""
         self.closed = False
+        self.masking: StreamMasker | None = masker.stream() if masker else None
 
     def read(self, fd: int) -> bool:
         """Read what is available; False at end of file."""
@@ -478,16 +484,28 @@ class _Stream:
         if not data:
             self.closed = True
             return False
+        self._split(self.masking.feed(data) if self.masking else data)
+        return True
+
+    def idle(self) -> None:
+        """A supervision tick: let go of output held back as a possible secret's start."""
+        if self.masking:
+            self._split(self.masking.idle())
+
+    def finish(self) -> None:
+        if self.masking:
+            self._split(self.masking.finish())
+        if self.partial:
+            self._emit(self.partial)
+            self.partial = b""
+
+    def _split(self, data: bytes) -> None:
+        if not data:
+            return
         *lines, self.partial = (self.partial + data).split(b"\n")
         for raw in lines:
             self._emit(raw)
         if len(self.partial) > LINE_LIMIT * 4:  # a huge line without newline: cut it
-            self._emit(self.partial)
-            self.partial = b""
-        return True
-
-    def finish(self) -> None:
-        if self.partial:
             self._emit(self.partial)
             self.partial = b""
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from . import expressions as ex
 from .events import RunStatus
+from .masking import MASK_TEXT
 from .matrix import label as matrix_label
 
 _STEP_CONTROL_FIELDS = (
@@ -39,7 +40,8 @@ class StepRecord:
     values: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_hash(cls, h: dict[str, str]) -> StepRecord:
+    def from_hash(cls, h: dict[str, str], hidden: frozenset[str] = frozenset()) -> StepRecord:
+        """``hidden``: secret values given with ``retry --env``, shown as ``***``."""
         return cls(
             status=h.get("status", "pending"),
             exit_code=int(h["exit_code"]) if h.get("exit_code") not in (None, "") else None,
@@ -53,7 +55,7 @@ class StepRecord:
             history=json.loads(h["history"]) if h.get("history") else [],
             values=json.loads(h["values"]) if h.get("values") else {},
             reused=h.get("reused") == "1",
-            control={k: h[k] for k in _STEP_CONTROL_FIELDS if h.get(k)},
+            control=_control(h, hidden),
         )
 
     def label(self, step_id: str, limit: int = 60) -> str:
@@ -85,6 +87,16 @@ class StepRecord:
             **({"control": dict(self.control)} if self.control else {}),
             **({"values": self.values} if self.values else {}),
         }
+
+
+def _control(h: dict[str, str], hidden: frozenset[str]) -> dict[str, str]:
+    """A step's approvals and decisions; secret values given with `retry --env` as ***."""
+    control = {k: h[k] for k in _STEP_CONTROL_FIELDS if h.get(k)}
+    if hidden and "env_override" in control:
+        env = json.loads(control["env_override"])
+        shown = {k: MASK_TEXT if v in hidden else v for k, v in env.items()}
+        control["env_override"] = json.dumps(shown)
+    return control
 
 
 _CONTROL_FIELDS = (

@@ -31,6 +31,7 @@ from celery.schedules import BaseSchedule, schedstate
 from celery.schedules import schedule as interval_schedule
 
 from .cron import Cron, Every, ScheduleError, Spec, next_fire, parse
+from .safefiles import list_definitions
 from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ log = logging.getLogger("runbook_celery.beat")
 
 SCHEDULED_TASK = "runbook.scheduled_trigger"  # entry name only: due entries are not sent
 DEFAULT_RELOAD_SECONDS = 1.0  # longest beat sleep, so a changed folder is seen this fast
-WORKFLOW_SUFFIXES = (".yaml", ".yml")
 NEVER = timedelta(days=3650)  # "not due" for an expression with no fire time left
 
 
@@ -121,7 +121,8 @@ def last_run_key(prefix: str, workflow: str) -> str:
 
 
 def definition_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix in WORKFLOW_SUFFIXES and p.is_file())
+    """Workflow files of the folder that ``safefiles`` lets us read (see read_definitions)."""
+    return list_definitions(directory).files
 
 
 def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
@@ -158,11 +159,18 @@ def read_definitions(
 
     Each problem of an invalid file goes to ``on_problem`` (default: logged, as beat does).
     """
-    from .errors import InvalidDefinition
+    from .errors import InvalidDefinition, Problem
     from .loader import load_workflow
 
     found = []
-    for path in definition_files(directory):
+    listing = list_definitions(directory)
+    for path, why in listing.refused:
+        problem = Problem(str(path), None, why)
+        if on_problem is None:
+            log.error("not scheduled: %s", problem.render())
+        else:
+            on_problem(problem)
+    for path in listing.files:
         try:
             wf = load_workflow(path).workflow
         except InvalidDefinition as exc:

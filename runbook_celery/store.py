@@ -973,6 +973,12 @@ class RunStore:
             raise RunNotFound(run_id)
         return json.loads(raw)
 
+    def secret_overrides(self, run_id: str) -> list[str]:
+        """Secret values an operator gave this run with ``retry --env`` (masked like the
+        worker's own)."""
+        raw = self.r.hget(self.keys.run(run_id), "secret_overrides")
+        return list(json.loads(raw)) if raw else []
+
     def run_status(self, run_id: str) -> str | None:
         raw = self.r.hget(self.keys.run(run_id), "status")
         return raw.decode() if isinstance(raw, bytes) else raw
@@ -992,13 +998,14 @@ class RunStore:
         except redis.RedisError as exc:
             raise BackendUnavailable(f"cannot read run from Redis: {_describe(exc)}") from exc
         steps: dict[str, StepRecord] = {}
+        hidden = frozenset(json.loads(run.get("secret_overrides") or "[]"))
         for sid, raw in zip(step_ids, raw_steps, strict=True):
             h = _decode(raw)
-            steps[sid] = StepRecord.from_hash(h)
+            steps[sid] = StepRecord.from_hash(h, hidden)
             if h.get("instances"):  # a fanned-out step: its instances follow it
                 ids = json.loads(h["instances"])
                 for iid, ih in self.step_hashes(run_id, ids).items():
-                    steps[iid] = StepRecord.from_hash(ih)
+                    steps[iid] = StepRecord.from_hash(ih, hidden)
         return RunRecord.from_hash(run, steps)
 
     def events(

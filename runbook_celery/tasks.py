@@ -48,6 +48,7 @@ from .gates import Gates
 from .graph import Graph
 from .lease import LeaseKeeper, boottime
 from .logsink import StepLogSink
+from .masking import Masker
 from .redisconn import get_client, lease_client
 from .runner import BashResult, run_bash
 from .settings import Settings, get_settings, worker_environment
@@ -429,19 +430,15 @@ class StepExecution:
         )
 
     @cached_property
-    def _secret_values(self) -> list[str]:
-        """Values of the workflow's `secrets:` on this worker, longest first."""
+    def masker(self) -> Masker:
+        """Masks the workflow's `secrets:`: this worker's values, and values an operator
+        gave them with `retry --env` anywhere in this run (masking.py)."""
         names = self.ctx.snapshot.get("secrets") or []
         if not names:
-            return []
+            return Masker(())
         env = worker_environment()
-        values = {env[n] for n in names if env.get(n)}
-        return sorted(values, key=len, reverse=True)
-
-    def mask(self, text: str) -> str:
-        for value in self._secret_values:
-            text = text.replace(value, "***")
-        return text
+        values = [env[n] for n in names if env.get(n)]
+        return Masker(values + self.store.secret_overrides(self.run_id))
 
     @property
     def max_active(self) -> int:
@@ -592,7 +589,7 @@ class StepExecution:
                 signature=dict(self.task.signature_from_request()),
                 exit_code=exit_code,
                 reason=reason,
-                stderr=stderr,
+                stderr=self.masker.mask_value(stderr),
                 history=history,
                 attempt=self.attempt or 1,
             ),
@@ -734,7 +731,6 @@ class StepExecution:
             self.run_id,
             self.step_id,
             self.settings.log_lines,
-            mask=self.mask,
             max_bytes=self.settings.log_bytes,
         )
         grace = self.spec.get("kill_grace")
@@ -754,6 +750,7 @@ class StepExecution:
                 tick=self._tick(sink),
                 on_line=capture.tee(sink) if capture else sink,
                 on_spawn=self.keeper.attach if self.keeper else None,
+                masker=self.masker,
             )
             if capture:
                 capture.into(result, self.spec["output"])
@@ -970,9 +967,9 @@ class StepExecution:
         check_terminal: bool = False,
     ) -> dict[str, Any]:
         failed = status in (StepStatus.FAILED, StepStatus.CANCELLED) and not allowed_failure
-        if self._secret_values:
-            outputs = _mask_outputs(outputs, self.mask)  # type: ignore[assignment]
-            stderr = [self.mask(line) for line in stderr] if stderr else stderr
+        if self.masker:
+            outputs = self.masker.mask_value(outputs)
+            stderr = self.masker.mask_value(stderr)
         skip: list[str] = []
         children: dict[str, int] = {}
         if self.parent is None:
@@ -1125,14 +1122,6 @@ class StepExecution:
             # canvas: keep Celery from continuing past a step that did not succeed
             raise step_failed(str(status), self.step_id, "already recorded", None)
         return {"run_id": self.run_id, "step": self.step_id, "status": status, "duplicate": True}
-
-
-def _mask_outputs(outputs: Any, mask: Any) -> Any:
-    if isinstance(outputs, dict):
-        return {k: mask(v) if isinstance(v, str) else v for k, v in outputs.items()}
-    if isinstance(outputs, list):
-        return [_mask_outputs(o, mask) for o in outputs]
-    return outputs
 
 
 def _outputs(h: dict[str, str]) -> Any:

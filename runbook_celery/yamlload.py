@@ -23,6 +23,7 @@ import yaml
 
 from .errors import DefinitionError
 from .model import NUL_MESSAGE
+from .safefiles import Refused, read_bytes
 
 try:  # the C parser is much faster; fall back to pure Python where libyaml is absent
     from yaml import CSafeLoader as _Loader
@@ -87,26 +88,18 @@ def format_path(path: YamlPath) -> str:
 
 
 def load_yaml_file(path: str | Path, *, max_bytes: int) -> LoadedYaml:
-    """Read and parse one workflow file, raising DefinitionError on any problem."""
+    """Read and parse one workflow file, raising DefinitionError on any problem.
+
+    Read through ``safefiles``: a FIFO, device or pseudo-file named here is refused, not
+    waited on.
+    """
     name = str(path)
-    p = Path(path)
+    if Path(path).is_dir():
+        raise DefinitionError("is a directory, not a workflow file", file=name)
     try:
-        size = p.stat().st_size
-        if size > max_bytes:
-            raise DefinitionError(
-                f"file is {size} bytes, larger than the {max_bytes}-byte limit "
-                "(RUNBOOK_MAX_FILE_BYTES)",
-                file=name,
-            )
-        raw = p.read_bytes()
-    except DefinitionError:
-        raise
-    except IsADirectoryError:
-        raise DefinitionError("is a directory, not a workflow file", file=name) from None
-    except FileNotFoundError:
-        raise DefinitionError("file not found", file=name) from None
-    except OSError as exc:
-        raise DefinitionError(f"cannot read file: {exc.strerror or exc}", file=name) from None
+        raw = read_bytes(path, max_bytes=max_bytes, within=None)
+    except Refused as exc:
+        raise DefinitionError(str(exc), file=name) from None
     return load_yaml_bytes(raw, file=name, max_bytes=max_bytes)
 
 

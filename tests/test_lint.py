@@ -93,7 +93,7 @@ def test_a_missing_script_is_reported_at_its_key(tmp_path: Path):
     path.write_text("name: t\nsteps:\n  - id: a\n    script: nope.sh\n")
     result = validate("--lint", str(path))
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"{path}:4: steps[0].script: cannot read script 'nope.sh'")
+    assert result.stderr.startswith(f"{path}:4: steps[0].script: script 'nope.sh': file not found")
 
 
 def test_the_shellcheck_of_the_installed_wheel_is_used():

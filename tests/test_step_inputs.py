@@ -121,8 +121,8 @@ def test_a_script_with_a_nul_byte_is_refused_at_validation_and_at_trigger(tmp_pa
         load_workflow(wf)
     (problem,) = info.value.problems
     assert problem.render() == (
-        f"{wf}:4: steps[0].script: script 'job.sh' contains a NUL byte (\\0) at its line 2; "
-        "Bash cannot run it"
+        f"{wf}:4: steps[0].script: script 'job.sh:2': contains a NUL byte, so it is not a text "
+        "file; remove it"
     )
     # written after validation: trigger reads the script and refuses it too
     script.write_text("echo fine\n")
@@ -130,7 +130,7 @@ def test_a_script_with_a_nul_byte_is_refused_at_validation_and_at_trigger(tmp_pa
     script.write_bytes(b"\x00")
     with pytest.raises(InvalidDefinition) as info:
         build_snapshot(loaded)
-    assert "a NUL byte (\\0) at line 1" in info.value.problems[0].render()
+    assert "script 'job.sh:1': contains a NUL byte" in info.value.problems[0].render()
 
 
 def test_an_expression_free_working_dir_text_is_still_fine(tmp_path: Path):
