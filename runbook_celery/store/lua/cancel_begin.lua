@@ -1,0 +1,17 @@
+-- Cancel, step 1: the request itself, so that no step starts from now on (START checks it).
+-- KEYS: run, run_events, global_events   ARGV: run_id, now, workflow, reason
+-- -> {'missing'} | {'finished', status} | {'ok'}
+local run = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'cancel_requested')
+if not run[1] then return {'missing'} end
+if run[2] then return {'finished', run[1]} end
+if run[3] == '1' then return {'ok'} end
+redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'cancel_reason', ARGV[4])
+local event = {'type', 'workflow_cancelling', 'run_id', ARGV[1], 'workflow', ARGV[3],
+               'reason', ARGV[4], 'ts', ARGV[2]}
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'cancelled_by', ARGV[5])
+  event[#event + 1] = 'by'
+  event[#event + 1] = ARGV[5]
+end
+emit(KEYS[2], KEYS[3], event)
+return {'ok'}

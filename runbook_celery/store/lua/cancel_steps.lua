@@ -1,0 +1,33 @@
+-- Cancel, step 2, in chunks (a 10,000-instance run must not hold Redis in one script):
+-- steps of the chunk that are pending, retrying or parked are cancelled; an instance joins
+-- its parent's set of ended instances. Reads first, then writes.
+-- KEYS: run, run_events, global_events, then per step: its key, the ended-instances set
+--       of its fan-out parent (for a top-level step, its own: unused)
+-- ARGV: run_id, now, workflow, reason, step ids...
+-- -> {n_cancelled, final_status_or_empty, admitted run ids...} | {-1, ''} (no such run)
+local run = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'remaining')
+if not run[1] then return {-1, ''} end
+if run[2] then return {0, run[1]} end
+local remaining = as_int(run[3], 0)
+check(remaining, 'remaining of the run')
+local todo = {}
+for j = 5, #ARGV do
+  local s = redis.call('HGET', KEYS[4 + 2 * (j - 5)], 'status')
+  -- not started yet, or parked by a gate (paused, max_active, approval, decision): no copy
+  -- of the step is live, so it is cancelled now; a running step stops itself
+  if s == 'pending' or s == 'retrying' or s == 'waiting' or s == 'awaiting_approval'
+     or s == 'awaiting_decision' then
+    todo[#todo + 1] = j
+  end
+end
+for _, j in ipairs(todo) do
+  local key = KEYS[4 + 2 * (j - 5)]
+  redis.call('HSET', key, 'status', 'cancelled', 'finished_at', ARGV[2], 'reason', ARGV[4])
+  if string.find(ARGV[j], '[', 1, true) then redis.call('SADD', KEYS[5 + 2 * (j - 5)], ARGV[j]) end
+  emit(KEYS[2], KEYS[3], {'type', 'step_cancelled', 'run_id', ARGV[1], 'workflow', ARGV[3],
+       'step', ARGV[j], 'reason', ARGV[4], 'ts', ARGV[2]})
+end
+if #todo > 0 then remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -#todo) end
+local out = {#todo, finalize(KEYS[1], KEYS[2], KEYS[3], remaining, ARGV[2], ARGV[1], ARGV[3])}
+for _, r in ipairs(admitted) do out[#out + 1] = r end
+return out

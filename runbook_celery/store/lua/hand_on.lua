@@ -1,0 +1,2 @@
+hand_on(1, 1, ready_successors(1, 1))
+return 1
