@@ -1,9 +1,18 @@
--- Fan-out: record the instances of a step, all at once and only once. The first window
--- of them is due now (sent by the caller): watched from here, unless the run is being
--- cancelled (the caller cancels them instead of sending them).
--- KEYS: run, parent step, instance step keys...
--- ARGV: instance ids json, window, then per instance its values json, then lease_s
---       ('' = watch nothing: a broker whose messages cannot be looked for)
+-- add_instances.lua: fan-out: record the instances of a step, all at once and only once.
+-- The first window of them is due now (sent by the caller): watched from here, unless the
+-- run is being cancelled (the caller cancels them instead of sending them).
+--
+-- KEYS
+--   KEYS[1]    run          P:run:<run_id> (hash: remaining and instance_count grow)
+--   KEYS[2]    parent step  P:run:<run_id>:step:<parent> (hash)
+--   KEYS[3..]  the instance step hashes P:run:<run_id>:step:<parent>[<i>]
+-- ARGV
+--   1 instance ids (JSON list)   2 window   3..2+n each instance's values (JSON)
+--   3+n lease_s ('' = watch nothing: a broker whose messages cannot be looked for)
+-- Returns
+--   1 (recorded) | 0 (the step already had its instances: nothing changed)
+-- Keys derived, not declared:
+--   P:leases (the lease index), from KEYS[1] (leases_key); the run id from KEYS[1] (run_id_of)
 if redis.call('HGET', KEYS[2], 'instances') then return 0 end
 local n = #KEYS - 2
 local ids = cjson.decode(ARGV[1])

@@ -1,9 +1,17 @@
--- Admission of a new run into its concurrency group.
--- The run was recorded as 'queued'. KEYS: group active zset, group queue list, run
--- ARGV: run_id, limit, on_conflict
--- -> {'start'} | {'queued'} | {'skip'} | {'cancel', ids...} | {'corrupt', key}
--- Every check comes before the first write: a group key of the wrong type (written by
--- something else under our prefix) is reported, never half-applied.
+-- admit.lua: admission of a new run into its concurrency group (gates.py). The run was
+-- recorded as 'queued'. Every check comes before the first write: a group key of the
+-- wrong type (written by something else under our prefix) is reported, never
+-- half-applied.
+--
+-- KEYS
+--   KEYS[1]  the group's active runs  P:cgroup:<sha256 of the group> (zset)
+--   KEYS[2]  the group's queue        KEYS[1]..':queue' (list, oldest first)
+--   KEYS[3]  run                      P:run:<run_id> (hash; status becomes 'pending')
+-- ARGV
+--   1 run_id   2 limit   3 on_conflict ('queue' | 'skip' | 'cancel_running')
+-- Returns
+--   {'start'} | {'queued'} | {'skip'} | {'cancel', active run ids...} | {'corrupt', key}
+-- Keys derived, not declared: none.
 local t_active = redis.call('TYPE', KEYS[1])['ok']
 if t_active ~= 'zset' and t_active ~= 'none' then return {'corrupt', KEYS[1]} end
 local t_queue = redis.call('TYPE', KEYS[2])['ok']

@@ -1,7 +1,24 @@
--- A step failed with on_failure: pause. Holder only (as FINISH); the step stops holding a
--- max_active_steps slot. KEYS: run, step, lease, run_events, global_events
--- ARGV: run_id, step_id, token, now, workflow, sig, exit_code, reason, stderr_json, history,
---       attempt  -> {1, parked message to publish or ''} | {-1} (superseded)
+-- await_decision.lua: a step failed with on_failure: pause (gates.py). Its message is kept
+-- (parked_sig) until an operator decides; the run waits as awaiting_decision (unless
+-- paused). Holder only, as FINISH (a refused write is a step_result_discarded event).
+-- The step stops holding a max_active_steps slot and is no longer watched.
+--
+-- KEYS
+--   KEYS[1]  run            P:run:<run_id> (hash)
+--   KEYS[2]  step           P:run:<run_id>:step:<step_id> (hash)
+--   KEYS[3]  lease          P:run:<run_id>:lease:<step_id> (string: the holder's token)
+--   KEYS[4]  run_events     P:run:<run_id>:events (stream)
+--   KEYS[5]  global_events  P:events (stream)
+-- ARGV
+--   1 run_id   2 step_id   3 token   4 now   5 workflow   6 sig (the parked message)
+--   7 exit_code   8 reason   9 stderr_json   10 history ('' = none)   11 attempt
+-- Returns
+--   {1, parked message to publish or ''} | {-1} (superseded, or the step is not running)
+-- Keys derived, not declared:
+--   P:leases (the lease index), from KEYS[1] (leases_key)
+--   release_slot (prelude), from KEYS[1]: P:run:<run_id>:active (set), P:run:<run_id>:parked
+--     (list), and for the parked message it lets go, that step's hash
+--     (KEYS[1]..':step:'..<step id read from the message>) and P:leases
 local st = redis.call('HGET', KEYS[2], 'status')
 local mine, current = holds(KEYS[2], ARGV[3], ARGV[11])
 if st ~= 'running' or not mine then

@@ -1,6 +1,15 @@
--- Cancel, step 1: the request itself, so that no step starts from now on (START checks it).
--- KEYS: run, run_events, global_events   ARGV: run_id, now, workflow, reason
--- -> {'missing'} | {'finished', status} | {'ok'}
+-- cancel_begin.lua: Cancel, step 1: the request itself, so that no step starts from now on
+-- (CLAIM checks it).
+--
+-- KEYS
+--   KEYS[1]  run            P:run:<run_id> (hash)
+--   KEYS[2]  run_events     P:run:<run_id>:events
+--   KEYS[3]  global_events  P:events
+-- ARGV
+--   1 run_id   2 now   3 workflow   4 reason   5 by ('' = nobody named)
+-- Returns
+--   {'missing'} | {'finished', status} | {'ok'} (requested now, or already)
+-- Keys derived, not declared: none.
 local run = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'cancel_requested')
 if not run[1] then return {'missing'} end
 if run[2] then return {'finished', run[1]} end

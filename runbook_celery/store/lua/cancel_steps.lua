@@ -1,10 +1,26 @@
--- Cancel, step 2, in chunks (a 10,000-instance run must not hold Redis in one script):
--- steps of the chunk that are pending, retrying or parked are cancelled; an instance joins
--- its parent's set of ended instances. Reads first, then writes.
--- KEYS: run, run_events, global_events, then per step: its key, the ended-instances set
---       of its fan-out parent (for a top-level step, its own: unused)
--- ARGV: run_id, now, workflow, reason, step ids...
--- -> {n_cancelled, final_status_or_empty, admitted run ids...} | {-1, ''} (no such run)
+-- cancel_steps.lua: Cancel, step 2, in chunks (a 10,000-instance run must not hold Redis in
+-- one script): steps of the chunk that are pending, retrying or parked are cancelled; an
+-- instance joins its parent's set of ended instances. Reads first, then writes. When no
+-- step is left the run ends here (finalize).
+--
+-- KEYS
+--   KEYS[1]  run            P:run:<run_id> (hash)
+--   KEYS[2]  run_events     P:run:<run_id>:events
+--   KEYS[3]  global_events  P:events
+--   then per step: KEYS[4+2j] its step hash, KEYS[5+2j] the ended-instances set of its
+--   fan-out parent (P:run:<run_id>:ended:<parent>; a top-level step's own: unused)
+-- ARGV
+--   1 run_id   2 now   3 workflow   4 reason   5.. step ids (same order as the KEYS pairs)
+-- Returns
+--   {n_cancelled, final_status_or_empty, admitted run ids...} | {-1, ''} (no such run)
+--   | {0, status} (the run had ended)
+-- Keys derived, not declared:
+--   finalize (prelude), from KEYS[1], when this ends the run: every key of the run
+--     (KEYS[1]..':step:'|':lease:'|':arrived:'|':logs:'|':ended:'..<id> for each step and
+--     instance listed in the run and step hashes, :active, :parked) for its expiry, and
+--     P:leases; release_group: the concurrency group's zset and its ':queue' (their name is
+--     read from the run hash, field cgroup_key) and the hashes of the runs it admits
+--     (P:run:<admitted id>). Not derived from a declared key: named by data.
 local run = redis.call('HMGET', KEYS[1], 'status', 'finished_at', 'remaining')
 if not run[1] then return {-1, ''} end
 if run[2] then return {0, run[1]} end

@@ -1,15 +1,30 @@
--- CLAIM. The one place a delivery takes a step: it becomes the step's holder (fencing token:
--- its token, at the step's next attempt number), takes its lease, and holds a
--- max_active_steps slot (a set of step ids, so a redelivery holds the slot it had).
+-- claim.lua: CLAIM. The one place a delivery takes a step: it becomes the step's holder
+-- (fencing token: its token, at the step's next attempt number), takes its lease, and holds
+-- a max_active_steps slot (a set of step ids, so a redelivery holds the slot it had).
 -- A step that may not start now is parked in the same script when ARGV[13] carries the
 -- delivery's message (its message is kept in Redis and the delivery acknowledged).
--- KEYS: run, step, lease, run_events, global_events, need_step_1..n, output_step_1..m
--- ARGV: run_id, step_id, token, now, lease_s, max_deliveries, workflow, check_needs, n,
---       ignore_cancel, needs_approval, max_active, park_message ('' = do not park),
---       approval_prompt
--- -> {'start', attempt, env_override, mode, outputs_1..n} | {'done', status} | {'unknown'}
---    | {'busy', holder} | {'blocked', need, status} | {'exhausted', deliveries, attempt}
---    | {'cancelled', reason} | {'park', gate} (no message given) | {'parked', gate}
+--
+-- KEYS
+--   KEYS[1]  run            P:run:<run_id> (hash)
+--   KEYS[2]  step           P:run:<run_id>:step:<step_id> (hash)
+--   KEYS[3]  lease          P:run:<run_id>:lease:<step_id> (string: the holder's token)
+--   KEYS[4]  run_events     P:run:<run_id>:events (stream)
+--   KEYS[5]  global_events  P:events (stream)
+--   KEYS[6..5+n]      the step hashes of its needs (n = ARGV[9])
+--   KEYS[6+n..]       the step hashes whose outputs it reads
+-- ARGV
+--   1 run_id   2 step_id   3 token (the delivery's fencing token)   4 now (ISO time)
+--   5 lease_s (integer > 0)   6 max_deliveries   7 workflow   8 check_needs ('1'/'0')
+--   9 n (needs)   10 ignore_cancel ('1'/'0')   11 needs_approval ('1'/'0')
+--   12 max_active (0: no cap)   13 park_message ('' = do not park)   14 approval_prompt
+-- Returns
+--   {'start', attempt, env_override, mode, outputs_1..} | {'done', status} | {'unknown'}
+--   | {'busy', holder} | {'blocked', need position, status}
+--   | {'exhausted', deliveries, attempt} | {'cancelled', reason}
+--   | {'park', gate} (no message given) | {'parked', gate} | {'done', 'gone'} (no run)
+-- Keys derived, not declared:
+--   KEYS[1]..':active' (the run's slot set), KEYS[1]..':parked' (list of parked messages),
+--   P:leases (the lease index), from KEYS[1] (leases_key)
 local run = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'cancel_reason',
                        'paused', 'mode')
 local run_status = run[1]

@@ -1,8 +1,19 @@
--- A canvas run continues by dynamic dispatch. KEYS: run, n step keys, n arrived-set keys
--- (same order); ARGV: JSON list, per step, of its children's 1-based positions; step ids
--- -> positions of the steps still pending whose needs have all finished
--- (ARGV ends with lease_s: the steps returned are watched from here, as their messages
--- are published by the caller and may be lost like any other)
+-- fail_over.lua: a canvas run continues by dynamic dispatch. Every finished step joins its
+-- children; the steps still pending whose needs have all finished are returned, and
+-- watched from here (their messages are published by the caller and may be lost like any
+-- other). Reading the statuses and switching the mode is one transition.
+--
+-- KEYS
+--   KEYS[1]            run  P:run:<run_id> (hash; its mode becomes 'dynamic')
+--   KEYS[2..1+n]       the step hashes
+--   KEYS[2+n..1+2n]    their arrived sets (same order)
+-- ARGV
+--   1 JSON list, per step, of its children's 1-based positions   2..1+n step ids
+--   2+n lease_s (a number)
+-- Returns
+--   the 1-based positions of the steps still pending whose needs have all finished
+-- Keys derived, not declared:
+--   P:leases (the lease index), from KEYS[1] (leases_key); the run id from KEYS[1] (run_id_of)
 local terminal = is_terminal
 local ok, kids = pcall(cjson.decode, ARGV[1])
 check(ok and type(kids) == 'table', 'children')

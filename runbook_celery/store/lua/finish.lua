@@ -1,20 +1,44 @@
--- FINISH. Records a step's end, accepting it only from the delivery that holds the step
--- (its token and attempt, ARGV[3] and ARGV[12]); a delivery that never started the step
--- (skipped by its condition, operator decisions, approval timeout) may record it when no
--- live lease is held by another. A refused write is kept as a step_result_discarded event.
--- KEYS: run, step, lease, run_events, global_events,
---       then n_skip step keys, then n_children arrived-set keys
+-- finish.lua: FINISH. Records a step's end, accepting it only from the delivery that holds
+-- the step (its token and attempt, ARGV[3] and ARGV[12]); a delivery that never started the
+-- step (skipped by its condition, operator decisions, approval timeout) may record it when
+-- no live lease is held by another. A refused write is kept as a step_result_discarded event.
 -- The run's mode decides, atomically with the transition: canvas applies the skips,
 -- dynamic the joins (the caller passes both, whichever mode it saw at the start).
 -- Finished needs are recorded in their children's arrived sets in both modes (a canvas
 -- run watches, and may fail over to, its ready steps by them).
--- ARGV: run_id, step_id, token, now, status, exit_code, outputs_json, stderr_tail_json,
---       reason, allowed_failure, workflow, attempt, n_skip, skip_ids..., n_children,
---       (child_id, child_need_count)..., lease_s, history_record_json
 -- Dynamic mode: the children this makes ready (and still pending) are watched from here,
 -- for lease_s ('' = watch nothing), as the caller publishes them.
--- -> {remaining, final_status_or_empty, ready_child..., '@'admitted_run..., '!'message...}
---    | {'dup', status} | {'superseded'}
+-- The last step to finish ends the run here (finalize): final status, event, expiry.
+--
+-- KEYS
+--   KEYS[1]  run            P:run:<run_id> (hash)
+--   KEYS[2]  step           P:run:<run_id>:step:<step_id> (hash)
+--   KEYS[3]  lease          P:run:<run_id>:lease:<step_id> (string: the holder's token)
+--   KEYS[4]  run_events     P:run:<run_id>:events (stream)
+--   KEYS[5]  global_events  P:events (stream)
+--   KEYS[6..5+n_skip]       step hashes to skip (canvas mode)
+--   KEYS[6+n_skip..]        arrived sets of the children (P:run:<run_id>:arrived:<child>)
+-- ARGV
+--   1 run_id   2 step_id   3 token   4 now   5 status   6 exit_code ('' = none)
+--   7 outputs_json   8 stderr_tail_json   9 reason   10 allowed_failure ('1'/'0')
+--   11 workflow   12 attempt ('' = this delivery never started the step)   13 n_skip
+--   then n_skip skip ids, then n_children, then (child_id, child_need_count) pairs,
+--   then lease_s ('' = watch nothing), then history_record_json ('' = none)
+-- Returns
+--   {remaining, final_status_or_empty, ready_child..., '@'admitted_run..., '!'message...}
+--   | {'dup', status} | {'dup', 'gone'} | {'dup', 'unknown'} | {'superseded'}
+-- Keys derived, not declared:
+--   KEYS[1]..':step:'..<child> (a ready child's status, before watching it)
+--   P:leases (the lease index), from KEYS[1] (leases_key)
+--   release_slot (prelude), from KEYS[1]: P:run:<run_id>:active (set), P:run:<run_id>:parked
+--     (list), and for the parked message it lets go, that step's hash
+--     (KEYS[1]..':step:'..<step id read from the message>) and P:leases
+--   finalize (prelude), from KEYS[1], when this ends the run: every key of the run
+--     (KEYS[1]..':step:'|':lease:'|':arrived:'|':logs:'|':ended:'..<id> for each step and
+--     instance listed in the run and step hashes, :active, :parked) for its expiry, and
+--     P:leases; release_group: the concurrency group's zset and its ':queue' (their name is
+--     read from the run hash, field cgroup_key) and the hashes of the runs it admits
+--     (P:run:<admitted id>). Not derived from a declared key: named by data.
 local h = redis.call('HMGET', KEYS[2], 'status', 'holder', 'attempts', 'finished_by',
                      'started_at')
 local st = h[1]

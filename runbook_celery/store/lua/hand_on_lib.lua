@@ -1,13 +1,16 @@
--- HAND ON. A step's task has handed on (published what follows it, or stored the result
--- Celery hands on from): stop watching it, and watch each successor that is now ready and
--- still pending, so that a message lost between here and that step's claim (a worker
--- killed between popping it from its queue and recording it unacknowledged, or before it
--- wrote its first watch) is found by the reconciler. Steps whose transitions this task
--- made for them hand on with it (a fanned-out step joined inline by its last instance).
--- KEYS (from k): lease index, then per successor: step key, arrived-set key
--- ARGV (from a): member, lease_s, n, then per successor: member, need count (0: no join),
---                then m, then m members that hand on with this one
--- Reads first (``ready_successors``), then the writes (``hand_on``).
+-- hand_on_lib.lua: the two halves of HAND ON, shared by hand_on.lua and store_result.lua.
+-- A step's task has handed on (published what follows it, or stored the result Celery
+-- hands on from): stop watching it, and watch each successor that is now ready and still
+-- pending, so that a message lost between here and that step's claim (a worker killed
+-- between popping it from its queue and recording it unacknowledged, or before it wrote
+-- its first watch) is found by the reconciler. Steps whose transitions this task made for
+-- them hand on with it (a fanned-out step joined inline by its last instance).
+-- The functions take the position of their first key (k) and argument (a):
+--   KEYS[k]  lease index P:leases; then per successor: its step hash, its arrived set
+--   ARGV[a]  member, lease_s, n, then per successor: member, need count (0: no join),
+--            then m, then m members that hand on with this one
+-- Reads first (``ready_successors``, which checks lease_s), then writes (``hand_on``).
+-- Keys derived, not declared: none (every key is passed in KEYS).
 local function ready_successors(k, a)
   check(tonumber(ARGV[a + 1]), 'lease seconds')
   local n = tonumber(ARGV[a + 2])

@@ -1,13 +1,22 @@
--- An instance has ended (recorded, or a replay of it): it joins its parent's set of ended
--- instances; its lane's next instance (index + window) is due unless the run is being
--- cancelled; the fan-in is due once every instance has ended and the parent is open.
--- What becomes due is watched in this same transition (the next instance, still pending;
--- the parent, whose join the caller runs): a worker lost before sending or joining leaves
--- a watch that runs out, and the reconciler sends the instance or the fan-in again.
--- Idempotent, so a redelivered instance repeats it safely (a duplicate message is a no-op).
--- KEYS: run, parent step, ended set
--- ARGV: instance id, index, parent id, lease_s ('' = watch nothing)
--- -> {next_index or -1 (only while that instance is pending), 1 when the fan-in is due}
+-- instance_ended.lua: an instance has ended (recorded, or a replay of it): it joins its
+-- parent's set of ended instances; its lane's next instance (index + window) is due unless
+-- the run is being cancelled; the fan-in is due once every instance has ended and the
+-- parent is open. What becomes due is watched in this same transition (the next instance,
+-- still pending; the parent, whose join the caller runs): a worker lost before sending or
+-- joining leaves a watch that runs out, and the reconciler sends the instance or the
+-- fan-in again. Idempotent, so a redelivered instance repeats it safely.
+--
+-- KEYS
+--   KEYS[1]  run          P:run:<run_id> (hash; cancel_requested is read)
+--   KEYS[2]  parent step  P:run:<run_id>:step:<parent> (hash)
+--   KEYS[3]  ended set    P:run:<run_id>:ended:<parent> (set)
+-- ARGV
+--   1 instance id   2 its index   3 parent id   4 lease_s ('' = watch nothing)
+-- Returns
+--   {next_index or -1 (only while that instance is pending), 1 when the fan-in is due else 0}
+-- Keys derived, not declared:
+--   KEYS[2]..'['..(index + window)..']' (the next instance's step hash: its status)
+--   P:leases (the lease index), from KEYS[1] (leases_key); the run id from KEYS[1] (run_id_of)
 local p = redis.call('HMGET', KEYS[2], 'instance_count', 'fan_window', 'status')
 local n = tonumber(p[1] or '')
 if not n then return {-1, 0} end

@@ -1,8 +1,20 @@
--- A gate on one step opens: approval given, or a decision to retry the failed step.
--- KEYS: run, step, run_events, global_events
--- ARGV: run_id, step_id, now, workflow, by, expected_status, event, extra_field, extra_value,
---       lease_s (the step is watched again, as its parked message is published)
--- -> {'ok', parked_sig} | {'wrong', status}
+-- open_gate.lua: a gate on one step opens (gates.py): approval given, or a decision to
+-- retry the failed step. The step is pending again and watched, as its parked message is
+-- published by the caller.
+--
+-- KEYS
+--   KEYS[1]  run            P:run:<run_id> (hash)
+--   KEYS[2]  step           P:run:<run_id>:step:<step_id> (hash)
+--   KEYS[3]  run_events     P:run:<run_id>:events
+--   KEYS[4]  global_events  P:events
+-- ARGV
+--   1 run_id   2 step_id   3 now   4 workflow   5 by   6 expected_status
+--   ('awaiting_approval' | 'awaiting_decision')   7 event type   8 extra_field
+--   9 extra_value   10 lease_s (checked when the step has a parked message)
+-- Returns
+--   {'ok', parked_sig or ''} | {'wrong', status or 'missing'}
+-- Keys derived, not declared:
+--   P:leases (the lease index), from KEYS[1] (leases_key)
 local st = redis.call('HGET', KEYS[2], 'status')
 if st ~= ARGV[6] then return {'wrong', st or 'missing'} end
 local sig = redis.call('HGET', KEYS[2], 'parked_sig') or ''

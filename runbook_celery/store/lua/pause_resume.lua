@@ -1,7 +1,20 @@
--- (resume: the parked steps are pending again and watched, as their messages are published)
--- KEYS: run, run_events, global_events
--- ARGV: run_id, now, workflow, by, action(pause|resume), lease_s
--- -> {'ok', parked...} | {'finished'} | {'missing'} | {'noop'}
+-- pause_resume.lua: pause or resume a run (gates.py). Pausing parks no message by itself:
+-- the steps that claim while the run is paused are parked by CLAIM. Resuming hands back
+-- every parked message: the parked steps are pending again and watched, as the caller
+-- publishes the messages.
+--
+-- KEYS
+--   KEYS[1]  run            P:run:<run_id> (hash)
+--   KEYS[2]  run_events     P:run:<run_id>:events
+--   KEYS[3]  global_events  P:events
+-- ARGV
+--   1 run_id   2 now   3 workflow   4 by   5 action ('pause' | 'resume')   6 lease_s
+-- Returns
+--   {'ok', parked message...} | {'finished', status} | {'missing'} | {'noop'}
+-- Keys derived, not declared:
+--   KEYS[1]..':parked' (list of parked messages); per message, unpark (prelude):
+--   KEYS[1]..':step:'..<step id in the message>, and P:leases (the lease index), from
+--   KEYS[1] (leases_key)
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 if redis.call('HGET', KEYS[1], 'finished_at') then return {'finished', status} end

@@ -1,4 +1,20 @@
--- Shared Lua helpers: emit an event to the run stream and the global stream.
+-- prelude.lua: the helpers every transition script shares (scripts.py puts this file, after
+-- two generated lines declaring RUN_EVENTS_MAXLEN and GLOBAL_EVENTS_MAXLEN, in front of
+-- the script's own file). It declares no KEYS or ARGV of its own: each helper takes the
+-- key names it touches as arguments, or derives them from the run key it is given:
+--   emit: the two streams it is given (XADD, capped).
+--   leases_key(run_key) -> P:leases; run_id_of(run_key) -> <run_id>; prefix_of -> P.
+--   watch: the lease index it is given (ZADD by Redis' clock).
+--   holds / append_history / discard: the step key and streams given.
+--   unpark(run_key, message): run_key..':step:'..<step id in the message>, P:leases.
+--   release_slot(run_key, step): run_key..':active', run_key..':parked', then unpark.
+--   expire_run_keys(run_key, run_events): every key of the run (step, lease, arrived, logs,
+--     ended of each step and instance, :active, :parked) and the entries in P:leases.
+--   release_group(run_key, run_id): the concurrency-group keys named in the run hash
+--     (cgroup_key and cgroup_key..':queue') and P:run:<id> of each run it admits.
+--   finalize(run_key, ...): ends the run exactly once (returns '' when a step is left or
+--     finished_at is already set), then release_group and expire_run_keys.
+-- Returns nothing (it defines local functions and the table ``admitted``).
 local function emit(run_events, global_events, fields)
   redis.call('XADD', run_events, 'MAXLEN', '~', RUN_EVENTS_MAXLEN, '*', unpack(fields))
   redis.call('XADD', global_events, 'MAXLEN', '~', GLOBAL_EVENTS_MAXLEN, '*', unpack(fields))

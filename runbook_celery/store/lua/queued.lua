@@ -1,5 +1,13 @@
--- KEYS: the lists of one queue (each priority); ARGV: task ids -> the ids found queued.
--- Runs in Redis: the queue is read where it lives, not copied to the worker.
+-- queued.lua: which of some task ids wait in a queue, at any priority (recovery.py). Runs in
+-- Redis: the queue is read where it lives, not copied to the worker. Read only.
+--
+-- KEYS
+--   the lists of one queue: <queue>, <queue>:1 .. <queue>:9 (kombu's priority lists)
+-- ARGV
+--   task ids
+-- Returns
+--   the ids found queued
+-- Keys derived, not declared: none.
 local want = {}
 for i = 1, #ARGV do want[ARGV[i]] = true end
 local found = {}

@@ -1,9 +1,25 @@
--- RETRY. A failed attempt that will run again: the step waits as ``retrying``; it stays
--- watched (the retry's message may be lost like any other). Holder only, as FINISH.
--- KEYS: run, step, lease, run_events, global_events
--- ARGV: run_id, step_id, token, now, workflow, attempt, exit_code, reason, delay,
---       history_json, lease_s
--- -> {1, parked message to publish or ''} | {0} (already finished) | {-1} (superseded)
+-- retry.lua: RETRY. A failed attempt that will run again: the step waits as ``retrying``; it
+-- stays watched (the retry's message may be lost like any other); it gives its
+-- max_active_steps slot back. Holder only, as FINISH (a refused write is a
+-- step_result_discarded event).
+--
+-- KEYS
+--   KEYS[1]  run            P:run:<run_id> (hash)
+--   KEYS[2]  step           P:run:<run_id>:step:<step_id> (hash)
+--   KEYS[3]  lease          P:run:<run_id>:lease:<step_id> (string: the holder's token)
+--   KEYS[4]  run_events     P:run:<run_id>:events (stream)
+--   KEYS[5]  global_events  P:events (stream)
+-- ARGV
+--   1 run_id   2 step_id   3 token   4 now   5 workflow   6 attempt   7 exit_code ('')
+--   8 reason   9 delay (seconds, for the event)   10 history_json ('' = none)
+--   11 lease_s (a number)
+-- Returns
+--   {1, parked message to publish or ''} | {-1} (superseded, or the step is not running)
+-- Keys derived, not declared:
+--   P:leases (the lease index), from KEYS[1] (leases_key)
+--   release_slot (prelude), from KEYS[1]: P:run:<run_id>:active (set), P:run:<run_id>:parked
+--     (list), and for the parked message it lets go, that step's hash
+--     (KEYS[1]..':step:'..<step id read from the message>) and P:leases
 local st = redis.call('HGET', KEYS[2], 'status')
 local mine, current = holds(KEYS[2], ARGV[3], ARGV[6])
 if not mine or st ~= 'running' then
