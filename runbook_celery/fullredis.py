@@ -15,7 +15,7 @@ Now, while Redis refuses writes for lack of memory:
   finished step is neither lost nor run again; a step that has not started yet waits to be
   claimed;
 * a running step keeps its lease and its watch (the renewal's first write is a PEXPIRE,
-  which a full Redis allows; see ``store._LUA_REFRESH``), so it runs on, and no other
+  which a full Redis allows; see ``store/lua/renew.lua``), so it runs on, and no other
   worker takes it over once memory is freed;
 * everything resumes by itself once memory is freed, and the worker log says when it
   starts and stops waiting.

@@ -38,35 +38,12 @@ from .errors import RunNotFound
 from .events import TERMINAL_RUN_STATUSES, StepStatus
 from .settings import get_settings
 from .store import RunStore, _s
+from .store.scripts import register
 
 log = logging.getLogger("runbook_celery.worker")
 
 TERMINAL_STEP_STATUSES = frozenset(s.value for s in StepStatus if s.terminal)
 PARKED = frozenset({"waiting", "awaiting_approval", "awaiting_decision"})
-
-_RESTORE_LUA = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('RPUSH', KEYS[3], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: the lists of one queue (each priority); ARGV: task ids -> the ids found queued.
-# Runs in Redis: the queue is read where it lives, not copied to the worker.
-_QUEUED_LUA = """
-local want = {}
-for i = 1, #ARGV do want[ARGV[i]] = true end
-local found = {}
-for _, key in ipairs(KEYS) do
-  for _, m in ipairs(redis.call('LRANGE', key, 0, -1)) do
-    local id = string.match(m, '"id": "([^"]*)"')
-    if id and want[id] then found[#found + 1] = id; want[id] = nil end
-  end
-end
-return found
-"""
 
 
 @dataclass
@@ -116,7 +93,7 @@ def _unacked(broker: redis.Redis, task_ids: set[str]) -> dict[str, tuple[str, di
 
 def _restore(broker: redis.Redis, tag: str, payload: dict, queue: str) -> bool:
     payload.setdefault("headers", {})["redelivered"] = True
-    script = broker.register_script(_RESTORE_LUA)
+    script = register(broker, "restore")  # store/lua/restore.lua
     return bool(script(keys=["unacked", "unacked_index", queue], args=[tag, json.dumps(payload)]))
 
 
@@ -126,7 +103,7 @@ def queued(broker: redis.Redis, queue: str, task_ids: Iterable[str]) -> set[str]
     if not ids:
         return set()
     keys = [queue, *(f"{queue}:{p}" for p in range(1, 10))]
-    script = broker.register_script(_QUEUED_LUA)
+    script = register(broker, "queued")  # store/lua/queued.lua
     return {_s(x) for x in script(keys=keys, args=ids)}
 
 

@@ -1,0 +1,33 @@
+"""Reading the event streams (the scripts write them, see lua/prelude.lua ``emit``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .base import StoreBase
+from .codec import _decode, _s
+
+
+class EventLog(StoreBase):
+    def events(
+        self, run_id: str | None = None, since: str = "0-0", count: int | None = None
+    ) -> list[tuple[str, dict[str, str]]]:
+        key = self.keys.run_events(run_id) if run_id else self.keys.global_events
+        entries = self.r.xrange(key, min=f"({since}" if since != "0-0" else "-", count=count)
+        return [(_s(eid), _decode(fields)) for eid, fields in entries]
+
+    def follow_events(
+        self, run_id: str | None = None, since: str = "0-0", block_ms: int = 5000
+    ) -> Iterator[tuple[str, dict[str, str]]]:
+        """Events after ``since``, blocking for new ones (XREAD BLOCK: no polling floor)."""
+        key = self.keys.run_events(run_id) if run_id else self.keys.global_events
+        last = since
+        while True:
+            resp = self.r.xread({key: last}, block=block_ms, count=500)
+            if not resp:
+                yield ("", {})  # heartbeat: lets the caller check deadlines
+                continue
+            for _, entries in resp:
+                for eid, fields in entries:
+                    last = _s(eid)
+                    yield last, _decode(fields)

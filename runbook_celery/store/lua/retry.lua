@@ -1,0 +1,40 @@
+-- retry.lua: RETRY. A failed attempt that will run again: the step waits as ``retrying``; it
+-- stays watched (the retry's message may be lost like any other); it gives its
+-- max_active_steps slot back. Holder only, as FINISH (a refused write is a
+-- step_result_discarded event).
+--
+-- KEYS
+--   KEYS[1]  run            P:run:<run_id> (hash)
+--   KEYS[2]  step           P:run:<run_id>:step:<step_id> (hash)
+--   KEYS[3]  lease          P:run:<run_id>:lease:<step_id> (string: the holder's token)
+--   KEYS[4]  run_events     P:run:<run_id>:events (stream)
+--   KEYS[5]  global_events  P:events (stream)
+-- ARGV
+--   1 run_id   2 step_id   3 token   4 now   5 workflow   6 attempt   7 exit_code ('')
+--   8 reason   9 delay (seconds, for the event)   10 history_json ('' = none)
+--   11 lease_s (a number)
+-- Returns
+--   {1, parked message to publish or ''} | {-1} (superseded, or the step is not running)
+-- Keys derived, not declared:
+--   P:leases (the lease index), from KEYS[1] (leases_key)
+--   release_slot (prelude), from KEYS[1]: P:run:<run_id>:active (set), P:run:<run_id>:parked
+--     (list), and for the parked message it lets go, that step's hash
+--     (KEYS[1]..':step:'..<step id read from the message>) and P:leases
+local st = redis.call('HGET', KEYS[2], 'status')
+local mine, current = holds(KEYS[2], ARGV[3], ARGV[6])
+if not mine or st ~= 'running' then
+  discard(KEYS[4], KEYS[5], ARGV[1], ARGV[5], ARGV[2], ARGV[6], 'retrying', ARGV[4], current)
+  return {-1}
+end
+check(tonumber(ARGV[11]), 'lease seconds')
+local lease = redis.call('GET', KEYS[3])
+redis.call('HSET', KEYS[2], 'status', 'retrying', 'deliveries', '0')
+redis.call('HDEL', KEYS[2], 'holder')
+append_history(KEYS[2], ARGV[10])
+if lease == ARGV[3] or not lease then redis.call('DEL', KEYS[3]) end
+watch(leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2], ARGV[11], '')
+local ev = {'type', 'step_retrying', 'run_id', ARGV[1], 'workflow', ARGV[5], 'step', ARGV[2],
+            'attempt', ARGV[6], 'reason', ARGV[8], 'delay', ARGV[9], 'ts', ARGV[4]}
+if ARGV[7] ~= '' then ev[#ev+1] = 'exit_code'; ev[#ev+1] = ARGV[7] end
+emit(KEYS[4], KEYS[5], ev)
+return {1, release_slot(KEYS[1], ARGV[2]) or ''}

@@ -1,0 +1,187 @@
+"""Runs: create, read, expire and delete a run's record."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from ..errors import BackendUnavailable, RunNotFound
+from ..events import RunStatus, StepStatus
+from ..runrecord import RunRecord, StepRecord
+from .base import StoreBase
+from .codec import _decode, _describe, _epoch, _s, now_iso
+from .scripts import GLOBAL_EVENTS_MAXLEN
+
+
+class RunRecords(StoreBase):
+    def create_run(
+        self, run_id: str, snapshot: Mapping[str, Any], sha256: str, **extra: str
+    ) -> None:
+        """Record a new run and its pending steps in one transaction."""
+        k = self.keys
+        now = now_iso()
+        step_ids = [s["id"] for s in snapshot["steps"]]
+        reused = snapshot.get("reused") or {}
+        run_fields = {
+            "id": run_id,
+            "workflow": snapshot["workflow"],
+            "status": RunStatus.PENDING.value,
+            "params": json.dumps(snapshot["params"]),
+            "snapshot": json.dumps(snapshot),
+            "sha256": sha256,
+            "mode": snapshot["mode"],
+            "created_at": now,
+            "remaining": len(step_ids) - len(reused),
+            "failures": 0,
+            "steps": json.dumps(step_ids),
+            "retention": self.retention,
+            **extra,
+        }
+        try:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(k.run(run_id), mapping=run_fields)
+            for sid in step_ids:
+                fields: dict[str, Any] = {"status": StepStatus.PENDING.value, "attempts": 0}
+                if sid in reused:
+                    fields = {
+                        "status": StepStatus.SUCCEEDED.value,
+                        "attempts": 0,
+                        "outputs": json.dumps(reused[sid]),
+                        "reused": 1,
+                        "reason": f"reused from run {extra.get('rerun_of', '?')}",
+                    }
+                pipe.hset(k.step(run_id, sid), mapping=fields)
+            pipe.zadd(k.runs_index, {run_id: _epoch()})
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"cannot record run in Redis: {_describe(exc)}") from exc
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove every key of a run (used to roll back a run that could not be enqueued)."""
+        steps = self.step_ids(run_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(*self.keys.run_keys(run_id, steps))
+        pipe.zrem(self.keys.runs_index, run_id)
+        if steps:
+            pipe.zrem(self.keys.leases, *(f"{run_id}|{s}" for s in steps))
+        pipe.execute()
+
+    def step_ids(self, run_id: str) -> list[str]:
+        raw = self.r.hget(self.keys.run(run_id), "steps")
+        return json.loads(raw) if raw else []
+
+    def snapshot(self, run_id: str) -> dict[str, Any]:
+        raw = self.r.hget(self.keys.run(run_id), "snapshot")
+        if raw is None:
+            raise RunNotFound(run_id)
+        return json.loads(raw)
+
+    def secret_overrides(self, run_id: str) -> list[str]:
+        """Secret values an operator gave this run with ``retry --env`` (masked like the
+        worker's own)."""
+        raw = self.r.hget(self.keys.run(run_id), "secret_overrides")
+        return list(json.loads(raw)) if raw else []
+
+    def run_status(self, run_id: str) -> str | None:
+        raw = self.r.hget(self.keys.run(run_id), "status")
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The whole run record, read in one round trip."""
+        k = self.keys
+        try:
+            run = _decode(self.r.hgetall(k.run(run_id)))
+            if not run:
+                raise RunNotFound(run_id)
+            step_ids = json.loads(run.get("steps", "[]"))
+            pipe = self.r.pipeline(transaction=False)
+            for sid in step_ids:
+                pipe.hgetall(k.step(run_id, sid))
+            raw_steps = pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"cannot read run from Redis: {_describe(exc)}") from exc
+        steps: dict[str, StepRecord] = {}
+        hidden = frozenset(json.loads(run.get("secret_overrides") or "[]"))
+        for sid, raw in zip(step_ids, raw_steps, strict=True):
+            h = _decode(raw)
+            steps[sid] = StepRecord.from_hash(h, hidden)
+            if h.get("instances"):  # a fanned-out step: its instances follow it
+                ids = json.loads(h["instances"])
+                for iid, ih in self.step_hashes(run_id, ids).items():
+                    steps[iid] = StepRecord.from_hash(ih, hidden)
+        return RunRecord.from_hash(run, steps)
+
+    def step_hashes(self, run_id: str, step_ids: list[str]) -> dict[str, dict[str, str]]:
+        pipe = self.r.pipeline(transaction=False)
+        for sid in step_ids:
+            pipe.hgetall(self.keys.step(run_id, sid))
+        return {sid: _decode(h) for sid, h in zip(step_ids, pipe.execute(), strict=True)}
+
+    def _instance_ids(self, run_id: str, step_ids: list[str]) -> list[str]:
+        return [i for ids in self._instances_by_parent(run_id, step_ids).values() for i in ids]
+
+    def _instances_by_parent(self, run_id: str, step_ids: list[str]) -> dict[str, list[str]]:
+        """The instance ids of each fanned-out step among ``step_ids``."""
+        pipe = self.r.pipeline(transaction=False)
+        for sid in step_ids:
+            pipe.hget(self.keys.step(run_id, sid), "instances")
+        return {
+            sid: json.loads(raw) for sid, raw in zip(step_ids, pipe.execute(), strict=True) if raw
+        }
+
+    def run_mode(self, run_id: str) -> str | None:
+        raw = self.r.hget(self.keys.run(run_id), "mode")
+        return _s(raw) if raw is not None else None
+
+    def run_status_so_far(self, run_id: str) -> str:
+        """``succeeded`` while nothing has failed, else ``failed`` or ``cancelled``: the
+        outcome the run would have if it ended now (the same rule as its finalize)."""
+        cancel, reason, failures = self.r.hmget(
+            self.keys.run(run_id), "cancel_requested", "cancel_reason", "failures"
+        )
+        if cancel in (b"1", "1"):
+            return "failed" if _s(reason or "") == "timeout" else "cancelled"
+        return "failed" if int(failures or 0) > 0 else "succeeded"
+
+    def cancel_requested(self, run_id: str) -> bool:
+        return self.r.hget(self.keys.run(run_id), "cancel_requested") in (b"1", "1")
+
+    def cancel_reason(self, run_id: str) -> str | None:
+        raw = self.r.hget(self.keys.run(run_id), "cancel_reason")
+        return _s(raw) if raw is not None else None
+
+    def skip_run(self, run_id: str, reason: str) -> None:
+        """A run that will not run at all (its concurrency group was full)."""
+        k = self.keys
+        now = now_iso()
+        run = _decode(self.r.hgetall(k.run(run_id)))
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(
+            k.run(run_id),
+            mapping={"status": "skipped", "finished_at": now, "reason": reason, "remaining": 0},
+        )
+        for sid in json.loads(run.get("steps", "[]")):
+            pipe.hset(k.step(run_id, sid), mapping={"status": "skipped", "reason": reason})
+        event = {
+            "type": "workflow_skipped",
+            "run_id": run_id,
+            "workflow": run.get("workflow", ""),
+            "reason": reason,
+            "ts": now,
+        }
+        pipe.xadd(k.run_events(run_id), event)
+        pipe.xadd(k.global_events, event, maxlen=GLOBAL_EVENTS_MAXLEN, approximate=True)
+        pipe.execute()
+        self.expire_run(run_id)
+
+    def expire_run(self, run_id: str) -> None:
+        """Finished runs live for the retention period, then vanish with their logs."""
+        steps = self.step_ids(run_id)
+        steps += self._instance_ids(run_id, steps)
+        pipe = self.r.pipeline(transaction=False)
+        for key in self.keys.run_keys(run_id, steps):
+            pipe.expire(key, self.retention)
+        pipe.execute()
