@@ -64,6 +64,11 @@ trap cleanup EXIT
 say "fresh root in $WORK"
 cp -a "$CACHE/." "$WORK/"
 cp /etc/resolv.conf "$WORK/etc/resolv.conf"
+# A host behind a TLS-inspecting proxy trusts its CA through PIP_CERT; the chroot needs the
+# same to reach PyPI. This is the host's network, not part of the Debian under test.
+if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
+  cp "$PIP_CERT" "$WORK/etc/ssl/certs/host-ca-bundle.crt"
+fi
 for m in proc sys dev dev/pts; do
   mount --bind "/$m" "$WORK/$m"
   MOUNTS+=("$WORK/$m")
@@ -78,6 +83,9 @@ as_dev() {
   local env_args=(HOME=/home/dev PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8)
   [ -n "${RUNBOOK_REDIS_URL:-}" ] && env_args+=("RUNBOOK_REDIS_URL=$RUNBOOK_REDIS_URL")
   [ -n "${RUNBOOK_TEST_REDIS_URL:-}" ] && env_args+=("RUNBOOK_TEST_REDIS_URL=$RUNBOOK_TEST_REDIS_URL")
+  [ -f "$WORK/etc/ssl/certs/host-ca-bundle.crt" ] \
+    && env_args+=(PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt)
+  [ -n "${PIP_INDEX_URL:-}" ] && env_args+=("PIP_INDEX_URL=$PIP_INDEX_URL")
   chroot --userspec=dev:dev "$WORK" env -i "${env_args[@]}" \
     bash -c 'cd /home/dev/runbook-celery && "$@"' bash "$@"
 }

@@ -100,7 +100,9 @@ def ensure_project_venv(venv: Path | None = None) -> Path:
 def venv_missing_message(output: str) -> str:
     """What to install so that `python3 -m venv` works, in the words of the platform."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    said = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    # venv's own explanation is its first paragraph (Debian's wraps it over several lines)
+    first = output.strip().split("\n\n", 1)[0]
+    said = [" ".join(first.split())] if first.strip() else []
     return "\n".join(
         [
             f"cannot create a virtualenv with {sys.executable} (Python {version}):"
