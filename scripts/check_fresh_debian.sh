@@ -73,6 +73,8 @@ for m in proc sys dev dev/pts; do
   mount --bind "/$m" "$WORK/$m"
   MOUNTS+=("$WORK/$m")
 done
+mount -t tmpfs -o mode=1777 shm "$WORK/dev/shm"  # multiprocessing's semaphores live there
+MOUNTS+=("$WORK/dev/shm")
 chroot "$WORK" useradd --create-home --shell /bin/bash dev
 # The working tree as it is (committed or not), without virtualenvs, caches or .git.
 (cd "$ROOT" && git ls-files -co --exclude-standard -z | grep -zv '^\.venv/' \
@@ -112,7 +114,10 @@ out="$(as_dev python3 scripts/dev.py demo 2>&1)"
 rc=$?
 set -e
 printf '%s\n' "$out"
-[ "$rc" = 0 ] || fail "demo exited $rc"
+if [ "$rc" != 0 ]; then
+  tail -n 40 "$WORK"/tmp/runbook-demo-*-worker.log 2>/dev/null || true
+  fail "demo exited $rc"
+fi
 grep -q "left saw: hello from top" <<<"$out" || fail "the demo did not show the steps' output"
 grep -q "summary" <<<"$out" || fail "the demo did not show the outputs"
 

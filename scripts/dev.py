@@ -271,7 +271,9 @@ def demo_worker(env: dict[str, str], queue: str) -> Iterator[None]:
         deadline = time.monotonic() + 60
         while not queue_consumed(env, queue):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SetupError(f"the worker did not start; see {logfile.name}")
+                logfile.flush()
+                tail = Path(logfile.name).read_text(errors="replace").splitlines()[-15:]
+                raise SetupError("\n".join(["the worker did not start:", *tail]))
         yield
     finally:
         proc.send_signal(signal.SIGTERM)
