@@ -8,7 +8,11 @@
 #      installed, it must exit 2 and say what to install, without a traceback;
 #   2. `apt-get install python3-venv`, as that message says;
 #   3. `python3 scripts/dev.py demo`: must exit 0 and show the steps' output and outputs;
-#   4. `python3 scripts/dev.py test [PYTEST_ARGS]`: the suite (all of it by default).
+#   4. `python3 scripts/dev.py test [PYTEST_ARGS]`: the suite (all of it by default), as root
+#      and with the tools `.ci/run` installs for it (SUITE_PACKAGES), as CI runs it: some
+#      tests start their own redis-server, verify the systemd unit or hand files to other
+#      users. The suite also needs RabbitMQ on 127.0.0.1:5672 (scripts/ensure_rabbitmq.sh;
+#      the chroot shares the host's network, so the host's does).
 # Not part of CI: it needs root, about 1 GB and network access to the Debian mirror and PyPI.
 #
 # Usage:  sudo scripts/check_fresh_debian.sh [--prepare] [PYTEST_ARGS...]
@@ -92,6 +96,15 @@ as_dev() {
     bash -c 'cd /home/dev/runbook-celery && "$@"' bash "$@"
 }
 
+as_root() {
+  local env_args=(HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8)
+  [ -n "${RUNBOOK_TEST_REDIS_URL:-}" ] && env_args+=("RUNBOOK_TEST_REDIS_URL=$RUNBOOK_TEST_REDIS_URL")
+  [ -f "$WORK/etc/ssl/certs/host-ca-bundle.crt" ] \
+    && env_args+=(PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt)
+  [ -n "${PIP_INDEX_URL:-}" ] && env_args+=("PIP_INDEX_URL=$PIP_INDEX_URL")
+  chroot "$WORK" env -i "${env_args[@]}" bash -c 'cd /home/dev/runbook-celery && "$@"' bash "$@"
+}
+
 say "system Python: $(chroot "$WORK" python3 --version), externally managed:" \
   "$(chroot "$WORK" python3 -c 'import sysconfig,os;print(os.path.exists(sysconfig.get_path("stdlib")+"/EXTERNALLY-MANAGED"))')"
 
@@ -121,9 +134,11 @@ fi
 grep -q "left saw: hello from top" <<<"$out" || fail "the demo did not show the steps' output"
 grep -q "summary" <<<"$out" || fail "the demo did not show the outputs"
 
-say "4. python3 scripts/dev.py test $*"
+SUITE_PACKAGES="${SUITE_PACKAGES:-redis-server systemd util-linux graphviz chromium chromium-driver}"
+say "4. as root, with $SUITE_PACKAGES: python3 scripts/dev.py test $*"
+chroot "$WORK" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $SUITE_PACKAGES >/dev/null
 set +e
-as_dev python3 scripts/dev.py test "$@"
+as_root python3 scripts/dev.py test "$@"
 rc=$?
 set -e
 [ "$rc" = 0 ] || fail "dev.py test exited $rc"
