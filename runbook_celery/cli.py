@@ -152,7 +152,10 @@ def _follow(run: Any, echo: Callable[[str], None] | None, timeout: float | None 
     With ``timeout``, raises WaitTimeout (exit 5) when it runs out first; the run goes on.
     """
     if echo is None:
-        return run.wait(timeout=timeout)
+        from .queuewatch import warn_unconsumed
+
+        with warn_unconsumed(run):
+            return run.wait(timeout=timeout)
     from .live import follow_run
 
     record = follow_run(run, echo, timeout=timeout)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .events import Event, RunStatus, StepStatus
 from .events import follow as follow_events
+from .queuewatch import warn_unconsumed
 from .terminal import neutralise
 
 if TYPE_CHECKING:
@@ -59,11 +60,13 @@ def follow_run(
 ) -> RunRecord:
     """Show the run until it ends (live table on a terminal, else lines); return its record.
 
-    With ``timeout`` (seconds) it returns by then, the run perhaps still going.
+    With ``timeout`` (seconds) it returns by then, the run perhaps still going. Meanwhile a
+    queue that pending steps wait on and no worker consumes is named on stderr.
     """
-    if console is not None or is_terminal():
-        return live_table(run, console, timeout=timeout)
-    return plain_lines(run, echo, timeout=timeout)
+    with warn_unconsumed(run):
+        if console is not None or is_terminal():
+            return live_table(run, console, timeout=timeout)
+        return plain_lines(run, echo, timeout=timeout)
 
 
 def plain_lines(

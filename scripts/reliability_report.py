@@ -97,6 +97,58 @@ def _hangs(res: dict[str, Any]) -> list[str]:
     return out
 
 
+BEHAVIOUR = """\
+## What happens when something fails
+
+What runbook-celery does when a worker, a message or Redis fails; the scenarios further down
+put it to the test, with figures.
+
+### Lost workers and lost messages
+
+A step is watched in Redis from the moment it is ready (its message published) until its
+task has handed on what follows it; a worker holding its message, and the step's lease while
+it runs, keep the watch alive. If its worker dies (even SIGKILL of the whole worker), or the
+message is lost on its way (a worker killed between taking it from the queue and recording
+it), the watch runs out after `RUNBOOK_LEASE_SECONDS` (default 30 s) and a surviving worker
+puts the step's original message back on the queue, chain and all, or publishes the step
+again if the message is gone (a canvas run then continues by dynamic dispatch), within about
+1⅓ lease periods; a worker that merely loses a pool process gets the message back at once. A
+step task whose result Celery could not store is not counted as failed by its chord: it is
+continued the same way. A fan-out's next instances and its join are watched in the very
+transition that makes them due, so a worker lost between an instance ending and sending the
+next one (or joining the instances) delays the fan-out by about a lease, never hangs it. The
+record counts attempts; a finished step is never run twice; a step whose worker is lost
+`RUNBOOK_MAX_ATTEMPTS` (default 5) times fails with reason `worker_lost`. `max_active_steps`
+slots belong to step ids, so a step delivered again keeps its slot.
+
+### A lost broker message
+
+If the broker loses a canvas step's message (e.g. a Redis restart while the step runs), the
+run fails over to dynamic dispatch from its record instead of hanging. A step is watched
+from the moment its message reaches a worker, so a message dropped on a broker connection
+loss before the step started is put back (or published again) too.
+
+### Graceful shutdown
+
+SIGTERM/SIGINT stop a worker taking new steps and let running ones finish for
+`RUNBOOK_SHUTDOWN_GRACE` seconds (default 60); steps still running then have their process
+groups killed and are handed back (pending again, not a failure, not a retry). No Bash
+process or grandchild outlives its step or its worker: each step runs in its own session,
+registered with a guardian that kills the group when the worker process goes away.
+
+### Redis full
+
+With `maxmemory` and `noeviction` (recommended), a full Redis refuses writes. Triggers then
+fail with exit 3. Workers stay up and wait: a worker takes no new step, a step that is
+running goes on (its lease and its watch are still renewed: the renewal writes nothing a
+full Redis refuses), a step that has finished keeps its result (and its lease) until it can
+be recorded, and everything resumes by itself once memory is freed; the worker log says
+`Redis is full` when waiting starts and when it ends, and `--timeout` messages say so too.
+Waiting, not failing, because recording a failure is a write as well, and a finished step
+must be neither lost nor run twice.
+"""
+
+
 def render(r: dict[str, Any]) -> str:
     env = r["environment"]
     s = r["sizes"]
@@ -118,6 +170,7 @@ def render(r: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in env["packages"].items())
         + ".",
         "",
+        BEHAVIOUR,
         "## Summary",
         "",
         _row("scenario", "runs", "succeeded", "failed", "hanging", "lost", "dup. steps", "verdict"),
