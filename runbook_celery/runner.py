@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from . import containment
 from .events import FailureReason
 
 COMMAND_VAR = "RUNBOOK_COMMAND__"
@@ -64,11 +65,15 @@ class BashResult:
         return self.exit_code == 0 and self.reason is None
 
 
-def _wrapper(guardian_fd: int) -> str:
+def _wrapper(guardian_fd: int, go_fd: int | None = None) -> str:
+    # in cgroup mode, wait until the pool process has put this Bash into the step's cgroup
+    # (end of file instead: the pool process died first, so run nothing)
+    wait = "" if go_fd is None else f"read -r -u {go_fd} _ || exit 125; exec {go_fd}<&- ; "
     return (
+        wait
         # register with the guardian before anything else runs; SIGPIPE ignored and `|| :`
         # so that a guardian that is gone cannot kill or fail the step (-e is on)
-        f"trap '' PIPE; echo \"+$$\" >&{guardian_fd} 2>/dev/null || : ; trap - PIPE; "
+        + f"trap '' PIPE; echo \"+$$\" >&{guardian_fd} 2>/dev/null || : ; trap - PIPE; "
         f"exec {guardian_fd}>&- ; "
         f'__runbook_cmd=${COMMAND_VAR}; unset {COMMAND_VAR}; eval "$__runbook_cmd"'
     )
@@ -78,15 +83,19 @@ def _wrapper(guardian_fd: int) -> str:
 # (/proc/uptime, in centiseconds) reaches T unless a later "=" line moves T (the step's
 # lease could not be renewed: the pool process may be stopped or hung, so the deadline is
 # kept here, outside it). At end of file (its pool process is gone), kills every process
-# group still registered. Bash builtins only: no fork per line or per wake-up.
+# group still registered. Killing a group also kills the step's cgroup "$1/step-PGID" when
+# the worker has a cgroup ($1, see containment.py): what left the group dies too. Bash
+# builtins only: no fork per line or per wake-up.
 _GUARDIAN_SCRIPT = """
 declare -A g d
+cg=$1
+k() { kill -KILL -- "-$1"; [[ -z $cg ]] || echo 1 > "$cg/step-$1/cgroup.kill"; } 2>/dev/null
 while :; do
   t=()
   if ((${#d[@]})); then
     read -r up _ < /proc/uptime; now=$((10#${up/./})); min=
     for pg in "${!d[@]}"; do
-      if ((d[$pg] <= now)); then kill -KILL -- "-$pg" 2>/dev/null; unset "g[$pg]" "d[$pg]"
+      if ((d[$pg] <= now)); then k "$pg"; unset "g[$pg]" "d[$pg]"
       elif [[ -z $min ]] || ((d[$pg] < min)); then min=${d[$pg]}; fi
     done
     if [[ -n $min ]]; then
@@ -94,7 +103,7 @@ while :; do
     fi
   fi
   if read -r "${t[@]}" line; then
-    pg=${line:1}; pg=${pg%% *}; [[ $pg =~ ^[0-9]+$ ]] || continue
+    pg=${line:1}; pg=${pg%% *}; [[ $pg =~ ^[0-9]+$ ]] && ((10#$pg > 1)) || continue
     case ${line:0:1} in
       +) g[$pg]=1 ;;
       -) unset "g[$pg]" "d[$pg]" ;;
@@ -103,7 +112,7 @@ while :; do
   elif (($? <= 128)); then break
   fi
 done
-for pg in "${!g[@]}"; do kill -KILL -- "-$pg"; done 2>/dev/null
+for pg in "${!g[@]}"; do k "$pg"; done
 """
 
 
@@ -122,7 +131,7 @@ class _Guardian:
             proc = self.proc
             if proc is None or self.owner != os.getpid() or proc.poll() is not None:
                 proc = self.proc = subprocess.Popen(
-                    ["bash", "-c", _GUARDIAN_SCRIPT],
+                    ["bash", "-c", _GUARDIAN_SCRIPT, "guardian", containment.current().root or ""],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -207,17 +216,7 @@ def run_bash(
         full_env["RUNBOOK_OUTPUT"] = output_path
         full_env[COMMAND_VAR] = command
         try:
-            guardian_fd = _guardian.fd()
-            proc = subprocess.Popen(
-                ["bash", "-eo", "pipefail", "-c", _wrapper(guardian_fd)],
-                env=full_env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                pass_fds=(guardian_fd,),
-            )
+            proc, cgroup, before = _spawn(full_env, cwd)
         except OSError as exc:
             return BashResult(
                 None, reason=FailureReason.SPAWN_ERROR, message=f"cannot start bash: {exc}"
@@ -232,9 +231,8 @@ def run_bash(
                 on_spawn(proc.pid)
             reason = _supervise(proc, streams, timeout, kill_grace, tick, tick_interval)
         finally:
-            _killpg(proc.pid, signal.SIGKILL)  # whatever the step left behind dies
+            _end_step(proc, cgroup, before)  # whatever the step left behind dies
             _drain(streams)
-            proc.wait()
             _guardian.release(proc.pid)
             proc.stdout.close()  # type: ignore[union-attr]
             proc.stderr.close()  # type: ignore[union-attr]
@@ -258,6 +256,84 @@ def run_bash(
     finally:
         with contextlib.suppress(OSError):
             os.unlink(output_path)
+
+
+_live_steps: set[int] = set()  # this process's running step shells (a subreaper keeps them)
+
+
+def _spawn(
+    env: dict[str, str], cwd: str | None
+) -> tuple[subprocess.Popen[bytes], str | None, set[int]]:
+    """Start the step's Bash, contained (containment.py): the process, its cgroup (cgroup
+    mode) and the children this process had before (subreaper mode: they are not the
+    step's). Raises OSError when Bash cannot start or cannot be contained."""
+    box = containment.current()
+    before: set[int] = set()
+    if box.mode == containment.SUBREAPER:
+        containment.become_subreaper()
+        before = containment.children()
+    guardian_fd = _guardian.fd()
+    go_r, go_w = os.pipe() if box.root else (None, None)
+    try:
+        proc = subprocess.Popen(
+            ["bash", "-eo", "pipefail", "-c", _wrapper(guardian_fd, go_r)],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=(guardian_fd,) if go_r is None else (guardian_fd, go_r),
+        )
+    except OSError:
+        if go_w is not None:
+            os.close(go_w)
+        raise
+    finally:
+        if go_r is not None:
+            os.close(go_r)
+    _live_steps.add(proc.pid)
+    if box.root is None or go_w is None:
+        return proc, None, before
+    try:
+        cgroup = containment.make_step_cgroup(box.root, proc.pid, proc.pid)
+        os.write(go_w, b"go\n")
+    except OSError as exc:
+        os.close(go_w)  # end of file: the Bash exits without running the step
+        proc.wait()
+        _live_steps.discard(proc.pid)
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()  # type: ignore[union-attr]
+        raise OSError(exc.errno, f"cannot put it into its cgroup: {exc}") from None
+    os.close(go_w)
+    return proc, cgroup, before
+
+
+def _end_step(proc: subprocess.Popen[bytes], cgroup: str | None, before: set[int]) -> None:
+    """Kill every process of the step: its group, its cgroup, or (subreaper) whatever the
+    step left to this process; then reap the step's Bash."""
+    _killpg(proc.pid, signal.SIGKILL)
+    if cgroup is not None:
+        containment.kill_cgroup(cgroup)
+    proc.wait()
+    _live_steps.discard(proc.pid)
+    if cgroup is not None:
+        containment.remove_cgroup(cgroup)
+    elif containment.current().mode == containment.SUBREAPER:
+        keep = before | _live_steps
+        if _guardian.proc is not None:
+            keep.add(_guardian.proc.pid)
+        containment.kill_adopted(keep)
+
+
+def signal_step(pgid: int, sig: int) -> None:
+    """Signal the step whose process group is ``pgid``; SIGKILL ends its cgroup as well
+    (the lease fence: processes that left the group must die too)."""
+    _killpg(pgid, sig)
+    if sig == signal.SIGKILL:
+        cgroup = containment.current().step_cgroup(pgid)
+        if cgroup is not None:
+            containment.kill_cgroup(cgroup)
 
 
 def _supervise(

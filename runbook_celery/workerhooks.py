@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from celery import signals
 
+from . import containment
 from .recovery import recover_once
 from .redisconn import client_for
 from .settings import get_settings
@@ -148,6 +149,7 @@ def _reconciler() -> None:
 
 @signals.worker_ready.connect
 def _start_reconciler(**_: Any) -> None:
+    log.info("%s", containment.current().describe())  # worker_init is too early to log
     _stop.clear()
     threading.Thread(target=_reconciler, name="runbook-reconciler", daemon=True).start()
 
@@ -168,6 +170,17 @@ def _arm_handback(**_: Any) -> None:
     timer = threading.Timer(grace, raise_flag)
     timer.daemon = True
     timer.start()
+
+
+@signals.worker_init.connect
+def _contain_steps(**_: Any) -> None:
+    """Choose how steps are contained before the pool forks (containment.py); a worker
+    told to use cgroups where it cannot does not start."""
+    try:
+        containment.setup(get_settings().containment)
+    except containment.ContainmentError as exc:
+        log.critical("%s", exc.strerror)
+        raise SystemExit(2) from None
 
 
 @signals.worker_init.connect

@@ -1,0 +1,167 @@
+"""Nothing outlives its step: processes that left the step's process group die with it.
+
+A real worker runs a step that starts a process escaping its process group (``setsid``, a
+double-forking daemon, ``set -m``); the escaped process writes its own pid to a file, the
+step hands it to the test through a FIFO and waits. Then the step is cancelled, times out,
+or its worker is SIGKILLed, and the escaped process must be gone (pidfd wait; a zombie
+counts as gone: reaping it is the init's business).
+
+cgroup (root here) holds in all three cases; subreaper holds for cancel and timeout (when
+the worker itself dies, only the step's process group is killed: docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SESSION, WorkerProcess
+
+from runbook_celery import submit
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+ESCAPES = {
+    "setsid": "setsid bash -c 'echo $$ > {pid}; exec sleep 1000' >/dev/null 2>&1 </dev/null &",
+    "double-fork": (
+        "( ( exec setsid bash -c 'echo $$ > {pid}; exec sleep 1000' ) & ) "
+        ">/dev/null 2>&1 </dev/null"
+    ),
+    "set -m": (
+        "set -m; bash -c 'echo $$ > {pid}; exec sleep 1000' >/dev/null 2>&1 </dev/null & set +m"
+    ),
+}
+
+
+def escaping_workflow(tmp: Path, escape: str, queue: str, timeout: int | None = None) -> Path:
+    """A step that starts ``escape``, reports the escaped pid into the FIFO ``tmp/fifo``,
+    then waits (for its cancel, its timeout or its worker's death)."""
+    pid, fifo = tmp / "escaped.pid", tmp / "fifo"
+    os.mkfifo(fifo)
+    os.chmod(fifo, 0o666)
+    limit = f"    timeout: {timeout}\n" if timeout else ""
+    path = tmp / "escape.yaml"
+    path.write_text(f"""
+name: escape
+steps:
+  - id: escape
+    queue: {queue}
+{limit}    run: |
+      {ESCAPES[escape].format(pid=pid)}
+      until [ -s {pid} ]; do sleep 0.05; done
+      cat {pid} > {fifo}
+      sleep 1000
+""")
+    return path
+
+
+@contextlib.contextmanager
+def escaped_pid(fifo: Path, within: float = 90) -> Iterator[int]:
+    """Wait for the step to report its escaped process; kill it afterwards whatever the
+    test found (so a failing run leaves nothing behind)."""
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # we hold a writer too: no EOF races
+    data, end = b"", time.monotonic() + within
+    try:
+        while not data.endswith(b"\n"):
+            ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+            assert ready, f"the step reported no escaped process in {within}s"
+            data += os.read(fd, 64)
+    finally:
+        os.close(fd)
+    pid = int(data)
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def gone(pid: int, within: float = 15.0) -> bool:
+    """Block (pidfd, no polling) until ``pid`` has exited, at most ``within`` seconds."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        if select.select([fd], [], [], within)[0]:
+            return True
+    finally:
+        os.close(fd)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def _worker(mode: str, tag: str) -> tuple[WorkerProcess, str]:
+    queue = f"contain-{tag}-{SESSION}"
+    worker = WorkerProcess(
+        f"contain-{tag}", queues=queue, concurrency=2, env={"RUNBOOK_CONTAINMENT": mode}
+    )
+    return worker, queue
+
+
+@pytest.fixture(scope="module", params=["cgroup", "subreaper"])
+def contained(request, redis_client) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """A worker per containment mode, on its own queue: (mode, queue)."""
+    mode = request.param
+    worker, queue = _worker(mode, mode)
+    try:
+        log = worker.log_path.read_text()
+        assert f"steps are contained by {mode}" in log, log[-3000:]
+        yield mode, queue
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("escape", list(ESCAPES))
+def test_a_cancelled_step_leaves_no_process_behind(contained, escape, tmp_path):
+    _, queue = contained
+    tmp_path.chmod(0o777)
+    # Given a running step whose child escaped its process group
+    run = submit(escaping_workflow(tmp_path, escape, queue))
+    with escaped_pid(tmp_path / "fifo") as pid:
+        # When the run is cancelled
+        run.cancel(by="test")
+        final = run.wait(timeout=60)
+        # Then the step ended and the escaped process died with it
+        assert final.steps["escape"].status == "cancelled", final.to_dict()
+        assert gone(pid), f"{escape}: process {pid} outlived its cancelled step"
+
+
+@pytest.mark.parametrize("escape", list(ESCAPES))
+def test_a_timed_out_step_leaves_no_process_behind(contained, escape, tmp_path):
+    _, queue = contained
+    tmp_path.chmod(0o777)
+    # Given a step with a timeout whose child escaped its process group
+    run = submit(escaping_workflow(tmp_path, escape, queue, timeout=5))
+    with escaped_pid(tmp_path / "fifo") as pid:
+        # When the step times out
+        final = run.wait(timeout=60, raise_on_failure=False)
+        # Then the escaped process died with it
+        assert final.steps["escape"].reason == "timeout", final.to_dict()
+        assert gone(pid), f"{escape}: process {pid} outlived its timed-out step"
+
+
+@pytest.mark.parametrize("escape", list(ESCAPES))
+def test_a_sigkilled_worker_leaves_no_step_process_behind(escape, tmp_path, redis_client):
+    # Given a worker with cgroup containment running a step whose child escaped its group
+    worker, queue = _worker("cgroup", f"kill-{escape.replace(' ', '')}")
+    tmp_path.chmod(0o777)
+    try:
+        submit(escaping_workflow(tmp_path, escape, queue))
+        with escaped_pid(tmp_path / "fifo") as pid:
+            # When the whole worker is SIGKILLed (no Python code of it runs any more)
+            os.killpg(worker.proc.pid, signal.SIGKILL)
+            worker.proc.wait()
+            # Then its guardian ends the step's cgroup: the escaped process dies too
+            assert gone(pid), f"{escape}: process {pid} outlived its SIGKILLed worker"
+    finally:
+        worker.stop()
