@@ -23,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import pwd
 import re
 import selectors
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -33,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from . import containment
 from .events import FailureReason
@@ -173,8 +176,64 @@ _guardian = _Guardian()
 os.register_at_fork(after_in_child=_guardian.after_fork_in_child)
 
 
+@dataclass(frozen=True)
+class StepUser:
+    """The unprivileged user steps run as (``worker --step-user``); the worker stays root."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> StepUser:
+        """Raises ValueError: no such user, or a privileged one."""
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise ValueError(f"there is no user {name!r} on this machine") from None
+        if entry.pw_uid == 0 or entry.pw_gid == 0:
+            raise ValueError(f"{name!r} is root or in group root; name an unprivileged user")
+        groups = tuple(g for g in os.getgrouplist(name, entry.pw_gid) if g != 0)
+        return cls(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+
+
+_step_user: StepUser | None = None
+
+
+def use_step_user(user: StepUser | None) -> None:
+    """Run every later step of this process and of its forks (the pool) as ``user``."""
+    global _step_user, _output_dir
+    _step_user, _output_dir = user, None
+
+
+def _as_step_user(env: dict[str, str]) -> dict[str, object]:
+    """Popen arguments that switch the child to the step user before it execs Bash (done
+    by subprocess between fork and exec: no preexec_fn, safe with threads)."""
+    user = _step_user
+    if user is None:
+        return {}
+    env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+    return {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+
+
 _output_dir: str | None = None
 _output_count = itertools.count()
+
+
+def _make_output_dir() -> str:
+    """A private (0700) directory for $RUNBOOK_OUTPUT files. With a step user: its own
+    directory inside one of root's (0711), so a step can neither list nor move it."""
+    top = tempfile.mkdtemp(prefix=f"runbook-{os.getpid()}-")
+    user = _step_user
+    if user is None:
+        return top
+    os.chmod(top, 0o711)
+    inner = os.path.join(top, "steps")
+    os.mkdir(inner, 0o700)
+    os.chown(inner, user.uid, user.gid)
+    return inner
 
 
 def _output_file() -> str:
@@ -185,7 +244,7 @@ def _output_file() -> str:
     """
     global _output_dir
     if _output_dir is None or not os.path.isdir(_output_dir):
-        _output_dir = tempfile.mkdtemp(prefix=f"runbook-{os.getpid()}-")
+        _output_dir = _make_output_dir()
     path = os.path.join(_output_dir, f"output-{next(_output_count)}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # left by an earlier process with this pid that was killed
@@ -273,9 +332,10 @@ def _spawn(
         containment.become_subreaper()
         before = containment.children()
     guardian_fd = _guardian.fd()
+    switch = _as_step_user(env)
     go_r, go_w = os.pipe() if box.root else (None, None)
     try:
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # type: ignore[call-overload]
             ["bash", "-eo", "pipefail", "-c", _wrapper(guardian_fd, go_r)],
             env=env,
             cwd=cwd,
@@ -284,6 +344,7 @@ def _spawn(
             stderr=subprocess.PIPE,
             start_new_session=True,
             pass_fds=(guardian_fd,) if go_r is None else (guardian_fd, go_r),
+            **switch,
         )
     except OSError:
         if go_w is not None:
@@ -466,11 +527,36 @@ class _Stream:
                 self.on_line = None
 
 
+def _open_outputs(path: str) -> int | None:
+    """Open $RUNBOOK_OUTPUT as the step left it: a plain file, never through a link (a step
+    running as another user must not make this process read a file it cannot read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:  # the step wrote no outputs
+        return None
+    except OSError:
+        raise ValueError("$RUNBOOK_OUTPUT must be a regular file, not a link") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise ValueError("$RUNBOOK_OUTPUT must be a regular file with no other links")
+    return fd
+
+
 def _collect_outputs(path: str, limit: int, result: BashResult) -> None:
     try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:  # the step wrote no outputs
+        fd = _open_outputs(path)
+    except ValueError as exc:
+        result.reason = FailureReason.EXIT_CODE
+        result.message = f"bad $RUNBOOK_OUTPUT: {exc}"
         return
+    if fd is None:
+        return
+    with open(fd, encoding="utf-8", errors="replace") as fh:
+        _read_outputs(fh, os.fstat(fd).st_size, limit, result)
+
+
+def _read_outputs(fh: TextIO, size: int, limit: int, result: BashResult) -> None:
     if size > limit:
         result.reason = FailureReason.OUTPUT_TOO_LARGE
         result.message = (
@@ -478,8 +564,7 @@ def _collect_outputs(path: str, limit: int, result: BashResult) -> None:
             "(RUNBOOK_OUTPUT_LIMIT)"
         )
         return
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        text = fh.read()
+    text = fh.read()
     try:
         result.outputs = parse_outputs(text)
     except ValueError as exc:
