@@ -29,6 +29,7 @@ import logging
 import os
 import select
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -137,11 +138,33 @@ def _make_worker_cgroup() -> str:
     pid = os.getpid()
     root = os.path.join(parent, f"{WORKER_PREFIX}{pid}-{_start_time(pid)}")
     os.mkdir(root)
-    if not os.access(os.path.join(root, "cgroup.kill"), os.W_OK):
-        os.rmdir(root)  # no cgroup.kill (a kernel before 5.14): of no use
-        raise PermissionError(errno.EACCES, "cgroup.kill is missing or not writable")
+    try:
+        if not os.access(os.path.join(root, "cgroup.kill"), os.W_OK):
+            # no cgroup.kill (a kernel before 5.14): of no use
+            raise PermissionError(errno.EACCES, "cgroup.kill is missing or not writable")
+        _probe(root)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rmdir(root)
+        raise
     atexit.register(_remove_worker_cgroup, root, pid)
     return root
+
+
+def _probe(root: str) -> None:
+    """Move a child into a cgroup under ``root`` as a step is moved, so that a cgroup this
+    worker may create but not use (e.g. one whose parent has controllers enabled) is found
+    now rather than failing every step."""
+    child = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    path = os.path.join(root, "probe")
+    try:
+        os.mkdir(path)
+        with open(os.path.join(path, "cgroup.procs"), "w") as fh:
+            fh.write(str(child.pid))
+    finally:
+        child.stdin.close()  # type: ignore[union-attr]
+        child.wait()
+        remove_cgroup(path)
 
 
 def _remove_worker_cgroup(root: str, owner: int) -> None:
