@@ -211,7 +211,7 @@ def worker(
 
 def _use_step_user(name: str, celery_args: tuple[str, ...]) -> None:
     """Check ``--step-user`` against how the worker runs, then switch steps to that user."""
-    from .runner import StepUser, use_step_user
+    from .runner import StepUser, missing_capabilities, use_step_user
 
     if any(a == "--uid" or a.startswith("--uid=") for a in celery_args):
         raise click.UsageError(
@@ -223,6 +223,12 @@ def _use_step_user(name: str, celery_args: tuple[str, ...]) -> None:
     if os.geteuid() != 0:
         raise click.UsageError(
             "--step-user needs a worker started as root (it switches each step to NAME)"
+        )
+    missing = missing_capabilities()
+    if missing:
+        raise click.UsageError(
+            f"--step-user needs the capabilities {', '.join(missing)}, which this worker lacks "
+            "(add them to the unit's CapabilityBoundingSet or the container's cap_add)"
         )
     try:
         use_step_user(StepUser.lookup(name))

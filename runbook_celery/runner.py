@@ -200,6 +200,18 @@ class StepUser:
 
 
 _step_user: StepUser | None = None
+# what a root worker needs to run steps as another user: switch to it, hand it its output
+# directory, and signal its processes (cgroup.kill needs no capability)
+STEP_USER_CAPABILITIES = {"CAP_CHOWN": 0, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7}
+
+
+def missing_capabilities() -> list[str]:
+    """Which of ``STEP_USER_CAPABILITIES`` this process lacks (e.g. under a systemd
+    CapabilityBoundingSet or a container's cap_drop)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        line = next(x for x in fh if x.startswith("CapEff:"))
+    effective = int(line.split()[1], 16)
+    return [name for name, bit in STEP_USER_CAPABILITIES.items() if not effective >> bit & 1]
 
 
 def use_step_user(user: StepUser | None) -> None:
