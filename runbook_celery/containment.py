@@ -277,41 +277,46 @@ def become_subreaper() -> None:
     _subreaper_pid = os.getpid()
 
 
-def _parents() -> dict[int, int]:
-    """Every process's parent, from /proc."""
-    parents = {}
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every process's parent and start time (clock ticks since boot), from /proc."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
-                parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+                fields = fh.read().rsplit(")", 1)[1].split()
+            found[int(entry)] = (int(fields[1]), int(fields[19]))
         except (OSError, IndexError, ValueError):
             continue
-    return parents
+    return found
 
 
-def children() -> set[int]:
-    """This process's children now."""
-    me = os.getpid()
-    return {pid for pid, parent in _parents().items() if parent == me}
+def start_ticks(pid: int) -> int:
+    """When ``pid`` started (clock ticks since boot); 0 if it is gone."""
+    start = _start_time(pid)
+    return int(start) if start and start.isdigit() else 0
 
 
-def kill_adopted(keep: set[int], rounds: int = 50) -> int:
-    """Kill the processes this subreaper adopted (children not in ``keep``) with their
-    descendants, and reap them; the number killed.
+def kill_adopted(keep: set[int], since: int, rounds: int = 50) -> int:
+    """Kill the processes this subreaper adopted from a step, with their descendants, and
+    reap them; the number killed.
 
+    Adopted: a child of this process not in ``keep`` that started at or after ``since``
+    (the step's Bash): children this process started before the step are not the step's.
     Killing a process hands its children to us, so this repeats until none is left.
     """
     me, killed = os.getpid(), 0
     for _ in range(rounds):
-        parents = _parents()
-        adopted = {p for p, parent in parents.items() if parent == me and p not in keep}
+        procs = _processes()
+        adopted = {
+            p for p, (parent, start) in procs.items() if parent == me and start >= since
+        } - keep
         if not adopted:
             break
         doomed, frontier = set(adopted), set(adopted)
         while frontier:
-            frontier = {p for p, parent in parents.items() if parent in frontier} - doomed
+            frontier = {p for p, (parent, _) in procs.items() if parent in frontier} - doomed
             doomed |= frontier
         for pid in doomed:
             with contextlib.suppress(ProcessLookupError, PermissionError):

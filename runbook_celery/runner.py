@@ -287,7 +287,7 @@ def run_bash(
         full_env["RUNBOOK_OUTPUT"] = output_path
         full_env[COMMAND_VAR] = command
         try:
-            proc, cgroup, before = _spawn(full_env, cwd)
+            proc, cgroup = _spawn(full_env, cwd)
         except OSError as exc:
             return BashResult(
                 None, reason=FailureReason.SPAWN_ERROR, message=f"cannot start bash: {exc}"
@@ -302,7 +302,7 @@ def run_bash(
                 on_spawn(proc.pid)
             reason = _supervise(proc, streams, timeout, kill_grace, tick, tick_interval)
         finally:
-            _end_step(proc, cgroup, before)  # whatever the step left behind dies
+            _end_step(proc, cgroup)  # whatever the step left behind dies
             _drain(streams)
             _guardian.release(proc.pid)
             proc.stdout.close()  # type: ignore[union-attr]
@@ -329,20 +329,17 @@ def run_bash(
             os.unlink(output_path)
 
 
-_live_steps: set[int] = set()  # this process's running step shells (a subreaper keeps them)
+# this process's running step shells (a subreaper must not kill them), with when each
+# started (what a subreaper adopts from a step started no earlier than the step)
+_live_steps: dict[int, int] = {}
 
 
-def _spawn(
-    env: dict[str, str], cwd: str | None
-) -> tuple[subprocess.Popen[bytes], str | None, set[int]]:
-    """Start the step's Bash, contained (containment.py): the process, its cgroup (cgroup
-    mode) and the children this process had before (subreaper mode: they are not the
-    step's). Raises OSError when Bash cannot start or cannot be contained."""
+def _spawn(env: dict[str, str], cwd: str | None) -> tuple[subprocess.Popen[bytes], str | None]:
+    """Start the step's Bash, contained (containment.py): the process and its cgroup
+    (cgroup mode). Raises OSError when Bash cannot start or cannot be contained."""
     box = containment.current()
-    before: set[int] = set()
     if box.mode == containment.SUBREAPER:
         containment.become_subreaper()
-        before = containment.children()
     guardian_fd = _guardian.fd()
     switch = _as_step_user(env)
     go_r, go_w = os.pipe() if box.root else (None, None)
@@ -365,38 +362,38 @@ def _spawn(
     finally:
         if go_r is not None:
             os.close(go_r)
-    _live_steps.add(proc.pid)
+    _live_steps[proc.pid] = containment.start_ticks(proc.pid) if box.root is None else 0
     if box.root is None or go_w is None:
-        return proc, None, before
+        return proc, None
     try:
         cgroup = containment.make_step_cgroup(box.root, proc.pid, proc.pid)
         os.write(go_w, b"go\n")
     except OSError as exc:
         os.close(go_w)  # end of file: the Bash exits without running the step
         proc.wait()
-        _live_steps.discard(proc.pid)
+        _live_steps.pop(proc.pid, None)
         for stream in (proc.stdout, proc.stderr):
             stream.close()  # type: ignore[union-attr]
         raise OSError(exc.errno, f"cannot put it into its cgroup: {exc}") from None
     os.close(go_w)
-    return proc, cgroup, before
+    return proc, cgroup
 
 
-def _end_step(proc: subprocess.Popen[bytes], cgroup: str | None, before: set[int]) -> None:
+def _end_step(proc: subprocess.Popen[bytes], cgroup: str | None) -> None:
     """Kill every process of the step: its group, its cgroup, or (subreaper) whatever the
     step left to this process; then reap the step's Bash."""
     _killpg(proc.pid, signal.SIGKILL)
     if cgroup is not None:
         containment.kill_cgroup(cgroup)
     proc.wait()
-    _live_steps.discard(proc.pid)
+    since = _live_steps.pop(proc.pid, 0)
     if cgroup is not None:
         containment.remove_cgroup(cgroup)
     elif containment.current().mode == containment.SUBREAPER:
-        keep = before | _live_steps
+        keep = set(_live_steps)
         if _guardian.proc is not None:
             keep.add(_guardian.proc.pid)
-        containment.kill_adopted(keep)
+        containment.kill_adopted(keep, since)
 
 
 def signal_step(pgid: int, sig: int) -> None:

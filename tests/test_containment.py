@@ -185,3 +185,15 @@ def test_cgroup_containment_where_none_is_writable_is_a_clear_error(monkeypatch)
         containment.setup("cgroup")
     assert "RUNBOOK_CONTAINMENT=subreaper" in info.value.strerror
     assert containment.setup("auto").mode == "subreaper"
+
+
+def test_a_subreaper_kills_only_what_the_step_left_not_its_other_children(tmp_path):
+    # Given a process with a child of its own (started before the step) in subreaper mode
+    command, pid_file = _escape(tmp_path, "setsid")
+    before = "import subprocess\nmine = subprocess.Popen(['sleep', '30'])\n"
+    after = ");print('mine alive:', mine.poll() is None, flush=True);mine.kill(\n"
+    proc = _step_process(tmp_path, "subreaper", command, before=before, after=after)
+    out, _ = proc.communicate(timeout=30)
+    # Then what the step left is gone, the process's own child is not
+    assert "mine alive: True" in out, out
+    assert gone(int(pid_file.read_text()))
