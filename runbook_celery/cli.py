@@ -211,7 +211,7 @@ def worker(
 
 def _use_step_user(name: str, celery_args: tuple[str, ...]) -> None:
     """Check ``--step-user`` against how the worker runs, then switch steps to that user."""
-    from .runner import StepUser, missing_capabilities, use_step_user
+    from . import stepuser
 
     if any(a == "--uid" or a.startswith("--uid=") for a in celery_args):
         raise click.UsageError(
@@ -224,14 +224,14 @@ def _use_step_user(name: str, celery_args: tuple[str, ...]) -> None:
         raise click.UsageError(
             "--step-user needs a worker started as root (it switches each step to NAME)"
         )
-    missing = missing_capabilities()
+    missing = stepuser.missing_capabilities()
     if missing:
         raise click.UsageError(
             f"--step-user needs the capabilities {', '.join(missing)}, which this worker lacks "
             "(add them to the unit's CapabilityBoundingSet or the container's cap_add)"
         )
     try:
-        use_step_user(StepUser.lookup(name))
+        stepuser.use(stepuser.StepUser.lookup(name))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--step-user") from None
 

@@ -16,6 +16,11 @@ at which a step could outlive its worker unnoticed. So nothing the step started 
 it or its worker, and a timeout or cancel can signal the group (SIGTERM, a grace period,
 then SIGKILL). One long-lived guardian per process replaces a lifeline subshell per step,
 which cost a fork on every step.
+
+Processes can leave the step's process group (``setsid``, a double fork, ``set -m``):
+``containment.py`` keeps them inside the step all the same (a cgroup per step, which the
+pool process, the lease keeper and the guardian kill; or this process as a subreaper).
+With ``worker --step-user`` the step's Bash runs as that user (``stepuser.py``).
 """
 
 from __future__ import annotations
@@ -23,13 +28,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import pwd
 import re
 import selectors
 import signal
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 from collections import deque
@@ -37,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from . import containment
+from . import containment, stepuser
 from .events import FailureReason
 
 COMMAND_VAR = "RUNBOOK_COMMAND__"
@@ -176,76 +179,8 @@ _guardian = _Guardian()
 os.register_at_fork(after_in_child=_guardian.after_fork_in_child)
 
 
-@dataclass(frozen=True)
-class StepUser:
-    """The unprivileged user steps run as (``worker --step-user``); the worker stays root."""
-
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-
-    @classmethod
-    def lookup(cls, name: str) -> StepUser:
-        """Raises ValueError: no such user, or a privileged one."""
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            raise ValueError(f"there is no user {name!r} on this machine") from None
-        if entry.pw_uid == 0 or entry.pw_gid == 0:
-            raise ValueError(f"{name!r} is root or in group root; name an unprivileged user")
-        groups = tuple(g for g in os.getgrouplist(name, entry.pw_gid) if g != 0)
-        return cls(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
-
-
-_step_user: StepUser | None = None
-# what a root worker needs to run steps as another user: switch to it, hand it its output
-# directory, and signal its processes (cgroup.kill needs no capability)
-STEP_USER_CAPABILITIES = {"CAP_CHOWN": 0, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7}
-
-
-def missing_capabilities() -> list[str]:
-    """Which of ``STEP_USER_CAPABILITIES`` this process lacks (e.g. under a systemd
-    CapabilityBoundingSet or a container's cap_drop)."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        line = next(x for x in fh if x.startswith("CapEff:"))
-    effective = int(line.split()[1], 16)
-    return [name for name, bit in STEP_USER_CAPABILITIES.items() if not effective >> bit & 1]
-
-
-def use_step_user(user: StepUser | None) -> None:
-    """Run every later step of this process and of its forks (the pool) as ``user``."""
-    global _step_user, _output_dir
-    _step_user, _output_dir = user, None
-
-
-def _as_step_user(env: dict[str, str]) -> dict[str, object]:
-    """Popen arguments that switch the child to the step user before it execs Bash (done
-    by subprocess between fork and exec: no preexec_fn, safe with threads)."""
-    user = _step_user
-    if user is None:
-        return {}
-    env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
-    return {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
-
-
 _output_dir: str | None = None
 _output_count = itertools.count()
-
-
-def _make_output_dir() -> str:
-    """A private (0700) directory for $RUNBOOK_OUTPUT files. With a step user: its own
-    directory inside one of root's (0711), so a step can neither list nor move it."""
-    top = tempfile.mkdtemp(prefix=f"runbook-{os.getpid()}-")
-    user = _step_user
-    if user is None:
-        return top
-    os.chmod(top, 0o711)
-    inner = os.path.join(top, "steps")
-    os.mkdir(inner, 0o700)
-    os.chown(inner, user.uid, user.gid)
-    return inner
 
 
 def _output_file() -> str:
@@ -256,7 +191,7 @@ def _output_file() -> str:
     """
     global _output_dir
     if _output_dir is None or not os.path.isdir(_output_dir):
-        _output_dir = _make_output_dir()
+        _output_dir = stepuser.make_output_dir()
     path = os.path.join(_output_dir, f"output-{next(_output_count)}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # left by an earlier process with this pid that was killed
@@ -341,7 +276,7 @@ def _spawn(env: dict[str, str], cwd: str | None) -> tuple[subprocess.Popen[bytes
     if box.mode == containment.SUBREAPER:
         containment.become_subreaper()
     guardian_fd = _guardian.fd()
-    switch = _as_step_user(env)
+    switch = stepuser.popen_args(env)
     go_r, go_w = os.pipe() if box.root else (None, None)
     try:
         proc = subprocess.Popen(  # type: ignore[call-overload]
