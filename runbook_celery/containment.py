@@ -10,8 +10,9 @@ the worker picks one as it starts (``RUNBOOK_CONTAINMENT``: ``auto``, ``cgroup``
   ``step-PGID`` of it. No process can leave a cgroup without write access to the cgroup
   tree, so ``cgroup.kill`` ends every process of the step, wherever it moved in the process
   tree. The pool process does so when the step ends (exit, cancel, timeout, lost lease),
-  the guardian (runner.py) when the pool process dies or the lease fence passes, and a
-  worker starting on the machine for worker cgroups whose worker is gone.
+  the guardian (runner.py) when the pool process dies or the lease fence passes, and any
+  worker on the machine (as it starts, and on each reconciler pass) for worker cgroups
+  next to its own whose worker is gone.
 * ``subreaper``: the process running steps is a child subreaper (``prctl``), so a process
   of the step whose parent exits becomes its child rather than init's; once the step's
   Bash is over, every such process and its descendants are killed. This holds while the
@@ -195,6 +196,14 @@ def sweep(parent: str) -> list[str]:
                 swept.append(name)
                 log.warning("ended what was left of a dead worker's steps (cgroup %s)", root)
     return swept
+
+
+def sweep_dead_workers() -> list[str]:
+    """``sweep`` next to this worker's cgroup (cgroup mode; the reconciler calls it)."""
+    box = _current
+    if box is None or box.root is None:
+        return []
+    return sweep(os.path.dirname(box.root))
 
 
 def _children(root: str) -> list[str]:

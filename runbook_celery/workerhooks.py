@@ -140,6 +140,8 @@ def _reconciler() -> None:
     broker = client_for(settings.broker_url) if settings.broker_url.startswith("redis") else None
     interval = max(0.5, settings.lease_seconds / 3)
     while not _stop.wait(interval):
+        with contextlib.suppress(OSError):  # dead workers whose guardians died too (OOM)
+            containment.sweep_dead_workers()
         try:
             _keep_watching(store, settings.lease_seconds)
             recover_once(store, broker, max(2, settings.lease_seconds))

@@ -165,3 +165,45 @@ def test_a_sigkilled_worker_leaves_no_step_process_behind(escape, tmp_path, redi
             assert gone(pid), f"{escape}: process {pid} outlived its SIGKILLed worker"
     finally:
         worker.stop()
+
+
+def _guardians_of(worker: WorkerProcess) -> list[int]:
+    """The guardian processes of a worker's pool processes (bash ... guardian ROOT)."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                procs[int(entry)] = (ppid, argv)
+    pool = {pid for pid, (ppid, _) in procs.items() if ppid == worker.proc.pid}
+    return [
+        pid
+        for pid, (ppid, argv) in procs.items()
+        if ppid in pool and argv[0] == b"bash" and b"guardian" in argv
+    ]
+
+
+def test_a_live_worker_ends_the_steps_of_a_dead_one_whose_guardian_died_too(
+    contained, tmp_path, redis_client
+):
+    mode, _ = contained
+    if mode != "cgroup":
+        pytest.skip("in subreaper mode nothing outlives the guardian (docs/deployment.md)")
+    # Given a worker running a step whose child escaped, and another worker on this machine
+    doomed, queue = _worker("cgroup", "doomed")
+    tmp_path.chmod(0o777)
+    try:
+        submit(escaping_workflow(tmp_path, "setsid", queue))
+        with escaped_pid(tmp_path / "fifo") as pid:
+            guardians = _guardians_of(doomed)
+            assert guardians, "the worker's pool processes have no guardian"
+            # When the worker and its guardians all die at once (the OOM killer, kill -9)
+            for guardian in guardians:
+                os.kill(guardian, signal.SIGKILL)
+            os.killpg(doomed.proc.pid, signal.SIGKILL)
+            doomed.proc.wait()
+            # Then the other worker's reconciler ends the dead worker's cgroup
+            assert gone(pid, within=30), f"process {pid} outlived its worker and guardian"
+    finally:
+        doomed.stop()
