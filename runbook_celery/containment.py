@@ -307,19 +307,23 @@ def start_ticks(pid: int) -> int:
     return int(start) if start and start.isdigit() else 0
 
 
-def kill_adopted(keep: set[int], since: int, rounds: int = 50) -> int:
+def kill_adopted(keep: set[int], leader: int, since: int, rounds: int = 50) -> int:
     """Kill the processes this subreaper adopted from a step, with their descendants, and
     reap them; the number killed.
 
-    Adopted: a child of this process not in ``keep`` that started at or after ``since``
-    (the step's Bash): children this process started before the step are not the step's.
+    Adopted: a child of this process not in ``keep`` that started after the step's Bash
+    (pid ``leader``, started at ``since``): children this process started before the step
+    are not the step's. Start times are in clock ticks (10 ms), so within the step's tick
+    the later pid is the later process.
     Killing a process hands its children to us, so this repeats until none is left.
     """
     me, killed = os.getpid(), 0
     for _ in range(rounds):
         procs = _processes()
         adopted = {
-            p for p, (parent, start) in procs.items() if parent == me and start >= since
+            p
+            for p, (parent, start) in procs.items()
+            if parent == me and (start > since or (start == since and p > leader))
         } - keep
         if not adopted:
             break

@@ -328,7 +328,7 @@ def _end_step(proc: subprocess.Popen[bytes], cgroup: str | None) -> None:
         keep = set(_live_steps)
         if _guardian.proc is not None:
             keep.add(_guardian.proc.pid)
-        containment.kill_adopted(keep, since)
+        containment.kill_adopted(keep, proc.pid, since)
 
 
 def signal_step(pgid: int, sig: int) -> None:

@@ -7,6 +7,7 @@ leaves its process group and writes that process's pid to a file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ def _step_process(
     before: str = "",
     after: str = "",
     extra: list[str] | None = None,
+    inside: Path | None = None,
 ) -> subprocess.Popen[str]:
     """A Python process like a pool process: containment ``mode``, then one step."""
     code = (
@@ -42,8 +44,11 @@ def _step_process(
         f"{after})\n"
         "print(r.exit_code, r.reason, r.message, flush=True)\n"
     )
+    # started inside the cgroup ``inside``, when given, by a shell that moves itself there
+    enter = [] if inside is None else ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"']
     return subprocess.Popen(
-        [sys.executable, "-c", code, command, *(extra or [])],
+        [*enter, *([str(inside)] if inside else []), sys.executable, "-c", code, command]
+        + (extra or []),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         text=True,
@@ -133,32 +138,49 @@ def test_a_lease_fence_ends_processes_that_left_the_group(tmp_path, kill):
 
 @needs_root
 def test_a_new_worker_ends_the_steps_a_dead_worker_left_in_its_cgroup(tmp_path):
-    # Given a worker cgroup with a running step whose worker and guardian are both gone
+    # Given a worker cgroup with a running step whose worker and guardian are both gone (in
+    # a cgroup of this test's, so that no live worker on this machine sweeps it first)
+    mount = containment._cgroup2_mount()
+    parent = Path(mount) / f"rbtest-{os.getpid()}-{tmp_path.name}"
+    parent.mkdir()
     fifo = tmp_path / "ready"
     os.mkfifo(fifo)
     command, pid_file = _escape(tmp_path, "setsid", f"echo go > {fifo}; sleep 300")
-    proc = _step_process(tmp_path, "cgroup", command)
-    root = proc.stdout.readline().split()[1]  # type: ignore[union-attr]
-    with open(fifo) as fh:
-        assert fh.read() == "go\n"
-    guardians = [
-        int(p)
-        for p in os.listdir("/proc")
-        if p.isdigit() and _parent(int(p)) == proc.pid and _comm(int(p)) == "bash"
-    ]
-    for g in guardians:
-        os.kill(g, signal.SIGKILL)  # no guardian: the OOM killer took it, say
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
-    proc.stdout.close()  # type: ignore[union-attr]
-    escaped = int(pid_file.read_text())
-    assert not gone(escaped, within=0.5), "nothing should have killed it yet"
-    # When another worker chooses its containment on this machine
-    swept = containment.sweep(os.path.dirname(root))
-    # Then the dead worker's cgroup is ended and removed
-    assert os.path.basename(root) in swept
-    assert gone(escaped)
-    assert not os.path.exists(root)
+    proc = _step_process(tmp_path, "cgroup", command, inside=parent)
+    try:
+        root = proc.stdout.readline().split()[1]  # type: ignore[union-attr]
+        assert Path(root).parent == parent
+        with open(fifo) as fh:
+            assert fh.read() == "go\n"
+        for pid in _guardians(proc.pid):
+            os.kill(pid, signal.SIGKILL)  # no guardian: the OOM killer took it, say
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        escaped = int(pid_file.read_text())
+        assert not gone(escaped, within=0.5), "nothing should have killed it yet"
+        # When another worker chooses its containment next to it
+        swept = containment.sweep(str(parent))
+        # Then the dead worker's cgroup is ended and removed
+        assert swept == [Path(root).name]
+        assert gone(escaped)
+        assert not os.path.exists(root)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        containment.sweep(str(parent))
+        containment.remove_cgroup(str(parent))
+
+
+def _guardians(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _parent(int(entry)) == parent:
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if argv[0] == b"bash" and b"guardian" in argv:
+                    found.append(int(entry))
+    return found
 
 
 def _parent(pid: int) -> int:
@@ -166,13 +188,6 @@ def _parent(pid: int) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError):
         return 0
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def test_cgroup_containment_where_none_is_writable_is_a_clear_error(monkeypatch):
