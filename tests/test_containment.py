@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,7 @@ def tick():
         return False
     escaped = int(open(pid_file).read())
     fd = os.pidfd_open(escaped)
+    print('escaped uid:', os.stat(f'/proc/{escaped}').st_uid, flush=True)
     KILL
     gone = bool(select.select([fd], [], [], 20)[0])
     print('escaped gone while the pool process hung:', gone, flush=True)
@@ -118,22 +121,34 @@ def tick():
         "runner.signal_step(pg[0], 9)",  # the lease keeper: superseded
     ],
 )
-def test_a_lease_fence_ends_processes_that_left_the_group(tmp_path, kill):
-    # Given a step (cgroup mode) whose child escaped its process group
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_a_lease_fence_ends_processes_that_left_the_group(kill, user):
+    # Given a step (cgroup mode; as root, or as the step user nobody, in a folder nobody may
+    # write) whose child escaped its process group
+    tmp_path = Path(tempfile.mkdtemp(prefix="rbtest-fence-"))
+    tmp_path.chmod(0o777)
     command, pid_file = _escape(tmp_path, "double-fork", "sleep 300")
+    as_user = (
+        "from runbook_celery import stepuser\nstepuser.use(stepuser.StepUser.lookup('nobody'))\n"
+    )
     proc = _step_process(
         tmp_path,
         "cgroup",
         command,
-        before=FENCE_TICK.replace("KILL", kill),
+        before=(as_user if user == "nobody" else "") + FENCE_TICK.replace("KILL", kill),
         after=", on_spawn=pg.append, tick=tick, tick_interval=0.05",
         extra=[str(pid_file)],
     )
-    # When its lease is lost and the fence kills it while the pool process hangs
-    out, _ = proc.communicate(timeout=40)
-    # Then the escaped process died of the fence itself
-    assert "escaped gone while the pool process hung: True" in out, out
-    assert gone(int(pid_file.read_text()))
+    try:
+        # When its lease is lost and the fence kills it while the pool process hangs
+        out, _ = proc.communicate(timeout=40)
+        # Then the escaped process (running as the step's user) died of the fence itself
+        uid = 0 if user == "root" else 65534
+        assert f"escaped uid: {uid}\n" in out, out
+        assert "escaped gone while the pool process hung: True" in out, out
+        assert gone(int(pid_file.read_text()))
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @needs_root
