@@ -336,6 +336,19 @@ def kill_adopted(keep: set[int], leader: int, since: int, rounds: int = 50) -> i
                 os.kill(pid, signal.SIGKILL)
         killed += len(doomed)
         for pid in adopted:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+            _reap(pid, 5.0)
     return killed
+
+
+def _reap(pid: int, limit: float) -> None:
+    """Reap the killed child ``pid``, waiting at most ``limit`` seconds (a process in
+    uninterruptible sleep dies only when its I/O returns; it then stays a zombie of this
+    process, which does not block the step)."""
+    with contextlib.suppress(OSError):
+        fd = os.pidfd_open(pid)
+        try:
+            select.select([fd], [], [], limit)
+        finally:
+            os.close(fd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
