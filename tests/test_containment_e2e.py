@@ -207,3 +207,54 @@ def test_a_live_worker_ends_the_steps_of_a_dead_one_whose_guardian_died_too(
             assert gone(pid, within=30), f"process {pid} outlived its worker and guardian"
     finally:
         doomed.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_paused_workers_escaped_process_is_dead_before_another_worker_takes_the_step(
+    tmp_path, redis_client
+):
+    # Given step x on worker A (cgroup, lease 3 s): its first execution leaves a process
+    # that escaped its group, the next one reports whether that process still lives
+    tmp_path.chmod(0o777)
+    pid, fifo, leader = tmp_path / "escaped.pid", tmp_path / "fifo", tmp_path / "leader"
+    os.mkfifo(fifo)
+    queue = f"contain-fence-{SESSION}"
+    wf = tmp_path / "fence.yaml"
+    wf.write_text(f"""
+name: fenced-escape
+steps:
+  - id: x
+    queue: {queue}
+    run: |
+      if [ ! -s {pid} ]; then
+        setsid bash -c 'echo $$ > {pid}; exec sleep 1000' >/dev/null 2>&1 </dev/null &
+        until [ -s {pid} ]; do sleep 0.05; done
+        echo $$ > {leader}
+        cat {pid} > {fifo}
+        sleep 1000
+      fi
+      state=$(awk '{{print $3}}' "/proc/$(cat {pid})/stat" 2>/dev/null || :)
+      echo "first=${{state:-gone}}" >> "$RUNBOOK_OUTPUT"
+""")
+    env = {"RUNBOOK_LEASE_SECONDS": "3", "RUNBOOK_CONTAINMENT": "cgroup"}
+    a = WorkerProcess("contain-fence-a", queues=queue, concurrency=1, env=env)
+    b, pool = None, 0
+    try:
+        run = submit(wf)
+        with escaped_pid(fifo):
+            pool = int(Path(f"/proc/{leader.read_text().strip()}/stat").read_text().split()[3])
+            # When A's pool process stops (it cannot renew the lease) and worker B comes up
+            os.kill(pool, signal.SIGSTOP)
+            b = WorkerProcess("contain-fence-b", queues=queue, concurrency=1, env=env)
+            final = run.wait(timeout=90)
+    finally:
+        if pool:
+            os.kill(pool, signal.SIGCONT)
+        a.stop()
+        if b is not None:
+            b.stop()
+    # Then attempt 2 ran, and found attempt 1's escaped process dead (zombie or gone):
+    # A's guardian had killed its cgroup at 3/4 of the lease, though A was stopped
+    assert final.status == "succeeded", final.to_dict()
+    assert final.steps["x"].attempts == 2
+    assert final.steps["x"].outputs["first"] in ("gone", "Z"), final.steps["x"].outputs
