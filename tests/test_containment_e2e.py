@@ -189,7 +189,7 @@ def test_a_live_worker_ends_the_steps_of_a_dead_one_whose_guardian_died_too(
 ):
     mode, _ = contained
     if mode != "cgroup":
-        pytest.skip("in subreaper mode nothing outlives the guardian (docs/deployment.md)")
+        pytest.skip("the sweeping worker must be a cgroup worker (the other parameter)")
     # Given a worker running a step whose child escaped, and another worker on this machine
     doomed, queue = _worker("cgroup", "doomed")
     tmp_path.chmod(0o777)
