@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 run failed, 2 invalid input, 3 Redis/broker unreachable, 4 n
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -183,20 +184,59 @@ def status(run_id: str, as_json: bool) -> None:
 @click.option("-c", "--concurrency", type=int, default=None, help="Parallel steps (default: CPUs).")
 @click.option("-Q", "--queues", default=None, help="Comma-separated queues to consume.")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option(
+    "--step-user",
+    default=None,
+    metavar="NAME",
+    help="Run steps as this unprivileged user; the worker (started as root) stays root.",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
-    concurrency: int | None, queues: str | None, loglevel: str, celery_args: tuple[str, ...]
+    concurrency: int | None,
+    queues: str | None,
+    loglevel: str,
+    step_user: str | None,
+    celery_args: tuple[str, ...],
 ) -> None:
     """Start a Celery worker for runbook steps (extra arguments go to Celery)."""
     from .app import app
     from .settings import get_settings, warn_of_passwords_in_env
 
     argv = ["worker", f"--loglevel={loglevel}", "-E", "-Q", queues or get_settings().default_queue]
+    if step_user is not None:
+        _use_step_user(step_user, celery_args)
     warn_of_passwords_in_env()
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     argv += list(celery_args)
     app.worker_main(argv)
+
+
+def _use_step_user(name: str, celery_args: tuple[str, ...]) -> None:
+    """Check ``--step-user`` against how the worker runs, then switch steps to that user."""
+    from . import stepuser
+
+    if any(a == "--uid" or a.startswith("--uid=") for a in celery_args):
+        raise click.UsageError(
+            "--step-user and --uid do not go together: --uid makes the whole worker that "
+            "user, which then cannot switch to another one for its steps; use --step-user "
+            "(the worker stays root, its steps run as NAME) or --uid (worker and steps run "
+            "as one user), see docs/deployment.md"
+        )
+    if os.geteuid() != 0:
+        raise click.UsageError(
+            "--step-user needs a worker started as root (it switches each step to NAME)"
+        )
+    missing = stepuser.missing_capabilities()
+    if missing:
+        raise click.UsageError(
+            f"--step-user needs the capabilities {', '.join(missing)}, which this worker lacks "
+            "(add them to the unit's CapabilityBoundingSet or the container's cap_add)"
+        )
+    try:
+        stepuser.use(stepuser.StepUser.lookup(name))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--step-user") from None
 
 
 EXTRA_COMMAND_MODULES = ("cli_control", "cli_observe", "cli_ecosystem")

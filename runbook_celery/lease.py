@@ -25,16 +25,14 @@ worker's clock does not run more than ``1 - HARD_FENCE`` (25%) slower than Redis
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import threading
 import time
 
 import redis
 
-from .runner import _guardian
+from .runner import _guardian, signal_step
 from .store import RunStore
 
 log = logging.getLogger("runbook_celery.worker")
@@ -177,5 +175,4 @@ class LeaseKeeper:
 
     def _kill(self, sig: int) -> None:
         if self.pgid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pgid, sig)
+            signal_step(self.pgid, sig)  # SIGKILL: its cgroup too, if it has one

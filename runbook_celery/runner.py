@@ -16,6 +16,11 @@ at which a step could outlive its worker unnoticed. So nothing the step started 
 it or its worker, and a timeout or cancel can signal the group (SIGTERM, a grace period,
 then SIGKILL). One long-lived guardian per process replaces a lifeline subshell per step,
 which cost a fork on every step.
+
+Processes can leave the step's process group (``setsid``, a double fork, ``set -m``):
+``containment.py`` keeps them inside the step all the same (a cgroup per step, which the
+pool process, the lease keeper and the guardian kill; or this process as a subreaper).
+With ``worker --step-user`` the step's Bash runs as that user (``stepuser.py``).
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ import os
 import re
 import selectors
 import signal
+import stat
 import subprocess
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TextIO
 
+from . import containment, stepuser
 from .events import FailureReason
 from .masking import Masker, StreamMasker
 
@@ -65,11 +72,15 @@ class BashResult:
         return self.exit_code == 0 and self.reason is None
 
 
-def _wrapper(guardian_fd: int, preamble: str = "") -> str:
+def _wrapper(guardian_fd: int, go_fd: int | None = None, preamble: str = "") -> str:
+    # in cgroup mode, wait until the pool process has put this Bash into the step's cgroup
+    # (end of file instead: the pool process died first, so run nothing)
+    wait = "" if go_fd is None else f"read -r -u {go_fd} _ || exit 125; exec {go_fd}<&- ; "
     return (
+        wait
         # register with the guardian before anything else runs; SIGPIPE ignored and `|| :`
         # so that a guardian that is gone cannot kill or fail the step (-e is on)
-        f"trap '' PIPE; echo \"+$$\" >&{guardian_fd} 2>/dev/null || : ; trap - PIPE; "
+        + f"trap '' PIPE; echo \"+$$\" >&{guardian_fd} 2>/dev/null || : ; trap - PIPE; "
         f"exec {guardian_fd}>&- ; {preamble}"
         f'__runbook_cmd=${COMMAND_VAR}; unset {COMMAND_VAR}; eval "$__runbook_cmd"'
     )
@@ -79,15 +90,19 @@ def _wrapper(guardian_fd: int, preamble: str = "") -> str:
 # (/proc/uptime, in centiseconds) reaches T unless a later "=" line moves T (the step's
 # lease could not be renewed: the pool process may be stopped or hung, so the deadline is
 # kept here, outside it). At end of file (its pool process is gone), kills every process
-# group still registered. Bash builtins only: no fork per line or per wake-up.
+# group still registered. Killing a group also kills the step's cgroup "$1/step-PGID" when
+# the worker has a cgroup ($1, see containment.py): what left the group dies too. Bash
+# builtins only: no fork per line or per wake-up.
 _GUARDIAN_SCRIPT = """
 declare -A g d
+cg=$1
+k() { kill -KILL -- "-$1"; [[ -z $cg ]] || echo 1 > "$cg/step-$1/cgroup.kill"; } 2>/dev/null
 while :; do
   t=()
   if ((${#d[@]})); then
     read -r up _ < /proc/uptime; now=$((10#${up/./})); min=
     for pg in "${!d[@]}"; do
-      if ((d[$pg] <= now)); then kill -KILL -- "-$pg" 2>/dev/null; unset "g[$pg]" "d[$pg]"
+      if ((d[$pg] <= now)); then k "$pg"; unset "g[$pg]" "d[$pg]"
       elif [[ -z $min ]] || ((d[$pg] < min)); then min=${d[$pg]}; fi
     done
     if [[ -n $min ]]; then
@@ -95,7 +110,7 @@ while :; do
     fi
   fi
   if read -r "${t[@]}" line; then
-    pg=${line:1}; pg=${pg%% *}; [[ $pg =~ ^[0-9]+$ ]] || continue
+    pg=${line:1}; pg=${pg%% *}; [[ $pg =~ ^[0-9]+$ ]] && ((10#$pg > 1)) || continue
     case ${line:0:1} in
       +) g[$pg]=1 ;;
       -) unset "g[$pg]" "d[$pg]" ;;
@@ -104,7 +119,7 @@ while :; do
   elif (($? <= 128)); then break
   fi
 done
-for pg in "${!g[@]}"; do kill -KILL -- "-$pg"; done 2>/dev/null
+for pg in "${!g[@]}"; do k "$pg"; done
 """
 
 
@@ -123,7 +138,7 @@ class _Guardian:
             proc = self.proc
             if proc is None or self.owner != os.getpid() or proc.poll() is not None:
                 proc = self.proc = subprocess.Popen(
-                    ["bash", "-c", _GUARDIAN_SCRIPT],
+                    ["bash", "-c", _GUARDIAN_SCRIPT, "guardian", containment.current().root or ""],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -177,7 +192,7 @@ def _output_file() -> str:
     """
     global _output_dir
     if _output_dir is None or not os.path.isdir(_output_dir):
-        _output_dir = tempfile.mkdtemp(prefix=f"runbook-{os.getpid()}-")
+        _output_dir = stepuser.make_output_dir()
     path = os.path.join(_output_dir, f"output-{next(_output_count)}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # left by an earlier process with this pid that was killed
@@ -214,17 +229,7 @@ def run_bash(
     try:
         try:
             inputs = place_values(full_env)
-            guardian_fd = _guardian.fd()
-            proc = subprocess.Popen(
-                ["bash", "-eo", "pipefail", "-c", _wrapper(guardian_fd, inputs.preamble)],
-                env=inputs.env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                pass_fds=(guardian_fd, *inputs.fds),
-            )
+            proc, cgroup = _spawn(inputs, cwd)
         except OSError as exc:
             return BashResult(
                 None, reason=FailureReason.SPAWN_ERROR, message=f"cannot start bash: {exc}"
@@ -241,9 +246,8 @@ def run_bash(
                 on_spawn(proc.pid)
             reason = _supervise(proc, streams, timeout, kill_grace, tick, tick_interval)
         finally:
-            _killpg(proc.pid, signal.SIGKILL)  # whatever the step left behind dies
+            _end_step(proc, cgroup)  # whatever the step left behind dies
             _drain(streams)
-            proc.wait()
             _guardian.release(proc.pid)
             proc.stdout.close()  # type: ignore[union-attr]
             proc.stderr.close()  # type: ignore[union-attr]
@@ -372,6 +376,85 @@ def _value_fd(value: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+# this process's running step shells (a subreaper must not kill them), with when each
+# started (what a subreaper adopts from a step started no earlier than the step)
+_live_steps: dict[int, int] = {}
+
+
+def _spawn(inputs: PlacedValues, cwd: str | None) -> tuple[subprocess.Popen[bytes], str | None]:
+    """Start the step's Bash, contained (containment.py), with its values (``inputs``: the
+    environment, and memfds for the large ones): the process and its cgroup (cgroup mode).
+    Raises OSError when Bash cannot start or cannot be contained."""
+    box = containment.current()
+    if box.mode == containment.SUBREAPER:
+        containment.become_subreaper()
+    guardian_fd = _guardian.fd()
+    switch = stepuser.popen_args(inputs.env)
+    go_r, go_w = os.pipe() if box.root else (None, None)
+    fds = (guardian_fd, *inputs.fds) if go_r is None else (guardian_fd, go_r, *inputs.fds)
+    try:
+        proc = subprocess.Popen(  # type: ignore[call-overload]
+            ["bash", "-eo", "pipefail", "-c", _wrapper(guardian_fd, go_r, inputs.preamble)],
+            env=inputs.env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=fds,
+            **switch,
+        )
+    except OSError:
+        if go_w is not None:
+            os.close(go_w)
+        raise
+    finally:
+        if go_r is not None:
+            os.close(go_r)
+    _live_steps[proc.pid] = containment.start_ticks(proc.pid) if box.root is None else 0
+    if box.root is None or go_w is None:
+        return proc, None
+    try:
+        cgroup = containment.make_step_cgroup(box.root, proc.pid, proc.pid)
+        os.write(go_w, b"go\n")
+    except OSError as exc:
+        os.close(go_w)  # end of file: the Bash exits without running the step
+        proc.wait()
+        _live_steps.pop(proc.pid, None)
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()  # type: ignore[union-attr]
+        raise OSError(exc.errno, f"cannot put it into its cgroup: {exc}") from None
+    os.close(go_w)
+    return proc, cgroup
+
+
+def _end_step(proc: subprocess.Popen[bytes], cgroup: str | None) -> None:
+    """Kill every process of the step: its group, its cgroup, or (subreaper) whatever the
+    step left to this process; then reap the step's Bash."""
+    _killpg(proc.pid, signal.SIGKILL)
+    if cgroup is not None:
+        containment.kill_cgroup(cgroup)
+    proc.wait()
+    since = _live_steps.pop(proc.pid, 0)
+    if cgroup is not None:
+        containment.remove_cgroup(cgroup)
+    elif containment.current().mode == containment.SUBREAPER:
+        keep = set(_live_steps)
+        if _guardian.proc is not None:
+            keep.add(_guardian.proc.pid)
+        containment.kill_adopted(keep, proc.pid, since)
+
+
+def signal_step(pgid: int, sig: int) -> None:
+    """Signal the step whose process group is ``pgid``; SIGKILL ends its cgroup as well
+    (the lease fence: processes that left the group must die too)."""
+    _killpg(pgid, sig)
+    if sig == signal.SIGKILL:
+        cgroup = containment.current().step_cgroup(pgid)
+        if cgroup is not None:
+            containment.kill_cgroup(cgroup)
 
 
 def _supervise(
@@ -519,11 +602,36 @@ class _Stream:
                 self.on_line = None
 
 
+def _open_outputs(path: str) -> int | None:
+    """Open $RUNBOOK_OUTPUT as the step left it: a plain file, never through a link (a step
+    running as another user must not make this process read a file it cannot read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:  # the step wrote no outputs
+        return None
+    except OSError:
+        raise ValueError("$RUNBOOK_OUTPUT must be a regular file, not a link") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise ValueError("$RUNBOOK_OUTPUT must be a regular file with no other links")
+    return fd
+
+
 def _collect_outputs(path: str, limit: int, result: BashResult) -> None:
     try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:  # the step wrote no outputs
+        fd = _open_outputs(path)
+    except ValueError as exc:
+        result.reason = FailureReason.EXIT_CODE
+        result.message = f"bad $RUNBOOK_OUTPUT: {exc}"
         return
+    if fd is None:
+        return
+    with open(fd, encoding="utf-8", errors="replace") as fh:
+        _read_outputs(fh, os.fstat(fd).st_size, limit, result)
+
+
+def _read_outputs(fh: TextIO, size: int, limit: int, result: BashResult) -> None:
     if size > limit:
         result.reason = FailureReason.OUTPUT_TOO_LARGE
         result.message = (
@@ -531,8 +639,7 @@ def _collect_outputs(path: str, limit: int, result: BashResult) -> None:
             "(RUNBOOK_OUTPUT_LIMIT)"
         )
         return
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        text = fh.read()
+    text = fh.read()
     try:
         result.outputs = parse_outputs(text)
     except ValueError as exc:

@@ -39,6 +39,8 @@ DEFAULT_MAX_ATTEMPTS = 5  # deliveries of one step before it fails as worker_los
 DEFAULT_KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a step
 DEFAULT_SHUTDOWN_GRACE = 60.0  # seconds a stopping worker lets running steps finish
 DEFAULT_MAX_INSTANCES = 10_000  # instances of one matrix/for_each step
+DEFAULT_CONTAINMENT = "auto"  # cgroup v2 where writable, else a child subreaper
+CONTAINMENTS = ("auto", "cgroup", "subreaper")
 
 REDIS_SCHEMES = ("redis", "rediss")  # what both redis-py and Celery's Redis backend accept
 BROKER_SCHEMES = (*REDIS_SCHEMES, "amqp", "amqps", "pyamqp")
@@ -72,6 +74,7 @@ class Settings:
     default_queue: str = DEFAULT_QUEUE
     flower_url: str | None = None  # base URL of Flower, for links to run pages in notifications
     worker_notifier: bool = True  # workers send notifications (else `runbook-celery notifier`)
+    containment: str = DEFAULT_CONTAINMENT  # how steps are kept from outliving themselves
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +107,7 @@ class Settings:
             max_instances=reader.whole("RUNBOOK_MAX_INSTANCES", DEFAULT_MAX_INSTANCES, 1, 10**6),
             flower_url=reader.web_url("RUNBOOK_FLOWER_URL"),
             worker_notifier=reader.flag("RUNBOOK_WORKER_NOTIFIER", True),
+            containment=reader.choice("RUNBOOK_CONTAINMENT", DEFAULT_CONTAINMENT, CONTAINMENTS),
         )
         if reader.problems:
             raise InvalidSetting(reader.problems)
@@ -185,6 +189,16 @@ class _Reader:
             if value in ("0", "false", "no", "off"):
                 return False
             raise ValueError(f"not a yes/no value; write {name}=true or {name}=false")
+
+        return self._checked(name, default, parse)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        """One of ``choices`` (case-insensitive)."""
+
+        def parse(raw: str) -> str:
+            if raw.lower() not in choices:
+                raise ValueError(f"not one of {', '.join(choices)}; write e.g. {name}={default}")
+            return raw.lower()
 
         return self._checked(name, default, parse)
 

@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from celery import signals
 
+from . import containment
 from .recovery import recover_once
 from .redisconn import client_for
 from .settings import get_settings
@@ -140,6 +141,8 @@ def _reconciler() -> None:
     broker = client_for(settings.broker_url) if settings.broker_url.startswith("redis") else None
     interval = max(0.5, settings.lease_seconds / 3)
     while not _stop.wait(interval):
+        with contextlib.suppress(OSError):  # dead workers whose guardians died too (OOM)
+            containment.sweep_dead_workers()
         try:
             _keep_watching(store, settings.lease_seconds)
             recover_once(store, broker, max(2, settings.lease_seconds))
@@ -149,6 +152,7 @@ def _reconciler() -> None:
 
 @signals.worker_ready.connect
 def _start_reconciler(**_: Any) -> None:
+    log.info("%s", containment.current().describe())  # worker_init is too early to log
     _stop.clear()
     threading.Thread(target=_reconciler, name="runbook-reconciler", daemon=True).start()
 
@@ -169,6 +173,17 @@ def _arm_handback(**_: Any) -> None:
     timer = threading.Timer(grace, raise_flag)
     timer.daemon = True
     timer.start()
+
+
+@signals.worker_init.connect
+def _contain_steps(**_: Any) -> None:
+    """Choose how steps are contained before the pool forks (containment.py); a worker
+    told to use cgroups where it cannot does not start."""
+    try:
+        containment.setup(get_settings().containment)
+    except containment.ContainmentError as exc:
+        log.critical("%s", exc.strerror)
+        raise SystemExit(2) from None
 
 
 @signals.worker_init.connect

@@ -52,6 +52,7 @@ def test_well_formed_values_are_read():
             "RUNBOOK_MAX_ATTEMPTS": "2",
             "RUNBOOK_KILL_GRACE": "0.5",
             "RUNBOOK_SHUTDOWN_GRACE": "0",
+            "RUNBOOK_CONTAINMENT": "Subreaper",
         }
     )
     assert (s.redis_url, s.broker_url) == (
@@ -68,6 +69,7 @@ def test_well_formed_values_are_read():
     assert (s.log_lines, s.lease_seconds, s.max_attempts) == (50, 9, 2)
     assert s.log_bytes == 1024 * 1024
     assert (s.kill_grace, s.shutdown_grace) == (0.5, 0.0)
+    assert s.containment == "subreaper"
 
 
 @pytest.mark.parametrize(
@@ -100,6 +102,7 @@ def test_well_formed_values_are_read():
         ("RUNBOOK_REDIS_URL", "amqp://h//", "use redis:// or rediss://"),
         ("RUNBOOK_REDIS_URL", "redis://h:port/0", "not a valid URL"),
         ("RUNBOOK_BROKER_URL", "sqs://queue", "unsupported URL scheme sqs://"),
+        ("RUNBOOK_CONTAINMENT", "cgroups", "not one of auto, cgroup, subreaper"),
     ],
 )
 def test_a_malformed_value_is_an_error_naming_the_variable(name, value, fragment):
