@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-from . import bashplace
+from . import bashplace, shells
 from . import expressions as ex
 from .errors import DefinitionError, InvalidDefinition, InvalidParams
 from .graph import Graph, Leaf, Series, SPTree
-from .loader import LoadedWorkflow, matrix_text, numeric_refs, script_problem
+from .loader import LoadedWorkflow, matrix_text, numeric_refs, script_problem, step_shell
 from .model import Param, Scalar, param_text, param_value_problem
 from .safefiles import Refused, read_script
 from .settings import get_settings
@@ -166,8 +166,14 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
         vars_: dict[str, str] = {}
         if step.script is not None:
             command = _read_script(loaded, i, step.script)
+        elif step_shell(wf, step) != shells.BASH:
+            command = step.run or ""  # validation refused ${{ }} in it
         else:
             command = _rewrite_step(loaded, i, vars_)
+        shell = step_shell(wf, step)
+        shell_script = None
+        if shell != shells.BASH:  # Bash starts the interpreter on the text
+            command, shell_script = shells.launcher(shell), command
         working_dir = None
         if step.working_dir:
             working_dir = str((loaded.base_dir / step.working_dir).resolve())
@@ -177,6 +183,7 @@ def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = No
                 "name": step.name or step.id,
                 "needs": list(step.needs),
                 "command": command,
+                "shell_script": shell_script,
                 "env": dict(step.env),
                 "vars": vars_,
                 "working_dir": working_dir,

@@ -20,7 +20,8 @@ from typing import Any
 
 from .compile import rewrite_command
 from .errors import Problem
-from .loader import LoadedWorkflow, numeric_refs
+from .loader import LoadedWorkflow, numeric_refs, step_shell
+from .shells import BASH
 
 # SC2154 (referenced but not assigned): a step's variables come from env: and the worker's
 # environment, which shellcheck cannot see. SC1091 (not following a sourced file): sourced
@@ -47,6 +48,8 @@ def lint_workflow(loaded: LoadedWorkflow) -> list[Problem]:
         targets: dict[str, tuple[int, str]] = {}  # checked file -> (step index, key)
         problems: list[Problem] = []
         for i, step in enumerate(wf.steps):
+            if step_shell(wf, step) != BASH:
+                continue  # shellcheck reads Bash only (sh would need its own dialect flag)
             if step.run is not None:
                 path = Path(tmp) / f"step-{i}.sh"
                 path.write_text(

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import bashplace, matrix
+from . import bashplace, matrix, shells
 from . import expressions as ex
 from .cron import schedule_problem
 from .errors import DefinitionError, InvalidDefinition, Problem
@@ -256,8 +256,22 @@ def _check_semantics(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
     for key, value in wf.env.items():
         _check_text(value, ("env", key), None, wf, graph, add)
     _check_outputs(wf, graph, add)
+    default_shell = wf.defaults.shell if wf.defaults is not None else None
+    if default_shell is not None and (problem := shells.template_problem(default_shell)):
+        add(("defaults", "shell"), problem, None)
     for i, step in enumerate(wf.steps):
-        if step.run is not None:
+        shell = step_shell(wf, step)
+        if step.shell is not None and (problem := shells.template_problem(step.shell)):
+            add(("steps", i, "shell"), problem, step.id)
+        if step.run is not None and shell != shells.BASH and "${{" in step.run:
+            add(
+                ("steps", i, "run"),
+                f"with shell {shell!r}, ${{{{ }}}} cannot be placed in run (only Bash's grammar "
+                "is known); pass the value through env: (NAME: ${{ ... }}) and read the "
+                "environment variable NAME in the script",
+                step.id,
+            )
+        elif step.run is not None:
             _check_text(step.run, ("steps", i, "run"), step, wf, graph, add)
         for key, value in step.env.items():
             _check_text(value, ("steps", i, "env", key), step, wf, graph, add)
@@ -354,6 +368,15 @@ def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add) -> 
             return
         for problem in reference_problems(occ[0].node, step, wf, graph):
             add(("steps", i, "for_each"), problem, step.id)
+
+
+def step_shell(wf: Workflow, step: Step) -> str:
+    """The interpreter of a step: its own ``shell``, the workflow's default, else bash."""
+    if step.shell is not None:
+        return step.shell
+    if wf.defaults is not None and wf.defaults.shell is not None:
+        return wf.defaults.shell
+    return shells.BASH
 
 
 def _check_outputs(wf: Workflow, graph: Graph, add) -> None:  # type: ignore[no-untyped-def]

@@ -371,6 +371,11 @@ class Defaults(_Strict):
     timeout: float | None = Field(None, gt=0, le=7 * 86400)
     kill_grace: float | None = Field(None, ge=0, le=3600)
     on_failure: Literal["fail", "pause"] | None = None
+    shell: str | None = Field(
+        None,
+        description="Interpreter of every step: bash (default), sh, python, or a command "
+        "with {0} for the script file ('perl {0}').",
+    )
 
 
 def _usable_notify_url(value: str) -> str:
@@ -461,6 +466,11 @@ class Step(_Strict):
             description="Record a failure but let the run and dependents go on: true for any "
             "failure, or a list of the exit codes that may fail this way.",
         )
+    )
+    shell: str | None = Field(
+        None,
+        description="Interpreter of run/script: bash (default), sh, python, or a command "
+        "with {0} for the script file ('perl {0}'); values reach non-Bash steps via env.",
     )
     output: EnvName | None = Field(
         None,

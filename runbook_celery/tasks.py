@@ -28,6 +28,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from . import expressions as ex
 from . import (
     matrix,
+    shells,
     stepinputs,
     workerhooks,  # noqa: F401  (connects the worker signals: recovery, shutdown)
 )
@@ -725,6 +726,8 @@ class StepExecution:
         env["RUNBOOK_WORKFLOW"] = self.ctx.workflow
         env["RUNBOOK_STEP_ATTEMPT"] = str(self.attempt or 1)
         env["RUNBOOK_RUN_STATUS"] = self._run_status()
+        if self.spec.get("shell_script") is not None:  # shell: sh/python/...: its text
+            env[shells.SCRIPT_VAR] = self.spec["shell_script"]
         sink = StepLogSink(
             self.store.r,
             self.store.keys,
