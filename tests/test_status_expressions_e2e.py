@@ -167,3 +167,18 @@ steps:
     assert final.to_dict()["outputs"] == expected
     shown = run_cli("status", run.id)
     assert "output    version=v1.4.2" in shown.stdout, shown.stdout + shown.stderr
+
+
+@pytest.mark.parametrize(
+    ("ref", "released"), [("refs/heads/main", "skipped"), ("refs/tags/v2.12.0", "succeeded")]
+)
+def test_the_pydantic_ci_example_runs_its_matrix_check_and_tag_only_release(ref, released):
+    from pathlib import Path
+
+    wf = Path(__file__).resolve().parent.parent / "definitions" / "pydantic-ci.yaml"
+    final = submit(wf, {"ref": ref}).wait(timeout=120)
+    assert final.status == "succeeded", final.to_dict()
+    tests = [s for sid, s in final.steps.items() if sid.startswith("test[")]
+    assert len(tests) == 8  # 5 Linux versions + 3 included (macOS, Windows)
+    assert final.outputs == {"version": "2.12.0", "verdict": "all green"}
+    assert final.steps["release"].status == released
