@@ -190,19 +190,42 @@ def status(run_id: str, as_json: bool) -> None:
     metavar="NAME",
     help="Run steps as this unprivileged user; the worker (started as root) stays root.",
 )
+@click.option(
+    "--log-tasks",
+    is_flag=True,
+    help="Log every task received and succeeded (Celery's INFO lines; off: a step failure "
+    "is still one line).",
+)
+@click.option(
+    "--gossip-and-mingle",
+    is_flag=True,
+    help="Turn Celery's gossip and mingle back on (off: nothing here needs them).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
     concurrency: int | None,
     queues: str | None,
     loglevel: str,
     step_user: str | None,
+    log_tasks: bool,
+    gossip_and_mingle: bool,
     celery_args: tuple[str, ...],
 ) -> None:
-    """Start a Celery worker for runbook steps (extra arguments go to Celery)."""
+    """Start a Celery worker for runbook steps (extra arguments go to Celery).
+
+    Defaults an operator would choose: no gossip or mingle (workers learn nothing from each
+    other that runbook-celery uses: state lives in Redis, and cancel does not use Celery's
+    revoke), and no INFO line per task received or succeeded (the run store and events
+    record every step; ``--log-tasks`` brings the lines back)."""
     from .app import app
     from .settings import get_settings, warn_of_passwords_in_env
+    from .taskevents import quiet_task_lines
 
     argv = ["worker", f"--loglevel={loglevel}", "-E", "-Q", queues or get_settings().default_queue]
+    if not gossip_and_mingle:
+        argv += ["--without-gossip", "--without-mingle"]
+    if not log_tasks:
+        quiet_task_lines()
     if step_user is not None:
         _use_step_user(step_user, celery_args)
     warn_of_passwords_in_env()

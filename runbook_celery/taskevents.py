@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
+from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
 from celery.exceptions import Ignore
 from celery.worker.request import Request
 
@@ -141,3 +142,20 @@ def quiet_ordinary_chord_failures() -> None:
     logger = logging.getLogger("celery.backends.redis")
     if not any(isinstance(f, _OrdinaryChordFailure) for f in logger.filters):
         logger.addFilter(_OrdinaryChordFailure())
+
+
+class _RoutineTaskLines(logging.Filter):
+    """Celery's INFO line for every task received and every task succeeded: at thousands of
+    steps a minute they drown what matters, and the run store records each step anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in (LOG_RECEIVED, LOG_SUCCESS)
+
+
+def quiet_task_lines() -> None:
+    """Drop those lines (``runbook-celery worker`` without ``--log-tasks``); failures, retries
+    and warnings stay."""
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RoutineTaskLines) for f in logger.filters):
+            logger.addFilter(_RoutineTaskLines())
