@@ -194,7 +194,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
-        task_track_started=True,
+        # No STARTED result write per step: Flower learns "started" from task events, and
+        # the run store records each step's start in its claim (one write less per step).
+        task_track_started=False,
         result_extended=True,
         result_expires=s.retention,
         result_chord_join_timeout=30,
