@@ -16,6 +16,7 @@ REVOKED by ``announce_skipped``. Event ``uuid``s are step task ids, ``<run>.<ste
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 from collections.abc import Iterable
@@ -28,8 +29,12 @@ from celery.worker.request import Request
 
 log = logging.getLogger("runbook_celery.worker")
 
-_STATUS = re.compile(r"'status': '(skipped|cancelled)'")
-_REASON = re.compile(r"'reason': '((?:[^'\\]|\\.)*)'")
+# The step task's result, as Celery's event carries it (its repr): the fields our task puts
+# first, matched from the start so that no output value can pose as them.
+_ENDED = re.compile(
+    r"^\{'run_id': '[0-9a-f]+', 'step': '[A-Za-z0-9_\[\]-]+', "
+    r"""'status': '(skipped|cancelled)', 'reason': ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+)
 _FAILED = re.compile(r"^StepFailed\(['\"](?P<status>failed|cancelled)\b")
 
 
@@ -70,10 +75,10 @@ class StepRequest(Request):
 
     def send_event(self, type: str, **fields: Any) -> None:
         if type == "task-succeeded":
-            ended = _STATUS.search(str(fields.get("result", "")))
+            ended = _ENDED.match(str(fields.get("result", "")))
             if ended:  # recorded skipped or cancelled: not a success
-                reason = _REASON.search(str(fields.get("result", "")))
-                type, fields = "task-revoked", _revoked(ended.group(1), reason and reason.group(1))
+                reason = ast.literal_eval(ended.group(2))  # a Python string literal, no more
+                type, fields = "task-revoked", _revoked(ended.group(1), reason)
         elif type == "task-failed":
             failed = _FAILED.match(str(fields.get("exception", "")))
             if failed and failed.group("status") == "cancelled":
