@@ -308,7 +308,7 @@ def _loads_or_none(text: str) -> Any:
         return None
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -382,20 +382,25 @@ def _call(name: str, args: list[Any]) -> Any:
             return _bounded(sep.join(to_text(i) for i in items), "join")
         return to_text(items)
     if name == "toJSON":
-        return _bounded(json.dumps(args[0], indent=2, sort_keys=False), "toJSON")
+        try:
+            return _bounded(json.dumps(args[0], indent=2, sort_keys=False), "toJSON")
+        except RecursionError:
+            raise EvaluationError("toJSON(): the value nests too deeply") from None
     if name == "fromJSON":
         text = to_text(args[0])
         try:
             return json.loads(text)
         except ValueError as exc:
-            raise EvaluationError(f"fromJSON(): not JSON: {text[:60]!r} ({exc.msg})") from None
+            raise EvaluationError(f"fromJSON(): not JSON: {text[:60]!r} ({exc})") from None
+        except RecursionError:  # '[[[[...' nested deeper than Python's stack allows
+            raise EvaluationError(f"fromJSON(): {text[:20]!r}... nests too deeply") from None
     raise EvaluationError(f"unknown function {name}()")  # the parser admits none other
 
 
 def _loads_list_or(text: str) -> Any:
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
     return value if isinstance(value, list) else text
 

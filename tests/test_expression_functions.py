@@ -116,3 +116,11 @@ def test_nested_calls_count_toward_the_nesting_limit() -> None:
     deep = "toJSON(" * (ex.MAX_NESTING + 1) + "1" + ")" * (ex.MAX_NESTING + 1)
     with pytest.raises(ex.ExpressionError, match="levels deep"):
         ex.parse(deep)
+
+
+def test_json_nested_past_pythons_stack_is_an_evaluation_error_not_a_crash() -> None:
+    deep = "[" * 200_000 + "]" * 200_000
+    with pytest.raises(ex.EvaluationError, match="nests too deeply"):
+        run("fromJSON(params.v)", params_v=deep)
+    assert run("contains(params.v, 'x')", params_v=deep) is False
+    assert run("join(params.v)", params_v=deep) == deep
