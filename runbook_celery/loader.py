@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,9 @@ from .errors import DefinitionError, InvalidDefinition, Problem
 from .graph import Graph, find_cycle
 from .model import NUMBER_PATTERN, Defaults, Notify, Param, Retries, Step, Workflow
 from .notifyconfig import rule_problems
-from .safefiles import Refused, read_script
+from .safefiles import Refused, read_bytes, read_script
 from .settings import get_settings
-from .yamlload import LoadedYaml, YamlPath, format_path, load_yaml_file, load_yaml_text
+from .yamlload import LoadedYaml, YamlPath, format_path, load_yaml_bytes, load_yaml_text
 
 
 @dataclass(frozen=True)
@@ -33,16 +35,45 @@ class LoadedWorkflow:
     source: LoadedYaml | None = field(default=None, compare=False, repr=False)  # lines
 
 
+# Validated workflows by (file name, folder, content hash, settings that validation reads):
+# submit() of the same file again skips parsing and validation, which cost about twice as
+# much as freezing the snapshot. Scripts are checked on every load (they are separate files).
+_CACHE: OrderedDict[tuple[str, str, str, int, int], LoadedWorkflow] = OrderedDict()
+_CACHE_SIZE = 128
+
+
 def load_workflow(path: str | Path) -> LoadedWorkflow:
     """Load and validate one workflow file. Raises InvalidDefinition listing every problem."""
     settings = get_settings()
+    base_dir = Path(path).resolve().parent
     try:
-        doc = load_yaml_file(path, max_bytes=settings.max_file_bytes)
+        if Path(path).is_dir():
+            raise DefinitionError("is a directory, not a workflow file", file=str(path))
+        raw = read_bytes(path, max_bytes=settings.max_file_bytes, within=None)
+    except Refused as exc:
+        raise InvalidDefinition([DefinitionError(str(exc), file=str(path)).problem]) from None
     except DefinitionError as exc:
         raise InvalidDefinition([exc.problem]) from None
-    loaded = _validate(doc, Path(path).resolve().parent)
+    key = (
+        str(path),
+        str(base_dir),
+        hashlib.sha256(raw).hexdigest(),
+        settings.max_file_bytes,
+        settings.max_instances,
+    )
+    loaded = _CACHE.get(key)
+    if loaded is None:
+        try:
+            doc = load_yaml_bytes(raw, file=str(path), max_bytes=settings.max_file_bytes)
+        except DefinitionError as exc:
+            raise InvalidDefinition([exc.problem]) from None
+        loaded = _validate(doc, base_dir)
     if problems := _script_problems(loaded, settings.max_file_bytes):
         raise InvalidDefinition(problems)
+    _CACHE[key] = loaded
+    _CACHE.move_to_end(key)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return loaded
 
 

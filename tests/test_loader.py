@@ -524,3 +524,27 @@ def test_workflow_outputs_are_checked(value, fragment):
     problem = only_problem(text)
     assert fragment in problem.message
     assert problem.line == 3
+
+
+def test_loading_the_same_file_again_reuses_its_validation_but_sees_every_edit(tmp_path):
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("name: t\nsteps:\n  - id: a\n    run: echo one\n")
+    first = load_workflow(wf)
+    assert load_workflow(wf) is first  # same bytes: validated once
+    wf.write_text("name: t\nsteps:\n  - id: a\n    run: echo two\n")
+    assert load_workflow(wf).workflow.steps[0].run == "echo two"
+    wf.write_text("name: t\nsteps:\n  - id: a\n    needs: [zz]\n    run: echo\n")
+    with pytest.raises(InvalidDefinition):
+        load_workflow(wf)
+    with pytest.raises(InvalidDefinition):  # and again: errors are never cached as success
+        load_workflow(wf)
+
+
+def test_a_cached_workflow_still_has_its_script_checked_on_every_load(tmp_path):
+    (tmp_path / "job.sh").write_text("echo fine\n")
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("name: t\nsteps:\n  - id: a\n    script: job.sh\n")
+    load_workflow(wf)
+    (tmp_path / "job.sh").write_bytes(b"echo \x00\n")
+    with pytest.raises(InvalidDefinition, match="NUL"):
+        load_workflow(wf)
