@@ -111,6 +111,12 @@ def verdict(
     """Counts for one scenario's runs; each counted item is listed (up to 20)."""
     copies = read_copies(execs)
     runs = result.get("runs", {})
+    requeued = {k: list(v) for k, v in (requeued or {}).items()}
+    for run_id, info in runs.items():  # a holder's own hand-back makes its step available too
+        for line in info.get("events", []):
+            ts, kind, *rest = line.split()
+            if kind == "step_handed_back" and rest and (t := _epoch(ts)) is not None:
+                requeued.setdefault((run_id, rest[0]), []).append(t)
     out: dict[str, Any] = {
         "runs": len(result.get("submitted", [])),
         "submit_errors": [s["error"] for s in result.get("submitted", []) if s.get("error")],
@@ -178,9 +184,10 @@ def verdict(
     out["order_violations"] = order
     out["results_discarded"] = discarded
     out["examples"] = {"extra": extra[:20], "concurrent": concurrent[:20], "stale": stale[:20]}
-    out["faults"] = [recovery(f, copies, requeued or {}) for f in faults]
-    times = [f["recovery_s"] for f in out["faults"] if f.get("recovery_s") is not None]
-    out["recovery_s"] = {"max": max(times), "median": statistics.median(times)} if times else None
+    out["faults"] = [recovery(f, copies, requeued) for f in faults]
+    for key in ("recovery_s", "running_again_s"):
+        times = [f[key] for f in out["faults"] if f.get(key) is not None]
+        out[key] = {"max": max(times), "median": statistics.median(times)} if times else None
     out["poll_errors"] = result.get("poll_errors")
     return out
 
@@ -193,9 +200,10 @@ def recovery(
     """How long the work took to go on after one fault.
 
     Worker cut off: for each step it was running at the cut, the time from the cut until
-    the step was available to the other worker again (its message put back or published
-    again by a reconciler), or running again (another copy started, or its own copy went
-    on after the heal), whichever came first: ``recovery_s`` is the longest of those.
+    the step was available to a worker again (its message put back or published again by
+    a reconciler, or handed back by its holder after the heal), or running again (another
+    copy started, or its own copy went on after the heal), whichever came first:
+    ``recovery_s`` is the longest of those.
     ``running_again_s`` is until it was running again, which also waits for a free
     worker process. Redis down: from Redis answering again until the first step started.
     """
@@ -204,6 +212,7 @@ def recovery(
     if f["host"] == "redis":
         starts = [c.start for lst in copies.values() for c in lst if c.start >= t1]
         f["recovery_s"] = round(min(starts) - t1, 2) if starts else None
+        f["running_again_s"] = f["recovery_s"]
         return f
     available, running = [], []
     for (run, step), lst in copies.items():
