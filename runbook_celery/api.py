@@ -137,6 +137,21 @@ class Run:
         """
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         patience = self.reconnector(f"waiting for run {self.id}", on_reconnect)
+        patience.until = deadline  # a timeout ends reconnecting too (WaitTimeout below)
+        try:
+            return self._wait(patience, deadline, timeout, raise_on_failure)
+        except BackendUnavailable:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self.wait_timeout_error(timeout or 0) from None
+            raise
+
+    def _wait(
+        self,
+        patience: Reconnector,
+        deadline: float | None,
+        timeout: float | None,
+        raise_on_failure: bool,
+    ) -> RunRecord:
         try:
             current = patience.call(lambda: self.store.run_status(self.id))
         except redis.RedisError as exc:

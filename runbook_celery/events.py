@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .errors import BackendUnavailable
 from .reconnect import Reconnector, resume_on_loss
 
 if TYPE_CHECKING:
@@ -261,7 +262,8 @@ def follow(
     from .settings import get_settings
 
     seconds = (settings or get_settings()).client_reconnect_seconds
-    patience = Reconnector(seconds, "following events", on_reconnect)
+    until = None if timeout is None else time.monotonic() + timeout
+    patience = Reconnector(seconds, "following events", on_reconnect, until=until)
     store = _open(run_id, settings)  # unreachable at the start: BackendUnavailable at once
     last = _resolve(store, run_id, check_since(since))  # pinned now, before any event is missed
     return _follow(store, run_id, last, _types(types), timeout, patience)
@@ -283,7 +285,12 @@ def _follow(
         patience,
     )
     while True:
-        entry_id, fields = _guard(lambda: next(stream))
+        try:
+            entry_id, fields = _guard(lambda: next(stream))
+        except BackendUnavailable:
+            if deadline is not None and time.monotonic() >= deadline:
+                return  # reconnecting ran into the timeout: as if no event came
+            raise
         if entry_id:
             event = Event.from_entry(entry_id, fields)
             if wanted is None or event.type in wanted:

@@ -45,8 +45,10 @@ class Reconnector:
         doing: str,
         say: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        until: float | None = None,
     ) -> None:
         self.seconds = seconds
+        self.until = until  # a monotonic time (the caller's own deadline) not to retry past
         self.doing = doing
         self.say = say or log_warning
         self.sleep = sleep
@@ -84,7 +86,10 @@ class Reconnector:
                 f"lost Redis while {self.doing} ({reason}); reconnecting for up to "
                 f"{self.seconds:g} s (RUNBOOK_CLIENT_RECONNECT_SECONDS)"
             )
-        left = self.lost_at + self.seconds - now
+        give_up_at = self.lost_at + self.seconds
+        if self.until is not None:
+            give_up_at = min(give_up_at, self.until)
+        left = give_up_at - now
         if left <= 0:
             raise BackendUnavailable(
                 f"lost Redis while {self.doing} and could not reconnect within "

@@ -21,7 +21,7 @@ import redis
 from private_redis import RedisServer, private_env
 
 from runbook_celery.api import Run, submit
-from runbook_celery.errors import BackendUnavailable, InvalidSetting
+from runbook_celery.errors import BackendUnavailable, InvalidSetting, WaitTimeout
 from runbook_celery.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +97,16 @@ def test_run_wait_gives_up_after_the_reconnect_time(server: RedisServer, tmp_pat
         run.wait(on_reconnect=notes)
     assert 2 <= time.monotonic() - t0 < 15
     assert notes.lost.is_set() and not notes.back.is_set()
+
+
+@pytest.mark.timeout(60)
+def test_a_wait_timeout_also_ends_reconnecting(server: RedisServer, tmp_path: Path) -> None:
+    run = _open_run(server, tmp_path, reconnect_seconds=60)
+    server.stop()
+    t0 = time.monotonic()
+    with pytest.raises(WaitTimeout):
+        run.wait(timeout=3, on_reconnect=Notes())
+    assert time.monotonic() - t0 < 15  # not the 60 s of reconnecting
 
 
 @pytest.mark.timeout(90)
