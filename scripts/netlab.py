@@ -254,7 +254,17 @@ def render(report: dict[str, Any]) -> str:
             f"{v['stale_results']} | {v['results_discarded']} | {len(v['faults'])} | {_rec(v)} "
             f"| {_rec(v, 'running_again_s')} |"
         )
-    lines.append("")
+    lines += [
+        "",
+        "Where extra executions come from: a worker that cannot renew a step's lease for ½ "
+        "lease (2 s here) stops the step itself, records nothing, and the step runs again "
+        "once its lease has expired: on the other worker, or on the same one after the heal. "
+        "That happens to every step a worker runs while it is cut off for ½ lease or longer "
+        "(the partitions) and to every running step while Redis is down that long (restart "
+        "3 s, crash 5 s). A late result of such a copy is refused by fencing and recorded "
+        "as a `step_result_discarded` event (results discarded), never as the step's result.",
+        "",
+    ]
     for name, v in report["scenarios"].items():
         lines.append(f"- **{name}**: {DESCRIPTIONS[name]}.")
         for case in v.get("cases", []):
