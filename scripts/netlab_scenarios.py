@@ -84,6 +84,7 @@ class Scenarios:
     def __init__(self, lab: Lab, profile: Profile, seed: int, log: Callable[[str], None]):
         self.lab, self.profile, self.seed, self.log = lab, profile, seed, log
         self.workflows = {s: write_workflow(lab.out / "workflows", s) for s in SHAPES}
+        self.submitted = lab.out / "submitted.json"  # of the batch under way
 
     # ------------------------------------------------------------------ a batch
 
@@ -108,6 +109,7 @@ class Scenarios:
         proc = lab.spawn(
             f"client-{name}", "client", argv, lab.out / f"{name}.client.log", lab.env_for("client")
         )
+        self.submitted = Path(spec["submitted"])  # written once every run is submitted
         faults: list[dict[str, Any]] = []
         if fault is not None:
             try:
@@ -205,6 +207,8 @@ class Scenarios:
         down = 5.0 if crash else 3.0
 
         def inject(faults: list[dict[str, Any]]) -> None:
+            # every run submitted first: a submit while Redis is down fails (exit 3) by design
+            wait_for(self.submitted.exists, 120, 0.1)
             wait_for(lambda: all(self.running_on(h) for h in WORKERS), 60, 0.1)
             t0 = time.time()
             if crash:  # the host goes silent first: clients get no FIN or RST
