@@ -229,6 +229,8 @@ def render(report: dict[str, Any]) -> str:
         "started;",
         "- **stale results**: the recorded outputs came from an attempt older than the newest "
         "copy that started;",
+        "- **not submitted**: `submit()` failed (counted, never retried: a submit while Redis "
+        "is down fails by design);",
         "- **hung**: a run not ended when nothing had happened anywhere for 32 s;",
         "- **recovery**: for a worker cut off, from the cut until every step it was running "
         "was available to a worker again (put back or published again by the other worker's "
@@ -238,18 +240,20 @@ def render(report: dict[str, Any]) -> str:
         "(in the long partitions both workers are busy with 12-16 s steps). Seconds, max "
         "(median) over the faults.",
         "",
-        "| scenario | runs | succeeded | failed | hung | extra executions | concurrent copies "
+        "| scenario | runs | not submitted | succeeded | failed | hung | extra executions "
+        "| concurrent copies "
         "| stale results | results discarded | faults | recovery s | running again s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, v in report["scenarios"].items():
         if "error" in v:
-            lines.append(f"| {name} | error: {v['error']} |" + " |" * 10)
+            lines.append(f"| {name} | error: {v['error']} |" + " |" * 11)
             continue
         if "cases" in v:
             continue
         lines.append(
-            f"| {name} | {v['runs']} | {v['succeeded']} | {len(v['failed'])} | "
+            f"| {name} | {v['runs']} | {len(v['submit_errors'])} | {v['succeeded']} | "
+            f"{len(v['failed'])} | "
             f"{len(v['hung'])} | {v['extra_executions']} | {v['concurrent_copies']} | "
             f"{v['stale_results']} | {v['results_discarded']} | {len(v['faults'])} | {_rec(v)} "
             f"| {_rec(v, 'running_again_s')} |"
