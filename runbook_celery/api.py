@@ -259,16 +259,34 @@ def submit_snapshot(
             store.delete_run(run_id)
         raise
     except redis.ResponseError as exc:  # Redis answered, and said no (e.g. out of memory)
-        with contextlib.suppress(redis.RedisError):
-            store.delete_run(run_id)
-        raise BackendUnavailable(f"Redis refused the run: {redact(str(exc))}") from None
+        left = _withdraw(store, run_id, settings)
+        raise BackendUnavailable(f"Redis refused the run: {redact(str(exc))}{left}") from None
     except (OperationalError, redis.RedisError, OSError) as exc:
-        with contextlib.suppress(redis.RedisError):
-            store.delete_run(run_id)
+        left = _withdraw(store, run_id, settings)
         raise BackendUnavailable(
-            f"broker at {redact(settings.broker_url)} is unreachable: {redact(str(exc))}"
+            f"broker at {redact(settings.broker_url)} is unreachable: {redact(str(exc))}{left}"
         ) from None
     return Run(run_id, settings)
+
+
+def _withdraw(store: RunStore, run_id: str, settings: Settings) -> str:
+    """Remove a recorded run that could not be started; '' once removed, else a warning.
+
+    Its steps are watched from the moment it is published, so a record left behind would
+    start the run when Redis answers again, after the caller was told it did not start
+    (and perhaps submitted it again). So removing it rides out a blip like a client does
+    (``RUNBOOK_CLIENT_RECONNECT_SECONDS``); if Redis stays away, the error says so.
+    """
+    doing = f"removing run {run_id}, which could not be started"
+    try:
+        Reconnector(settings.client_reconnect_seconds, doing).call(lambda: store.delete_run(run_id))
+        return ""
+    except (BackendUnavailable, redis.RedisError):
+        return (
+            f"; run {run_id} was recorded and could not be removed, so it may still start "
+            f"once Redis answers again: check `runbook-celery status {run_id}` before "
+            "submitting again"
+        )
 
 
 def rerun(

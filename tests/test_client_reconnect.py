@@ -20,6 +20,7 @@ import pytest
 import redis
 from private_redis import RedisServer, private_env
 
+from runbook_celery import dispatch
 from runbook_celery.api import Run, submit
 from runbook_celery.errors import BackendUnavailable, InvalidSetting, WaitTimeout
 from runbook_celery.settings import Settings
@@ -161,3 +162,64 @@ def test_reconnect_seconds_is_validated() -> None:
     )
     with pytest.raises(InvalidSetting, match="RUNBOOK_CLIENT_RECONNECT_SECONDS"):
         Settings.from_env({"RUNBOOK_CLIENT_RECONNECT_SECONDS": "soon"})
+
+
+# ------------------------------------------------------------------ submit during a blip
+
+
+def _lose_redis_while_publishing(server: RedisServer, back_after: float | None):  # type: ignore[no-untyped-def]
+    """A publish_run that stops Redis (restarting it ``back_after`` s later) and fails."""
+    restarts: list[threading.Timer] = []
+
+    def publish(*_args: object, **_kwargs: object) -> None:
+        server.stop()
+        if back_after is not None:
+            restarts.append(threading.Timer(back_after, server.start))
+            restarts[-1].start()
+        raise redis.ConnectionError("Redis went away while the run was published")
+
+    return publish, restarts
+
+
+def _run_keys(server: RedisServer) -> list[bytes]:
+    client = redis.Redis.from_url(server.url)
+    try:
+        return list(client.scan_iter("runbook:run:*"))
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_run_that_could_not_be_started_is_removed_once_redis_is_back(
+    server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given Redis goes away after the run was recorded, while it is being published
+    publish, restarts = _lose_redis_while_publishing(server, back_after=1.0)
+    monkeypatch.setattr(dispatch, "publish_run", publish)
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(WORKFLOW)
+    settings = Settings(redis_url=server.url, broker_url=server.url, client_reconnect_seconds=30)
+    # When submit fails
+    with pytest.raises(BackendUnavailable) as failed:
+        submit(wf, settings=settings)
+    restarts[0].join(30)
+    # Then nothing of the run is left to start later (the caller was told it did not start)
+    assert "may still start" not in str(failed.value)
+    assert _run_keys(server) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_run_that_could_not_be_removed_is_named_in_the_error(
+    server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish, _ = _lose_redis_while_publishing(server, back_after=None)
+    monkeypatch.setattr(dispatch, "publish_run", publish)
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(WORKFLOW)
+    settings = Settings(redis_url=server.url, broker_url=server.url, client_reconnect_seconds=1)
+    with pytest.raises(BackendUnavailable, match="may still start") as failed:
+        submit(wf, settings=settings)
+    server.start()
+    (key,) = [k for k in _run_keys(server) if k.count(b":") == 2]
+    run_id = key.decode().rsplit(":", 1)[1]
+    assert f"runbook-celery status {run_id}" in str(failed.value)
