@@ -91,6 +91,7 @@ def clean(v: dict[str, Any]) -> bool:
         and not v["hung"]
         and not v["order_violations"]
         and not v["duplicate_step_succeeded"]
+        and not v.get("unsubmitted_runs_recorded")
     )
 
 
@@ -203,6 +204,11 @@ def _rec(v: dict[str, Any], key: str = "recovery_s") -> str:
     return "-" if not r else f"{r['max']:.1f} (median {r['median']:.1f})"
 
 
+def _unsubmitted(v: dict[str, Any]) -> str:
+    recorded = len(v.get("unsubmitted_runs_recorded", []))
+    return f"{len(v['submit_errors'])}" + (f" ({recorded} recorded anyway)" if recorded else "")
+
+
 def render(report: dict[str, Any]) -> str:
     """The multi-host section of docs/reliability.md."""
     ver = report.get("versions", {})
@@ -230,7 +236,7 @@ def render(report: dict[str, Any]) -> str:
         "- **stale results**: the recorded outputs came from an attempt older than the newest "
         "copy that started;",
         "- **not submitted**: `submit()` failed (counted, never retried: a submit while Redis "
-        "is down fails by design);",
+        "is down fails by design); a run recorded in Redis all the same is counted too;",
         "- **hung**: a run not ended when nothing had happened anywhere for 32 s;",
         "- **recovery**: for a worker cut off, from the cut until every step it was running "
         "was available to a worker again (put back or published again by the other worker's "
@@ -252,7 +258,7 @@ def render(report: dict[str, Any]) -> str:
         if "cases" in v:
             continue
         lines.append(
-            f"| {name} | {v['runs']} | {len(v['submit_errors'])} | {v['succeeded']} | "
+            f"| {name} | {v['runs']} | {_unsubmitted(v)} | {v['succeeded']} | "
             f"{len(v['failed'])} | "
             f"{len(v['hung'])} | {v['extra_executions']} | {v['concurrent_copies']} | "
             f"{v['stale_results']} | {v['results_discarded']} | {len(v['faults'])} | {_rec(v)} "

@@ -12,7 +12,9 @@ to its last line, so a copy killed without an end line is still placed exactly e
 - stale result: the recorded outputs come from an attempt older than the newest copy
   that started (a superseded attempt's result was kept);
 - hung: a run not ended when the client stopped following (deadline, or no event
-  anywhere for the stall time).
+  anywhere for the stall time);
+- unsubmitted runs recorded: runs in Redis whose ``submit()`` had failed (they could start
+  after the caller was told they did not).
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ def verdict(
     out["duplicate_step_succeeded"] = doubled
     out["order_violations"] = order
     out["results_discarded"] = discarded
+    out["unsubmitted_runs_recorded"] = result.get("unsubmitted_runs_recorded", [])
     out["examples"] = {"extra": extra[:20], "concurrent": concurrent[:20], "stale": stale[:20]}
     out["faults"] = [recovery(f, copies, requeued) for f in faults]
     for key in ("recovery_s", "running_again_s"):

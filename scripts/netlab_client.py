@@ -103,12 +103,20 @@ def main(spec_path: str) -> None:
     # the checker's own client, with short timeouts, so checking never hangs on a dead link
     track = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
     store = RunStore(track, settings.prefix, settings.retention)
+    before = set(store.r.zrange(store.keys.runs_index, 0, -1))
     submitted = submit_all(spec)
     Path(spec["submitted"]).write_text(json.dumps(submitted))
     ids = [s["run"] for s in submitted if s["run"]]
     errors = follow(store, ids, spec["deadline_s"], spec["stall_s"])
     runs = {r: describe(store, r) for r in ids}
-    result = {"submitted": submitted, "runs": runs, "poll_errors": errors}
+    # runs that exist though their submit failed (they must not: the caller was told so)
+    created = {x.decode() for x in set(store.r.zrange(store.keys.runs_index, 0, -1)) - before}
+    result = {
+        "submitted": submitted,
+        "runs": runs,
+        "poll_errors": errors,
+        "unsubmitted_runs_recorded": sorted(created - set(ids)),
+    }
     Path(spec["result"]).write_text(json.dumps(result, default=str))
 
 

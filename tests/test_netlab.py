@@ -92,6 +92,7 @@ def test_every_run_succeeds_with_no_concurrent_copy_stale_result_or_hang(
     assert v["succeeded"] == v["runs"] > 0
     assert v["order_violations"] == []
     assert v["duplicate_step_succeeded"] == []
+    assert v["unsubmitted_runs_recorded"] == []
 
 
 @pytest.mark.timeout(480)
