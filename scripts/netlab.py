@@ -283,7 +283,21 @@ def render(report: dict[str, Any]) -> str:
                 f"  - cut {case['cut_s']} s: `trigger --wait` exit {case['exit_code']}, "
                 f"{case['exit_after_heal_s']} s after the heal; it said: {said}"
             )
-    lines += ["", END]
+    lines += [
+        "",
+        "Bugs this test found, now fixed (each with a regression test):",
+        "",
+        "1. A run whose `submit()` failed with exit 3 because Redis went away between "
+        "recording the run and publishing it was left recorded (removing it failed too), and "
+        "ran once Redis was back: a caller who submitted again got two runs. Removing it now "
+        "rides out the blip like a following client, and if Redis stays away the error "
+        "names the run (`tests/test_client_reconnect.py`).",
+        "2. `trigger --wait`, `watch`, `logs --follow` and `Run.wait()` gave up (exit 3) on a "
+        "Redis restart of a few seconds; they now reconnect for "
+        "`RUNBOOK_CLIENT_RECONNECT_SECONDS` and resume after the last event or line.",
+        "",
+        END,
+    ]
     return "\n".join(lines) + "\n"
 
 
