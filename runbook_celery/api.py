@@ -133,7 +133,7 @@ class Run:
         A lost connection to Redis is retried for ``RUNBOOK_CLIENT_RECONNECT_SECONDS``,
         resuming the stream after the last event seen; ``on_reconnect`` is told when it is
         lost and when it is back (default: a log warning). Raises ``BackendUnavailable``
-        when Redis stays away longer.
+        when Redis stays away longer (``WaitTimeout`` if the timeout passes first).
         """
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         patience = self.reconnector(f"waiting for run {self.id}", on_reconnect)
