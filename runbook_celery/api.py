@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from .events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES
 from .fullredis import full_description
 from .loader import LoadedWorkflow, from_model, load_workflow
 from .model import Workflow
+from .reconnect import Reconnector, resume_on_loss
 from .redisconn import get_client, redact
 from .runrecord import RunRecord
 from .settings import Settings, get_settings
@@ -113,16 +114,46 @@ class Run:
     def _ended(self) -> bool:
         return self.store.run_status(self.id) in TERMINAL_RUN_STATUSES
 
-    def wait(self, timeout: float | None = None, *, raise_on_failure: bool = False) -> RunRecord:
+    def reconnector(self, doing: str, say: Callable[[str], None] | None = None) -> Reconnector:
+        """Retries this run's Redis reads for ``RUNBOOK_CLIENT_RECONNECT_SECONDS``."""
+        return Reconnector(self.settings.client_reconnect_seconds, doing, say)
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        raise_on_failure: bool = False,
+        on_reconnect: Callable[[str], None] | None = None,
+    ) -> RunRecord:
         """Block until the run ends and return its final record.
 
         Follows the run's event stream with a blocking read, so it returns as soon as the
         final event is written (no polling interval). With ``timeout`` (seconds) raises
         ``WaitTimeout`` once it has passed and the run has not ended; the run goes on.
+        A lost connection to Redis is retried for ``RUNBOOK_CLIENT_RECONNECT_SECONDS``,
+        resuming the stream after the last event seen; ``on_reconnect`` is told when it is
+        lost and when it is back (default: a log warning). Raises ``BackendUnavailable``
+        when Redis stays away longer (``WaitTimeout`` if the timeout passes first).
         """
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        patience = self.reconnector(f"waiting for run {self.id}", on_reconnect)
+        patience.until = deadline  # a timeout ends reconnecting too (WaitTimeout below)
         try:
-            current = self.store.run_status(self.id)
+            return self._wait(patience, deadline, timeout, raise_on_failure)
+        except BackendUnavailable:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self.wait_timeout_error(timeout or 0) from None
+            raise
+
+    def _wait(
+        self,
+        patience: Reconnector,
+        deadline: float | None,
+        timeout: float | None,
+        raise_on_failure: bool,
+    ) -> RunRecord:
+        try:
+            current = patience.call(lambda: self.store.run_status(self.id))
         except redis.RedisError as exc:
             raise BackendUnavailable(f"cannot read run: {redact(str(exc))}") from exc
         if current is None:
@@ -130,19 +161,25 @@ class Run:
         if current not in TERMINAL_RUN_STATUSES:
             # never block past the deadline: each read returns by then, events or not
             block_ms = 1000 if timeout is None else max(1, min(1000, int(timeout * 1000)))
+            events = resume_on_loss(
+                lambda last: self.store.follow_events(self.id, since=last, block_ms=block_ms),
+                "0-0",
+                patience,
+            )
             try:
-                for _eid, event in self.store.follow_events(self.id, block_ms=block_ms):
+                for _eid, event in events:
                     if event.get("type") in TERMINAL_EVENTS:
                         break
-                    if not event and self._ended():  # heartbeat; the stream may be trimmed
+                    # heartbeat; the stream may be trimmed
+                    if not event and patience.call(self._ended):
                         break
                     if deadline is not None and time.monotonic() >= deadline:
-                        if self._ended():
+                        if patience.call(self._ended):
                             break
                         raise self.wait_timeout_error(timeout or 0)
             except redis.RedisError as exc:
                 raise BackendUnavailable(f"lost Redis while waiting: {redact(str(exc))}") from exc
-        record = self.status()
+        record = patience.call(self.status)
         if raise_on_failure and not record.succeeded:
             raise RunFailed(record)
         return record
@@ -222,16 +259,34 @@ def submit_snapshot(
             store.delete_run(run_id)
         raise
     except redis.ResponseError as exc:  # Redis answered, and said no (e.g. out of memory)
-        with contextlib.suppress(redis.RedisError):
-            store.delete_run(run_id)
-        raise BackendUnavailable(f"Redis refused the run: {redact(str(exc))}") from None
+        left = _withdraw(store, run_id, settings)
+        raise BackendUnavailable(f"Redis refused the run: {redact(str(exc))}{left}") from None
     except (OperationalError, redis.RedisError, OSError) as exc:
-        with contextlib.suppress(redis.RedisError):
-            store.delete_run(run_id)
+        left = _withdraw(store, run_id, settings)
         raise BackendUnavailable(
-            f"broker at {redact(settings.broker_url)} is unreachable: {redact(str(exc))}"
+            f"broker at {redact(settings.broker_url)} is unreachable: {redact(str(exc))}{left}"
         ) from None
     return Run(run_id, settings)
+
+
+def _withdraw(store: RunStore, run_id: str, settings: Settings) -> str:
+    """Remove a recorded run that could not be started; '' once removed, else a warning.
+
+    Its steps are watched from the moment it is published, so a record left behind would
+    start the run when Redis answers again, after the caller was told it did not start
+    (and perhaps submitted it again). So removing it rides out a blip like a client does
+    (``RUNBOOK_CLIENT_RECONNECT_SECONDS``); if Redis stays away, the error says so.
+    """
+    doing = f"removing run {run_id}, which could not be started"
+    try:
+        Reconnector(settings.client_reconnect_seconds, doing).call(lambda: store.delete_run(run_id))
+        return ""
+    except (BackendUnavailable, redis.RedisError):
+        return (
+            f"; run {run_id} was recorded and could not be removed, so it may still start "
+            f"once Redis answers again: check `runbook-celery status {run_id}` before "
+            "submitting again"
+        )
 
 
 def rerun(

@@ -17,7 +17,14 @@ from celery.utils.log import get_logger
 from .errors import InvalidSetting
 from .fullredis import use_patient_redis_transport, wait_while_full, worker_stopping
 from .queuenames import queue_name_problem
-from .settings import Settings, get_settings
+from .settings import (
+    CONNECT_TIMEOUT,
+    HEALTH_CHECK_INTERVAL,
+    RESPONSE_TIMEOUT,
+    Settings,
+    get_settings,
+    keepalive_options,
+)
 from .taskevents import StepFailed, quiet_ordinary_chord_failures
 
 logger = get_logger("runbook_celery.worker")
@@ -35,6 +42,12 @@ class ResultBackend(RedisBackend):
     so that ``AsyncResult.get()`` can wake up. We never call ``get()`` (runs are followed
     through their event stream), so the subscription is only a wasted round trip per step.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Celery has a setting for keepalive on/off but none for its timers (settings.py)
+        if self.connparams.get("socket_keepalive"):
+            self.connparams["socket_keepalive_options"] = keepalive_options()
 
     def on_task_call(self, producer, task_id):  # type: ignore[no-untyped-def]
         return None
@@ -178,6 +191,14 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_transport.update(
             priority_steps=list(range(10)), sep=":", queue_order_strategy="priority"
         )
+        # the network timing of every Redis connection (settings.py says why each value)
+        broker_transport.update(
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=RESPONSE_TIMEOUT,
+            socket_keepalive=True,
+            socket_keepalive_options=keepalive_options(),
+            health_check_interval=HEALTH_CHECK_INTERVAL,
+        )
     redis_broker = s.broker_url.startswith(("redis", "rediss"))
     # Redis serves 0 first (our 5 -> 4); AMQP queues need x-max-priority, higher first
     default_priority = 4 if redis_broker else 5
@@ -216,7 +237,11 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_consumer="runbook_celery.poison:Consumer",
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
-        redis_socket_connect_timeout=5,
+        # the result backend's connections: the network timing of settings.py
+        redis_socket_connect_timeout=CONNECT_TIMEOUT,
+        redis_socket_timeout=RESPONSE_TIMEOUT,
+        redis_socket_keepalive=True,
+        redis_backend_health_check_interval=HEALTH_CHECK_INTERVAL,
         task_publish_retry_policy={
             "max_retries": 2,
             "interval_start": 0,

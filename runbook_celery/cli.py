@@ -152,14 +152,16 @@ def _follow(run: Any, echo: Callable[[str], None] | None, timeout: float | None 
 
     With ``timeout``, raises WaitTimeout (exit 5) when it runs out first; the run goes on.
     """
+    from .terminal import echo_stderr
+
     if echo is None:
         from .queuewatch import warn_unconsumed
 
         with warn_unconsumed(run):
-            return run.wait(timeout=timeout)
+            return run.wait(timeout=timeout, on_reconnect=echo_stderr)
     from .live import follow_run
 
-    record = follow_run(run, echo, timeout=timeout)
+    record = follow_run(run, echo, timeout=timeout, on_reconnect=echo_stderr)
     if timeout is not None and not record.finished:
         raise run.wait_timeout_error(timeout)
     return record

@@ -16,7 +16,7 @@ from .cli_options import timeout_option
 from .errors import EXIT_OK, EXIT_RUN_FAILED
 from .events import EventType, RunStatus
 from .terminal import echo as echo_untrusted
-from .terminal import is_terminal, neutralise
+from .terminal import echo_stderr, is_terminal, neutralise
 
 if TYPE_CHECKING:
     from .logs import Gap
@@ -63,11 +63,13 @@ def logs(run_id: str, step: str | None, follow: bool) -> None:
     a file or a pipe, the output is written byte for byte.
     """
     from .logs import Gap, LogReader
+    from .reconnect import Reconnector
     from .settings import get_settings
 
+    patience = Reconnector(get_settings().client_reconnect_seconds, "reading logs", echo_stderr)
     reader = LogReader(_store(), run_id, [step] if step else None)
     settings = get_settings()
-    for item in reader.follow() if follow else reader.read():
+    for item in reader.follow(reconnector=patience) if follow else reader.read():
         if isinstance(item, Gap):
             click.echo(gap_notice(item, settings.log_lines, settings.log_bytes), err=True)
             continue
@@ -83,7 +85,7 @@ def logs(run_id: str, step: str | None, follow: bool) -> None:
             text = f"{prefix} | {text}"
         click.echo(text, err=err, color=True)  # color=True: click would strip colours in files
     if follow:
-        raise SystemExit(_outcome_code(reader.status()))
+        raise SystemExit(_outcome_code(reader.status(patience)))
 
 
 def gap_notice(gap: Gap, max_lines: int, max_bytes: int) -> str:
@@ -134,8 +136,11 @@ def events_command(
     from . import events
     from .live import event_line
 
-    stream = events.follow if follow else events.read
-    for event in stream(run_id, since, types=types or None):
+    if follow:
+        stream = events.follow(run_id, since, types=types or None, on_reconnect=echo_stderr)
+    else:
+        stream = events.read(run_id, since, types=types or None)
+    for event in stream:
         if as_json:
             click.echo(json.dumps(event.to_dict()))
         else:
@@ -215,8 +220,8 @@ def watch(run_id: str, timeout: float | None) -> None:
     from .render import record_table
 
     run = Run(run_id)
-    run.status()  # RunNotFound before anything is drawn
-    record = follow_run(run, echo_untrusted, timeout=timeout)
+    run.status()  # RunNotFound (or exit 3, Redis unreachable) before anything is drawn
+    record = follow_run(run, echo_untrusted, timeout=timeout, on_reconnect=echo_stderr)
     echo_untrusted(record_table(record))
     if timeout is not None and not record.finished:
         raise run.wait_timeout_error(timeout)

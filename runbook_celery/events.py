@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .errors import BackendUnavailable
+from .reconnect import Reconnector, resume_on_loss
+
 if TYPE_CHECKING:
     from .settings import Settings
     from .store import RunStore
@@ -242,22 +245,30 @@ def follow(
     types: Iterable[str] | None = None,
     timeout: float | None = None,
     settings: Settings | None = None,
+    on_reconnect: Callable[[str], None] | None = None,
 ) -> Iterator[Event]:
     """The events after ``since``, then new ones as they are written (blocking, no polling).
 
     Following one run ends after its final event (``workflow_succeeded`` and friends);
     following the global stream goes on until ``timeout`` seconds have passed, if given.
     ``since=LATEST`` is pinned to the newest event when ``follow`` is called. Raises like
-    ``read``.
+    ``read``; once following, a lost connection is retried for
+    ``RUNBOOK_CLIENT_RECONNECT_SECONDS`` and the stream resumed after the last event
+    (``on_reconnect`` is told; default: a log warning).
 
     Example::
 
         for event in events.follow(types={"step_failed"}):
             page_someone(event.run_id, event.step, event.exit_code)
     """
-    store = _open(run_id, settings)
+    from .settings import get_settings
+
+    seconds = (settings or get_settings()).client_reconnect_seconds
+    until = None if timeout is None else time.monotonic() + timeout
+    patience = Reconnector(seconds, "following events", on_reconnect, until=until)
+    store = _open(run_id, settings)  # unreachable at the start: BackendUnavailable at once
     last = _resolve(store, run_id, check_since(since))  # pinned now, before any event is missed
-    return _follow(store, run_id, last, _types(types), timeout)
+    return _follow(store, run_id, last, _types(types), timeout, patience)
 
 
 def _follow(
@@ -266,19 +277,31 @@ def _follow(
     last: str,
     wanted: frozenset[str] | None,
     timeout: float | None,
+    patience: Reconnector,
 ) -> Iterator[Event]:
     deadline = None if timeout is None else time.monotonic() + timeout
     block_ms = 1000 if timeout is None else max(1, min(1000, int(timeout * 1000)))
-    stream = store.follow_events(run_id, since=last, block_ms=block_ms)
+    stream = resume_on_loss(
+        lambda after: store.follow_events(run_id, since=after, block_ms=block_ms),
+        last,
+        patience,
+    )
     while True:
-        entry_id, fields = _guard(lambda: next(stream))
+        try:
+            entry_id, fields = _guard(lambda: next(stream))
+        except BackendUnavailable:
+            if deadline is not None and time.monotonic() >= deadline:
+                return  # reconnecting ran into the timeout: as if no event came
+            raise
         if entry_id:
             event = Event.from_entry(entry_id, fields)
             if wanted is None or event.type in wanted:
                 yield event
             if run_id and event.ends_run:
                 return
-        elif run_id and _guard(lambda: store.run_status(run_id)) in _ENDED_OR_GONE:
+        elif run_id and _guard(lambda: patience.call(lambda: store.run_status(run_id))) in (
+            _ENDED_OR_GONE
+        ):
             return  # nothing more will be written (or the run expired meanwhile)
         if deadline is not None and time.monotonic() >= deadline:
             return

@@ -57,42 +57,60 @@ def follow_run(
     *,
     console: Console | None = None,
     timeout: float | None = None,
+    on_reconnect: Callable[[str], None] | None = None,
 ) -> RunRecord:
     """Show the run until it ends (live table on a terminal, else lines); return its record.
 
     With ``timeout`` (seconds) it returns by then, the run perhaps still going. Meanwhile a
-    queue that pending steps wait on and no worker consumes is named on stderr.
+    queue that pending steps wait on and no worker consumes is named on stderr. A lost
+    connection to Redis is retried (``RUNBOOK_CLIENT_RECONNECT_SECONDS``); ``on_reconnect``
+    is told when it is lost and back.
     """
     with warn_unconsumed(run):
         if console is not None or is_terminal():
-            return live_table(run, console, timeout=timeout)
-        return plain_lines(run, echo, timeout=timeout)
+            return live_table(run, console, timeout=timeout, on_reconnect=on_reconnect)
+        return plain_lines(run, echo, timeout=timeout, on_reconnect=on_reconnect)
 
 
 def plain_lines(
-    run: Run, echo: Callable[[str], None], *, timeout: float | None = None
+    run: Run,
+    echo: Callable[[str], None],
+    *,
+    timeout: float | None = None,
+    on_reconnect: Callable[[str], None] | None = None,
 ) -> RunRecord:
     """One line per event of the run, from its first event to its last (or the timeout)."""
-    for event in follow_events(run.id, settings=run.settings, timeout=timeout):
+    events = follow_events(
+        run.id, settings=run.settings, timeout=timeout, on_reconnect=on_reconnect
+    )
+    for event in events:
         echo(event_line(event))
-    return run.status()
+    return run.reconnector("reading the run", on_reconnect).call(run.status)
 
 
 def live_table(
-    run: Run, console: Console | None = None, *, timeout: float | None = None
+    run: Run,
+    console: Console | None = None,
+    *,
+    timeout: float | None = None,
+    on_reconnect: Callable[[str], None] | None = None,
 ) -> RunRecord:
     """Redraw the run's step table in place until the run ends (or the timeout)."""
     from rich.console import Console
     from rich.live import Live
 
     console = console or Console(force_terminal=True)
-    view = RunView(run.status())
+    patience = run.reconnector("reading the run", on_reconnect)
+    view = RunView(patience.call(run.status))
+    events = follow_events(
+        run.id, settings=run.settings, timeout=timeout, on_reconnect=on_reconnect
+    )
     # transient: the caller prints the final record (with the failed step's stderr) after
     with Live(view, console=console, transient=True, refresh_per_second=REFRESH_PER_SECOND) as live:
-        for _event in follow_events(run.id, settings=run.settings, timeout=timeout):
-            view.record = run.status()
+        for _event in events:
+            view.record = patience.call(run.status)
             live.refresh()
-    return run.status()
+    return patience.call(run.status)
 
 
 def event_line(event: Event, *, with_run: bool = False) -> str:

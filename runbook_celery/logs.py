@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 
 from .errors import BackendUnavailable, InvalidOperation, RunNotFound
 from .events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES
+from .reconnect import Reconnector
 from .store import RunStore
 
+_R = TypeVar("_R")
 PAGE = 1000  # entries per Redis round trip
 BLOCK_MS = 1000  # longest wait before checking the run's status again
 
@@ -121,16 +124,24 @@ class LogReader:
                 yield item
             yield from self._gaps()
 
-    def follow(self, block_ms: int = BLOCK_MS) -> Iterator[LogItem]:
-        """Stored lines, then new ones as they are written, until the run ends."""
+    def follow(
+        self, block_ms: int = BLOCK_MS, reconnector: Reconnector | None = None
+    ) -> Iterator[LogItem]:
+        """Stored lines, then new ones as they are written, until the run ends.
+
+        With a ``reconnector``, a lost connection to Redis is retried for as long as it
+        allows and reading resumes after the last line of each stream (its cursor).
+        """
+        call = reconnector.call if reconnector else _once
         with _redis_errors():
-            yield from self._gaps(at_start=True)
+            yield from call(lambda: list(self._gaps(at_start=True)))
             cursors = {self._key[s]: "0-0" for s in self.steps}
             events_key = self.store.keys.run_events(self.run_id)
             cursors[events_key] = "0-0"
-            ended = self.status() in _ENDED
+            ended = call(self._status) in _ENDED
             while True:
-                resp = self.store.r.xread(cursors, block=None if ended else block_ms, count=PAGE)
+                block = None if ended else block_ms
+                resp = call(lambda b=block: self.store.r.xread(cursors, block=b, count=PAGE))
                 lines: list[tuple[tuple[int, int, int], LogLine]] = []
                 for raw_key, entries in resp or []:
                     key = _s(raw_key)
@@ -140,7 +151,7 @@ class LogReader:
                         ended = ended or any(
                             _s(f.get(b"type", b"")) in TERMINAL_EVENTS for _, f in entries
                         )
-                        for new in self._new_steps():
+                        for new in call(self._new_steps):
                             cursors[self._key[new]] = "0-0"
                         continue
                     step = self._step_of(key)
@@ -151,16 +162,19 @@ class LogReader:
                 if not resp:
                     if ended:
                         break  # drained everything written before the run's final event
-                    status = self.status()
+                    status = call(self._status)
                     if status is None:
                         raise RunNotFound(self.run_id)  # expired while we followed it
                     ended = status in _ENDED
-            yield from self._gaps()
+            yield from call(lambda: list(self._gaps()))
 
-    def status(self) -> str | None:
+    def status(self, reconnector: Reconnector | None = None) -> str | None:
         """The run's status now (None once it has expired)."""
         with _redis_errors():
-            return self.store.run_status(self.run_id)
+            return (reconnector.call if reconnector else _once)(self._status)
+
+    def _status(self) -> str | None:
+        return self.store.run_status(self.run_id)
 
     # ------------------------------------------------------------------ internals
 
@@ -245,3 +259,8 @@ def _redis_errors() -> Iterator[None]:
 
 def _s(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _once(fn: Callable[[], _R]) -> _R:
+    """Call ``fn`` without retrying (no reconnector given)."""
+    return fn()

@@ -13,23 +13,13 @@ from redis.retry import Retry
 
 from .errors import BackendUnavailable
 from .redaction import redact as redact  # re-exported: callers import it from here
-from .settings import Settings
-
-# A Redis that stops answering (frozen, half-open connection) becomes an error after this
-# many seconds instead of a hang; above our longest blocking read (XREAD BLOCK, 5 s).
-RESPONSE_TIMEOUT = 60
+from .settings import Settings, keepalive_options, redis_connection_options
 
 
 @lru_cache(maxsize=8)
 def client_for(url: str) -> redis.Redis:
-    """A shared client (connection pool) per URL."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=5,
-        socket_timeout=RESPONSE_TIMEOUT,
-        socket_keepalive=True,
-        health_check_interval=30,
-    )
+    """A shared client (connection pool) per URL; its network timing is settings.py's."""
+    return redis.Redis.from_url(url, **redis_connection_options())  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=8)
@@ -41,6 +31,7 @@ def lease_client(url: str, timeout: float) -> redis.Redis:
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
         socket_keepalive=True,
+        socket_keepalive_options=keepalive_options(),
         retry=Retry(NoBackoff(), 0),
     )
 

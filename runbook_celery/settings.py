@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -41,6 +42,60 @@ DEFAULT_SHUTDOWN_GRACE = 60.0  # seconds a stopping worker lets running steps fi
 DEFAULT_MAX_INSTANCES = 10_000  # instances of one matrix/for_each step
 DEFAULT_CONTAINMENT = "auto"  # cgroup v2 where writable, else a child subreaper
 CONTAINMENTS = ("auto", "cgroup", "subreaper")
+# how long trigger --wait, watch, logs --follow and Run.wait() keep reconnecting to Redis
+DEFAULT_CLIENT_RECONNECT_SECONDS = 60.0
+
+# ---------------------------------------------------------------------------------------
+# Network timing of every connection to Redis: the store's clients (redisconn.py), the
+# result backend and the broker (app.py). Redis may sit on another host behind switches,
+# firewalls and NAT, where a peer can vanish without a FIN or RST; each value bounds how
+# long we wait on such a connection. docs/deployment.md lists them with these reasons.
+#
+# Connecting: SYNs lost on the way are resent after 1 s and again 2 s later, so 5 s
+# connects through two lost SYNs and still reports a host that is down within 5 s.
+CONNECT_TIMEOUT = 5.0
+# Waiting for a reply: above our longest blocking read (XREAD BLOCK of the web pages'
+# streams, 10 s) plus the first TCP retransmissions of a request or reply lost on a lossy
+# link (about 3 s for four); a reply later than that is from a connection that is gone
+# (Redis host crashed silently, NAT state dropped), and reconnecting beats waiting on it.
+# The lease keeper does not rely on it: renewal has its own client that fails within
+# 1/8 of the lease (redisconn.lease_client).
+RESPONSE_TIMEOUT = 30.0
+# TCP keepalive on idle connections: Linux waits 2 h before its first probe by default. A
+# probe after 15 s idle, then every 5 s, 3 unanswered: an idle pooled connection to a
+# vanished peer is dropped within 30 s, and the probes keep firewall/NAT state alive.
+KEEPALIVE_IDLE = 15
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
+# A pooled connection idle longer than this is PINGed before it is used again, so one that
+# broke while idle (Redis restarted, failed over) is replaced before a command is sent on
+# it, not found dead by that command. For kombu it also bounds how long its BRPOP
+# connection may stay silent: a consumer on a half-open connection reconnects within
+# 1 s (BRPOP) + 2 x 10 s, instead of 51 s at kombu's default of 25 s.
+HEALTH_CHECK_INTERVAL = 10
+
+
+def keepalive_options() -> dict[int, int]:
+    """redis-py's ``socket_keepalive_options`` for the values above (Linux option names;
+    a platform without them keeps its own timers)."""
+    names = {
+        "TCP_KEEPIDLE": KEEPALIVE_IDLE,
+        "TCP_KEEPINTVL": KEEPALIVE_INTERVAL,
+        "TCP_KEEPCNT": KEEPALIVE_COUNT,
+    }
+    return {getattr(socket, n): v for n, v in names.items() if hasattr(socket, n)}
+
+
+def redis_connection_options() -> dict[str, object]:
+    """The connection keyword arguments of every redis-py client of ours, as set above."""
+    return {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": RESPONSE_TIMEOUT,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(),
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+    }
+
 
 REDIS_SCHEMES = ("redis", "rediss")  # what both redis-py and Celery's Redis backend accept
 BROKER_SCHEMES = (*REDIS_SCHEMES, "amqp", "amqps", "pyamqp")
@@ -75,6 +130,8 @@ class Settings:
     flower_url: str | None = None  # base URL of Flower, for links to run pages in notifications
     worker_notifier: bool = True  # workers send notifications (else `runbook-celery notifier`)
     containment: str = DEFAULT_CONTAINMENT  # how steps are kept from outliving themselves
+    # a client following a run keeps reconnecting for this long after losing Redis
+    client_reconnect_seconds: float = DEFAULT_CLIENT_RECONNECT_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,6 +165,9 @@ class Settings:
             flower_url=reader.web_url("RUNBOOK_FLOWER_URL"),
             worker_notifier=reader.flag("RUNBOOK_WORKER_NOTIFIER", True),
             containment=reader.choice("RUNBOOK_CONTAINMENT", DEFAULT_CONTAINMENT, CONTAINMENTS),
+            client_reconnect_seconds=reader.seconds(
+                "RUNBOOK_CLIENT_RECONNECT_SECONDS", DEFAULT_CLIENT_RECONNECT_SECONDS, 86400
+            ),
         )
         if reader.problems:
             raise InvalidSetting(reader.problems)

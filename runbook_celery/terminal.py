@@ -65,3 +65,8 @@ def echo(text: str, *, err: bool = False) -> None:
         text = neutralise(text)
     # color=True: click would otherwise strip colour codes (only those) when not a terminal
     click.echo(text, err=err, color=True)
+
+
+def echo_stderr(text: str) -> None:
+    """A note for the user beside the output (e.g. a client reconnecting to Redis)."""
+    echo(text, err=True)

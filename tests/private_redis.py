@@ -30,10 +30,16 @@ def free_port() -> int:
 class RedisServer:
     """``redis-server`` on a fixed port (so it can be stopped and started again there)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
         if shutil.which("redis-server") is None:
             pytest.fail("redis-server must be on PATH for this test")
         self.directory = directory
+        # persistent: every write is in the AOF before it is answered, so a restart keeps it
+        self.persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if persistent
+            else ["--appendonly", "no"]
+        )
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -41,7 +47,7 @@ class RedisServer:
 
     def start(self, timeout: float = 20) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            ["redis-server", "--port", str(self.port), "--save", "", *self.persistence],
             cwd=self.directory,
             stdout=subprocess.DEVNULL,
         )

@@ -56,7 +56,8 @@ def test_ci_runs_the_readmes_test_command_with_the_virtualenvs_python():
 
 
 def test_ci_still_provides_every_service_the_suite_needs():
-    for needed in ("redis-server", "ensure_rabbitmq.sh", "chromium", "graphviz", "mermaid"):
+    needs = ("redis-server", "ensure_rabbitmq.sh", "chromium", "graphviz", "mermaid")
+    for needed in (*needs, "iproute2", "iptables"):
         assert needed in CI_RUN, needed
 
 
