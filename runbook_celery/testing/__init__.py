@@ -159,7 +159,12 @@ class _InProcess:
         self._patches = contextlib.ExitStack()
 
     def __enter__(self) -> _InProcess:
-        import fakeredis
+        try:
+            import fakeredis
+        except ImportError:
+            raise ImportError(
+                "runbook_celery.testing needs fakeredis: pip install 'runbook-celery[testing]'"
+            ) from None
 
         from .. import api, redisconn, tasks
         from ..app import app
