@@ -196,3 +196,13 @@ def test_results_are_plain_data_once_the_call_returns():
     assert isinstance(result, RunResult)
     assert result.record.to_dict()["steps"]["a"]["status"] == "succeeded"
     assert result.logs.text() == "A\n"
+
+
+def test_a_step_longer_than_its_lease_keeps_it_in_process(monkeypatch):
+    """The lease keeper renews on the in-memory Redis: a step outliving its lease is
+    neither fenced nor run twice."""
+    monkeypatch.setenv("RUNBOOK_LEASE_SECONDS", "3")
+    result = run_workflow({"name": "t-lease", "steps": [{"id": "long", "run": "sleep 4.5"}]})
+    step = result.steps["long"]
+    assert (step.status, step.attempts, step.exit_code) == ("succeeded", 1, 0)
+    assert [e.type for e in result.events].count("step_started") == 1
