@@ -78,6 +78,25 @@ def test_a_failure_skips_dependents_runs_cleanup_and_fails_the_run():
     assert result.outputs == {"where": "failed"}
 
 
+def test_retry_delays_are_waited_for_when_asked(tmp_path: Path):
+    marker = tmp_path / "tries"
+    result = run_workflow(
+        {
+            "name": "t-delay",
+            "steps": [
+                {
+                    "id": "flaky",
+                    "retries": {"limit": 1, "delay": 1},
+                    "run": f"echo x >> {marker}; [ $(wc -l < {marker}) -ge 2 ]",
+                }
+            ],
+        },
+        retry_delays=True,
+    )
+    assert result.succeeded and result.steps["flaky"].attempts == 2
+    assert result.seconds >= 1
+
+
 def test_retries_are_taken_at_once_and_counted(tmp_path: Path):
     marker = tmp_path / "tries"
     result = run_workflow(
@@ -126,10 +145,11 @@ def test_an_approval_gate_ends_the_call_with_the_run_open():
         {
             "name": "t-gate",
             "steps": [
-                {"id": "ask", "approval": {"prompt": "go?"}, "run": "echo go"},
+                {"id": "ask", "approval": {"prompt": "go?", "timeout": 300}, "run": "echo go"},
             ],
         }
     )
+    assert result.seconds < 60  # its approval timeout is not waited for
     assert not result.finished
     assert result.steps["ask"].status == StepStatus.AWAITING_APPROVAL
 

@@ -21,7 +21,8 @@ Differences from a real deployment, on purpose:
 * a workflow ``timeout:`` is checked between steps, not while one runs (a step's own
   ``timeout:`` works as usual);
 * a step awaiting approval or a decision ends the call with the run still open
-  (``result.finished`` is False): there is nobody to approve.
+  (``result.finished`` is False): there is nobody to approve, and its approval
+  ``timeout`` is not waited for.
 
 Not thread-safe: one in-process run at a time (a lock makes concurrent calls wait).
 """
@@ -186,12 +187,13 @@ class _InProcess:
             return self.store if settings.redis_url == url else real_store(settings)
 
         real_store = api._store
-        p = self._patches
-        p.enter_context(_patched(redisconn, "client_for", client_for))
-        p.enter_context(_patched(api, "_store", store_for))
-        p.enter_context(_patched(tasks, "_worker_store", lambda: (self.settings, self.store)))
-        p.enter_context(_patched(tasks, "_lease_store", lambda: self.store))
-        p.enter_context(_patched(app, "send_task", self.send_task))
+        with contextlib.ExitStack() as p:  # undone at once if one of them fails
+            p.enter_context(_patched(redisconn, "client_for", client_for))
+            p.enter_context(_patched(api, "_store", store_for))
+            p.enter_context(_patched(tasks, "_worker_store", lambda: (self.settings, self.store)))
+            p.enter_context(_patched(tasks, "_lease_store", lambda: self.store))
+            p.enter_context(_patched(app, "send_task", self.send_task))
+            self._patches = p.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -244,14 +246,19 @@ class _InProcess:
         return RunResult(record, events, logs, time.monotonic() - started)
 
     def _next(self, run: Any, deadline: float) -> _Message | None:
-        """The next message due; waits for a timer only while the run goes on."""
+        """The next message due. Time passes for real only for a step's delayed message
+        (a retry with ``retry_delays``): the run's and an approval's timeouts fire if
+        they are due by then, but are never waited for."""
+        from ..app import FANIN_TASK, STEP_TASK
+
         while self.queue:
             now = time.monotonic()
             if self.queue[0].due <= now:
                 return heapq.heappop(self.queue)
-            if run.status().finished or self.queue[0].due > deadline:
-                return None  # only timers of an ended run (or beyond the deadline) are left
-            time.sleep(self.queue[0].due - now)
+            steps = [m.due for m in self.queue if m.name in (STEP_TASK, FANIN_TASK)]
+            if not steps or min(steps) > deadline or run.status().finished:
+                return None
+            time.sleep(min(steps) - now)
         return None
 
     def _deliver(self, message: _Message) -> None:
