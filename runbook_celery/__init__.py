@@ -20,7 +20,8 @@ from .model import Step, Workflow
 from .runrecord import RunRecord, StepRecord
 
 if TYPE_CHECKING:
-    from .api import Run, get_run, submit
+    from .api import Run, RunLogs, get_run, rerun, submit
+    from .asyncapi import asubmit
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidParams",
     "Run",
     "RunFailed",
+    "RunLogs",
     "RunNotFound",
     "RunRecord",
     "RunbookError",
@@ -40,12 +42,21 @@ __all__ = [
     "WaitTimeout",
     "Workflow",
     "__version__",
+    "asubmit",
     "get_run",
     "load_workflow",
+    "rerun",
     "submit",
 ]
 
-_LAZY = {"submit": "api", "Run": "api", "get_run": "api"}
+_LAZY = {
+    "submit": "api",
+    "Run": "api",
+    "RunLogs": "api",
+    "get_run": "api",
+    "rerun": "api",
+    "asubmit": "asyncapi",
+}
 
 
 def __getattr__(name: str) -> Any:

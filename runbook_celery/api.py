@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from .compile import (
     snapshot_sha256,
 )
 from .errors import BackendUnavailable, InvalidOperation, RunFailed, RunNotFound, WaitTimeout
-from .events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES
+from .events import START, TERMINAL_EVENTS, TERMINAL_RUN_STATUSES, Event
 from .fullredis import full_description
-from .loader import LoadedWorkflow, from_model, load_workflow
+from .loader import LoadedWorkflow, from_mapping, from_model, load_workflow
+from .logs import Gap, LogLine, LogReader
 from .model import Workflow
 from .reconnect import Reconnector, resume_on_loss
 from .redisconn import get_client, redact
@@ -31,11 +33,24 @@ from .runrecord import RunRecord
 from .settings import Settings, get_settings
 from .store import RunStore
 
-WorkflowSource = str | Path | Workflow | LoadedWorkflow
+# a path to a YAML file, a Workflow built in Python, or its dict (validated like YAML)
+WorkflowSource = str | Path | Workflow | LoadedWorkflow | Mapping[str, Any]
 
 
 def _store(settings: Settings) -> RunStore:
     return RunStore(get_client(settings), settings.prefix, settings.retention)
+
+
+@dataclass(frozen=True)
+class RunLogs:
+    """What steps printed, as stored, and what the per-step caps dropped (like `logs`)."""
+
+    lines: list[LogLine] = field(default_factory=list)
+    dropped: list[Gap] = field(default_factory=list)
+
+    def text(self, step: str | None = None) -> str:
+        """The lines (of one step, or of all in the order written), one per line."""
+        return "".join(f"{x.text}\n" for x in self.lines if step is None or x.step == step)
 
 
 class Run:
@@ -110,6 +125,40 @@ class Run:
         return rerun(
             self.id, from_failed=from_failed, from_step=from_step, settings=self.settings, by=by
         )
+
+    def events(self, since: str = START, *, types: Iterable[str] | None = None) -> list[Event]:
+        """The events recorded so far, oldest first (``runbook-celery events``)."""
+        from . import events
+
+        return list(events.read(self.id, since, types=types, settings=self.settings))
+
+    def logs(self, step: str | None = None) -> RunLogs:
+        """The stored log lines of one step (and its instances) or of every step, merged
+        in the order written, and the lines the caps dropped (``runbook-celery logs``).
+
+        Raises RunNotFound, InvalidOperation (no such step), BackendUnavailable.
+        """
+        out = RunLogs()
+        for item in LogReader(self.store, self.id, [step] if step else None).read():
+            (out.dropped if isinstance(item, Gap) else out.lines).append(item)  # type: ignore[arg-type]
+        return out
+
+    async def wait_async(
+        self, timeout: float | None = None, *, raise_on_failure: bool = False
+    ) -> RunRecord:
+        """``wait()`` for asyncio code: a blocking read on the event stream, no thread."""
+        from .asyncapi import wait
+
+        return await wait(self, timeout, raise_on_failure=raise_on_failure)
+
+    def events_async(
+        self, since: str = START, *, types: Iterable[str] | None = None
+    ) -> AsyncIterator[Event]:
+        """``async for event in run.events_async()``: recorded events, then live ones,
+        ending after the run's final event."""
+        from .asyncapi import follow_events
+
+        return follow_events(self, since, types)
 
     def _ended(self) -> bool:
         return self.store.run_status(self.id) in TERMINAL_RUN_STATUSES
@@ -202,6 +251,8 @@ def _load(source: WorkflowSource) -> LoadedWorkflow:
         return source
     if isinstance(source, Workflow):
         return from_model(source)
+    if isinstance(source, Mapping):
+        return from_mapping(source)
     return load_workflow(source)
 
 

@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,17 @@ def load_workflow_text(text: str, *, file: str = "<string>", base_dir: Path | No
     except DefinitionError as exc:
         raise InvalidDefinition([exc.problem]) from None
     return _validate(doc, base_dir or Path.cwd())
+
+
+def from_mapping(
+    data: Mapping[str, Any], *, file: str = "<dict>", base_dir: Path | None = None
+) -> LoadedWorkflow:
+    """Validate a workflow given as a dict, exactly as its YAML would be: problems name the
+    path in the dict (``steps[1].needs``) since there are no lines."""
+    loaded = _validate(LoadedYaml(data=dict(data), file=file), base_dir or Path.cwd())
+    if problems := _script_problems(loaded, get_settings().max_file_bytes):
+        raise InvalidDefinition(problems)
+    return loaded
 
 
 def from_model(workflow: Workflow, *, base_dir: Path | None = None) -> LoadedWorkflow:

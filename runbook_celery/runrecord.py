@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import expressions as ex
-from .events import RunStatus
+from .events import FailureReason, RunStatus, StepStatus
 from .masking import MASK_TEXT
 from .matrix import label as matrix_label
 
@@ -23,15 +23,19 @@ _STEP_CONTROL_FIELDS = (
 
 @dataclass(frozen=True)
 class StepRecord:
-    """One step of a run as recorded: status, timing, exit code, outputs, attempts."""
+    """One step of a run as recorded: status, timing, exit code, outputs, attempts.
 
-    status: str
+    ``status`` is a ``StepStatus`` and ``reason`` a ``FailureReason`` when it is one (a
+    skip's reason is a sentence); both are ``StrEnum``s, so ``== "succeeded"`` still holds.
+    """
+
+    status: StepStatus
     exit_code: int | None = None
     started_at: str | None = None
     finished_at: str | None = None
     outputs: Any = field(default_factory=dict)  # a list for a fanned-out step
     attempts: int = 0
-    reason: str | None = None
+    reason: FailureReason | str | None = None
     stderr_tail: list[str] = field(default_factory=list)
     allowed_failure: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -39,17 +43,22 @@ class StepRecord:
     control: dict[str, str] = field(default_factory=dict)  # approvals and decisions
     values: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # records built by hand (tests, views) with plain text get the same types
+        object.__setattr__(self, "status", StepStatus(self.status))
+        object.__setattr__(self, "reason", _reason(self.reason))
+
     @classmethod
     def from_hash(cls, h: dict[str, str], hidden: frozenset[str] = frozenset()) -> StepRecord:
         """``hidden``: secret values given with ``retry --env``, shown as ``***``."""
         return cls(
-            status=h.get("status", "pending"),
+            status=StepStatus(h.get("status") or "pending"),
             exit_code=int(h["exit_code"]) if h.get("exit_code") not in (None, "") else None,
             started_at=h.get("started_at"),
             finished_at=h.get("finished_at"),
             outputs=json.loads(h["outputs"]) if h.get("outputs") else {},
             attempts=int(h.get("attempts") or 0),
-            reason=h.get("reason") or None,
+            reason=_reason(h.get("reason")),
             stderr_tail=json.loads(h["stderr_tail"]) if h.get("stderr_tail") else [],
             allowed_failure=h.get("allowed_failure") == "1",
             history=json.loads(h["history"]) if h.get("history") else [],
@@ -73,13 +82,13 @@ class StepRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "status": self.status,
+            "status": str(self.status),
             "exit_code": self.exit_code,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "outputs": self.outputs,
             "attempts": self.attempts,
-            "reason": self.reason,
+            "reason": None if self.reason is None else str(self.reason),
             "stderr_tail": list(self.stderr_tail),
             "continue_on_error": self.allowed_failure,
             "history": list(self.history),
@@ -87,6 +96,16 @@ class StepRecord:
             **({"control": dict(self.control)} if self.control else {}),
             **({"values": self.values} if self.values else {}),
         }
+
+
+def _reason(value: str | None) -> FailureReason | str | None:
+    """The vocabulary member when the reason is one; other reasons (skips) as written."""
+    if not value:
+        return None
+    try:
+        return FailureReason(value)
+    except ValueError:
+        return value
 
 
 def _control(h: dict[str, str], hidden: frozenset[str]) -> dict[str, str]:
@@ -113,11 +132,13 @@ _CONTROL_FIELDS = (
 
 @dataclass(frozen=True)
 class RunRecord:
-    """A run as recorded: status, params and every step; ``to_dict()`` is the JSON shape."""
+    """A run as recorded: status, params and every step; ``to_dict()`` is the JSON shape.
+
+    ``status`` is a ``RunStatus`` (a ``StrEnum``: compares equal to its text)."""
 
     id: str
     workflow: str
-    status: str
+    status: RunStatus
     params: dict[str, str]
     steps: dict[str, StepRecord]
     created_at: str | None = None
@@ -128,6 +149,9 @@ class RunRecord:
     rerun_of: str | None = None
     control: dict[str, str] = field(default_factory=dict)  # paused_by/at, triggered_by, ...
     outputs: dict[str, str] = field(default_factory=dict)  # workflow outputs, once ended
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", RunStatus(self.status))
 
     @classmethod
     def from_hash(cls, h: dict[str, str], steps: dict[str, StepRecord]) -> RunRecord:
@@ -142,7 +166,7 @@ class RunRecord:
         return cls(
             id=h["id"],
             workflow=h.get("workflow", ""),
-            status=h.get("status", "pending"),
+            status=RunStatus(h.get("status") or "pending"),
             params=json.loads(h.get("params") or "{}"),
             steps=steps,
             created_at=h.get("created_at"),
@@ -156,7 +180,7 @@ class RunRecord:
 
     @property
     def finished(self) -> bool:
-        return RunStatus(self.status).terminal
+        return self.status.terminal
 
     @property
     def succeeded(self) -> bool:
@@ -166,7 +190,7 @@ class RunRecord:
         return {
             "id": self.id,
             "workflow": self.workflow,
-            "status": self.status,
+            "status": str(self.status),
             "params": dict(self.params),
             "steps": {sid: s.to_dict() for sid, s in self.steps.items()},
             "created_at": self.created_at,

@@ -27,6 +27,7 @@ PUBLIC_API = [
     "InvalidParams",
     "Run",
     "RunFailed",
+    "RunLogs",
     "RunNotFound",
     "RunRecord",
     "RunbookError",
@@ -35,8 +36,10 @@ PUBLIC_API = [
     "WaitTimeout",
     "Workflow",
     "__version__",
+    "asubmit",
     "get_run",
     "load_workflow",
+    "rerun",
     "submit",
 ]
 

@@ -1,0 +1,121 @@
+"""The asyncio side of the Python API: submit, wait and follow events without a thread.
+
+Waiting and following use redis-py's asyncio client, blocking on the run's event stream
+(XREAD BLOCK), so an event loop serves any number of waits at no polling cost. Publishing a
+run goes through Celery, which has no asyncio path: ``asubmit`` runs ``submit`` in a
+thread (``asyncio.to_thread``), and so do the short synchronous reads of a final record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.asyncio as aioredis
+
+from .errors import BackendUnavailable, RunFailed, RunNotFound
+from .events import START, TERMINAL_RUN_STATUSES, Event, check_since
+from .keys import Keys
+from .redisconn import redact
+from .runrecord import RunRecord
+from .settings import Settings, redis_connection_options
+
+if TYPE_CHECKING:
+    from .api import Run, WorkflowSource
+
+BLOCK_MS = 1000  # longest wait before checking whether the run ended unseen (trimmed stream)
+
+
+async def asubmit(
+    source: WorkflowSource,
+    params: Mapping[str, Any] | None = None,
+    *,
+    settings: Settings | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> Run:
+    """``submit()`` for asyncio code: same validation, same errors, returns the same ``Run``.
+
+    Celery publishes synchronously, so the submission runs in a worker thread.
+    """
+    from .api import submit
+
+    return await asyncio.to_thread(submit, source, params, settings=settings, extra=extra)
+
+
+def async_client(settings: Settings) -> aioredis.Redis:
+    """A client of its own per follow: a pool belongs to the event loop that made it, and
+    a blocking read holds its connection anyway. Closed when the follow ends."""
+    return aioredis.Redis.from_url(settings.redis_url, **redis_connection_options())
+
+
+async def follow_events(
+    run: Run, since: str = START, types: Iterable[str] | None = None
+) -> AsyncIterator[Event]:
+    """The run's events after ``since``, then live ones, ending after the run's final event.
+
+    Raises:
+        RunNotFound: the run never existed or has expired.
+        InvalidOperation: ``since`` is not an event id.
+        BackendUnavailable: Redis did not answer.
+    """
+    wanted = None if types is None else frozenset(str(t) for t in types)
+    keys = Keys(run.settings.prefix)
+    stream, run_key = keys.run_events(run.id), keys.run(run.id)
+    last = check_since(since)
+    r = async_client(run.settings)
+    try:
+        if await r.hget(run_key, "status") is None:
+            raise RunNotFound(run.id)
+        if last == "$":  # pinned now, so no event slips between two reads
+            newest = await r.xrevrange(stream, count=1)
+            last = _s(newest[0][0]) if newest else START
+        while True:
+            resp = await r.xread({stream: last}, block=BLOCK_MS, count=500)
+            if not resp:  # nothing new: the run may have ended with its stream trimmed
+                status = _s(await r.hget(run_key, "status"))
+                if status is None or status in TERMINAL_RUN_STATUSES:
+                    return
+                continue
+            for _key, entries in resp:
+                for entry_id, fields in entries:
+                    last = _s(entry_id)
+                    event = Event.from_entry(last, {_s(k): _s(v) for k, v in fields.items()})
+                    if wanted is None or event.type in wanted:
+                        yield event
+                    if event.ends_run:
+                        return
+    except redis.RedisError as exc:
+        raise BackendUnavailable(f"cannot read events from Redis: {redact(str(exc))}") from exc
+    finally:
+        await r.aclose()
+
+
+async def wait(
+    run: Run, timeout: float | None = None, *, raise_on_failure: bool = False
+) -> RunRecord:
+    """Until the run ends, then its final record; ``WaitTimeout`` after ``timeout`` seconds
+    (the run goes on). A cancelled wait leaves the run alone, like a timed-out one."""
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    try:
+        async with asyncio.timeout_at(None if deadline is None else _loop_time(deadline)):
+            async for _event in follow_events(run, types=()):
+                pass  # follow_events returns once the run has ended
+    except TimeoutError:
+        if not await asyncio.to_thread(run._ended):
+            raise await asyncio.to_thread(run.wait_timeout_error, timeout or 0) from None
+    record = await asyncio.to_thread(run.status)
+    if raise_on_failure and not record.succeeded:
+        raise RunFailed(record)
+    return record
+
+
+def _loop_time(deadline: float) -> float:
+    """A ``time.monotonic()`` deadline on the running loop's clock."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
+def _s(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value

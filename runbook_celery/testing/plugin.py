@@ -1,0 +1,41 @@
+"""The ``runbook`` pytest fixture, registered for every project that installs runbook-celery.
+
+Kept light: nothing of the engine is imported until a test asks for the fixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from ..api import WorkflowSource
+    from . import RunResult
+
+
+class Runbook:
+    """What the ``runbook`` fixture gives a test: ``runbook.run(workflow, params)``."""
+
+    def __init__(self) -> None:
+        self.results: list[RunResult] = []
+
+    def run(
+        self,
+        source: WorkflowSource,
+        params: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> RunResult:
+        """Run a workflow in-process to its end (see ``runbook_celery.testing.run_workflow``)."""
+        from . import run_workflow
+
+        result = run_workflow(source, params, **options)
+        self.results.append(result)
+        return result
+
+
+@pytest.fixture
+def runbook() -> Runbook:
+    """Run workflows in-process: no Redis, no worker; Bash really runs."""
+    return Runbook()
