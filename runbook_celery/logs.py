@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
+from redis.typing import KeyT, StreamIdT
 
 from .errors import BackendUnavailable, InvalidOperation, RunNotFound
 from .events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES
 from .store import RunStore
+from .store.codec import range_reply, read_reply
 
 PAGE = 1000  # entries per Redis round trip
 BLOCK_MS = 1000  # longest wait before checking the run's status again
@@ -125,14 +127,16 @@ class LogReader:
         """Stored lines, then new ones as they are written, until the run ends."""
         with _redis_errors():
             yield from self._gaps(at_start=True)
-            cursors = {self._key[s]: "0-0" for s in self.steps}
+            cursors: dict[KeyT, StreamIdT] = {self._key[s]: "0-0" for s in self.steps}
             events_key = self.store.keys.run_events(self.run_id)
             cursors[events_key] = "0-0"
             ended = self.status() in _ENDED
             while True:
-                resp = self.store.r.xread(cursors, block=None if ended else block_ms, count=PAGE)
+                resp = read_reply(
+                    self.store.r.xread(cursors, block=None if ended else block_ms, count=PAGE)
+                )
                 lines: list[tuple[tuple[int, int, int], LogLine]] = []
-                for raw_key, entries in resp or []:
+                for raw_key, entries in resp:
                     key = _s(raw_key)
                     if entries:
                         cursors[key] = _s(entries[-1][0])
@@ -173,7 +177,7 @@ class LogReader:
     def _pages(self, step: str) -> Iterator[tuple[tuple[int, int, int], LogLine]]:
         last = "-"
         while True:
-            entries = self.store.r.xrange(self._key[step], min=last, count=PAGE)
+            entries = range_reply(self.store.r.xrange(self._key[step], min=last, count=PAGE))
             for eid, fields in entries:
                 yield self._line(step, eid, fields)
             if len(entries) < PAGE:
@@ -181,7 +185,7 @@ class LogReader:
             last = f"({_s(entries[-1][0])}"
 
     def _line(
-        self, step: str, raw_id: bytes | str, fields: dict[bytes, bytes]
+        self, step: str, raw_id: bytes | str, fields: Mapping[bytes | str, bytes | str]
     ) -> tuple[tuple[int, int, int], LogLine]:
         eid = _s(raw_id)
         ms, _, seq = eid.partition("-")
