@@ -9,6 +9,7 @@ so a flood of garbage cannot fill Redis. ``runbook-celery dead-letters`` shows a
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -129,7 +130,7 @@ class DeadLetters:
         """Every entry, newest first."""
         return [DeadLetter.from_json(item) for item in self.r.lrange(self.key, 0, -1)]
 
-    def purge(self) -> list[DeadLetter]:
+    def purge(self) -> builtins.list[DeadLetter]:  # `list` here is the method above
         """Remove every entry and return what was removed (read and delete are atomic)."""
         with self.r.pipeline(transaction=True) as pipe:
             pipe.lrange(self.key, 0, -1)

@@ -165,11 +165,11 @@ def _bit_components(members: int, neighbours) -> list[int]:  # type: ignore[no-u
     return out
 
 
-def _flatten(parts: list[SPTree], kind: type) -> tuple[SPTree, ...]:
+def _flatten(parts: list[SPTree], kind: type[Series] | type[Parallel]) -> tuple[SPTree, ...]:
     out: list[SPTree] = []
     for p in parts:
         if isinstance(p, kind):
-            out.extend(p.parts)  # type: ignore[attr-defined]
+            out.extend(p.parts)
         else:
             out.append(p)
     return tuple(out)

@@ -424,7 +424,7 @@ def _spawn(inputs: PlacedValues, cwd: str | None) -> tuple[subprocess.Popen[byte
         proc.wait()
         _live_steps.pop(proc.pid, None)
         for stream in (proc.stdout, proc.stderr):
-            stream.close()  # type: ignore[union-attr]
+            stream.close()
         raise OSError(exc.errno, f"cannot put it into its cgroup: {exc}") from None
     os.close(go_w)
     return proc, cgroup

@@ -210,7 +210,7 @@ class _Reader:
                 parts = urlsplit(raw)
                 parts.port  # noqa: B018 - raises ValueError for a port that is not a number
             except ValueError:
-                parts = None  # type: ignore[assignment]
+                parts = None
             if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
                 raise ValueError(
                     f"not an http:// or https:// URL; write e.g. {name}=https://flower.example.com"
