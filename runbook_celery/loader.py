@@ -6,7 +6,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -72,7 +72,9 @@ def script_problem(loaded: LoadedWorkflow, index: int, script: str, exc: Refused
     )
 
 
-def load_workflow_text(text: str, *, file: str = "<string>", base_dir: Path | None = None):
+def load_workflow_text(
+    text: str, *, file: str = "<string>", base_dir: Path | None = None
+) -> LoadedWorkflow:
     """Validate a workflow given as YAML text (for tests and embedding)."""
     try:
         doc = load_yaml_text(text, file=file)
@@ -161,7 +163,7 @@ def _pydantic_problems(exc: ValidationError, doc: LoadedYaml) -> list[Problem]:
         scalar_union = loc[:1] == ("params",) and len(loc) == 3 and loc[-1] in _UNION_TAGS
         if scalar_union:
             loc = loc[:-1]
-        path: YamlPath = loc  # type: ignore[assignment]
+        path: YamlPath = loc
         if scalar_union:
             message = "must be a string, number or boolean"
             line = doc.line_of(loc)
@@ -385,9 +387,17 @@ def _check_outputs(wf: Workflow, graph: Graph, add) -> None:  # type: ignore[no-
                     )
 
 
+class _AddProblem(Protocol):
+    """``add`` of ``_check_semantics``: records a problem at ``path``."""
+
+    def __call__(
+        self, path: YamlPath, message: str, step: str | None = None, offset: int | None = None
+    ) -> None: ...
+
+
 def _check_text(
-    text: str, path: YamlPath, step: Step | None, wf: Workflow, graph: Graph, add
-) -> None:  # type: ignore[no-untyped-def]
+    text: str, path: YamlPath, step: Step | None, wf: Workflow, graph: Graph, add: _AddProblem
+) -> None:
     sid = step.id if step else None
     try:
         occurrences = ex.find(text)
@@ -413,7 +423,7 @@ def _check_placement(
     path: YamlPath,
     step: Step | None,
     wf: Workflow,
-    add,  # type: ignore[no-untyped-def]
+    add: _AddProblem,
 ) -> None:
     """Each ``${{ }}`` of a run: must sit where Bash takes its value as data (bashplace)."""
     numeric = numeric_refs(wf, step)
@@ -494,8 +504,8 @@ def reference_problems(node: ex.Node, step: Step | None, wf: Workflow, graph: Gr
         elif ref.kind == "matrix":
             if step is None or step.matrix is None:
                 out.append(f"'{ref.text()}' is only available in a step with matrix")
-            elif ref.name not in (known := matrix.keys(step.matrix)):
-                out.append(f"unknown matrix key {ref.name!r} (keys: {', '.join(known)})")
+            elif ref.name not in (keys := matrix.keys(step.matrix)):
+                out.append(f"unknown matrix key {ref.name!r} (keys: {', '.join(keys)})")
         elif ref.kind == "item" and (step is None or step.for_each is None):
             out.append("'item' is only available in a step with for_each")
     return out
