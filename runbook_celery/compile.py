@@ -150,7 +150,9 @@ def _default_text(param: Param) -> str:
     return param_text(param, param.default) or ex.to_text(param.default)
 
 
-def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = None) -> dict:
+def build_snapshot(
+    loaded: LoadedWorkflow, params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Freeze a workflow for one run: commands, script contents, params, plan mode."""
     wf = loaded.workflow
     values = resolve_params(wf.params, params)
