@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from kombu.exceptions import OperationalError
@@ -29,6 +29,9 @@ from .redisconn import get_client, redact
 from .runrecord import RunRecord
 from .settings import Settings, get_settings
 from .store import RunStore
+
+if TYPE_CHECKING:
+    from .control import RunControl  # imported where used: control imports this module
 
 WorkflowSource = str | Path | Workflow | LoadedWorkflow
 
@@ -97,7 +100,7 @@ class Run:
         """Decide to fail a run awaiting a decision."""
         self._control().abort(by)
 
-    def _control(self):  # type: ignore[no-untyped-def]
+    def _control(self) -> RunControl:
         from .control import RunControl
 
         return RunControl(self.id, self.settings)
