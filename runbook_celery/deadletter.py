@@ -66,6 +66,7 @@ def make_dead_letter(
     """A capped entry for ``raw`` (and the task it claims to be); nothing in it is run."""
     data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else (raw or b"")
     kept = data[:BODY_LIMIT]
+    encoding: Literal["utf-8", "base64"]
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -77,7 +78,7 @@ def make_dead_letter(
         queue=_short(queue),
         reason=printable(reason)[:REASON_LIMIT],
         body=body,
-        body_encoding=encoding,  # type: ignore[arg-type]
+        body_encoding=encoding,
         size=len(data),
         truncated=len(data) > BODY_LIMIT,
         task=_short(headers.get("task")) if headers else None,

@@ -310,7 +310,7 @@ def _notify_problems(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
     ]
 
 
-def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add) -> None:  # type: ignore[no-untyped-def]
+def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add: _AddProblem) -> None:
     """if:, matrix/for_each and max_parallel: what pydantic cannot check alone."""
     if step.if_ is not None:
         try:
@@ -358,7 +358,7 @@ def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add) -> 
             add(("steps", i, "for_each"), problem, step.id)
 
 
-def _check_outputs(wf: Workflow, graph: Graph, add) -> None:  # type: ignore[no-untyped-def]
+def _check_outputs(wf: Workflow, graph: Graph, add: _AddProblem) -> None:
     """Workflow ``outputs:``: expressions over params, steps' outputs and statuses (any
     step: they are read once the run has ended)."""
     for name, text in wf.outputs.items():

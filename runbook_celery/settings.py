@@ -114,7 +114,7 @@ class Settings:
         return settings
 
     def with_(self, **changes: object) -> Settings:
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, **changes)  # type: ignore[arg-type]  # fields of several types
 
     def __repr__(self) -> str:
         """Like the dataclass's, with passwords in the URLs masked (reprs end up in logs)."""

@@ -244,6 +244,7 @@ def finish_outside(run_id: str, step_id: str, status: StepStatus, **fields: Any)
     """Record a step's end from outside its task (operator decisions), handing on as usual."""
     settings, store = _worker_store()
     ctx = _cache.get(store, run_id)
+    # no task: StepExecution tests for None where an operator's decision can get to
     execution = StepExecution(None, settings, store, ctx, run_id, step_id)  # type: ignore[arg-type]
     with contextlib.suppress(StepFailed):
         execution._finish(status, **fields)
@@ -655,7 +656,7 @@ class StepExecution:
 
     # ------------------------------------------------------------------ running Bash
 
-    def _resolver(self, outputs: dict[str, Any]):  # type: ignore[no-untyped-def]
+    def _resolver(self, outputs: dict[str, Any]) -> Callable[[ex.Ref], Any]:
         def resolve(ref: ex.Ref) -> Any:
             if ref.kind == "params":
                 return self.ctx.snapshot["params"].get(ref.name, "")
@@ -762,7 +763,7 @@ class StepExecution:
                 self.keeper.detach()
             sink.close()
 
-    def _tick(self, sink: StepLogSink):  # type: ignore[no-untyped-def]
+    def _tick(self, sink: StepLogSink) -> Callable[[], bool | str]:
         """Called while Bash runs: flush logs, notice cancel, shutdown or a lost lease.
 
         The lease itself is renewed by the delivery's LeaseKeeper thread; here the
