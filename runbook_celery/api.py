@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from kombu.exceptions import OperationalError
@@ -32,6 +32,9 @@ from .redisconn import get_client, redact
 from .runrecord import RunRecord
 from .settings import Settings, get_settings
 from .store import RunStore
+
+if TYPE_CHECKING:
+    from .control import RunControl  # imported where used: control imports this module
 
 # a path to a YAML file, a Workflow built in Python, or its dict (validated like YAML)
 WorkflowSource = str | Path | Workflow | LoadedWorkflow | Mapping[str, Any]
@@ -113,7 +116,7 @@ class Run:
         """Decide to fail a run awaiting a decision."""
         self._control().abort(by)
 
-    def _control(self):  # type: ignore[no-untyped-def]
+    def _control(self) -> RunControl:
         from .control import RunControl
 
         return RunControl(self.id, self.settings)

@@ -7,7 +7,7 @@ deliveries itself (see tasks.py), so acks_late + reject_on_worker_lost are safe.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery, states
@@ -46,18 +46,25 @@ class ResultBackend(RedisBackend):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Celery has a setting for keepalive on/off but none for its timers (settings.py)
-        if self.connparams.get("socket_keepalive"):
-            self.connparams["socket_keepalive_options"] = keepalive_options()
+        params: dict[str, Any] = self.connparams  # type: ignore[attr-defined]  # RedisBackend's; celery-types lacks it
+        if params.get("socket_keepalive"):
+            params["socket_keepalive_options"] = keepalive_options()
 
-    def on_task_call(self, producer, task_id):  # type: ignore[no-untyped-def]
+    def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
 
-    def on_result_fulfilled(self, result):  # type: ignore[no-untyped-def]
+    def on_result_fulfilled(self, result: Any) -> None:
         return None  # nothing was subscribed, so there is nothing to unsubscribe
 
-    def store_result(  # type: ignore[no-untyped-def]
-        self, task_id, result, state, traceback=None, request=None, **kwargs
-    ):
+    def store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         """Storing a step's final result also hands it on in the lease index, in one script.
 
         Celery stores a task's result after it has published what follows the task (the
@@ -74,19 +81,25 @@ class ResultBackend(RedisBackend):
         finally:
             handed_on.member = None
 
-    def set(self, key, value, expires=None, **retry_policy):  # type: ignore[no-untyped-def]
+    # celery-types declares neither RedisBackend.set's expires and retry policy, nor _set,
+    # nor the backend's expires, which Celery has: hence the ignores below
+
+    def set(
+        self, key: bytes | str, value: Any, expires: int | None = None, **retry_policy: Any
+    ) -> None:
         """Store a task state; while Redis is full, wait (see fullredis) instead of failing
         the task or, in the worker's main process, the consumer."""
         return wait_while_full(
-            lambda: super(ResultBackend, self).set(key, value, expires, **retry_policy),
+            lambda: super(ResultBackend, self).set(key, value, expires, **retry_policy),  # type: ignore[call-arg, arg-type]
             f"storing task state {_s(key)}",
             give_up=worker_stopping,
         )
 
-    def _set(self, key, value, expires=None):  # type: ignore[no-untyped-def]
+    def _set(self, key: bytes | str, value: Any, expires: int | None = None) -> None:
         member = getattr(handed_on, "member", None)
         if member is None:
-            return super()._set(key, value, expires)
+            super()._set(key, value, expires)  # type: ignore[misc]
+            return
         from .tasks import _worker_store  # tasks imports this module
 
         settings, store = _worker_store()
@@ -97,15 +110,20 @@ class ResultBackend(RedisBackend):
             step_id,
             successors,
             settings.lease_seconds,
-            result=(key, value, self.expires if expires is None else expires),
+            result=(key, value, self.expires if expires is None else expires),  # type: ignore[attr-defined]
             ended=ended,
         )
         handed_on.dropped = member
         return None
 
-    def on_chord_part_return(  # type: ignore[no-untyped-def]
-        self, request, state, result, **kwargs
-    ):
+    def on_chord_part_return(
+        self,
+        request: Any,
+        state: str,
+        result: Any,
+        propagate: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         """A step task that failed for another reason than its step failing (its result
         or its transition could not be written: Redis timed out, a partition) is not a
         failed chord member: the chord is left waiting, and the step, still watched, is
@@ -156,7 +174,7 @@ def _lease_member(request: Any, state: str, result: Any) -> str | None:
     task = getattr(request, "task", None) if request is not None else None
     if task not in (STEP_TASK, FANIN_TASK) or request.chord:
         return None
-    args = request.args or ()
+    args: Sequence[Any] = request.args or ()
     if len(args) != 2:
         return None
     if state == states.FAILURE:  # a failure to hand on must stay replayable

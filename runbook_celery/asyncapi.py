@@ -22,6 +22,7 @@ from .keys import Keys
 from .redisconn import redact
 from .runrecord import RunRecord
 from .settings import Settings, redis_connection_options
+from .store.codec import read_reply
 
 if TYPE_CHECKING:
     from .api import Run, WorkflowSource
@@ -73,7 +74,7 @@ async def follow_events(
             newest = await r.xrevrange(stream, count=1)
             last = _s(newest[0][0]) if newest else START
         while True:
-            resp = await r.xread({stream: last}, block=BLOCK_MS, count=500)
+            resp = read_reply(await r.xread({stream: last}, block=BLOCK_MS, count=500))
             if not resp:  # nothing new: the run may have ended with its stream trimmed
                 status = _s(await r.hget(run_key, "status"))
                 if status is None or status in TERMINAL_RUN_STATUSES:

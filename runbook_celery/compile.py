@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -98,7 +98,7 @@ def rewrite_command(
     return bashplace.render(text, sites, names)
 
 
-def substitute_text(template: str, resolve) -> str:  # type: ignore[no-untyped-def]
+def substitute_text(template: str, resolve: Callable[[ex.Ref], Any]) -> str:
     """Fill a value template (env values) with resolved expressions. Values stay data."""
     return ex.substitute(template, resolve)
 
@@ -150,7 +150,9 @@ def _default_text(param: Param) -> str:
     return param_text(param, param.default) or ex.to_text(param.default)
 
 
-def build_snapshot(loaded: LoadedWorkflow, params: Mapping[str, Any] | None = None) -> dict:
+def build_snapshot(
+    loaded: LoadedWorkflow, params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Freeze a workflow for one run: commands, script contents, params, plan mode."""
     wf = loaded.workflow
     values = resolve_params(wf.params, params)

@@ -9,6 +9,7 @@ so a flood of garbage cannot fill Redis. ``runbook-celery dead-letters`` shows a
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -65,6 +66,7 @@ def make_dead_letter(
     """A capped entry for ``raw`` (and the task it claims to be); nothing in it is run."""
     data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else (raw or b"")
     kept = data[:BODY_LIMIT]
+    encoding: Literal["utf-8", "base64"]
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -76,7 +78,7 @@ def make_dead_letter(
         queue=_short(queue),
         reason=printable(reason)[:REASON_LIMIT],
         body=body,
-        body_encoding=encoding,  # type: ignore[arg-type]
+        body_encoding=encoding,
         size=len(data),
         truncated=len(data) > BODY_LIMIT,
         task=_short(headers.get("task")) if headers else None,
@@ -129,7 +131,7 @@ class DeadLetters:
         """Every entry, newest first."""
         return [DeadLetter.from_json(item) for item in self.r.lrange(self.key, 0, -1)]
 
-    def purge(self) -> list[DeadLetter]:
+    def purge(self) -> builtins.list[DeadLetter]:  # `list` here is the method above
         """Remove every entry and return what was removed (read and delete are atomic)."""
         with self.r.pipeline(transaction=True) as pipe:
             pipe.lrange(self.key, 0, -1)

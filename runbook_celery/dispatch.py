@@ -20,7 +20,8 @@ from .settings import get_settings
 
 def _spec_of(snapshot: Mapping[str, Any], step_id: str) -> Mapping[str, Any]:
     base = step_id.rsplit("[", 1)[0]
-    for spec in snapshot["steps"]:
+    steps: list[Mapping[str, Any]] = snapshot["steps"]
+    for spec in steps:
         if spec["id"] == base:
             return spec
     return {}

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import BackendUnavailable
@@ -228,7 +229,7 @@ def _read(
     store: RunStore, run_id: str | None, last: str, wanted: frozenset[str] | None
 ) -> Iterator[Event]:
     while True:
-        page = _guard(lambda after=last: store.events(run_id, since=after, count=_PAGE))
+        page = _guard(partial(store.events, run_id, since=last, count=_PAGE))
         for entry_id, fields in page:
             last = entry_id
             event = Event.from_entry(entry_id, fields)
@@ -327,8 +328,10 @@ def _resolve(store: RunStore, run_id: str | None, since: str) -> str:
     """Pin ``$`` to the current last id, so no event slips between two blocking reads."""
     if since != LATEST:
         return since
+    from .store.codec import range_reply  # store imports this module
+
     key = store.keys.run_events(run_id) if run_id else store.keys.global_events
-    newest = _guard(lambda: store.r.xrevrange(key, count=1))
+    newest = range_reply(_guard(lambda: store.r.xrevrange(key, count=1)))
     if not newest:
         return START
     entry_id = newest[0][0]

@@ -307,8 +307,8 @@ def _loads_or_none(text: str) -> Any:
     if not text.lstrip().startswith("{"):
         return None
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
+        return _json(text)
+    except ValueError:
         return None
 
 
@@ -389,18 +389,27 @@ def _call(name: str, args: list[Any]) -> Any:
     if name == "fromJSON":
         text = to_text(args[0])
         try:
-            return json.loads(text)
+            return _json(text)
         except ValueError as exc:
-            raise EvaluationError(f"fromJSON(): not JSON: {text[:60]!r} ({exc})") from None
-        except RecursionError:  # '[[[[...' nested deeper than Python's stack allows
-            raise EvaluationError(f"fromJSON(): {text[:20]!r}... nests too deeply") from None
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise EvaluationError(f"fromJSON(): not JSON: {text[:60]!r} ({why})") from None
     raise EvaluationError(f"unknown function {name}()")  # the parser admits none other
+
+
+def _json(text: str) -> Any:
+    """``json.loads`` of untrusted text, failing only with ValueError: besides a
+    JSONDecodeError it raises a plain ValueError for an integer past Python's digit limit
+    and RecursionError for nesting past the recursion limit."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _loads_list_or(text: str) -> Any:
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
+        value = _json(text)
+    except ValueError:
         return text
     return value if isinstance(value, list) else text
 

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from kombu import transport as kombu_transport
@@ -124,7 +124,10 @@ def worker_stopping() -> bool:
 
     from .tasks import shutdown_flag_path  # tasks imports app, which imports this module
 
-    if state.should_stop or state.should_terminate:
+    # celery-types declares both None; Celery sets them to the exit code on shutdown
+    should_stop = cast("int | None", state.should_stop)
+    should_terminate = cast("int | None", state.should_terminate)
+    if should_stop or should_terminate:
         return True
     return os.path.exists(shutdown_flag_path(os.getppid()))
 

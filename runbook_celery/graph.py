@@ -7,7 +7,7 @@ canvas (chain = series, group/chord = parallel). A DAG whose order contains an "
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 
@@ -146,7 +146,7 @@ def find_cycle(needs: Mapping[str, Iterable[str]]) -> list[str] | None:
     return None
 
 
-def _bit_components(members: int, neighbours) -> list[int]:  # type: ignore[no-untyped-def]
+def _bit_components(members: int, neighbours: Callable[[int], int]) -> list[int]:
     """Connected components (as bitsets) of ``members`` under a symmetric relation."""
     remaining = members
     out: list[int] = []
@@ -165,11 +165,11 @@ def _bit_components(members: int, neighbours) -> list[int]:  # type: ignore[no-u
     return out
 
 
-def _flatten(parts: list[SPTree], kind: type) -> tuple[SPTree, ...]:
+def _flatten(parts: list[SPTree], kind: type[Series] | type[Parallel]) -> tuple[SPTree, ...]:
     out: list[SPTree] = []
     for p in parts:
         if isinstance(p, kind):
-            out.extend(p.parts)  # type: ignore[attr-defined]
+            out.extend(p.parts)
         else:
             out.append(p)
     return tuple(out)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 REFRESH_PER_SECOND = 8
 TAIL_LINES = 10  # stderr lines of a failed step shown under the live table
 
-STATUS_STYLE = {
+# keyed by str: records hold statuses as text (a StrEnum member equals its text)
+STATUS_STYLE: dict[str, tuple[str, str]] = {
     StepStatus.PENDING: ("·", "dim"),
     StepStatus.RUNNING: ("▶", "bold blue"),
     StepStatus.RETRYING: ("↻", "yellow"),
@@ -37,7 +38,7 @@ STATUS_STYLE = {
     StepStatus.SKIPPED: ("↷", "dim"),
     StepStatus.CANCELLED: ("■", "yellow"),
 }
-RUN_STYLE = {
+RUN_STYLE: dict[str, str] = {
     RunStatus.PENDING: "dim",
     RunStatus.RUNNING: "bold blue",
     RunStatus.SUCCEEDED: "bold green",

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -104,7 +104,9 @@ def script_problem(loaded: LoadedWorkflow, index: int, script: str, exc: Refused
     )
 
 
-def load_workflow_text(text: str, *, file: str = "<string>", base_dir: Path | None = None):
+def load_workflow_text(
+    text: str, *, file: str = "<string>", base_dir: Path | None = None
+) -> LoadedWorkflow:
     """Validate a workflow given as YAML text (for tests and embedding)."""
     try:
         doc = load_yaml_text(text, file=file)
@@ -204,7 +206,7 @@ def _pydantic_problems(exc: ValidationError, doc: LoadedYaml) -> list[Problem]:
         scalar_union = loc[:1] == ("params",) and len(loc) == 3 and loc[-1] in _UNION_TAGS
         if scalar_union:
             loc = loc[:-1]
-        path: YamlPath = loc  # type: ignore[assignment]
+        path: YamlPath = loc
         if scalar_union:
             message = "must be a string, number or boolean"
             line = doc.line_of(loc)
@@ -365,7 +367,7 @@ def _notify_problems(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
     ]
 
 
-def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add) -> None:  # type: ignore[no-untyped-def]
+def _check_step_control(i: int, step: Step, wf: Workflow, graph: Graph, add: _AddProblem) -> None:
     """if:, matrix/for_each and max_parallel: what pydantic cannot check alone."""
     if step.if_ is not None:
         try:
@@ -422,7 +424,7 @@ def step_shell(wf: Workflow, step: Step) -> str:
     return shells.BASH
 
 
-def _check_outputs(wf: Workflow, graph: Graph, add) -> None:  # type: ignore[no-untyped-def]
+def _check_outputs(wf: Workflow, graph: Graph, add: _AddProblem) -> None:
     """Workflow ``outputs:``: expressions over params, steps' outputs and statuses (any
     step: they are read once the run has ended)."""
     for name, text in wf.outputs.items():
@@ -451,9 +453,17 @@ def _check_outputs(wf: Workflow, graph: Graph, add) -> None:  # type: ignore[no-
                     )
 
 
+class _AddProblem(Protocol):
+    """``add`` of ``_check_semantics``: records a problem at ``path``."""
+
+    def __call__(
+        self, path: YamlPath, message: str, step: str | None = None, offset: int | None = None
+    ) -> None: ...
+
+
 def _check_text(
-    text: str, path: YamlPath, step: Step | None, wf: Workflow, graph: Graph, add
-) -> None:  # type: ignore[no-untyped-def]
+    text: str, path: YamlPath, step: Step | None, wf: Workflow, graph: Graph, add: _AddProblem
+) -> None:
     sid = step.id if step else None
     try:
         occurrences = ex.find(text)
@@ -479,7 +489,7 @@ def _check_placement(
     path: YamlPath,
     step: Step | None,
     wf: Workflow,
-    add,  # type: ignore[no-untyped-def]
+    add: _AddProblem,
 ) -> None:
     """Each ``${{ }}`` of a run: must sit where Bash takes its value as data (bashplace)."""
     numeric = numeric_refs(wf, step)
@@ -560,8 +570,8 @@ def reference_problems(node: ex.Node, step: Step | None, wf: Workflow, graph: Gr
         elif ref.kind == "matrix":
             if step is None or step.matrix is None:
                 out.append(f"'{ref.text()}' is only available in a step with matrix")
-            elif ref.name not in (known := matrix.keys(step.matrix)):
-                out.append(f"unknown matrix key {ref.name!r} (keys: {', '.join(known)})")
+            elif ref.name not in (keys := matrix.keys(step.matrix)):
+                out.append(f"unknown matrix key {ref.name!r} (keys: {', '.join(keys)})")
         elif ref.kind == "item" and (step is None or step.for_each is None):
             out.append("'item' is only available in a step with for_each")
     return out

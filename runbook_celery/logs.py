@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import redis
+from redis.typing import KeyT, StreamIdT
 
 from .errors import BackendUnavailable, InvalidOperation, RunNotFound
 from .events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES
 from .reconnect import Reconnector
 from .store import RunStore
+from .store.codec import range_reply, read_reply
 
 _R = TypeVar("_R")
 PAGE = 1000  # entries per Redis round trip
@@ -124,6 +127,12 @@ class LogReader:
                 yield item
             yield from self._gaps()
 
+    def _read(self, cursors: dict[KeyT, StreamIdT], block: int | None) -> object:
+        return self.store.r.xread(cursors, block=block, count=PAGE)
+
+    def _gaps_at_start(self) -> list[Gap]:
+        return list(self._gaps(at_start=True))
+
     def follow(
         self, block_ms: int = BLOCK_MS, reconnector: Reconnector | None = None
     ) -> Iterator[LogItem]:
@@ -134,16 +143,16 @@ class LogReader:
         """
         call = reconnector.call if reconnector else _once
         with _redis_errors():
-            yield from call(lambda: list(self._gaps(at_start=True)))
-            cursors = {self._key[s]: "0-0" for s in self.steps}
+            yield from call(self._gaps_at_start)
+            cursors: dict[KeyT, StreamIdT] = {self._key[s]: "0-0" for s in self.steps}
             events_key = self.store.keys.run_events(self.run_id)
             cursors[events_key] = "0-0"
             ended = call(self._status) in _ENDED
             while True:
                 block = None if ended else block_ms
-                resp = call(lambda b=block: self.store.r.xread(cursors, block=b, count=PAGE))
+                resp = read_reply(call(partial(self._read, cursors, block)))
                 lines: list[tuple[tuple[int, int, int], LogLine]] = []
-                for raw_key, entries in resp or []:
+                for raw_key, entries in resp:
                     key = _s(raw_key)
                     if entries:
                         cursors[key] = _s(entries[-1][0])
@@ -187,7 +196,7 @@ class LogReader:
     def _pages(self, step: str) -> Iterator[tuple[tuple[int, int, int], LogLine]]:
         last = "-"
         while True:
-            entries = self.store.r.xrange(self._key[step], min=last, count=PAGE)
+            entries = range_reply(self.store.r.xrange(self._key[step], min=last, count=PAGE))
             for eid, fields in entries:
                 yield self._line(step, eid, fields)
             if len(entries) < PAGE:
@@ -195,7 +204,7 @@ class LogReader:
             last = f"({_s(entries[-1][0])}"
 
     def _line(
-        self, step: str, raw_id: bytes | str, fields: dict[bytes, bytes]
+        self, step: str, raw_id: bytes | str, fields: Mapping[bytes | str, bytes | str]
     ) -> tuple[tuple[int, int, int], LogLine]:
         eid = _s(raw_id)
         ms, _, seq = eid.partition("-")

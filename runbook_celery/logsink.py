@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from .keys import Keys
 
@@ -97,7 +98,10 @@ class StepLogSink:
             if dropped_bytes:
                 pipe.xtrim(self.key, maxlen=len(self.sizes), approximate=False)
                 pipe.hincrby(self.step_key, "log_dropped_bytes", dropped_bytes)
-                caps = {"log_max_lines": self.max_lines, "log_max_bytes": self.max_bytes or 0}
+                caps: dict[FieldT, EncodableT] = {
+                    "log_max_lines": self.max_lines,
+                    "log_max_bytes": self.max_bytes or 0,
+                }
                 pipe.hset(self.step_key, mapping=caps)  # the caps that dropped them
             pipe.execute()
         except redis.RedisError:

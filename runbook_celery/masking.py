@@ -108,8 +108,8 @@ class Masker:
         # the longest a match can be: each gap between two bytes may hold "\r\n"
         self.longest = max((3 * len(f) - 2 if t else len(f) for f, t in self.forms), default=0)
         self.by_first: dict[int, list[tuple[bytes, bool]]] = {}
-        for form, tolerant in self.forms:
-            self.by_first.setdefault(form[0], []).append((form, tolerant))
+        for form, is_tolerant in self.forms:
+            self.by_first.setdefault(form[0], []).append((form, is_tolerant))
 
     def __bool__(self) -> bool:
         return self.pattern is not None

@@ -43,6 +43,7 @@ from .redisconn import client_for, describe_backend_error
 from .runrecord import RunRecord
 from .settings import Settings, get_settings, worker_environment
 from .store import GLOBAL_EVENTS_MAXLEN, RUN_EVENTS_MAXLEN, RunStore, now_iso
+from .store.codec import range_reply, read_reply
 
 log = logging.getLogger("runbook_celery.notify")
 
@@ -171,7 +172,7 @@ class Notifier:
             return 0
         resp = self.r.xreadgroup(GROUP, self.name, {self.stream: ">"}, count=free, block=block_ms)
         taken = 0
-        for _stream, entries in resp or []:
+        for _stream, entries in read_reply(resp):
             for entry_id, fields in entries:
                 self._take(_s(entry_id), fields, claimed=False)
                 taken += 1
@@ -322,7 +323,9 @@ class Notifier:
     def _done(self, run_id: str, entry_id: str) -> set[str]:
         """URLs of this event whose outcome an earlier notifier recorded before it died."""
         since = f"{entry_id.split('-', 1)[0]}-0"
-        entries = self.r.xrange(self.store.keys.run_events(run_id), min=since, count=10_000)
+        entries = range_reply(
+            self.r.xrange(self.store.keys.run_events(run_id), min=since, count=10_000)
+        )
         out = set()
         for _eid, raw in entries:
             fields = _decode(raw)

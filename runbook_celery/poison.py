@@ -239,6 +239,10 @@ def _preview(value: Any, limit: int = 80) -> str:
 class Consumer(CeleryConsumer):
     """Celery's consumer; poison messages go to the dead letters (app.py: worker_consumer)."""
 
+    # set by Celery's Consumer.__init__ from the connection; celery-types omits them
+    connection_errors: tuple[type[BaseException], ...]
+    channel_errors: tuple[type[BaseException], ...]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for name in self.app.amqp.queues.consume_from:

@@ -28,6 +28,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -39,6 +40,9 @@ from .events import TERMINAL_RUN_STATUSES, StepStatus
 from .settings import get_settings
 from .store import RunStore, _s
 from .store.scripts import register
+
+# an unacknowledged message in kombu's layout: (delivery tag, payload, queue)
+Unacked = tuple[str, dict[str, Any], str]
 
 log = logging.getLogger("runbook_celery.worker")
 
@@ -73,9 +77,9 @@ def restore_unacked(broker: redis.Redis, task_id: str) -> bool:
     return bool(found) and _restore(broker, *found[task_id])
 
 
-def _unacked(broker: redis.Redis, task_ids: set[str]) -> dict[str, tuple[str, dict, str]]:
+def _unacked(broker: redis.Redis, task_ids: set[str]) -> dict[str, Unacked]:
     """Unacknowledged messages of ``task_ids``: task id -> (delivery tag, payload, queue)."""
-    out: dict[str, tuple[str, dict, str]] = {}
+    out: dict[str, Unacked] = {}
     if not task_ids:
         return out
     for tag, raw in broker.hscan_iter("unacked", count=500):
@@ -91,7 +95,7 @@ def _unacked(broker: redis.Redis, task_ids: set[str]) -> dict[str, tuple[str, di
     return out
 
 
-def _restore(broker: redis.Redis, tag: str, payload: dict, queue: str) -> bool:
+def _restore(broker: redis.Redis, tag: str, payload: dict[str, Any], queue: str) -> bool:
     payload.setdefault("headers", {})["redelivered"] = True
     script = register(broker, "restore")  # store/lua/restore.lua
     return bool(script(keys=["unacked", "unacked_index", queue], args=[tag, json.dumps(payload)]))
@@ -186,7 +190,7 @@ def _act(
     store: RunStore,
     broker: redis.Redis,
     v: Watched,
-    message: tuple[str, dict, str] | None,
+    message: Unacked | None,
     is_queued: bool,
     cutoff: float,
 ) -> None:
@@ -293,7 +297,8 @@ def _join_again(store: RunStore, v: Watched) -> None:
 
 def _queue(store: RunStore, run_id: str, step_id: str) -> str:
     base = step_id.rsplit("[", 1)[0]
-    spec = next((s for s in store.snapshot(run_id)["steps"] if s["id"] == base), {})
+    steps: list[dict[str, Any]] = store.snapshot(run_id)["steps"]
+    spec = next((s for s in steps if s["id"] == base), {})
     return spec.get("queue") or get_settings().default_queue
 
 

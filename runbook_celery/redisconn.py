@@ -19,7 +19,7 @@ from .settings import Settings, keepalive_options, redis_connection_options
 @lru_cache(maxsize=8)
 def client_for(url: str) -> redis.Redis:
     """A shared client (connection pool) per URL; its network timing is settings.py's."""
-    return redis.Redis.from_url(url, **redis_connection_options())  # type: ignore[arg-type]
+    return redis.Redis.from_url(url, **redis_connection_options())
 
 
 @lru_cache(maxsize=8)

@@ -395,7 +395,7 @@ def _spawn(inputs: PlacedValues, cwd: str | None) -> tuple[subprocess.Popen[byte
     go_r, go_w = os.pipe() if box.root else (None, None)
     fds = (guardian_fd, *inputs.fds) if go_r is None else (guardian_fd, go_r, *inputs.fds)
     try:
-        proc = subprocess.Popen(  # type: ignore[call-overload]
+        proc = subprocess.Popen(
             ["bash", "-eo", "pipefail", "-c", _wrapper(guardian_fd, go_r, inputs.preamble)],
             env=inputs.env,
             cwd=cwd,
@@ -424,7 +424,7 @@ def _spawn(inputs: PlacedValues, cwd: str | None) -> tuple[subprocess.Popen[byte
         proc.wait()
         _live_steps.pop(proc.pid, None)
         for stream in (proc.stdout, proc.stderr):
-            stream.close()  # type: ignore[union-attr]
+            stream.close()  # type: ignore[union-attr]  # PIPE: never None
         raise OSError(exc.errno, f"cannot put it into its cgroup: {exc}") from None
     os.close(go_w)
     return proc, cgroup

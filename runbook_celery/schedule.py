@@ -72,7 +72,7 @@ class CronSchedule(BaseSchedule):
             return NEVER
         return due - self._aware(self.now())
 
-    def is_due(self, last_run_at: datetime) -> tuple[bool, float]:
+    def is_due(self, last_run_at: datetime) -> schedstate:
         remaining = self.remaining_estimate(last_run_at).total_seconds()
         if remaining > 0:
             return schedstate(is_due=False, next=remaining)
@@ -89,14 +89,15 @@ class CronSchedule(BaseSchedule):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, CronSchedule):
-            return self.cron == other.cron and self.nowfun == other.nowfun
+            # celery-types names BaseSchedule's nowfun "nowfunc"; Celery's is nowfun
+            return self.cron == other.cron and self.nowfun == other.nowfun  # type: ignore[attr-defined]
         return NotImplemented
 
     def __hash__(self) -> int:
         return hash(self.cron)
 
     def __reduce__(self) -> tuple[type, tuple[Cron, Callable[[], datetime] | None]]:
-        return self.__class__, (self.cron, self.nowfun)
+        return self.__class__, (self.cron, self.nowfun)  # type: ignore[attr-defined]
 
 
 def celery_schedule(spec: Spec) -> BaseSchedule:
@@ -237,8 +238,10 @@ def _scheduler_base() -> type[Scheduler]:
         """
 
         definitions: Path = Path(".")
-        max_interval = DEFAULT_RELOAD_SECONDS
-        producer = None  # due entries are submitted in this process, never sent as tasks
+        # celery-types: max_interval an int (Celery sleeps any number of seconds) and
+        # producer always a Producer (here it is never made)
+        max_interval = DEFAULT_RELOAD_SECONDS  # type: ignore[assignment]
+        producer = None  # type: ignore[assignment]  # due entries are submitted here, not sent
 
         def setup_schedule(self) -> None:
             self._seen: tuple[tuple[str, int, int], ...] | None = None
@@ -257,7 +260,8 @@ def _scheduler_base() -> type[Scheduler]:
                 }
                 for d in read_definitions(self.definitions)
             }
-            self.merge_inplace(entries)
+            # celery-types: entries; Celery's merge_inplace takes their fields and makes them
+            self.merge_inplace(entries)  # type: ignore[arg-type]
             self._heap = None  # entries changed in place or went away: rebuild the timing heap
             names = ", ".join(f"{Path(n).name} [{self.schedule[n].schedule}]" for n in entries)
             log.info("schedules from %s: %s", self.definitions, names or "none")

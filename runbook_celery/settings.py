@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from .errors import InvalidSetting
@@ -86,7 +86,7 @@ def keepalive_options() -> dict[int, int]:
     return {getattr(socket, n): v for n, v in names.items() if hasattr(socket, n)}
 
 
-def redis_connection_options() -> dict[str, object]:
+def redis_connection_options() -> dict[str, Any]:
     """The connection keyword arguments of every redis-py client of ours, as set above."""
     return {
         "socket_connect_timeout": CONNECT_TIMEOUT,
@@ -174,7 +174,7 @@ class Settings:
         return settings
 
     def with_(self, **changes: object) -> Settings:
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, **changes)  # type: ignore[arg-type]  # fields of several types
 
     def __repr__(self) -> str:
         """Like the dataclass's, with passwords in the URLs masked (reprs end up in logs)."""
@@ -270,7 +270,7 @@ class _Reader:
                 parts = urlsplit(raw)
                 parts.port  # noqa: B018 - raises ValueError for a port that is not a number
             except ValueError:
-                parts = None  # type: ignore[assignment]
+                parts = None
             if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
                 raise ValueError(
                     f"not an http:// or https:// URL; write e.g. {name}=https://flower.example.com"

@@ -13,6 +13,7 @@ import os
 import pwd
 import tempfile
 from dataclasses import dataclass
+from typing import TypedDict
 
 # what a root worker needs to run steps as another user: switch to it, hand it its output
 # directory, and signal its processes (cgroup.kill needs no capability)
@@ -65,7 +66,15 @@ def missing_capabilities() -> list[str]:
     return [name for name, bit in CAPABILITIES.items() if not effective >> bit & 1]
 
 
-def popen_args(env: dict[str, str]) -> dict[str, object]:
+class UserSwitch(TypedDict, total=False):
+    """``subprocess.Popen``'s arguments that run the child as another user."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def popen_args(env: dict[str, str]) -> UserSwitch:
     """Popen arguments that switch the child to the step user before it execs; sets the
     user's HOME, USER and LOGNAME in ``env``. Empty without a step user."""
     user = _current

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache, partial
 from typing import Any
@@ -84,7 +85,8 @@ class RunContext:
 
     @property
     def workflow(self) -> str:
-        return self.snapshot["workflow"]
+        workflow: str = self.snapshot["workflow"]
+        return workflow
 
     @cached_property
     def full_graph(self) -> Graph:
@@ -97,7 +99,7 @@ class RunContext:
         if step_id in self.steps:
             return not fan_in or _fans_out(self.steps[step_id])
         m = _INSTANCE.match(step_id)
-        return bool(m) and not fan_in and _fans_out(self.steps.get(m["parent"]) or {})
+        return m is not None and not fan_in and _fans_out(self.steps.get(m["parent"]) or {})
 
 
 class _RunCache:
@@ -161,7 +163,7 @@ def shutdown_flag_path(worker_pid: int) -> str:
 
 
 def _execution(
-    task: Task, run_id: str, step_id: str, *, fan_in: bool = False
+    task: Task[..., Any], run_id: str, step_id: str, *, fan_in: bool = False
 ) -> StepExecution | dict[str, Any]:
     """The delivery's context, or what to answer when its message names a run that no
     longer exists (expired, deleted) or a step the run does not have (forged, stale)."""
@@ -189,7 +191,7 @@ _STEP_TASK_OPTIONS: dict[str, Any] = {
 
 
 @app.task(name=STEP_TASK, **_STEP_TASK_OPTIONS)
-def run_step(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
+def run_step(self: Task[..., Any], run_id: str, step_id: str) -> dict[str, Any]:
     execution = _execution(self, run_id, step_id)
     if isinstance(execution, dict):
         return execution
@@ -197,7 +199,7 @@ def run_step(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
 
 
 @app.task(name=FANIN_TASK, **_STEP_TASK_OPTIONS)
-def fan_in(self: Task, run_id: str, step_id: str) -> dict[str, Any]:
+def fan_in(self: Task[..., Any], run_id: str, step_id: str) -> dict[str, Any]:
     """Join a fanned-out step: all its instances have ended; record the step itself."""
     execution = _execution(self, run_id, step_id, fan_in=True)
     if isinstance(execution, dict):
@@ -243,6 +245,7 @@ def finish_outside(run_id: str, step_id: str, status: StepStatus, **fields: Any)
     """Record a step's end from outside its task (operator decisions), handing on as usual."""
     settings, store = _worker_store()
     ctx = _cache.get(store, run_id)
+    # no task: StepExecution tests for None where an operator's decision can get to
     execution = StepExecution(None, settings, store, ctx, run_id, step_id)  # type: ignore[arg-type]
     with contextlib.suppress(StepFailed):
         execution._finish(status, **fields)
@@ -253,7 +256,7 @@ class StepExecution:
 
     def __init__(
         self,
-        task: Task,
+        task: Task[..., Any],
         settings: Settings,
         store: RunStore,
         ctx: RunContext,
@@ -286,7 +289,7 @@ class StepExecution:
 
     # ------------------------------------------------------------------ flow
 
-    def guarded(self, body: Any) -> dict[str, Any]:
+    def guarded(self, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Run ``body``; a bug in it (not a step failure, not Redis) fails the step with
         reason ``internal_error`` instead of leaving the run to replay it forever."""
         try:
@@ -612,7 +615,7 @@ class StepExecution:
             return None
         if self.store.cancel_requested(self.run_id):
             return None
-        delay = policy["delay"] * (policy["backoff"] ** ((self.attempt or 1) - 1))
+        delay: float = policy["delay"] * (policy["backoff"] ** ((self.attempt or 1) - 1))
         if policy.get("max_delay") is not None:
             delay = min(delay, policy["max_delay"])
         return delay
@@ -654,7 +657,7 @@ class StepExecution:
 
     # ------------------------------------------------------------------ running Bash
 
-    def _resolver(self, outputs: dict[str, Any]):  # type: ignore[no-untyped-def]
+    def _resolver(self, outputs: dict[str, Any]) -> Callable[[ex.Ref], Any]:
         def resolve(ref: ex.Ref) -> Any:
             if ref.kind == "params":
                 return self.ctx.snapshot["params"].get(ref.name, "")
@@ -763,7 +766,7 @@ class StepExecution:
                 self.keeper.detach()
             sink.close()
 
-    def _tick(self, sink: StepLogSink):  # type: ignore[no-untyped-def]
+    def _tick(self, sink: StepLogSink) -> Callable[[], bool | str]:
         """Called while Bash runs: flush logs, notice cancel, shutdown or a lost lease.
 
         The lease itself is renewed by the delivery's LeaseKeeper thread; here the
@@ -813,7 +816,7 @@ class StepExecution:
         if isinstance(values, dict):  # the step failed: too many instances, or not a list
             return values
         if not values:
-            return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])  # type: ignore[arg-type]
+            return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])
         window = fan_out_window(self.spec.get("max_parallel"), len(values))
         # the first window is watched from the transition that records it (recovery.py)
         ids = self._while_full(
@@ -850,7 +853,9 @@ class StepExecution:
             "instances": len(ids),
         }
 
-    def _instance_values(self, need_outputs: dict[str, Any]) -> list[dict[str, Any]] | dict:
+    def _instance_values(
+        self, need_outputs: dict[str, Any]
+    ) -> list[dict[str, Any]] | dict[str, Any]:
         """Each instance's values, or the failed step's result when there can be none.
 
         The instance cap (RUNBOOK_MAX_INSTANCES) is checked before anything is built or
@@ -938,7 +943,7 @@ class StepExecution:
         if failed and self.store.cancel_requested(self.run_id):
             return self._finish(
                 StepStatus.CANCELLED,
-                outputs=outputs,  # type: ignore[arg-type]
+                outputs=outputs,
                 reason=self.store.cancel_reason(self.run_id) or FailureReason.CANCELLED,
                 stderr=[f"[runbook] run cancelled; instances not succeeded: {len(failed)}"],
             )
@@ -949,11 +954,11 @@ class StepExecution:
             return self._finish(
                 StepStatus.FAILED,
                 outputs=outputs,
-                reason="instance_failed",  # type: ignore[arg-type]
+                reason="instance_failed",
                 stderr=[f"[runbook] instances not succeeded: {shown}"],
                 allowed_failure=self.spec.get("continue_on_error") is True,
             )
-        return self._finish(StepStatus.SUCCEEDED, outputs=outputs)  # type: ignore[arg-type]
+        return self._finish(StepStatus.SUCCEEDED, outputs=outputs)
 
     # ------------------------------------------------------------------ recording
 
@@ -962,7 +967,7 @@ class StepExecution:
         status: StepStatus,
         *,
         exit_code: int | None = None,
-        outputs: dict[str, str] | None = None,
+        outputs: dict[str, str] | list[Any] | None = None,  # a list: each instance's (fan-in)
         reason: str | None = None,
         stderr: list[str] | None = None,
         history: dict[str, Any] | None = None,

@@ -13,6 +13,8 @@ faithful.
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
 
 import click
 
@@ -55,8 +57,11 @@ def _neutralise_line(line: str, colour: bool) -> str:
 
 def is_terminal(err: bool = False) -> bool:
     """True when stdout (or stderr) is an interactive terminal."""
-    stream = click.get_text_stream("stderr" if err else "stdout")
-    return bool(getattr(stream, "isatty", lambda: False)())
+    # the streams click.echo writes to (click's get_text_stream, deprecated in click 8.5,
+    # wraps these same ones); either may be None (pythonw) or a stand-in without isatty
+    stream = sys.stderr if err else sys.stdout
+    isatty: Callable[[], bool] = getattr(stream, "isatty", lambda: False)
+    return bool(isatty())
 
 
 def echo(text: str, *, err: bool = False) -> None:

@@ -111,7 +111,8 @@ def _held_not_started() -> list[str]:
     for _ in range(5):  # the consumer thread changes these sets while we read them
         try:
             active = set(state.active_requests)
-            held = [*state.reserved_requests, *state.scheduled_requests]
+            # celery-types does not declare scheduled_requests (Celery has it since 5.3)
+            held = [*state.reserved_requests, *state.scheduled_requests]  # type: ignore[attr-defined]
             break
         except RuntimeError:
             continue

@@ -17,18 +17,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
+from yaml.error import Mark
 
 from .errors import DefinitionError
 from .model import NUL_MESSAGE
 from .safefiles import Refused, read_bytes
 
 try:  # the C parser is much faster; fall back to pure Python where libyaml is absent
-    from yaml import CSafeLoader as _Loader
+    from yaml import CSafeLoader
+
+    _Loader: type[yaml.CSafeLoader] | type[yaml.SafeLoader] = CSafeLoader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+    _Loader = yaml.SafeLoader
 
 MAX_NODES = 100_000  # values after alias expansion
 MAX_DEPTH = 100  # nesting of mappings/sequences
@@ -181,6 +184,13 @@ def _reader_line(exc: yaml.reader.ReaderError, text: str) -> int:
     return text.encode("utf-8")[: exc.position].count(b"\n") + 1
 
 
+def _line(event: yaml.Event) -> int:
+    """The line an event starts on (1-based). Both parsers mark every event they emit;
+    an event made by hand may have no mark, as its type says."""
+    assert event.start_mark is not None
+    return event.start_mark.line + 1
+
+
 def _short_tag(tag: str) -> str:
     return "!!" + tag[len(_CORE) :] if tag.startswith(_CORE) else tag
 
@@ -262,7 +272,7 @@ class _Builder:
         depth = len(self.stack)
         if depth > MAX_DEPTH:
             raise self._fail(f"nested deeper than {MAX_DEPTH} levels", event, path)
-        self.lines.setdefault(path, event.start_mark.line + 1)
+        self.lines.setdefault(path, _line(event))
         return path
 
     def _wants_key(self) -> bool:
@@ -294,7 +304,7 @@ class _Builder:
         else:
             self._counted(1, event, path)
             value = self._scalar(event, path)
-            self.scalars[path] = (event.start_mark.line + 1, event.style or "")
+            self.scalars[path] = (_line(event), event.style or "")
             if event.anchor is not None:
                 self.anchors[event.anchor] = (value, 1, 0)
         return self._place(value, 0)
@@ -303,7 +313,7 @@ class _Builder:
         if event.anchor in self.building:
             raise self._fail(f"alias *{event.anchor} refers to itself", event, path)
         try:
-            return self.anchors[event.anchor]
+            return self.anchors[event.anchor or ""]  # never "": an alias names its anchor
         except KeyError:
             raise self._fail(
                 f"alias *{event.anchor} has no anchor before it", event, path
@@ -319,7 +329,10 @@ class _Builder:
             return event.value
         if tag not in _SCALAR_TAGS:
             raise self._fail(f"unsupported YAML tag {_short_tag(tag)}", event, path)
-        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+        # libyaml's events carry yaml._yaml.Mark, with the fields of yaml.error.Mark that
+        # types-PyYAML's ScalarNode names; the constructors only read them for messages
+        start, end = cast("Mark", event.start_mark), cast("Mark", event.end_mark)
+        node = yaml.ScalarNode(tag, event.value, start, end, event.style)
         try:
             return self._resolver.yaml_constructors[tag](self._resolver, node)
         except (yaml.YAMLError, ValueError, KeyError, TypeError):
@@ -349,7 +362,7 @@ class _Builder:
         assert isinstance(top.value, dict)
         if key in top.value:
             raise self._fail(f"duplicate key {key!r}", event, (*top.path, key))
-        self.lines[(*top.path, key)] = event.start_mark.line + 1
+        self.lines[(*top.path, key)] = _line(event)
         top.key, top.key_pending = key, True
 
     def _open(self, event: yaml.SequenceStartEvent | yaml.MappingStartEvent) -> None:

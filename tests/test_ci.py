@@ -61,6 +61,18 @@ def test_ci_still_provides_every_service_the_suite_needs():
         assert needed in CI_RUN, needed
 
 
+def test_ci_checks_types_with_mypy_strict_before_the_tests():
+    lines = _commands(CI_RUN)
+    assert '"$PY" -m mypy' in lines  # the newest virtualenv's mypy, from the test extra
+    assert lines.index('"$PY" -m mypy') < lines.index('"$PY" scripts/dev.py test')
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["mypy"]["strict"] is True
+    assert pyproject["tool"]["mypy"]["packages"] == ["runbook_celery"]
+    test_extra = pyproject["project"]["optional-dependencies"]["test"]
+    assert any(r.startswith("mypy>=") for r in test_extra)
+    assert any(r.startswith("celery-types>=") for r in test_extra)
+
+
 def test_the_lowest_constraints_pin_every_direct_dependency_to_its_lower_bound():
     out = subprocess.run(
         [sys.executable, str(ROOT / ".ci" / "lowest_constraints.py"), "test"],

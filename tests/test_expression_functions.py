@@ -104,6 +104,34 @@ def test_bad_values_are_evaluation_errors_not_crashes(source: str, fragment: str
     assert fragment in str(info.value)
 
 
+# Step outputs are untrusted text: JSON that json.loads refuses other than with a
+# JSONDecodeError (an integer past Python's digit limit: a plain ValueError; nesting past
+# the recursion limit: RecursionError) is still just "not JSON".
+_HUGE_INT = "1" * 5000
+_TOO_DEEP = "[" * 100_000
+
+
+@pytest.mark.parametrize("text", [_HUGE_INT, _TOO_DEEP], ids=["huge-int", "too-deep"])
+def test_fromjson_of_json_that_python_refuses_is_an_evaluation_error(text: str) -> None:
+    with pytest.raises(ex.EvaluationError, match=r"fromJSON\(\): not JSON"):
+        run("fromJSON(steps.a.outputs.v)", steps_a_outputs_v=text)
+
+
+@pytest.mark.parametrize(
+    ("source", "text", "expected"),
+    [
+        ("contains(steps.a.outputs.v, '[')", _TOO_DEEP, True),  # not a list: text
+        ("join(steps.a.outputs.v, '')", _TOO_DEEP, _TOO_DEEP),
+        ("steps.a.outputs.v.key", '{"key": ' + _TOO_DEEP, None),  # not an object
+    ],
+    ids=["contains", "join", "property"],
+)
+def test_json_too_deep_to_read_is_text_where_text_is_allowed(
+    source: str, text: str, expected: Any
+) -> None:
+    assert run(source, steps_a_outputs_v=text) == expected
+
+
 def test_a_short_expression_cannot_build_a_huge_value() -> None:
     big = "x" * (ex.MAX_VALUE_CHARS // 2 + 1)
     with pytest.raises(ex.EvaluationError, match="more than"):
@@ -120,7 +148,7 @@ def test_nested_calls_count_toward_the_nesting_limit() -> None:
 
 def test_json_nested_past_pythons_stack_is_an_evaluation_error_not_a_crash() -> None:
     deep = "[" * 200_000 + "]" * 200_000
-    with pytest.raises(ex.EvaluationError, match="nests too deeply"):
+    with pytest.raises(ex.EvaluationError, match="nested too deeply"):
         run("fromJSON(params.v)", params_v=deep)
     assert run("contains(params.v, 'x')", params_v=deep) is False
     assert run("join(params.v)", params_v=deep) == deep

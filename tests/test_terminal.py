@@ -17,7 +17,17 @@ import time
 import pytest
 from conftest import ROOT, run_cli, wait_for_event
 
-from runbook_celery.terminal import RESET, neutralise
+from runbook_celery.terminal import RESET, is_terminal, neutralise
+
+# ---------------------------------------------------------------- is_terminal()
+
+
+def test_is_terminal_uses_no_deprecated_click_api(capsys: pytest.CaptureFixture[str]) -> None:
+    """click 8.5 deprecated get_text_stream (gone in click 9): pytest's "error" warning
+    filter turns its DeprecationWarning into a failure here."""
+    assert is_terminal() is False  # captured by pytest: not a terminal
+    assert is_terminal(err=True) is False
+
 
 # ---------------------------------------------------------------- neutralise()
 

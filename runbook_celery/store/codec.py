@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from ..redaction import redact
+
+# One stream entry as the store's clients receive it: (id, fields).
+StreamEntry = tuple[bytes | str, dict[bytes | str, bytes | str]]
 
 
 def now_iso() -> str:
@@ -23,6 +26,25 @@ def _s(value: Any) -> Any:
 
 def _decode(mapping: Mapping[Any, Any]) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in mapping.items()}
+
+
+def range_reply(reply: object) -> list[StreamEntry]:
+    """XRANGE's or XREVRANGE's reply, typed as it is.
+
+    redis-py types it as possibly None, with an optional id and fields in each entry: it
+    shares the entry type with XCLAIM, where a deleted entry has no fields. XRANGE always
+    replies a list of complete entries.
+    """
+    return cast("list[StreamEntry]", reply)
+
+
+def read_reply(reply: object) -> list[tuple[bytes | str, list[StreamEntry]]]:
+    """XREAD's or XREADGROUP's reply, ``[(stream, entries), ...]``; empty when BLOCK timed out.
+
+    The store's clients speak RESP2 (redis-py's default), which replies this shape or None;
+    redis-py's type is the union with RESP3's dict shape, which they never receive.
+    """
+    return cast("list[tuple[bytes | str, list[StreamEntry]]]", reply or [])
 
 
 def _describe(exc: Exception) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .base import StoreBase
-from .codec import _decode, _s
+from .codec import _decode, _s, range_reply, read_reply
 
 
 class EventLog(StoreBase):
@@ -14,7 +14,7 @@ class EventLog(StoreBase):
     ) -> list[tuple[str, dict[str, str]]]:
         key = self.keys.run_events(run_id) if run_id else self.keys.global_events
         entries = self.r.xrange(key, min=f"({since}" if since != "0-0" else "-", count=count)
-        return [(_s(eid), _decode(fields)) for eid, fields in entries]
+        return [(_s(eid), _decode(fields)) for eid, fields in range_reply(entries)]
 
     def follow_events(
         self, run_id: str | None = None, since: str = "0-0", block_ms: int = 5000
@@ -23,7 +23,7 @@ class EventLog(StoreBase):
         key = self.keys.run_events(run_id) if run_id else self.keys.global_events
         last = since
         while True:
-            resp = self.r.xread({key: last}, block=block_ms, count=500)
+            resp = read_reply(self.r.xread({key: last}, block=block_ms, count=500))
             if not resp:
                 yield ("", {})  # heartbeat: lets the caller check deadlines
                 continue

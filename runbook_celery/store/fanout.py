@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from redis.typing import EncodableT
+
 from .base import StoreBase
 from .codec import _s
 
@@ -28,7 +30,11 @@ class FanOut(StoreBase):
         k = self.keys
         ids = [f"{parent}[{i}]" for i in range(len(values))]
         keys = [k.run(run_id), k.step(run_id, parent), *(k.step(run_id, i) for i in ids)]
-        args = [json.dumps(ids), window or len(ids), *(json.dumps(v) for v in values)]
+        args: list[EncodableT] = [
+            json.dumps(ids),
+            window or len(ids),
+            *(json.dumps(v) for v in values),
+        ]
         args.append("" if watch_seconds is None else watch_seconds)
         self._add_instances(keys=keys, args=args)
         raw = self.r.hget(k.step(run_id, parent), "instances")

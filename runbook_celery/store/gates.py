@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from redis.typing import EncodableT
+
 from ..errors import InvalidOperation, RunNotFound
 from ..settings import get_settings
 from .codec import _s, now_iso
@@ -123,7 +125,7 @@ class Gates:
         """A failed step waits for an operator's decision (holder only, as FINISH)."""
         k = self.store.keys
         keys = k.transition(run_id, step_id)
-        args = [
+        args: list[EncodableT] = [
             run_id,
             step_id,
             token,
@@ -140,7 +142,7 @@ class Gates:
 
     # ------------------------------------------------------------------ concurrency groups
 
-    def admit(self, run_id: str, group: str, limit: int, on_conflict: str) -> tuple[str, list]:
+    def admit(self, run_id: str, group: str, limit: int, on_conflict: str) -> tuple[str, list[str]]:
         """Let a run into its concurrency group: start, queue, skip, or cancel the others."""
         k = self.store.keys
         keys = [k.cgroup(group), k.cgroup_queue(group), k.run(run_id)]

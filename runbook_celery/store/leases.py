@@ -61,7 +61,7 @@ class Leases(StoreBase):
         step_id: str,
         successors: Iterable[Successor],
         seconds: float,
-        result: tuple[str, Any, int] | None = None,
+        result: tuple[bytes | str, Any, int | None] | None = None,
         ended: Iterable[str] = (),
     ) -> None:
         """HAND ON: stop watching a step that has handed on; watch its ready successors.

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from ..errors import BackendUnavailable, RunNotFound
 from ..events import RunStatus, StepStatus
@@ -25,7 +26,7 @@ class RunRecords(StoreBase):
         now = now_iso()
         step_ids = [s["id"] for s in snapshot["steps"]]
         reused = snapshot.get("reused") or {}
-        run_fields = {
+        run_fields: dict[FieldT, EncodableT] = {
             "id": run_id,
             "workflow": snapshot["workflow"],
             "status": RunStatus.PENDING.value,
@@ -38,13 +39,16 @@ class RunRecords(StoreBase):
             "failures": 0,
             "steps": json.dumps(step_ids),
             "retention": self.retention,
-            **extra,
         }
+        run_fields.update(extra.items())  # as **extra would; a dict's key type is invariant
         try:
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(k.run(run_id), mapping=run_fields)
             for sid in step_ids:
-                fields: dict[str, Any] = {"status": StepStatus.PENDING.value, "attempts": 0}
+                fields: dict[FieldT, EncodableT] = {
+                    "status": StepStatus.PENDING.value,
+                    "attempts": 0,
+                }
                 if sid in reused:
                     fields = {
                         "status": StepStatus.SUCCEEDED.value,
@@ -77,7 +81,8 @@ class RunRecords(StoreBase):
         raw = self.r.hget(self.keys.run(run_id), "snapshot")
         if raw is None:
             raise RunNotFound(run_id)
-        return json.loads(raw)
+        snapshot: dict[str, Any] = json.loads(raw)  # untyped until the snapshot has a model
+        return snapshot
 
     def secret_overrides(self, run_id: str) -> list[str]:
         """Secret values an operator gave this run with ``retry --env`` (masked like the
@@ -165,7 +170,7 @@ class RunRecords(StoreBase):
         )
         for sid in json.loads(run.get("steps", "[]")):
             pipe.hset(k.step(run_id, sid), mapping={"status": "skipped", "reason": reason})
-        event = {
+        event: dict[FieldT, EncodableT] = {
             "type": "workflow_skipped",
             "run_id": run_id,
             "workflow": run.get("workflow", ""),

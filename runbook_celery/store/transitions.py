@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from redis.typing import EncodableT
+
 from ..events import StepStatus
 from .base import StoreBase
 from .codec import _s, now_iso
@@ -44,7 +46,7 @@ class Transitions(StoreBase):
             *(k.step(run_id, n) for n in needs),
             *(k.step(run_id, n) for n in output_steps),
         ]
-        args = [
+        args: list[EncodableT] = [
             run_id,
             step_id,
             token,
@@ -139,7 +141,7 @@ class Transitions(StoreBase):
         """RETRY: a failed attempt will run again; the step waits as ``retrying``."""
         k = self.keys
         keys = k.transition(run_id, step_id)
-        args = [
+        args: list[EncodableT] = [
             run_id,
             step_id,
             token,
@@ -169,7 +171,16 @@ class Transitions(StoreBase):
         uncounted (worker shutting down, or the delivery lost its lease and stopped)."""
         k = self.keys
         keys = k.transition(run_id, step_id)
-        args = [run_id, step_id, token, now_iso(), workflow, attempt, reason, lease_seconds]
+        args: list[EncodableT] = [
+            run_id,
+            step_id,
+            token,
+            now_iso(),
+            workflow,
+            attempt,
+            reason,
+            lease_seconds,
+        ]
         return Outcome.from_reply(self._handback(keys=keys, args=args))
 
     def release_step(self, run_id: str, step_id: str, token: str, attempt: int) -> Outcome:

@@ -70,7 +70,7 @@ def unauthenticated_api() -> bool:
         return False
 
 
-class RunbookHandler(BaseHandler):
+class RunbookHandler(BaseHandler):  # type: ignore[misc]  # Flower has no types: Any
     """Base of our pages and API: Flower's login plus the rules in the module docstring."""
 
     ctx: WebContext

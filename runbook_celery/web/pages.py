@@ -18,6 +18,7 @@ from ..events import RunStatus
 from ..history import RunPage as HistoryPage
 from ..history import page_runs
 from ..runrecord import RunRecord
+from ..store.codec import range_reply
 from .base import RunbookHandler, error_status
 from .view import RunView, run_view, seconds_text
 
@@ -99,7 +100,7 @@ class RunPageBase(PageHandler):
 
         def read() -> tuple[RunRecord, dict[str, Any], str]:
             store = self.ctx.store
-            newest = store.r.xrevrange(store.keys.run_events(run_id), count=1)
+            newest = range_reply(store.r.xrevrange(store.keys.run_events(run_id), count=1))
             last = newest[0][0] if newest else b"0-0"
             record = store.get_run(run_id)
             return (

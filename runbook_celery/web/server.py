@@ -133,8 +133,8 @@ def _lead_run_ids_to_run_pages(app: Flower, ctx: WebContext) -> None:
     task has that id. Flower's own task page gets a subclass that sends such ids to the
     run page, and shows real tasks as before."""
 
-    class TaskOrRunView(TaskView):  # type: ignore[misc]
-        @tornado.web.authenticated  # type: ignore[misc]
+    class TaskOrRunView(TaskView):  # type: ignore[misc]  # Flower has no types: Any
+        @tornado.web.authenticated
         def get(self, task_id: str) -> None:
             if get_task_by_id(self.application.events, task_id) is None and _is_run(ctx, task_id):
                 self.redirect(self.reverse_url("runbook_run", task_id))

@@ -22,6 +22,7 @@ from tornado.iostream import StreamClosedError
 from ..errors import InvalidOperation, RunNotFound
 from ..events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES, Event, StepStatus, check_since
 from ..redisconn import BACKEND_ERRORS, describe_backend_error
+from ..store.codec import read_reply
 from .api import ApiHandler
 from .base import RunbookHandler
 from .view import printable
@@ -129,7 +130,8 @@ class RunEvents(StreamMixin):
 
     def _xread(self, block: int | None) -> Entries:
         resp = self.ctx.store.r.xread({self.key: self.last}, block=block, count=PAGE)
-        return _entries(resp[0][1]) if resp else []
+        streams = read_reply(resp)
+        return _entries(streams[0][1]) if streams else []
 
     async def next_batch(self) -> bool:
         entries = await self.read(self._xread, None if self.ended else BLOCK_MS)
@@ -196,7 +198,8 @@ class StepLog(StreamMixin):
 
     def _xread(self, block: int | None) -> Entries:
         resp = self.ctx.store.r.xread({self.key: self.last}, block=block, count=1000)
-        return _entries(resp[0][1]) if resp else []
+        streams = read_reply(resp)
+        return _entries(streams[0][1]) if streams else []
 
     async def next_batch(self) -> bool:
         entries = await self.read(self._xread, None if self.ended else BLOCK_MS // 2)

@@ -87,7 +87,7 @@ def run_view(
     rows: list[StepRow] = []
     nodes: dict[str, Node] = {}
     for sid in specs:
-        step = record.steps.get(sid) or StepRecord(status="pending")
+        step = record.steps.get(sid) or StepRecord(status=StepStatus.PENDING)
         counts = _count(record, instances.get(sid)) if sid in instances else None
         nodes[sid] = Node(step.status, counts)
         rows.append(_row(sid, None, step, record, specs, needs, now, counts))
@@ -95,7 +95,7 @@ def run_view(
             rows.append(_row(iid, sid, record.steps[iid], record, specs, needs, now, None))
     tally: dict[str, int] = {}
     for sid in specs:
-        status = (record.steps.get(sid) or StepRecord(status="pending")).status
+        status = (record.steps.get(sid) or StepRecord(status=StepStatus.PENDING)).status
         tally[status] = tally.get(status, 0) + 1
     return RunView(
         record=record,
@@ -219,7 +219,7 @@ def waiting_for(
     unfinished = [
         d
         for d in needs.get(sid, [])
-        if (record.steps.get(d) or StepRecord("pending")).status not in _FINISHED
+        if (record.steps.get(d) or StepRecord(StepStatus.PENDING)).status not in _FINISHED
     ]
     if unfinished:
         return "dependencies: " + ", ".join(unfinished)
