@@ -17,6 +17,7 @@ import click
 
 from . import __version__
 from .cli_options import check_timeout, timeout_option
+from .cli_runid import run_id_argument
 from .errors import (
     EXIT_INVALID,
     EXIT_OK,
@@ -166,7 +167,7 @@ def _follow(run: Any, echo: Callable[[str], None] | None, timeout: float | None 
 
 
 @cli.command()
-@click.argument("run_id")
+@run_id_argument()
 @json_option
 def status(run_id: str, as_json: bool) -> None:
     """Show a run's current record."""

@@ -7,13 +7,14 @@ import json
 import click
 
 from .cli_options import check_timeout, timeout_option
+from .cli_runid import run_id_argument
 from .errors import InvalidOperation
 from .redisconn import backend_errors
 from .terminal import echo as echo_untrusted
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 def cancel(run_id: str, as_json: bool) -> None:
     """Cancel a run: nothing new starts; running steps are stopped (SIGTERM, grace, SIGKILL)."""
@@ -25,7 +26,7 @@ def cancel(run_id: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @click.option("--from-failed", is_flag=True, help="Reuse succeeded steps; run the rest.")
 @click.option("--from", "from_step", metavar="STEP", help="Rerun STEP and everything after it.")
 @click.option("--wait", is_flag=True, help="Follow the new run to its end.")
@@ -64,7 +65,7 @@ by_option = click.option("--by", default=None, help="Who decides (default: your 
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @by_option
 def pause(run_id: str, by: str | None) -> None:
     """Pause a run: no new step starts; running steps finish."""
@@ -75,7 +76,7 @@ def pause(run_id: str, by: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @by_option
 def resume(run_id: str, by: str | None) -> None:
     """Resume a paused run where it stopped."""
@@ -86,7 +87,7 @@ def resume(run_id: str, by: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @click.argument("step")
 @by_option
 def approve(run_id: str, step: str, by: str | None) -> None:
@@ -98,7 +99,7 @@ def approve(run_id: str, step: str, by: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @click.argument("step")
 @by_option
 def reject(run_id: str, step: str, by: str | None) -> None:
@@ -110,7 +111,7 @@ def reject(run_id: str, step: str, by: str | None) -> None:
 
 
 @click.command("retry")
-@click.argument("run_id")
+@run_id_argument()
 @click.argument("step")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Changed environment.")
 @by_option
@@ -123,7 +124,7 @@ def retry_step(run_id: str, step: str, env: tuple[str, ...], by: str | None) -> 
 
 
 @click.command("skip")
-@click.argument("run_id")
+@run_id_argument()
 @click.argument("step")
 @click.option(
     "--output",
@@ -142,7 +143,7 @@ def skip_step(run_id: str, step: str, outputs: tuple[str, ...], by: str | None) 
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @by_option
 def abort(run_id: str, by: str | None) -> None:
     """Fail a run that is awaiting a decision, as if no pause had been asked for."""

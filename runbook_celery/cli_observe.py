@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from .cli_options import timeout_option
+from .cli_runid import run_id_argument, run_id_option
 from .errors import EXIT_OK, EXIT_RUN_FAILED
 from .events import EventType, RunStatus
 from .terminal import echo as echo_untrusted
@@ -45,7 +46,7 @@ def _outcome_code(status: str | None) -> int:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @click.argument("step", required=False)
 @click.option(
     "-f",
@@ -110,7 +111,7 @@ def _size(count: int) -> str:
 
 
 @click.command("events")
-@click.option("--run", "run_id", default=None, help="Only this run's events (default: all runs).")
+@run_id_option("--run", "run_id", default=None, help="Only this run's events (default: all runs).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new events (a run's end stops).")
 @click.option(
     "--since",
@@ -203,7 +204,7 @@ def _seconds(value: float | None) -> str:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @timeout_option
 def watch(run_id: str, timeout: float | None) -> None:
     """Show a run live until it ends; exit 0 if it succeeded, 1 if not.
