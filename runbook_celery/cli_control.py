@@ -19,36 +19,53 @@ from .terminal import echo as echo_untrusted
 def cancel(run_id: str, as_json: bool) -> None:
     """Cancel a run: nothing new starts; running steps are stopped (SIGTERM, grace, SIGKILL)."""
     from .api import Run
+    from .render import record_json
 
     with backend_errors(f"cancel run {run_id}"):
         record = Run(run_id).cancel()
-    click.echo(json.dumps(record.to_dict()) if as_json else f"cancel requested for {run_id}")
+    click.echo(json.dumps(record_json(record)) if as_json else f"cancel requested for {run_id}")
 
 
 @click.command()
 @run_id_argument()
 @click.option("--from-failed", is_flag=True, help="Reuse succeeded steps; run the rest.")
 @click.option("--from", "from_step", metavar="STEP", help="Rerun STEP and everything after it.")
-@click.option("--wait", is_flag=True, help="Follow the new run to its end.")
+@click.option(
+    "--wait", is_flag=True, help="Follow the new run to its end; exit 0 if it succeeded, 1 if not."
+)
 @timeout_option
+@click.option("--json", "as_json", is_flag=True, help="Print the new run's record as JSON.")
 def rerun(
-    run_id: str, from_failed: bool, from_step: str | None, wait: bool, timeout: float | None
+    run_id: str,
+    from_failed: bool,
+    from_step: str | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
 ) -> None:
-    """Start a new run from RUN_ID's snapshot (never today's YAML); prints the new run id."""
+    """Start a new run from RUN_ID's snapshot (never today's YAML); prints the new run id.
+
+    Steps taken from the original run show as `succeeded (reused)`. With --json, the new
+    run's record as `status --json` prints it: at once, or with --wait when the run ends.
+    """
     from .api import rerun as do_rerun
+    from .cli import _exit_for, _follow, show_record
 
     if from_failed and from_step:
         raise InvalidOperation("use either --from-failed or --from STEP, not both")
     check_timeout(timeout, wait)
     run = do_rerun(run_id, from_failed=from_failed, from_step=from_step)
-    click.echo(run.id)
-    if wait:
-        from .cli import _exit_for, _follow
-        from .render import record_table
-
-        record = _follow(run, echo_untrusted, timeout=timeout)
-        echo_untrusted(record_table(record))
-        raise SystemExit(_exit_for(record.status))
+    if not wait:
+        if as_json:
+            show_record(run.status(), as_json=True)
+        else:
+            click.echo(run.id)
+        return
+    if not as_json:
+        click.echo(run.id)
+    record = _follow(run, None if as_json else echo_untrusted, timeout=timeout)
+    show_record(record, as_json)
+    raise SystemExit(_exit_for(record.status))
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
