@@ -171,11 +171,18 @@ def table(
 def record_json(record: RunRecord) -> dict[str, Any]:
     """``record.to_dict()`` with each step's exit code as the views show it (see module)."""
     data = record.to_dict()
-    for sid, step in data.get("steps", {}).items():
-        code = record.steps[sid].exit_code
-        step["exit_code"] = exit_code(code)
-        step["signal"] = signal_of(code)
+    for step in data.get("steps", {}).values():
+        step.update(_shown_exit(step))
+        # each attempt's code too; copies, as to_dict() shares these dicts with the record
+        step["history"] = [{**entry, **_shown_exit(entry)} for entry in step.get("history", [])]
     return data
+
+
+def _shown_exit(entry: dict[str, Any]) -> dict[str, Any]:
+    if "exit_code" not in entry:
+        return {}
+    code = entry["exit_code"]
+    return {"exit_code": exit_code(code), "signal": signal_of(code)}
 
 
 def record_table(record: RunRecord, *, colour: bool = False) -> str:
