@@ -126,9 +126,18 @@ def logs(
 
 
 def _failed_steps(store: RunStore, run_id: str, steps: list[str]) -> list[str]:
-    """Of ``steps``, those recorded failed (continue_on_error ones too: they did fail)."""
+    """Of ``steps``, those recorded failed (continue_on_error ones too: they did fail).
+
+    A fanned-out step is named by its failed instances, not itself: chosen by name, a
+    step brings all its instances, the ones that succeeded too.
+    """
     hashes = store.step_hashes(run_id, steps)
-    return [s for s in steps if hashes.get(s, {}).get("status") == StepStatus.FAILED]
+    return [
+        s
+        for s in steps
+        if hashes.get(s, {}).get("status") == StepStatus.FAILED
+        and not json.loads(hashes[s].get("instances") or "[]")
+    ]
 
 
 def stream_id_time(stream_id: str) -> str:

@@ -11,7 +11,7 @@ process's (-15). JSON carries the same: ``exit_code`` 143 and ``"signal": "SIGTE
 from __future__ import annotations
 
 import signal
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import click
@@ -79,10 +79,6 @@ def elapsed(start: str | None, end: str | None, now: datetime | None = None) -> 
     return seconds((b - a).total_seconds())
 
 
-def duration(start: str | None, end: str | None) -> str:
-    return elapsed(start, end)
-
-
 def params_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "-"
 
@@ -123,10 +119,9 @@ def status_text(step: StepRecord) -> str:
 
 def step_cells(sid: str, step: StepRecord, now: datetime | None = None) -> dict[str, str]:
     """One step as the table's cells, keyed by column name (the live table uses them too)."""
-    if step.status == "pending" or step.reused:
-        took = "-" if not step.reused else elapsed(step.started_at, step.finished_at)
-    else:
-        took = elapsed(step.started_at, step.finished_at, now)
+    # a reused step did not run in this run: its time was spent in the original one
+    pending = step.reused or step.status == "pending"
+    took = "-" if pending else elapsed(step.started_at, step.finished_at, now)
     return {
         "STEP": step.label(sid),
         "STATUS": status_text(step),
@@ -153,14 +148,10 @@ def table(
     for n, row in enumerate([header, *rows]):
         cells = []
         for i, cell in enumerate(row):
-            last = i == len(row) - 1
-            text = (
-                cell.rjust(widths[i])
-                if header[i] in right
-                else cell
-                if last
-                else cell.ljust(widths[i])
-            )
+            if header[i] in right:
+                text = cell.rjust(widths[i])
+            else:  # the last column is not padded: no trailing blanks
+                text = cell if i == len(row) - 1 else cell.ljust(widths[i])
             if i == at and n > 0:
                 text = style(text, statuses[n - 1], colour)
             cells.append(text)
@@ -214,7 +205,3 @@ def record_table(record: RunRecord, *, colour: bool = False) -> str:
             for line in step.stderr_tail[-20:]:
                 lines.append(f"  | {line}")
     return "\n".join(lines)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

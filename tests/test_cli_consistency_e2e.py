@@ -110,6 +110,25 @@ def test_logs_failed_shows_only_the_steps_that_failed(fails_once):
     assert res.stderr.splitlines() == ["not fixed yet"]
 
 
+def test_logs_failed_of_a_fanned_out_step_shows_only_its_failed_instances(write_workflow):
+    wf = write_workflow("""
+name: fan
+steps:
+  - id: t
+    matrix: {n: [1, 2, 3]}
+    run: |
+      echo "n=${{ matrix.n }}"
+      [ "${{ matrix.n }}" != 2 ]
+""")
+    run = submit(wf)
+    assert run.wait(timeout=60).status == "failed"
+    every = run_cli("logs", run.id)
+    failed = run_cli("logs", "--failed", run.id)
+    assert every.returncode == failed.returncode == 0, every.stderr + failed.stderr
+    assert sorted(every.stdout.splitlines()) == ["t[0] | n=1", "t[1] | n=2", "t[2] | n=3"]
+    assert failed.stdout.splitlines() == ["n=2"]
+
+
 def test_logs_failed_of_a_run_with_no_failed_step_says_so(write_workflow):
     run = submit(write_workflow("name: fine\nsteps:\n  - id: a\n    run: echo fine\n"))
     assert run.wait(timeout=60).status == "succeeded"
