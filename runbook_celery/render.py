@@ -198,7 +198,7 @@ def record_table(record: RunRecord, *, colour: bool = False) -> str:
         if step.status in ("failed", "cancelled") and not step.allowed_failure:
             lines.append("")
             lines.append(
-                f"step {sid} {style(step.status, step.status, colour)}: "
+                f"step {sid} {step.status}: "  # plain: read and searched as one phrase
                 f"reason={step.reason or '-'} exit_code={exit_text(step.exit_code)} "
                 f"attempts={step.attempts}"
             )
