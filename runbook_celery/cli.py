@@ -17,6 +17,7 @@ import click
 
 from . import __version__
 from .cli_options import check_timeout, timeout_option
+from .cli_runid import run_id_argument
 from .errors import (
     EXIT_INVALID,
     EXIT_OK,
@@ -28,6 +29,7 @@ from .errors import (
 )
 from .redisconn import BACKEND_ERRORS, describe_backend_error
 from .terminal import echo as echo_untrusted
+from .terminal import use_colour
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
@@ -62,12 +64,13 @@ def cli() -> None:
     show_default=True,
     help="json: one list of {file, valid, problems} on stdout instead of text.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option(
     "--lint",
     is_flag=True,
     help="Also run shellcheck on every run: and script:, reported at the file's lines.",
 )
-def validate(files: tuple[Path, ...], fmt: str, lint: bool) -> None:
+def validate(files: tuple[Path, ...], fmt: str, as_json: bool, lint: bool) -> None:
     """Check workflow files; print FILE:LINE: path: message on stderr for each problem.
 
     FILES may be files, directories (their *.yaml and *.yml files) or quoted glob patterns
@@ -77,6 +80,7 @@ def validate(files: tuple[Path, ...], fmt: str, lint: bool) -> None:
     """
     from .cli_ecosystem import check_workflows, expand_workflow_paths
 
+    fmt = "json" if as_json else fmt
     expansion = expand_workflow_paths(files)
     checked: list[tuple[str, list[Any]]] = []
     for file, problems in check_workflows(expansion.items, lint=lint):
@@ -131,20 +135,26 @@ def trigger(
     run = submit(file, _parse_params(params))
     if not wait:
         if as_json:
-            click.echo(json.dumps(run.status().to_dict()))
+            show_record(run.status(), as_json=True)
         else:
             click.echo(run.id)
         return
     if not as_json:
         click.echo(run.id)
     record = _follow(run, echo=None if as_json else echo_untrusted, timeout=timeout)
-    if as_json:
-        click.echo(json.dumps(record.to_dict()))
-    else:
-        from .render import record_table
-
-        echo_untrusted(record_table(record))
+    show_record(record, as_json)
     raise SystemExit(_exit_for(record.status))
+
+
+def show_record(record: Any, as_json: bool) -> None:
+    """The final view of a run, shared by status, watch, trigger and rerun: one JSON object
+    (every control character escaped), or the table, coloured on a terminal."""
+    from .render import record_json, record_table
+
+    if as_json:
+        click.echo(json.dumps(record_json(record)))
+    else:
+        echo_untrusted(record_table(record, colour=use_colour()))  # stderr tails are in it
 
 
 def _follow(run: Any, echo: Callable[[str], None] | None, timeout: float | None = None) -> Any:
@@ -168,18 +178,20 @@ def _follow(run: Any, echo: Callable[[str], None] | None, timeout: float | None 
 
 
 @cli.command()
-@click.argument("run_id")
+@run_id_argument()
 @json_option
 def status(run_id: str, as_json: bool) -> None:
-    """Show a run's current record."""
-    from .api import get_run
-    from .render import record_table
+    """Show a run's current record.
 
-    record = get_run(run_id)
-    if as_json:
-        click.echo(json.dumps(record.to_dict()))  # JSON escapes every control character
-    else:
-        echo_untrusted(record_table(record))  # a step's stderr tail is in it
+    RUN_ID, here and in every command, may be a unique prefix of a run id (4 characters or
+    more), as git takes commits: an ambiguous one exits 2 listing the runs, none exits 4.
+    Step exit codes show a kill by a signal as 128+N with the signal's name, `143 (SIGTERM)`;
+    the JSON has `"exit_code": 143, "signal": "SIGTERM"`. A step a rerun took from its original
+    run shows `succeeded (reused)` (`"reused": true`).
+    """
+    from .api import get_run
+
+    show_record(get_run(run_id), as_json)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

@@ -7,47 +7,65 @@ import json
 import click
 
 from .cli_options import check_timeout, timeout_option
+from .cli_runid import run_id_argument
 from .errors import InvalidOperation
 from .redisconn import backend_errors
 from .terminal import echo as echo_untrusted
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 def cancel(run_id: str, as_json: bool) -> None:
     """Cancel a run: nothing new starts; running steps are stopped (SIGTERM, grace, SIGKILL)."""
     from .api import Run
+    from .render import record_json
 
     with backend_errors(f"cancel run {run_id}"):
         record = Run(run_id).cancel()
-    click.echo(json.dumps(record.to_dict()) if as_json else f"cancel requested for {run_id}")
+    click.echo(json.dumps(record_json(record)) if as_json else f"cancel requested for {run_id}")
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @click.option("--from-failed", is_flag=True, help="Reuse succeeded steps; run the rest.")
 @click.option("--from", "from_step", metavar="STEP", help="Rerun STEP and everything after it.")
-@click.option("--wait", is_flag=True, help="Follow the new run to its end.")
+@click.option(
+    "--wait", is_flag=True, help="Follow the new run to its end; exit 0 if it succeeded, 1 if not."
+)
 @timeout_option
+@click.option("--json", "as_json", is_flag=True, help="Print the new run's record as JSON.")
 def rerun(
-    run_id: str, from_failed: bool, from_step: str | None, wait: bool, timeout: float | None
+    run_id: str,
+    from_failed: bool,
+    from_step: str | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
 ) -> None:
-    """Start a new run from RUN_ID's snapshot (never today's YAML); prints the new run id."""
+    """Start a new run from RUN_ID's snapshot (never today's YAML); prints the new run id.
+
+    Steps taken from the original run show as `succeeded (reused)`. With --json, the new
+    run's record as `status --json` prints it: at once, or with --wait when the run ends.
+    """
     from .api import rerun as do_rerun
+    from .cli import _exit_for, _follow, show_record
 
     if from_failed and from_step:
         raise InvalidOperation("use either --from-failed or --from STEP, not both")
     check_timeout(timeout, wait)
     run = do_rerun(run_id, from_failed=from_failed, from_step=from_step)
-    click.echo(run.id)
-    if wait:
-        from .cli import _exit_for, _follow
-        from .render import record_table
-
-        record = _follow(run, echo_untrusted, timeout=timeout)
-        echo_untrusted(record_table(record))
-        raise SystemExit(_exit_for(record.status))
+    if not wait:
+        if as_json:
+            show_record(run.status(), as_json=True)
+        else:
+            click.echo(run.id)
+        return
+    if not as_json:
+        click.echo(run.id)
+    record = _follow(run, None if as_json else echo_untrusted, timeout=timeout)
+    show_record(record, as_json)
+    raise SystemExit(_exit_for(record.status))
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -64,7 +82,7 @@ by_option = click.option("--by", default=None, help="Who decides (default: your 
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @by_option
 def pause(run_id: str, by: str | None) -> None:
     """Pause a run: no new step starts; running steps finish."""
@@ -75,7 +93,7 @@ def pause(run_id: str, by: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @by_option
 def resume(run_id: str, by: str | None) -> None:
     """Resume a paused run where it stopped."""
@@ -86,7 +104,7 @@ def resume(run_id: str, by: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @click.argument("step")
 @by_option
 def approve(run_id: str, step: str, by: str | None) -> None:
@@ -98,7 +116,7 @@ def approve(run_id: str, step: str, by: str | None) -> None:
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @click.argument("step")
 @by_option
 def reject(run_id: str, step: str, by: str | None) -> None:
@@ -110,7 +128,7 @@ def reject(run_id: str, step: str, by: str | None) -> None:
 
 
 @click.command("retry")
-@click.argument("run_id")
+@run_id_argument()
 @click.argument("step")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Changed environment.")
 @by_option
@@ -123,7 +141,7 @@ def retry_step(run_id: str, step: str, env: tuple[str, ...], by: str | None) -> 
 
 
 @click.command("skip")
-@click.argument("run_id")
+@run_id_argument()
 @click.argument("step")
 @click.option(
     "--output",
@@ -142,7 +160,7 @@ def skip_step(run_id: str, step: str, outputs: tuple[str, ...], by: str | None) 
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @by_option
 def abort(run_id: str, by: str | None) -> None:
     """Fail a run that is awaiting a decision, as if no pause had been asked for."""

@@ -1,9 +1,10 @@
 """Following a run in a terminal: a table updated in place, or one plain line per event.
 
-In a terminal (stdout is a TTY) a rich ``Live`` table shows each step's status, attempt
-and duration, redrawn as events arrive and while time passes, with the stderr tail of a
-failed step underneath. Anywhere else (CI logs, pipes) it prints one line per event, so
-logs stay readable and greppable. Both wake up on the run's event stream (XREAD BLOCK).
+In a terminal (stdout is a TTY) a rich ``Live`` table shows the final table's columns
+(render.COLUMNS: step, status, exit, tries, duration), redrawn as events arrive and while
+time passes, with the stderr tail of a failed step underneath. Anywhere else (CI logs,
+pipes) it prints one line per event, so logs stay readable and greppable. Both wake up on
+the run's event stream (XREAD BLOCK).
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .events import Event, RunStatus, StepStatus
+from .events import Event, StepStatus
 from .events import follow as follow_events
 from .queuewatch import warn_unconsumed
+from .render import (
+    COLUMNS,
+    RIGHT_ALIGNED,
+    STATUS_STYLE,
+    elapsed,
+    exit_code,
+    exit_text,
+    params_text,
+    signal_of,
+    step_cells,
+)
 from .terminal import neutralise
 
 if TYPE_CHECKING:
@@ -28,22 +40,17 @@ if TYPE_CHECKING:
 REFRESH_PER_SECOND = 8
 TAIL_LINES = 10  # stderr lines of a failed step shown under the live table
 
-# keyed by str: records hold statuses as text (a StrEnum member equals its text)
-STATUS_STYLE: dict[str, tuple[str, str]] = {
-    StepStatus.PENDING: ("·", "dim"),
-    StepStatus.RUNNING: ("▶", "bold blue"),
-    StepStatus.RETRYING: ("↻", "yellow"),
-    StepStatus.SUCCEEDED: ("✔", "green"),
-    StepStatus.FAILED: ("✘", "bold red"),
-    StepStatus.SKIPPED: ("↷", "dim"),
-    StepStatus.CANCELLED: ("■", "yellow"),
-}
-RUN_STYLE: dict[str, str] = {
-    RunStatus.PENDING: "dim",
-    RunStatus.RUNNING: "bold blue",
-    RunStatus.SUCCEEDED: "bold green",
-    RunStatus.FAILED: "bold red",
-    RunStatus.CANCELLED: "bold yellow",
+MARKS = {
+    StepStatus.PENDING: "·",
+    StepStatus.RUNNING: "▶",
+    StepStatus.RETRYING: "↻",
+    StepStatus.WAITING: "…",
+    StepStatus.AWAITING_APPROVAL: "?",
+    StepStatus.AWAITING_DECISION: "?",
+    StepStatus.SUCCEEDED: "✔",
+    StepStatus.FAILED: "✘",
+    StepStatus.SKIPPED: "↷",
+    StepStatus.CANCELLED: "■",
 }
 
 
@@ -125,7 +132,9 @@ def event_line(event: Event, *, with_run: bool = False) -> str:
     if event.attempt is not None:
         extra.append(f"attempt={event.attempt}")
     if event.exit_code is not None:
-        extra.append(f"exit_code={event.exit_code}")
+        extra.append(f"exit_code={exit_code(event.exit_code)}")
+        if signal_of(event.exit_code):
+            extra.append(f"signal={signal_of(event.exit_code)}")
     if event.reason:
         extra.append(f"reason={event.reason}")
     extra += [f"{k}={v}" for k, v in sorted(event.extra.items())]
@@ -156,52 +165,34 @@ class RunView:
             ("  workflow ", "dim"),
             (rec.workflow, "bold"),
             ("  ", ""),
-            (rec.status, RUN_STYLE.get(rec.status, "")),
+            (rec.status, STATUS_STYLE.get(rec.status, "")),
             ("  ", ""),
             (elapsed(rec.started_at or rec.created_at, rec.finished_at, now), "dim"),
+            ("  params ", "dim"),
+            (neutralise(params_text(rec.params), colour=False), ""),
         )
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
-        table.add_column("STEP", no_wrap=True)
-        table.add_column("STATUS", no_wrap=True)
-        table.add_column("ATTEMPT", justify="right")
-        table.add_column("DURATION", justify="right")
-        table.add_column("EXIT", justify="right")
+        for column in COLUMNS:  # the final table's columns, in its order
+            right = column in RIGHT_ALIGNED
+            table.add_column(column, justify="right" if right else "left", no_wrap=True)
         for sid, step in rec.steps.items():
-            mark, style = STATUS_STYLE.get(step.status, ("?", ""))
-            status: Any = Text(f"{mark} {step.status}", style=style)
+            cells = step_cells(sid, step, now)
+            style = STATUS_STYLE.get(step.status, "")
+            status: Any = Text(f"{MARKS.get(step.status, '?')} {cells['STATUS']}", style=style)
             if step.status == StepStatus.RUNNING:
-                status = Spinner("dots", text=Text(step.status, style=style), style=style)
-            table.add_row(
-                step.label(sid),
-                status,
-                str(step.attempts) if step.attempts else "-",
-                elapsed(step.started_at, step.finished_at, now)
-                if step.status != StepStatus.PENDING
-                else "-",
-                "-" if step.exit_code is None else str(step.exit_code),
-            )
+                status = Spinner("dots", text=Text(cells["STATUS"], style=style), style=style)
+            # a label holds matrix values: anyone's text, so neither markup nor controls act
+            row = [
+                status if c == "STATUS" else Text(neutralise(cells[c], colour=False))
+                for c in COLUMNS
+            ]
+            table.add_row(*row)
         parts: list[Any] = [header, table]
         for sid, step in rec.steps.items():
             if step.status == StepStatus.FAILED and not step.allowed_failure and step.stderr_tail:
                 # rich styles text itself: every control of the step's, colours too, is shown
                 tail_lines = step.stderr_tail[-TAIL_LINES:]
                 tail = Text(neutralise("\n".join(tail_lines), colour=False))
-                title = f"{sid} failed: exit {step.exit_code}, {step.reason or 'error'}"
+                title = f"{sid} failed: exit {exit_text(step.exit_code)}, {step.reason or 'error'}"
                 parts.append(Panel(tail, title=title, title_align="left", border_style="red"))
         return Group(*parts)
-
-
-def elapsed(start: str | None, end: str | None, now: datetime) -> str:
-    """Duration from ``start`` to ``end`` (or to now while running), like ``1.23s``."""
-    if not start:
-        return "-"
-    try:
-        a = datetime.fromisoformat(start.replace("Z", "+00:00"))
-        b = datetime.fromisoformat(end.replace("Z", "+00:00")) if end else now
-    except ValueError:
-        return "-"
-    secs = max(0.0, (b - a).total_seconds())
-    if secs < 60:
-        return f"{secs:.1f}s"
-    minutes, secs = divmod(int(secs), 60)
-    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"

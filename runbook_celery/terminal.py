@@ -12,6 +12,7 @@ faithful.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -62,6 +63,14 @@ def is_terminal(err: bool = False) -> bool:
     stream = sys.stderr if err else sys.stdout
     isatty: Callable[[], bool] = getattr(stream, "isatty", lambda: False)
     return bool(isatty())
+
+
+def use_colour(err: bool = False) -> bool:
+    """Colour our own words (status, prefixes) only on a terminal, and never when the user
+    asked for none (NO_COLOR, see no-color.org) or the terminal cannot show it (TERM=dumb)."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return is_terminal(err)
 
 
 def echo(text: str, *, err: bool = False) -> None:

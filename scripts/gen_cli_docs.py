@@ -25,6 +25,26 @@ HEADER = f"""# CLI reference
 Exit codes of every command: 0 ok, 1 run failed, 2 invalid input, 3 Redis/broker unreachable,
 4 not found, 5 `--timeout` ran out before the run ended (the run goes on).
 `python -m runbook_celery` works like `{PROG}`.
+
+Conventions every command follows:
+
+- **Run ids.** Wherever a command takes RUN_ID (or `events --run`, `graph`), a unique prefix
+  of at least 4 characters will do, as git takes commits. A prefix that several runs share
+  exits 2 listing them; one no run has exits 4.
+- **`--json`.** Every command that shows a record takes `--json`: `status`, `trigger`,
+  `rerun` (with or without `--wait`: the new run's record), `watch` (the final record),
+  `cancel`, `runs`, `events` and `logs` (one object per line), `schedules`, `dead-letters`,
+  `validate`. A run record has the shape of `status --json`.
+- **Tables.** The live table (`watch`, `--wait` on a terminal) and the final one (`status`)
+  have the columns `STEP STATUS EXIT TRIES DURATION`, in that order. Params show as
+  `k=v, k=v` in `status` and `runs`. A step a rerun took from its original run shows as
+  `succeeded (reused)` (`"reused": true`); a rerun in `runs` as `STATUS (rerun)`.
+- **Signals.** A step ended by a signal shows the shell's exit code and the signal's name,
+  `143 (SIGTERM)` or `137 (SIGKILL)`, whether the worker recorded the process's `-15` or the
+  shell's `143`; the JSON says `"exit_code": 143, "signal": "SIGTERM"` (`signal` is null for an
+  ordinary exit), in each attempt of `history` too, and in events.
+- **Colour.** Status words are coloured on a terminal as in the live view; never when the
+  output is a pipe or a file, when `NO_COLOR` is set, or when `TERM=dumb`.
 """
 
 

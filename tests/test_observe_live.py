@@ -160,8 +160,10 @@ def test_the_live_view_shows_status_attempt_duration_and_the_failed_stderr_tail(
     console.print(RunView(record))
     text = console.file.getvalue()  # type: ignore[attr-defined]
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
-    assert rows["build"][1:] == ["✔", "succeeded", "1", "1.5s", "0"]
-    assert rows["test"][1:] == ["✘", "failed", "2", "1.5s", "4"]
+    # the final table's columns in its order: STEP STATUS EXIT TRIES DURATION
+    assert rows["STEP"] == ["STEP", "STATUS", "EXIT", "TRIES", "DURATION"]
+    assert rows["build"][1:] == ["✔", "succeeded", "0", "1", "1.50s"]
+    assert rows["test"][1:] == ["✘", "failed", "4", "2", "1.50s"]
     assert rows["deploy"][1:] == ["·", "pending", "-", "-", "-"]
     assert "test failed: exit 4, exit_code" in text
     assert "assertion failed: 1 != 2" in text
