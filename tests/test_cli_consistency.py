@@ -102,9 +102,11 @@ def test_a_reused_step_is_marked_in_the_final_and_live_tables():
 # ---------------------------------------------------------------- runs recorded in Redis
 
 
-def _crafted_run(store, run_id: str, params: dict[str, str] | None = None) -> str:  # type: ignore[no-untyped-def]
+def _crafted_run(
+    store, run_id: str, params: dict[str, str] | None = None, workflow: str = "crafted"
+) -> str:  # type: ignore[no-untyped-def]
     snapshot = {
-        "workflow": "crafted",
+        "workflow": workflow,
         "params": params or {},
         "mode": "canvas",
         "steps": [{"id": "a", "needs": []}],
@@ -232,8 +234,21 @@ def _env(**changes: str | None) -> dict[str, str]:
 
 @pytest.mark.parametrize("command", ["status", "runs"])
 def test_status_words_are_coloured_on_a_terminal_and_not_when_piped(store, command):
-    run_id = _crafted_run(store, uuid.uuid4().hex)
-    args = ("status", run_id) if command == "status" else ("runs", "-n", "50")
+    # A run of its own workflow, ended at fixed times: the three invocations below take
+    # seconds on a loaded machine, and a running run's duration (or another test's run in
+    # the list) would change the text between them.
+    workflow = f"crafted-{uuid.uuid4().hex[:8]}"
+    run_id = _crafted_run(store, uuid.uuid4().hex, workflow=workflow)
+    store.r.hset(
+        store.keys.run(run_id),
+        mapping={
+            "status": "cancelled",
+            "created_at": "2026-01-01T00:00:00+00:00",
+            "started_at": "2026-01-01T00:00:01+00:00",
+            "finished_at": "2026-01-01T00:00:03+00:00",
+        },
+    )
+    args = ("status", run_id) if command == "status" else ("runs", "--workflow", workflow)
     try:
         code, tty = _on_a_terminal(*args, env=_env(NO_COLOR=None))
         _, no_color = _on_a_terminal(*args, env=_env(NO_COLOR="1"))
@@ -241,9 +256,12 @@ def test_status_words_are_coloured_on_a_terminal_and_not_when_piped(store, comma
     finally:
         store.delete_run(run_id)
     assert code == 0
-    assert click.style("pending", dim=True) in tty
+    word = "pending" if command == "status" else "cancelled"  # the step's, or the run's
+    assert ANSI.search(tty) and word in ANSI.sub("", tty)
+    if command == "status":
+        assert click.style("pending", dim=True) in tty
     assert not ANSI.search(no_color)
-    assert piped.returncode == 0 and "pending" in piped.stdout
+    assert piped.returncode == 0 and word in piped.stdout
     assert not ANSI.search(piped.stdout)
     # colour never moves a column: without its codes the terminal shows the piped text
     assert ANSI.sub("", tty).replace("\r\n", "\n").strip() == piped.stdout.strip()
