@@ -76,9 +76,13 @@ local function release_group(run_key, run_id)
   while redis.call('ZCARD', active) < limit do
     local nxt = redis.call('LPOP', queue)
     if not nxt then return end
-    if redis.call('HGET', prefix .. ':run:' .. nxt, 'status') == 'queued' then
+    local q = redis.call('HMGET', prefix .. ':run:' .. nxt, 'status', 'status_before_pause')
+    -- a queued run that was paused is still queued: admitted, it stays paused (its steps
+    -- park when claimed) and resume gives it back 'pending'
+    if q[1] == 'queued' or (q[1] == 'paused' and q[2] == 'queued') then
       redis.call('ZADD', active, 0, nxt)
-      redis.call('HSET', prefix .. ':run:' .. nxt, 'status', 'pending')
+      local field = q[1] == 'queued' and 'status' or 'status_before_pause'
+      redis.call('HSET', prefix .. ':run:' .. nxt, field, 'pending')
       admitted[#admitted + 1] = nxt
     end
   end
