@@ -406,10 +406,46 @@ class StoreMachine(RuleBasedStateMachine):
         try:
             if currently_in_test_context():
                 self._tally()
+                self.settle()
             self.h.cleanup()
         finally:
             for p in reversed(self._patches):
                 p.stop()
+
+    def settle(self, rounds: int = 30) -> None:
+        """Once the faults stop, every run ends: deliveries finish, messages are
+        delivered, operators resume, approve and retry, leases of dead holders lapse and
+        the reconciler puts back what was lost. A run still open after that is hung."""
+        h = self.h
+        for _ in range(rounds):
+            if all(h.store.r.hget(h.store.keys.run(r), "finished_at") for r in h.runs):
+                return
+            for d in self._running():
+                while not d.done:
+                    d.advance()
+            while h.broker:
+                run_id, step_id = h.broker.pop(0)
+                d = Delivery(h, run_id, step_id, "ok")
+                h.deliveries.append(d)
+                while not d.done:
+                    d.advance()
+                self.invariants_hold()
+            for i in range(len(h.runs)):
+                self.resume(i)
+            for _ in self._waiting("awaiting_approval"):
+                self.approve_or_reject(0, True)
+            for _ in self._waiting("awaiting_decision"):
+                self.decide(0, "retry")
+            self.lease_period_passes(set())
+            self.reconcile()
+            self.invariants_hold()
+        hung = {r: h.store.get_run(r) for r in h.runs}
+        hung = {
+            r: (rec.status, {s: step.status for s, step in rec.steps.items()})
+            for r, rec in hung.items()
+            if not rec.finished_at
+        }
+        raise AssertionError(f"runs never ended once the faults stopped: {hung}")
 
     def _tally(self) -> None:
         """What the example reached (``--hypothesis-show-statistics``)."""
@@ -614,8 +650,8 @@ def _drive(m: StoreMachine, run_id: str) -> None:
         m.invariants_hold()
 
 
-def _one_step(extra: str = "") -> str:
-    return f"name: one\nsteps:\n  - id: s0\n    run: 'true'\n    if: success()\n{extra}"
+def _one_step(extra: str = "", cond: str = "success()") -> str:
+    return f"name: one\nsteps:\n  - id: s0\n    run: 'true'\n    if: {cond}\n{extra}"
 
 
 def test_a_run_paused_while_queued_for_its_group_is_admitted_when_a_slot_frees(redis_client):  # type: ignore[no-untyped-def]
@@ -635,6 +671,25 @@ def test_a_run_paused_while_queued_for_its_group_is_admitted_when_a_slot_frees(r
         m.resume(1)
         _drive(m, second)
         assert m.h.store.run_status(second) == "succeeded"
+    finally:
+        m.teardown()
+
+
+def test_a_cleanup_step_of_a_paused_run_cancelled_before_it_started_starts_the_run(redis_client):  # type: ignore[no-untyped-def]
+    """Found by the stateful test: a run paused before any step started, then cancelled,
+    runs its always() step (cancel overrides the pause for cleanup), but the claim only
+    started runs that were 'pending': no workflow_started event, and resume set the run
+    back to 'pending' although a step had run."""
+    _CLIENT[:] = [redis_client]
+    m = StoreMachine()
+    try:
+        run_id = m.submit(_one_step(cond="always()"))
+        m.pause(0)
+        m.cancel(0)
+        _drive(m, run_id)
+        assert m.h.store.run_status(run_id) == "cancelled"
+        types = [e["type"] for _, e in m.h.store.events(run_id)]
+        assert types.count("workflow_started") == 1
     finally:
         m.teardown()
 
