@@ -29,6 +29,7 @@ import dataclasses
 import os
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 from unittest import mock
@@ -36,7 +37,7 @@ from unittest import mock
 import pytest
 from celery.canvas import Signature
 from celery.exceptions import Ignore, Retry
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import (
@@ -67,8 +68,8 @@ MAX_RUNS = 3
 
 settings.register_profile(
     "ci",
-    max_examples=40,
-    stateful_step_count=40,
+    max_examples=30,
+    stateful_step_count=60,
     deadline=None,
     database=None,
     suppress_health_check=list(HealthCheck),
@@ -81,7 +82,10 @@ settings.register_profile(
     database=None,
     suppress_health_check=list(HealthCheck),
 )
+PROGRESS = os.environ.get("RUNBOOK_STATEFUL_PROGRESS")  # a file: the tally, as it goes
 PROFILE = settings.get_profile(os.environ.get("RUNBOOK_STATEFUL_PROFILE", "ci"))
+if os.environ.get("RUNBOOK_STATEFUL_SHRINK") == "0":  # report the first failure as found
+    PROFILE = settings(PROFILE, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 class Crash(BaseException):
@@ -89,6 +93,7 @@ class Crash(BaseException):
 
 
 _current = threading.local()
+TALLY: Counter[str] = Counter()
 
 
 class Delivery:
@@ -108,9 +113,12 @@ class Delivery:
         self.keeper: FakeKeeper | None = None
         self._turn = threading.Semaphore(0)
         self._back = threading.Semaphore(0)
-        self._thread = threading.Thread(target=self._body, daemon=True)
-        self._thread.start()
-        self._back.acquire()
+        _Worker.take(self)
+        self._wait()
+
+    def _wait(self) -> None:
+        if not self._back.acquire(timeout=120):
+            raise AssertionError(f"delivery of {self.step_id} stuck at {self.point}")
 
     # -- in the delivery's thread
     def pause(self, point: str) -> None:
@@ -122,6 +130,7 @@ class Delivery:
 
     def _body(self) -> None:
         _current.delivery = self
+        _current.noted = None
         try:
             self.pause("begin")
             self.ending = self._deliver()
@@ -163,13 +172,38 @@ class Delivery:
     def advance(self, crash: bool = False) -> None:
         self.crash = crash
         self._turn.release()
-        self._back.acquire()
+        self._wait()
 
     @property
     def live(self) -> LiveCopy | None:
         if self.point != "bash" or self.keeper is None or self.keeper.lost is not None:
             return None
         return LiveCopy(self.run_id, self.step_id, self.keeper.token, self.keeper.attempt)
+
+
+class _Worker:
+    """A worker thread, reused from delivery to delivery (threads are not cheap)."""
+
+    idle: list[_Worker] = []
+
+    def __init__(self) -> None:
+        self.job: Delivery | None = None
+        self.go = threading.Semaphore(0)
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    @classmethod
+    def take(cls, delivery: Delivery) -> None:
+        worker = cls.idle.pop() if cls.idle else cls()
+        worker.job = delivery
+        worker.go.release()
+
+    def _loop(self) -> None:
+        while True:
+            self.go.acquire()
+            job, self.job = self.job, None
+            assert job is not None
+            job._body()
+            _Worker.idle.append(self)
 
 
 class StandInTask:
@@ -306,6 +340,7 @@ class Harness:
                     obs.restarted.append((run_id, step_id, result.attempt))
             elif result.action == "parked":
                 obs.saw(run_id, step_id, "parked")
+                TALLY[f"parked by {result.status}"] += 1
         elif name == "finish_step":
             if result.superseded:
                 obs.saw(run_id, step_id, "discarded")
@@ -318,7 +353,10 @@ class Harness:
         """Signature.apply_async: a step message lands in the broker list."""
         if sig.task == STEP_TASK:
             run_id, step_id = sig.args
-            self.broker.append((run_id, step_id))
+            # the same message twice in the queue adds nothing deliver_twice does not
+            # (and the reconciler here, blind to the queue, republishes what is queued)
+            if (run_id, step_id) not in self.broker:
+                self.broker.append((run_id, step_id))
 
     def live(self) -> list[LiveCopy]:
         return [c for d in self.deliveries if (c := d.live) is not None]
@@ -405,8 +443,11 @@ class StoreMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             if currently_in_test_context():
-                self._tally()
                 self.settle()
+                self._tally()
+                if PROGRESS and TALLY["examples"] % 25 == 0:
+                    with open(PROGRESS, "w") as f:
+                        f.write(f"{dict(sorted(TALLY.items()))}\n")
             self.h.cleanup()
         finally:
             for p in reversed(self._patches):
@@ -448,16 +489,15 @@ class StoreMachine(RuleBasedStateMachine):
         raise AssertionError(f"runs never ended once the faults stopped: {hung}")
 
     def _tally(self) -> None:
-        """What the example reached (``--hypothesis-show-statistics``)."""
+        """What the example reached, summed over examples in TALLY (printed at the end)."""
         h = self.h
-        ended = {h.store.run_status(r) for r in h.runs}
-        for status in sorted(s for s in ended if s):
-            event(f"a run ended {status}" if status in TERMINAL else f"a run left {status}")
-        kinds = {kind for (_r, _s, kind), n in h.observed.counts.items() if n}
-        for kind in sorted(kinds):
-            event(f"transition seen: {kind}")
+        TALLY["examples"] += 1
+        for r in h.runs:
+            TALLY[f"run {h.store.run_status(r)}"] += 1
+        for (_r, _s, kind), n in h.observed.counts.items():
+            TALLY[f"transition {kind}"] += n
         for d in h.deliveries:
-            event(f"delivery ended: {d.ending or 'unfinished at ' + str(d.point)}")
+            TALLY[f"delivery {d.ending}"] += 1
 
     # ------------------------------------------------------------------ runs
 
@@ -482,11 +522,20 @@ class StoreMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ deliveries
 
     @precondition(lambda self: self.h.broker)
-    @rule(i=st.integers(0, 50), outcome=st.sampled_from(["ok", "ok", "fail", "shutdown"]))
-    def deliver(self, i: int, outcome: str) -> None:
-        """A worker takes a message from the broker."""
+    @rule(
+        i=st.integers(0, 50),
+        outcome=st.sampled_from(["ok", "ok", "fail", "fail", "shutdown"]),
+        calls=st.integers(0, 12),
+    )
+    def deliver(self, i: int, outcome: str, calls: int = 0) -> None:
+        """A worker takes a message from the broker and makes its first ``calls`` calls."""
         run_id, step_id = self.h.broker.pop(i % len(self.h.broker))
-        self.h.deliveries.append(Delivery(self.h, run_id, step_id, outcome))
+        d = Delivery(self.h, run_id, step_id, outcome)
+        self.h.deliveries.append(d)
+        for _ in range(calls):
+            if d.done:
+                break
+            d.advance()
 
     @precondition(lambda self: self.h.broker)
     @rule(i=st.integers(0, 50), outcome=st.sampled_from(["ok", "fail"]))
@@ -499,11 +548,15 @@ class StoreMachine(RuleBasedStateMachine):
         return [d for d in self.h.deliveries if not d.done]
 
     @precondition(lambda self: self._running())
-    @rule(i=st.integers(0, 50))
-    def advance(self, i: int) -> None:
-        """A delivery makes its next store call (or runs its Bash to its end)."""
+    @rule(i=st.integers(0, 50), calls=st.integers(1, 8))
+    def advance(self, i: int, calls: int) -> None:
+        """A delivery makes its next ``calls`` store calls (Bash is one), or ends."""
         running = self._running()
-        running[i % len(running)].advance()
+        d = running[i % len(running)]
+        for _ in range(calls):
+            if d.done:
+                break
+            d.advance()
 
     @precondition(lambda self: self._running())
     @rule(i=st.integers(0, 50), requeue=st.booleans())
@@ -563,13 +616,17 @@ class StoreMachine(RuleBasedStateMachine):
         return self.h.runs[i % len(self.h.runs)]
 
     @precondition(lambda self: self.h.runs)
-    @rule(i=st.integers(0, 5))
-    def cancel(self, i: int) -> None:
-        api.Run(self._pick_run(i), self.h.settings).cancel(by="prop")
+    @rule(i=st.integers(0, 5), now=st.integers(0, 2))
+    def cancel(self, i: int, now: int = 0) -> None:
+        """Cancel a run (one time in three: a run cancelled early exercises little)."""
+        if now == 0:
+            api.Run(self._pick_run(i), self.h.settings).cancel(by="prop")
 
     @precondition(lambda self: self.h.runs)
-    @rule(i=st.integers(0, 5))
-    def pause(self, i: int) -> None:
+    @rule(i=st.integers(0, 5), now=st.integers(0, 1))
+    def pause(self, i: int, now: int = 0) -> None:
+        if now != 0:
+            return
         with _allowed():
             RunControl(self._pick_run(i), self.h.settings).pause(by="prop")
 
@@ -699,7 +756,11 @@ def test_store_invariants_hold_under_random_interleavings(redis_client: Any) -> 
     cancel, pause/resume, approvals, decisions, max_active_steps and concurrency groups:
     after every rule, every invariant of tests/invariants.py holds."""
     _CLIENT[:] = [redis_client]
-    run_state_machine_as_test(StoreMachine, settings=PROFILE)
+    TALLY.clear()
+    try:
+        run_state_machine_as_test(StoreMachine, settings=PROFILE)
+    finally:
+        print("stateful test reached:", dict(sorted(TALLY.items())))
 
 
 __all__ = ["TERMINAL", "StoreMachine"]
