@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -211,6 +212,10 @@ def submit_snapshot(
             cgroup_key=store.keys.cgroup(group["group"]),
             cgroup_limit=str(group["limit"]),
             status="queued",
+            # watched when a freed slot admits the run (store.release_group), so a run
+            # admitted by a worker that dies before publishing it is sent by the reconciler
+            sources=json.dumps(graph.sources()),
+            watch_s=str(settings.lease_seconds),
         )
     store.create_run(run_id, snapshot, snapshot_sha256(snapshot), **fields)
     try:

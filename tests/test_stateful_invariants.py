@@ -764,3 +764,28 @@ def test_store_invariants_hold_under_random_interleavings(redis_client: Any) -> 
 
 
 __all__ = ["TERMINAL", "StoreMachine"]
+
+
+def test_a_run_admitted_by_a_worker_that_dies_before_publishing_it_still_runs(redis_client):  # type: ignore[no-untyped-def]
+    """The last step of a run in a concurrency group ends and admits the queued run; the
+    worker dies before it publishes the admitted run (its FINISH went through). The
+    admitted run must not hang: its first steps are watched from the admission, so the
+    reconciler publishes them."""
+    _CLIENT[:] = [redis_client]
+    m = StoreMachine()
+    try:
+        group = f"concurrency: {{group: {m.h.group}, limit: 1, on_conflict: queue}}\n"
+        first = m.submit(_one_step(group))
+        second = m.submit(_one_step(group))
+        m.deliver(0, "ok")
+        d = m.h.deliveries[-1]
+        while d.point != "finish_step":
+            d.advance()
+        d.advance()  # FINISH: the first run ends and admits the second
+        assert m.h.store.run_status(first) == "succeeded"
+        assert m.h.store.run_status(second) == "pending"
+        m.crash(0, requeue=True)  # before it publishes the admitted run
+        m.settle()
+        assert m.h.store.run_status(second) == "succeeded"
+    finally:
+        m.teardown()
