@@ -264,15 +264,23 @@ def _run_bash(self: tasks.StepExecution, outputs: Any, override: Any) -> BashRes
     it (killed when the lease was lost, stopped when the run was cancelled)."""
     d: Delivery = _current.delivery
     d.pause("bash")
-    if d.keeper is not None and d.keeper.lost is not None:
+    verdict = self._tick(_NoLogs())()  # the step task's own tick, as the runner calls it
+    if verdict is True and d.keeper is not None and d.keeper.lost is not None:
         return BashResult(exit_code=-9, reason=FailureReason.EXIT_CODE)
-    if d.h.store.cancel_requested(self.run_id):
+    if verdict is True:
         return BashResult(exit_code=-15, reason=FailureReason.CANCELLED)
     if d.outcome == "shutdown":
         return BashResult(exit_code=-15, reason=tasks.HANDBACK)
     if d.outcome == "fail":
         return BashResult(exit_code=1, stderr_tail=["boom"])
     return BashResult(exit_code=0, outputs={"out": d.step_id})
+
+
+class _NoLogs:
+    """The log sink the tick flushes (this Bash writes no lines)."""
+
+    def flush(self) -> None:
+        pass
 
 
 class ObservingStore:
@@ -591,6 +599,26 @@ class StoreMachine(RuleBasedStateMachine):
                 if token is not None and token.decode() not in kept:
                     h.client.delete(key)
 
+    def _holding(self) -> list[Delivery]:
+        return [d for d in self._running() if d.keeper and d.keeper.lost is None]
+
+    @precondition(lambda self: self._holding())
+    @rule(i=st.integers(0, 20), calls=st.integers(0, 12), outcome=st.sampled_from(["ok", "fail"]))
+    def take_over(self, i: int, calls: int, outcome: str) -> None:
+        """A holder stalls (GC pause, partition) past its lease: it is fenced, its lease
+        lapses, and a redelivery of its step claims it and makes ``calls`` calls."""
+        holding = self._holding()
+        d = holding[i % len(holding)]
+        assert d.keeper is not None
+        d.keeper.lost = "unreachable"
+        self.h.client.delete(self.h.store.keys.lease(d.run_id, d.step_id))
+        other = Delivery(self.h, d.run_id, d.step_id, outcome)
+        self.h.deliveries.append(other)
+        for _ in range(calls):
+            if other.done:
+                break
+            other.advance()
+
     @precondition(lambda self: self.h.runs)
     @rule()
     def reconcile(self) -> None:
@@ -787,5 +815,26 @@ def test_a_run_admitted_by_a_worker_that_dies_before_publishing_it_still_runs(re
         m.crash(0, requeue=True)  # before it publishes the admitted run
         m.settle()
         assert m.h.store.run_status(second) == "succeeded"
+    finally:
+        m.teardown()
+
+
+def test_cleanup_steps_of_a_run_cancelled_before_their_needs_ran_still_run(redis_client):  # type: ignore[no-untyped-def]
+    """Found by the stateful test: a dynamic run cancelled before its first steps ran
+    keeps its always() steps, but the steps they need were cancelled while pending, so
+    nothing joined them: the cleanup never became ready and the run never ended."""
+    _CLIENT[:] = [redis_client]
+    m = StoreMachine()
+    try:
+        run_id = m.submit(
+            "name: c\nsteps:\n  - id: a\n    run: 'true'\n  - id: b\n    run: 'true'\n"
+            "    needs: [a]\n    if: failure()\n  - id: cleanup\n    run: 'true'\n"
+            "    needs: [a, b]\n    if: always()\n"
+        )
+        m.cancel(0)
+        m.settle()
+        steps = m.h.store.step_hashes(run_id, ["a", "b", "cleanup"])
+        assert steps["cleanup"]["status"] == "succeeded"
+        assert m.h.store.run_status(run_id) == "cancelled"
     finally:
         m.teardown()
