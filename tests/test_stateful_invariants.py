@@ -39,7 +39,6 @@ from celery.canvas import Signature
 from celery.exceptions import Ignore, Retry
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
@@ -86,6 +85,15 @@ PROGRESS = os.environ.get("RUNBOOK_STATEFUL_PROGRESS")  # a file: the tally, as 
 PROFILE = settings.get_profile(os.environ.get("RUNBOOK_STATEFUL_PROFILE", "ci"))
 if os.environ.get("RUNBOOK_STATEFUL_SHRINK") == "0":  # report the first failure as found
     PROFILE = settings(PROFILE, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+
+
+def currently_in_test_context() -> bool:
+    """Whether hypothesis is running an example (its public helper is newer than 6.0)."""
+    from hypothesis import control
+
+    if hasattr(control, "currently_in_test_context"):
+        return bool(control.currently_in_test_context())
+    return control._current_build_context.value is not None
 
 
 class Crash(BaseException):
