@@ -502,7 +502,21 @@ class StoreMachine(RuleBasedStateMachine):
             for r, rec in hung.items()
             if not rec.finished_at
         }
-        raise AssertionError(f"runs never ended once the faults stopped: {hung}")
+        k = h.store.keys
+        detail = {
+            f"{r}|{sid}": {
+                **hh,
+                "lease": h.client.get(k.lease(r, sid)),
+                "watch": h.client.zscore(k.leases, f"{r}|{sid}"),
+            }
+            for r in hung
+            for sid, hh in h.store.step_hashes(r, h.store.step_ids(r)).items()
+            if hh.get("status") not in TERMINAL
+        }
+        raise AssertionError(
+            f"runs never ended once the faults stopped: {hung}; open steps {detail}; "
+            f"queued {h.broker}"
+        )
 
     def _tally(self) -> None:
         """What the example reached, summed over examples in TALLY (printed at the end)."""
