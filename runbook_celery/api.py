@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -78,12 +79,15 @@ class Run:
         ``by`` is recorded as the run's ``cancelled_by`` (Flower passes its logged-in user).
         Returns the record as it is right after the request.
         """
+        from .dispatch import continue_survivors, publish_admitted
+
         keep = cancel_survivors(self.store.snapshot(self.id))
         self.store.cancel_run(self.id, reason="cancelled", keep=keep, by=by)
-        if self.store.last_admitted:
-            from .dispatch import publish_admitted
-
-            publish_admitted(self.store, self.store.last_admitted)
+        admitted = list(self.store.last_admitted)
+        if keep:
+            continue_survivors(self.store, self.id, self.settings.lease_seconds)
+        if admitted:
+            publish_admitted(self.store, admitted)
         return self.status()
 
     def pause(self, by: str | None = None) -> None:
@@ -302,6 +306,10 @@ def submit_snapshot(
             cgroup_key=store.keys.cgroup(group["group"]),
             cgroup_limit=str(group["limit"]),
             status="queued",
+            # watched when a freed slot admits the run (store.release_group), so a run
+            # admitted by a worker that dies before publishing it is sent by the reconciler
+            sources=json.dumps(graph.sources()),
+            watch_s=str(settings.lease_seconds),
         )
     store.create_run(run_id, snapshot, snapshot_sha256(snapshot), **fields)
     try:
@@ -399,12 +407,15 @@ def _admit(store: RunStore, run_id: str, group: Mapping[str, Any]) -> bool:
         store.skip_run(run_id, f"concurrency group {group['group']!r} is full")
     elif verdict == "cancel":
         for other in running:
+            from .dispatch import continue_survivors, publish_admitted
+
             keep = cancel_survivors(store.snapshot(other))
             store.cancel_run(other, reason=f"superseded by run {run_id}", keep=keep)
-            if store.last_admitted:
-                from .dispatch import publish_admitted
-
-                publish_admitted(store, store.last_admitted)
+            admitted = list(store.last_admitted)
+            if keep:
+                continue_survivors(store, other, get_settings().lease_seconds)
+            if admitted:
+                publish_admitted(store, admitted)
     return False
 
 

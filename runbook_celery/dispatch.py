@@ -133,3 +133,30 @@ def publish_admitted(store: Any, run_ids: Iterable[str]) -> None:
         snapshot = store.snapshot(run_id)
         graph = snapshot_graph(snapshot)
         publish_run(snapshot, run_id, make_plan(graph).tree, graph.sources(), store)
+
+
+def continue_survivors(store: Any, run_id: str, lease_seconds: float) -> list[str]:
+    """After a cancel: publish the steps kept to run (``always()``/``cancelled()``) whose
+    needs have all ended now.
+
+    A cancel ends pending steps in the store, where nothing joins their children; a kept
+    step needing one of them would never become ready and its run would never end. So the
+    run continues by dynamic dispatch from its record (``RunStore.fail_over_to_dynamic``:
+    every ended step joins its children; the steps returned are watched from there, so a
+    caller lost before publishing them leaves it to the reconciler). Idempotent: a step
+    published twice is claimed once.
+    """
+    from .compile import DYNAMIC, snapshot_graph
+
+    snapshot = store.snapshot(run_id)
+    if snapshot.get("mode") != DYNAMIC or store.run_status(run_id) in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
+        return []
+    ready: list[str] = store.fail_over_to_dynamic(
+        run_id, snapshot_graph(snapshot).children, lease_seconds
+    )
+    publish_steps(snapshot, run_id, ready)
+    return ready

@@ -210,11 +210,15 @@ def fan_in(self: Task[..., Any], run_id: str, step_id: str) -> dict[str, Any]:
 @app.task(name=RUN_TIMEOUT_TASK, send_events=False)  # internal: not a step in Flower
 def run_timeout(run_id: str) -> str:
     """Fires when a run's `timeout` expires: stop what is left of the run."""
-    _settings, store = _worker_store()
+    settings, store = _worker_store()
     try:
         if store.run_status(run_id) not in TERMINAL_RUN_STATUSES:
             keep = cancel_survivors(store.snapshot(run_id))
             store.cancel_run(run_id, reason=FailureReason.TIMEOUT, keep=keep)
+            if keep:  # kept steps whose needs the cancel ended are ready now
+                from .dispatch import continue_survivors
+
+                continue_survivors(store, run_id, settings.lease_seconds)
             return "timed out"
     except RunNotFound:
         pass
@@ -774,6 +778,9 @@ class StepExecution:
         the step's process group, so the guardian never hears of a released group)."""
         flag = shutdown_flag_path(os.getppid())
         keeper = self.keeper
+        survives_cancel = self.parent is None and self.step_id in cancel_survivors(
+            self.ctx.snapshot
+        )
 
         def tick() -> bool | str:
             if keeper is not None:
@@ -783,6 +790,8 @@ class StepExecution:
             sink.flush()
             if os.path.exists(flag):
                 return HANDBACK
+            if survives_cancel:  # cleanup (always()/cancelled()): a cancel must not stop it
+                return False
             try:
                 return self.store.cancel_requested(self.run_id)
             except Exception:  # Redis blip: keep the step running, try again next tick

@@ -101,8 +101,13 @@ if max_active > 0 then
 end
 redis.call('SET', KEYS[3], ARGV[3], 'EX', lease_s)
 watch(leases_key(KEYS[1]), ARGV[1] .. '|' .. ARGV[2], lease_s, '')
-if run_status == 'pending' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[4])
+-- a paused run that never started may still start a step: cleanup (always()) after a
+-- cancel passes the pause gate; resume must then give it back 'running', not 'pending'
+local paused_pending = run_status == 'paused'
+  and redis.call('HGET', KEYS[1], 'status_before_pause') == 'pending'
+if run_status == 'pending' or paused_pending then
+  local field = paused_pending and 'status_before_pause' or 'status'
+  redis.call('HSET', KEYS[1], field, 'running', 'started_at', ARGV[4])
   emit(KEYS[4], KEYS[5], {'type', 'workflow_started', 'run_id', ARGV[1],
        'workflow', ARGV[7], 'ts', ARGV[4]})
 end

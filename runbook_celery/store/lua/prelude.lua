@@ -40,34 +40,6 @@ local admitted = {}
 local function prefix_of(run_key)
   return string.match(run_key, '^(.*):run:[^:]+$')
 end
--- a run of a concurrency group ended: free its slot and admit the next queued run.
--- Key names come from the run hash (keys.py digests the group's value); it runs after
--- the caller's first write, so nothing here may raise: a key of the wrong type (written
--- by someone else) or a bad limit leaves the group alone instead of failing halfway
-local function release_group(run_key, run_id)
-  local cg = redis.call('HMGET', run_key, 'cgroup_key', 'cgroup_limit')
-  local active = cg[1]
-  if not active then return end
-  local queue = active .. ':queue'
-  local limit = tonumber(cg[2] or '1') or 1
-  local t_active = redis.call('TYPE', active)['ok']
-  local t_queue = redis.call('TYPE', queue)['ok']
-  if (t_active ~= 'zset' and t_active ~= 'none') or (t_queue ~= 'list' and t_queue ~= 'none')
-  then
-    return
-  end
-  local prefix = prefix_of(run_key)
-  redis.call('ZREM', active, run_id)
-  while redis.call('ZCARD', active) < limit do
-    local nxt = redis.call('LPOP', queue)
-    if not nxt then return end
-    if redis.call('HGET', prefix .. ':run:' .. nxt, 'status') == 'queued' then
-      redis.call('ZADD', active, 0, nxt)
-      redis.call('HSET', prefix .. ':run:' .. nxt, 'status', 'pending')
-      admitted[#admitted + 1] = nxt
-    end
-  end
-end
 local function leases_key(run_key)
   return string.match(run_key, '^(.*):run:[^:]+$') .. ':leases'
 end
@@ -168,6 +140,46 @@ local function expire_run_keys(run_key, run_events)
   end
   redis.call('DEL', base .. ':active')
   if ttl > 0 then redis.call('EXPIRE', base .. ':parked', ttl) end
+end
+-- a run of a concurrency group ended: free its slot and admit the next queued run.
+-- Key names come from the run hash (keys.py digests the group's value); it runs after
+-- the caller's first write, so nothing here may raise: a key of the wrong type (written
+-- by someone else) or a bad limit leaves the group alone instead of failing halfway
+local function release_group(run_key, run_id)
+  local cg = redis.call('HMGET', run_key, 'cgroup_key', 'cgroup_limit')
+  local active = cg[1]
+  if not active then return end
+  local queue = active .. ':queue'
+  local limit = tonumber(cg[2] or '1') or 1
+  local t_active = redis.call('TYPE', active)['ok']
+  local t_queue = redis.call('TYPE', queue)['ok']
+  if (t_active ~= 'zset' and t_active ~= 'none') or (t_queue ~= 'list' and t_queue ~= 'none')
+  then
+    return
+  end
+  local prefix = prefix_of(run_key)
+  redis.call('ZREM', active, run_id)
+  while redis.call('ZCARD', active) < limit do
+    local nxt = redis.call('LPOP', queue)
+    if not nxt then return end
+    local q = redis.call('HMGET', prefix .. ':run:' .. nxt, 'status', 'status_before_pause')
+    -- a queued run that was paused is still queued: admitted, it stays paused (its steps
+    -- park when claimed) and resume gives it back 'pending'
+    if q[1] == 'queued' or (q[1] == 'paused' and q[2] == 'queued') then
+      redis.call('ZADD', active, 0, nxt)
+      local field = q[1] == 'queued' and 'status' or 'status_before_pause'
+      redis.call('HSET', prefix .. ':run:' .. nxt, field, 'pending')
+      admitted[#admitted + 1] = nxt
+      -- its first steps are watched from here, as the caller publishes the run: a caller
+      -- lost before publishing leaves watches that run out, and the reconciler sends them
+      local w = redis.call('HMGET', prefix .. ':run:' .. nxt, 'sources', 'watch_s')
+      if w[1] and tonumber(w[2] or '') then
+        for _, sid in ipairs(json_list(w[1])) do
+          watch(prefix .. ':leases', nxt .. '|' .. tostring(sid), w[2], 'NX')
+        end
+      end
+    end
+  end
 end
 -- end the run when no step is left; returns the final status or ''
 local function finalize(run_key, run_events, global_events, remaining, now, run_id, workflow)
