@@ -184,12 +184,12 @@ def _guardians_of(worker: WorkerProcess) -> list[int]:
     ]
 
 
+@pytest.mark.parametrize("contained", ["cgroup"], indirect=True)  # the sweeper: a cgroup worker
 def test_a_live_worker_ends_the_steps_of_a_dead_one_whose_guardian_died_too(
     contained, tmp_path, redis_client
 ):
     mode, _ = contained
-    if mode != "cgroup":
-        pytest.skip("the sweeping worker must be a cgroup worker (the other parameter)")
+    assert mode == "cgroup"
     # Given a worker running a step whose child escaped, and another worker on this machine
     doomed, queue = _worker("cgroup", "doomed")
     tmp_path.chmod(0o777)
