@@ -1048,7 +1048,7 @@ class StepExecution:
             "exit_code": exit_code,
             "outputs": outputs or {},
         }
-        if skip and not outcome.duplicate and self.task is not None:
+        if skip and not outcome.duplicate:
             self._announce_skipped(skip)
         if failed and self.parent is None:
             raise step_failed(status.value, self.step_id, reason, exit_code, stderr or ())
@@ -1056,13 +1056,16 @@ class StepExecution:
 
     def _announce_skipped(self, skip: list[str]) -> None:
         """Steps the store recorded skipped after this failure that will never be tasks."""
+        celery_app = getattr(self.task, "app", None)  # none: recorded from outside a task
+        if celery_app is None:
+            return
         hashes = self.store.step_hashes(self.run_id, skip)
         reasons = {
             sid: h.get("reason") or f"needs {self.step_id} {h.get('status')}"
             for sid, h in hashes.items()
             if h.get("status") == "skipped"
         }
-        announce_skipped(self.task.app, self.run_id, self.ctx.workflow, reasons)
+        announce_skipped(celery_app, self.run_id, self.ctx.workflow, reasons)
 
     def _children(self) -> dict[str, int]:
         if self.parent is not None:

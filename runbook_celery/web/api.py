@@ -17,6 +17,7 @@ from ..api import Run, submit
 from ..errors import InvalidOperation, RunbookError, RunNotFound
 from ..events import RunStatus
 from ..history import page_runs
+from ..render import record_json
 from ..runrecord import RunRecord
 from .base import RunbookHandler, error_status, json_body, unauthenticated_api
 
@@ -113,7 +114,7 @@ class Runs(ApiHandler):
             runs = []
             for summary in found.runs:
                 try:
-                    runs.append(self.record(summary.id).to_dict())
+                    runs.append(record_json(self.record(summary.id)))
                 except RunNotFound:
                     continue  # expired between the two reads
             return {"total": found.total, "offset": offset, "limit": limit, "runs": runs}
@@ -170,7 +171,7 @@ class Runs(ApiHandler):
 class OneRun(ApiHandler):
     async def get(self, run_id: str) -> None:
         record = await self.call(lambda: self.record(run_id))
-        self.respond(200, record.to_dict())
+        self.respond(200, record_json(record))
 
 
 class RunAction(ApiHandler):
@@ -208,7 +209,7 @@ class RunAction(ApiHandler):
                 run.resume(by=by)
             else:
                 run.abort(by=by)
-            return self.record(run_id).to_dict()
+            return record_json(self.record(run_id))
 
         self.respond(200, await self.call(act))
 
@@ -254,7 +255,7 @@ class StepAction(ApiHandler):
                 run.retry_step(step_id, env=values, by=by)
             else:
                 run.skip_step(step_id, outputs=values, by=by)
-            return self.record(run_id).to_dict()
+            return record_json(self.record(run_id))
 
         record = await self.call(lambda: _require_run(self, run_id))
         if step_id not in record.steps:
