@@ -23,12 +23,12 @@ from .compile import (
     snapshot_sha256,
 )
 from .errors import BackendUnavailable, InvalidOperation, RunFailed, RunNotFound, WaitTimeout
-from .events import START, TERMINAL_EVENTS, TERMINAL_RUN_STATUSES, Event
+from .events import START, TERMINAL_RUN_STATUSES, Event
 from .fullredis import full_description
 from .loader import LoadedWorkflow, from_mapping, from_model, load_workflow
 from .logs import Gap, LogLine, LogReader
 from .model import Workflow
-from .reconnect import Reconnector, resume_on_loss
+from .reconnect import Reconnector
 from .redisconn import get_client, redact
 from .runrecord import RunRecord
 from .settings import Settings, get_settings
@@ -183,8 +183,9 @@ class Run:
     ) -> RunRecord:
         """Block until the run ends and return its final record.
 
-        Follows the run's event stream with a blocking read, so it returns as soon as the
-        final event is written (no polling interval). With ``timeout`` (seconds) raises
+        Blocks on the run's end entry, written in the same transition as the final event, so
+        it returns as soon as the run ends and wakes once, not on every event (no polling
+        interval). With ``timeout`` (seconds) raises
         ``WaitTimeout`` once it has passed and the run has not ended; the run goes on.
         A lost connection to Redis is retried for ``RUNBOOK_CLIENT_RECONNECT_SECONDS``,
         resuming the stream after the last event seen; ``on_reconnect`` is told when it is
@@ -215,23 +216,15 @@ class Run:
         if current is None:
             raise RunNotFound(self.id)
         if current not in TERMINAL_RUN_STATUSES:
-            # never block past the deadline: each read returns by then, events or not
+            # never block past the deadline: each read returns by then, ended or not
             block_ms = 1000 if timeout is None else max(1, min(1000, int(timeout * 1000)))
-            events = resume_on_loss(
-                lambda last: self.store.follow_events(self.id, since=last, block_ms=block_ms),
-                "0-0",
-                patience,
-            )
             try:
-                for _eid, event in events:
-                    if event.get("type") in TERMINAL_EVENTS:
-                        break
-                    # heartbeat; the stream may be trimmed
-                    if not event and patience.call(self._ended):
+                while patience.call(lambda: self.store.await_end(self.id, block_ms)) is None:
+                    # a second passed: a run that ended without an end entry (expired,
+                    # or finished by an older worker) is seen by its status
+                    if patience.call(self._ended):
                         break
                     if deadline is not None and time.monotonic() >= deadline:
-                        if patience.call(self._ended):
-                            break
                         raise self.wait_timeout_error(timeout or 0)
             except redis.RedisError as exc:
                 raise BackendUnavailable(f"lost Redis while waiting: {redact(str(exc))}") from exc

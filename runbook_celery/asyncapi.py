@@ -1,8 +1,8 @@
 """The asyncio side of the Python API: submit, wait and follow events without a thread.
 
-Waiting and following use redis-py's asyncio client, blocking on the run's event stream
-(XREAD BLOCK), so an event loop serves any number of waits at no polling cost. Publishing a
-run goes through Celery, which has no asyncio path: ``asubmit`` runs ``submit`` in a
+Waiting and following use redis-py's asyncio client, blocking on the run's end stream or
+event stream (XREAD BLOCK), so an event loop serves any number of waits at no polling cost.
+Publishing a run goes through Celery, which has no asyncio path: ``asubmit`` runs ``submit`` in a
 thread (``asyncio.to_thread``), and so do the short synchronous reads of a final record.
 """
 
@@ -102,8 +102,7 @@ async def wait(
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     try:
         async with asyncio.timeout_at(None if deadline is None else _loop_time(deadline)):
-            async for _event in follow_events(run, types=()):
-                pass  # follow_events returns once the run has ended
+            await _until_ended(run)
     except TimeoutError:
         if not await asyncio.to_thread(run._ended):
             raise await asyncio.to_thread(run.wait_timeout_error, timeout or 0) from None
@@ -111,6 +110,25 @@ async def wait(
     if raise_on_failure and not record.succeeded:
         raise RunFailed(record)
     return record
+
+
+async def _until_ended(run: Run) -> None:
+    """Block on the run's end stream (one entry, written when the run ends), so the wait
+    wakes once; every ``BLOCK_MS`` the run's status is read in case it ended without one."""
+    keys = Keys(run.settings.prefix)
+    end, run_key = keys.run_ended(run.id), keys.run(run.id)
+    r = async_client(run.settings)
+    try:
+        if await r.hget(run_key, "status") is None:
+            raise RunNotFound(run.id)
+        while not read_reply(await r.xread({end: "0-0"}, block=BLOCK_MS, count=1)):
+            status = _s(await r.hget(run_key, "status"))
+            if status is None or status in TERMINAL_RUN_STATUSES:
+                return
+    except redis.RedisError as exc:
+        raise BackendUnavailable(f"cannot read run from Redis: {redact(str(exc))}") from exc
+    finally:
+        await r.aclose()
 
 
 def _loop_time(deadline: float) -> float:

@@ -37,6 +37,11 @@ class Keys:
     def run_events(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:events"
 
+    def run_ended(self, run_id: str) -> str:
+        """Stream holding one entry, written when the run ends: ``Run.wait`` blocks on it,
+        so a waiter wakes once per run instead of once per event."""
+        return f"{self.prefix}:run:{run_id}:end"
+
     def step(self, run_id: str, step_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:step:{step_id}"
 
@@ -80,7 +85,7 @@ class Keys:
 
     def run_keys(self, run_id: str, step_ids: list[str]) -> list[str]:
         """Every key belonging to one run (for expiry and cleanup)."""
-        keys = [self.run(run_id), self.run_events(run_id)]
+        keys = [self.run(run_id), self.run_events(run_id), self.run_ended(run_id)]
         for sid in step_ids:
             keys += [
                 self.step(run_id, sid),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import tomllib
 import uuid
 from importlib.resources import files
@@ -22,6 +23,7 @@ from conftest import PREFIX, ROOT, SESSION, TEST_REDIS_URL
 from kombu import Connection, Exchange, Queue
 
 from runbook_celery import recovery
+from runbook_celery.api import Run
 from runbook_celery.errors import InvalidOperation
 from runbook_celery.events import StepStatus
 from runbook_celery.store import RunStore, Successor
@@ -247,6 +249,61 @@ def test_finalize_never_ends_a_run_twice_even_when_its_count_goes_below_zero(
         "workflow_started",
         "workflow_succeeded",
     ]
+
+
+def test_finalize_writes_one_end_entry_that_a_waiter_blocks_on_until_the_run_ends(
+    st: RunStore,
+) -> None:
+    run = _run(st, {"a": [], "b": []})
+    _claim(st, run, "a")
+    _claim(st, run, "b")
+    assert st.await_end(run, block_ms=1) is None  # running: nothing to wake for
+    _finish(st, run, "a", StepStatus.SUCCEEDED)
+    assert st.await_end(run, block_ms=1) is None  # a step's events do not end the wait
+    _finish(st, run, "b", StepStatus.FAILED)
+    assert st.await_end(run, block_ms=1) == "failed"
+    _finish(st, run, "b", StepStatus.FAILED)  # a duplicate finish writes no second entry
+    assert st.r.xlen(st.keys.run_ended(run)) == 1
+    assert 0 < st.r.ttl(st.keys.run_ended(run)) <= st.r.ttl(st.keys.run(run))
+
+
+def test_run_wait_wakes_once_when_the_run_ends_not_for_each_step_event(
+    st: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = [f"s{i}" for i in range(20)]
+    run = _run(st, {s: [] for s in steps})
+    for s in steps:
+        _claim(st, run, s)
+    waiter = Run(run)
+    waiter.store = st
+    wakes: list[tuple[str | None, float]] = []
+    blocking_read = st.await_end
+
+    def counted(run_id: str, block_ms: int) -> str | None:
+        began = time.monotonic()
+        out = blocking_read(run_id, block_ms)
+        wakes.append((out, time.monotonic() - began))
+        return out
+
+    monkeypatch.setattr(st, "await_end", counted)
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: outcome.update(record=waiter.wait(timeout=20)))
+    thread.start()
+    for s in steps:  # 60 events (claimed already: finished, its output, the final one)
+        _finish(st, run, s, StepStatus.SUCCEEDED)
+    thread.join(25)
+    assert outcome["record"].status == "succeeded"
+    assert len(st.events(run)) > 40
+    assert wakes[-1][0] == "succeeded"
+    # any earlier wake was the once-a-second status check, never a step's event
+    assert all(out is None and took >= 0.9 for out, took in wakes[:-1]), wakes
+
+
+def test_a_skipped_run_also_writes_its_end_entry(st: RunStore) -> None:
+    run = _run(st, {"a": []})
+    st.skip_run(run, "concurrency group full")
+    assert st.await_end(run, block_ms=1) == "skipped"
+    assert st.r.ttl(st.keys.run_ended(run)) > 0
 
 
 def test_finalize_of_a_run_cancelled_for_its_timeout_says_failed(st: RunStore) -> None:

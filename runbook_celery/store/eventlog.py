@@ -9,6 +9,17 @@ from .codec import _decode, _s, range_reply, read_reply
 
 
 class EventLog(StoreBase):
+    def await_end(self, run_id: str, block_ms: int) -> str | None:
+        """The run's final status once it has ended, else ``None`` after ``block_ms``.
+
+        Blocks on the run's end stream, which ``finalize`` writes once, so a waiter wakes
+        once per run rather than once per event."""
+        resp = read_reply(self.r.xread({self.keys.run_ended(run_id): "0-0"}, block=block_ms))
+        for _, entries in resp or ():
+            for _eid, fields in entries:
+                return _decode(fields).get("status", "")
+        return None
+
     def events(
         self, run_id: str | None = None, since: str = "0-0", count: int | None = None
     ) -> list[tuple[str, dict[str, str]]]:

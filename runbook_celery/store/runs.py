@@ -179,6 +179,7 @@ class RunRecords(StoreBase):
         }
         pipe.xadd(k.run_events(run_id), event)
         pipe.xadd(k.global_events, event, maxlen=GLOBAL_EVENTS_MAXLEN, approximate=True)
+        pipe.xadd(k.run_ended(run_id), {"status": "skipped"})
         pipe.execute()
         self.expire_run(run_id)
 

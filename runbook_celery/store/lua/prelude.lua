@@ -9,11 +9,12 @@
 --   unpark(run_key, message): run_key..':step:'..<step id in the message>, P:leases.
 --   release_slot(run_key, step): run_key..':active', run_key..':parked', then unpark.
 --   expire_run_keys(run_key, run_events): every key of the run (step, lease, arrived, logs,
---     ended of each step and instance, :active, :parked) and the entries in P:leases.
+--     ended of each step and instance, :active, :parked, :end) and the entries in P:leases.
 --   release_group(run_key, run_id): the concurrency-group keys named in the run hash
 --     (cgroup_key and cgroup_key..':queue') and P:run:<id> of each run it admits.
 --   finalize(run_key, ...): ends the run exactly once (returns '' when a step is left or
---     finished_at is already set), then release_group and expire_run_keys.
+--     finished_at is already set), XADDs the final status to run_key..':end' (the one
+--     entry a waiter blocks on), then release_group and expire_run_keys.
 -- Returns nothing (it defines local functions and the table ``admitted``).
 local function emit(run_events, global_events, fields)
   redis.call('XADD', run_events, 'MAXLEN', '~', RUN_EVENTS_MAXLEN, '*', unpack(fields))
@@ -121,6 +122,7 @@ local function expire_run_keys(run_key, run_events)
   if ttl > 0 then
     redis.call('EXPIRE', run_key, ttl)
     redis.call('EXPIRE', run_events, ttl)
+    redis.call('EXPIRE', run_key .. ':end', ttl)
   end
   local ids = json_list(redis.call('HGET', run_key, 'steps'))
   local i = 1
@@ -196,6 +198,7 @@ local function finalize(run_key, run_events, global_events, remaining, now, run_
     ev[#ev+1] = 'reason'; ev[#ev+1] = cancel[2]
   end
   emit(run_events, global_events, ev)
+  redis.call('XADD', run_key .. ':end', '*', 'status', final)
   release_group(run_key, run_id)
   expire_run_keys(run_key, run_events)
   return final
