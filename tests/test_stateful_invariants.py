@@ -930,3 +930,35 @@ def test_a_running_step_whose_worker_and_republished_message_are_lost_is_sent_ag
         assert m.h.store.run_status(run_id) == "succeeded"
     finally:
         m.teardown()
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_a_run_cancelled_while_queued_for_its_group_runs_no_cleanup_step(
+    redis_client: Any, paused: bool
+) -> None:
+    """Found by the stateful test (long profile): a run waiting for its concurrency
+    group's slot (queued), cancelled, kept its always() step as cleanup and published it:
+    the step ran beside the run holding the group's only slot, with the run still
+    ``queued`` and no workflow_started. A queued run has run nothing, so nothing is kept:
+    it ends cancelled at once, and the run holding the slot goes on alone."""
+    _CLIENT[:] = [redis_client]
+    m = StoreMachine()
+    try:
+        group = f"concurrency: {{group: {m.h.group}, limit: 1, on_conflict: queue}}\n"
+        first = m.submit(_one_step(group))
+        second = m.submit(_one_step(group, cond="always()"))
+        assert m.h.store.run_status(second) == "queued"
+        if paused:
+            m.pause(1)
+        m.cancel(1)
+        m.invariants_hold()
+        assert m.h.store.run_status(second) == "cancelled"
+        steps = m.h.store.step_hashes(second, ["s0"])
+        assert steps["s0"]["status"] == "cancelled"
+        assert [r for r, _ in m.h.broker] == [first]
+        _drive(m, first)
+        assert m.h.store.run_status(first) == "succeeded"
+        types = [e["type"] for _, e in m.h.store.events(second)]
+        assert "workflow_started" not in types and "step_started" not in types
+    finally:
+        m.teardown()
