@@ -79,15 +79,17 @@ class Run:
         ``by`` is recorded as the run's ``cancelled_by`` (Flower passes its logged-in user).
         Returns the record as it is right after the request.
         """
-        from .dispatch import continue_survivors, publish_admitted
+        from .childruns import cancel_tree
 
-        keep = cancel_survivors(self.store.snapshot(self.id))
-        self.store.cancel_run(self.id, reason="cancelled", keep=keep, by=by)
-        admitted = list(self.store.last_admitted)
-        if keep:
-            continue_survivors(self.store, self.id, self.settings.lease_seconds)
-        if admitted:
-            publish_admitted(self.store, admitted)
+        # child runs of uses: steps are cancelled with it (childruns.py)
+        cancel_tree(
+            self.store,
+            self.id,
+            reason="cancelled",
+            by=by,
+            lease_seconds=self.settings.lease_seconds,
+            finish=_finish_outside,
+        )
         return self.status()
 
     def pause(self, by: str | None = None) -> None:
@@ -251,6 +253,14 @@ class Run:
         if full:
             detail += f"; {full}"
         return WaitTimeout(self.id, timeout, detail)
+
+
+def _finish_outside(run_id: str, step_id: str, status: Any, **fields: Any) -> None:
+    """A parent's step finished from here: a cancel ended its child run (childruns.py).
+    The worker's code is imported only then, as an operator's decision does (control.py)."""
+    from .tasks import finish_outside
+
+    finish_outside(run_id, step_id, status, **fields)
 
 
 def _load(source: WorkflowSource) -> LoadedWorkflow:

@@ -1,0 +1,281 @@
+"""Child runs of ``uses:`` steps: started by the step's task, waited for with no worker held,
+and handed back to the parent's step when they end.
+
+The life of a using step:
+
+1. Its task claims it as any step, evaluates ``with:`` (values, never code), builds the
+   child's snapshot from the parent's frozen bundle (``subworkflow``) and records the child
+   under a derived id (``subworkflow.child_run_id``) only if no run has that id yet, then
+   publishes it. A worker that dies anywhere in here leaves the step to its lease: the next
+   delivery finds the same child, publishes it again if it never started, and goes on.
+2. AWAIT_CHILD (``store/lua/await_child.lua``) ends the delivery without ending the step:
+   no lease, no watch, no slot; the step stays ``running`` with its ``child_run``. If the
+   child has already ended, nothing is parked and the delivery finishes the step itself.
+3. When the child run ends (the transition that ends it: FINISH, or a cancel),
+   ``hand_to_parent`` finishes the parent's step from outside, as an operator's decision
+   does (``tasks.finish_outside``: FINISH, then its dependants are published). A delivery of
+   the child's last step that died before this hands on again when it is redelivered
+   (``_replay``), and it does nothing if the step is not waiting (yet): the step's own
+   AWAIT_CHILD then sees the child ended.
+
+Cancel and pause go down the tree: ``cancel_tree`` and ``RunControl.pause/resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import Ignore
+from redis.typing import EncodableT
+
+from . import expressions as ex
+from .app import app
+from .compile import build_snapshot, cancel_survivors, make_plan, snapshot_graph, snapshot_sha256
+from .dispatch import continue_survivors, publish_admitted, publish_run
+from .errors import InvalidDefinition, InvalidParams, RunNotFound
+from .events import TERMINAL_RUN_STATUSES, FailureReason, RunStatus, StepStatus
+from .gates import Gates
+from .loader import load_workflow_text
+from .store import Outcome, RunStore, now_iso
+from .store.scripts import register
+from .subworkflow import MAX_DEPTH, Frozen, child_ids, child_run_id
+from .taskevents import Parked
+
+if TYPE_CHECKING:
+    from .tasks import StepExecution
+
+Finish = Callable[..., None]  # tasks.finish_outside(run_id, step_id, status, **fields)
+
+
+def evaluate_with(given: Mapping[str, Any], resolve: Callable[[ex.Ref], Any]) -> dict[str, Any]:
+    """``with:`` values for the child's params: text with ``${{ }}`` filled in as data."""
+    return {k: ex.substitute(v, resolve) if isinstance(v, str) else v for k, v in given.items()}
+
+
+def child_snapshot(
+    parent: Mapping[str, Any], parent_run: str, spec: Mapping[str, Any], params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The child's snapshot, built from what the parent's trigger froze (never from disk).
+
+    Raises InvalidParams (``with:`` values that do not fit) or InvalidDefinition."""
+    depth = int((parent.get("parent") or {}).get("depth", 0)) + 1
+    if depth > MAX_DEPTH:
+        raise InvalidDefinition([])  # refused at validation; a bundle edited by hand
+    frozen = Frozen(parent["subworkflows"], spec["uses"])
+    entry = frozen.entry
+    loaded = load_workflow_text(entry["yaml"], file=entry["file"], base_dir=Path(entry["base_dir"]))
+    snapshot = build_snapshot(loaded, params, frozen=frozen)
+    snapshot["concurrency"] = None  # the parent was admitted; its child runs within it
+    snapshot["parent"] = {"run": parent_run, "step": spec["id"], "depth": depth}
+    return snapshot
+
+
+# ---------------------------------------------------------------------------- the parent's step
+
+
+def start_child(execution: StepExecution, need_outputs: dict[str, Any]) -> dict[str, Any]:
+    """Run the step's child (recording it once) and wait for it without holding a worker."""
+    store, spec, run_id = execution.store, execution.spec, execution.run_id
+    child_id = child_run_id(run_id, execution.step_id)
+    status = store.run_status(child_id)
+    if status is None:
+        try:
+            params = evaluate_with(spec.get("with") or {}, execution._resolver(need_outputs))
+            snapshot = child_snapshot(execution.ctx.snapshot, run_id, spec, params)
+        except (InvalidParams, InvalidDefinition) as exc:
+            return execution._finish(
+                StepStatus.FAILED,
+                reason=FailureReason.BAD_INPUT,
+                stderr=[f"[runbook] uses {spec['uses']}: {exc}"[:2000]],
+                allowed_failure=spec.get("continue_on_error") is True,
+            )
+        if store.create_run_once(
+            child_id,
+            snapshot,
+            snapshot_sha256(snapshot),
+            parent_run=run_id,
+            parent_step=execution.step_id,
+        ):
+            _follow_parent(store, run_id, child_id)
+        _publish(store, child_id, snapshot)
+    elif status == RunStatus.PENDING:  # recorded by a delivery that died before publishing
+        _publish(store, child_id, store.snapshot(child_id))
+    return _park(execution, child_id)
+
+
+def _follow_parent(store: RunStore, parent_run: str, child_id: str) -> None:
+    """A child recorded while its parent is paused or cancelling starts paused or cancelled."""
+    paused, cancel = store.r.hmget(store.keys.run(parent_run), ["paused", "cancel_requested"])
+    if paused in (b"1", "1"):
+        Gates(store).pause(child_id, f"run {parent_run}")
+    if cancel not in (None, b"", ""):
+        store.cancel_run(child_id, reason=FailureReason.CANCELLED, by=f"run {parent_run}")
+
+
+def _publish(store: RunStore, child_id: str, snapshot: Mapping[str, Any]) -> None:
+    if store.run_status(child_id) in TERMINAL_RUN_STATUSES:
+        return  # cancelled with its parent before it started
+    graph = snapshot_graph(snapshot)
+    publish_run(snapshot, child_id, make_plan(graph).tree, graph.sources(), store)
+
+
+def _park(execution: StepExecution, child_id: str) -> dict[str, Any]:
+    store = execution.store
+    script = register(store.r, "await_child")
+    keys = [*store.keys.transition(execution.run_id, execution.step_id), store.keys.run(child_id)]
+    args: list[EncodableT] = [
+        execution.run_id,
+        execution.step_id,
+        execution.token,
+        now_iso(),
+        execution.ctx.workflow,
+        "",  # nothing to publish again: the child's end hands on (dynamic dispatch)
+        execution.attempt or 0,
+        child_id,
+    ]
+    reply = execution._while_full(partial(script, keys=keys, args=args), "parking")
+    code = int(reply[0])
+    if code < 0:
+        execution._after(Outcome(False, superseded=True), "wait for its child run")
+    if code > 0:
+        execution._stop_keeping()
+        unparked = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
+        if unparked:
+            app.signature(json.loads(unparked)).apply_async()
+        raise Parked(f"child run {child_id}")
+    status, fields = child_result(store, child_id, execution.spec)
+    return execution._finish(status, **fields)
+
+
+def child_result(
+    store: RunStore, child_id: str, spec: Mapping[str, Any]
+) -> tuple[StepStatus, dict[str, Any]]:
+    """The parent step's end from its ended child: its status, and its workflow outputs."""
+    try:
+        record = store.get_run(child_id)
+    except RunNotFound:
+        return StepStatus.FAILED, {
+            "reason": FailureReason.CHILD_FAILED,
+            "stderr": [f"[runbook] child run {child_id} no longer exists (expired or deleted)"],
+            "allowed_failure": spec.get("continue_on_error") is True,
+        }
+    if record.status == RunStatus.SUCCEEDED:
+        return StepStatus.SUCCEEDED, {"outputs": dict(record.outputs)}
+    if record.status == RunStatus.CANCELLED:
+        return StepStatus.CANCELLED, {
+            "reason": FailureReason.CANCELLED,
+            "stderr": [f"[runbook] child run {child_id} was cancelled"],
+        }
+    stderr = [f"[runbook] child run {child_id} {record.status}"]
+    for sid, step in record.steps.items():
+        if step.status in ("failed", "cancelled") and not step.allowed_failure:
+            stderr.append(f"[runbook] {sid}: {step.status} ({step.reason or '-'})")
+            stderr += step.stderr_tail[-5:]
+    return StepStatus.FAILED, {
+        "reason": FailureReason.CHILD_FAILED,
+        "stderr": stderr[-20:],
+        "allowed_failure": spec.get("continue_on_error") is True,
+    }
+
+
+# ---------------------------------------------------------------------------- the child's end
+
+
+def hand_to_parent(
+    store: RunStore, run_id: str, snapshot: Mapping[str, Any], finish: Finish
+) -> None:
+    """A child run has ended: finish its parent's waiting step (idempotent).
+
+    Does nothing when the step is not waiting for this child: not parked yet (its
+    delivery's AWAIT_CHILD will see the child ended), or finished already."""
+    parent = snapshot.get("parent")
+    if not parent:
+        return
+    parent_run, step_id = parent["run"], parent["step"]
+    try:
+        h = store.step_hashes(parent_run, [step_id])[step_id]
+        spec = next(s for s in store.snapshot(parent_run)["steps"] if s["id"] == step_id)
+    except RunNotFound:
+        return
+    if h.get("status") != StepStatus.RUNNING or h.get("child_run") != run_id or h.get("holder"):
+        return
+    status, fields = child_result(store, run_id, spec)
+    with contextlib.suppress(Ignore):  # another delivery took the step over meanwhile
+        finish(parent_run, step_id, status, **fields)
+
+
+def after_replay(store: RunStore, run_id: str, snapshot: Mapping[str, Any], finish: Finish) -> None:
+    """A step of a child run delivered again after it finished: if the run has ended, its
+    hand-off may have died with the worker that ended it; do it again."""
+    if snapshot.get("parent") and store.run_status(run_id) in TERMINAL_RUN_STATUSES:
+        hand_to_parent(store, run_id, snapshot, finish)
+
+
+# ---------------------------------------------------------------------------- down the tree
+
+
+def live_children(store: RunStore, run_id: str) -> list[str]:
+    """The child runs of ``run_id`` that exist and have not ended."""
+    try:
+        ids = list(child_ids(store.snapshot(run_id), run_id).values())
+    except RunNotFound:
+        return []
+    return [c for c in ids if store.run_status(c) not in (None, *TERMINAL_RUN_STATUSES)]
+
+
+def cancel_tree(
+    store: RunStore,
+    run_id: str,
+    *,
+    reason: str,
+    by: str | None,
+    lease_seconds: float,
+    finish: Finish,
+) -> None:
+    """Cancel a run (as ``Run.cancel`` always has) and, below it, its child runs."""
+    snapshot = store.snapshot(run_id)
+    keep = cancel_survivors(snapshot)
+    _, final = store.cancel_run(run_id, reason=reason, keep=keep, by=by)
+    admitted = list(store.last_admitted)
+    if keep:
+        continue_survivors(store, run_id, lease_seconds)
+    if admitted:
+        publish_admitted(store, admitted)
+    after_cancel(
+        store,
+        run_id,
+        snapshot,
+        final,
+        reason=reason,
+        by=by,
+        lease_seconds=lease_seconds,
+        finish=finish,
+    )
+
+
+def after_cancel(
+    store: RunStore,
+    run_id: str,
+    snapshot: Mapping[str, Any],
+    final: str | None,
+    *,
+    reason: str,
+    by: str | None,
+    lease_seconds: float,
+    finish: Finish,
+) -> None:
+    """What a cancel of ``run_id`` owes the tree: its child runs are cancelled too (their
+    end then ends the waiting steps), and if the cancel ended the run itself, its parent's
+    step is handed on (nothing else would: no step of it finishes after this)."""
+    for child in live_children(store, run_id):
+        with contextlib.suppress(RunNotFound):
+            cancel_tree(
+                store, child, reason=reason, by=by, lease_seconds=lease_seconds, finish=finish
+            )
+    if final:
+        hand_to_parent(store, run_id, snapshot, finish)
