@@ -42,6 +42,7 @@ from .events import TERMINAL_RUN_STATUSES, FailureReason, RunStatus, StepStatus
 from .gates import Gates
 from .loader import load_workflow_text
 from .store import Outcome, RunStore, now_iso
+from .store.codec import _s
 from .store.scripts import register
 from .subworkflow import MAX_DEPTH, Frozen, child_ids, child_run_id
 from .taskevents import Parked
@@ -124,31 +125,48 @@ def _publish(store: RunStore, child_id: str, snapshot: Mapping[str, Any]) -> Non
     publish_run(snapshot, child_id, make_plan(graph).tree, graph.sources(), store)
 
 
-def _park(execution: StepExecution, child_id: str) -> dict[str, Any]:
-    store = execution.store
+def await_child(
+    store: RunStore,
+    run_id: str,
+    step_id: str,
+    *,
+    token: str,
+    attempt: int,
+    workflow: str,
+    child_id: str,
+) -> tuple[int, str]:
+    """AWAIT_CHILD (``await_child.lua``): (1, parked message a freed slot lets go, or ''),
+    (0, the child's final status or 'gone'): not parked, or (-1, ''): refused."""
     script = register(store.r, "await_child")
-    keys = [*store.keys.transition(execution.run_id, execution.step_id), store.keys.run(child_id)]
-    args: list[EncodableT] = [
-        execution.run_id,
-        execution.step_id,
-        execution.token,
-        now_iso(),
-        execution.ctx.workflow,
-        "",  # nothing to publish again: the child's end hands on (dynamic dispatch)
-        execution.attempt or 0,
-        child_id,
-    ]
-    reply = execution._while_full(partial(script, keys=keys, args=args), "parking")
-    code = int(reply[0])
+    keys = [*store.keys.transition(run_id, step_id), store.keys.run(child_id)]
+    # no message is kept: the child's end hands on (runs with uses: are dynamic)
+    args: list[EncodableT] = [run_id, step_id, token, now_iso(), workflow, "", attempt, child_id]
+    reply = [_s(x) for x in script(keys=keys, args=args)]
+    return int(reply[0]), str(reply[1]) if len(reply) > 1 else ""
+
+
+def _park(execution: StepExecution, child_id: str) -> dict[str, Any]:
+    code, text = execution._while_full(
+        partial(
+            await_child,
+            execution.store,
+            execution.run_id,
+            execution.step_id,
+            token=execution.token,
+            attempt=execution.attempt or 0,
+            workflow=execution.ctx.workflow,
+            child_id=child_id,
+        ),
+        "parking",
+    )
     if code < 0:
         execution._after(Outcome(False, superseded=True), "wait for its child run")
     if code > 0:
         execution._stop_keeping()
-        unparked = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
-        if unparked:
-            app.signature(json.loads(unparked)).apply_async()
+        if text:
+            app.signature(json.loads(text)).apply_async()
         raise Parked(f"child run {child_id}")
-    status, fields = child_result(store, child_id, execution.spec)
+    status, fields = child_result(execution.store, child_id, execution.spec)
     return execution._finish(status, **fields)
 
 
