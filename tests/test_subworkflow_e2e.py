@@ -6,13 +6,15 @@ rerun reuses a child that succeeded."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, wait_for_event
+from conftest import QUEUE, run_cli, wait_for_event
 
 from runbook_celery import submit
 from runbook_celery.api import Run, rerun
+from runbook_celery.app import STEP_TASK, app
 from runbook_celery.render import record_json
 from runbook_celery.subworkflow import child_run_id
 
@@ -282,3 +284,166 @@ steps:
     assert second.steps["deploy"].outputs == {"deployed": "app-v7-x1"}
     assert store.run_status(child_run_id(second.id, "build")) is None
     assert store.run_status(child_run_id(first.id, "build")) == "succeeded"
+
+
+@pytest.mark.timeout(120)
+def test_a_three_level_tree_passes_outputs_up(tmp_path):
+    # Given top uses middle uses leaf, each level passing a param down and an output up
+    _write(
+        tmp_path,
+        "lib/leaf.yaml",
+        """
+name: leaf
+params:
+  word: {required: true}
+outputs:
+  said: ${{ steps.say.outputs.said }}
+steps:
+  - id: say
+    run: echo "said=leaf-${{ params.word }}" >> "$RUNBOOK_OUTPUT"
+""",
+    )
+    _write(
+        tmp_path,
+        "lib/middle.yaml",
+        """
+name: middle
+params:
+  word: {required: true}
+outputs:
+  said: middle-${{ steps.call.outputs.said }}
+steps:
+  - id: call
+    uses: leaf.yaml
+    with: {word: "${{ params.word }}"}
+""",
+    )
+    top = _write(
+        tmp_path,
+        "top.yaml",
+        """
+name: top
+steps:
+  - id: call
+    uses: lib/middle.yaml
+    with: {word: hello}
+  - id: show
+    needs: call
+    run: echo "got=${{ steps.call.outputs.said }}" >> "$RUNBOOK_OUTPUT"
+""",
+    )
+
+    # When it runs
+    record = submit(top).wait(timeout=60)
+
+    # Then the leaf's output came up through the middle to the top
+    assert record.status == "succeeded", record.to_dict()
+    assert record.steps["show"].outputs == {"got": "middle-leaf-hello"}
+    middle = Run(child_run_id(record.id, "call")).status()
+    assert middle.outputs == {"said": "middle-leaf-hello"}
+    assert middle.children == {"call": child_run_id(middle.id, "call")}
+
+
+@pytest.mark.timeout(120)
+def test_pausing_the_parent_pauses_the_child_and_resuming_resumes_it(tmp_path, store):
+    # Given a child whose first step waits for a file and whose second step follows it
+    gate = tmp_path / "go"
+    _write(
+        tmp_path,
+        "lib/two.yaml",
+        f"""
+name: two
+steps:
+  - id: first
+    run: while [ ! -e {gate} ]; do sleep 0.1; done
+  - id: second
+    needs: first
+    run: echo second
+""",
+    )
+    parent = _write(
+        tmp_path,
+        "parent.yaml",
+        """
+name: pausing
+steps:
+  - id: call
+    uses: lib/two.yaml
+""",
+    )
+    run = submit(parent)
+    child = child_run_id(run.id, "call")
+    wait_for_event(store, child, "step_started", "first", timeout=60)
+
+    # When the parent is paused, and the child's running step then ends
+    run.pause(by="tester")
+    assert wait_for_event(store, child, "workflow_paused", timeout=10)["by"] == "tester"
+    gate.touch()
+    wait_for_event(store, child, "step_waiting", "second", timeout=30)
+
+    # Then the child's next step waits, paused; resuming the parent lets it run
+    assert Run(child).status().status == "paused"
+    assert Run(child).status().steps["second"].status == "waiting"
+    run.resume(by="tester")
+    final = run.wait(timeout=60)
+    assert final.status == "succeeded", final.to_dict()
+    assert Run(child).status().steps["second"].status == "succeeded"
+
+
+@pytest.mark.timeout(120)
+def test_a_waiting_step_delivered_again_does_not_start_a_second_child(tmp_path, store):
+    # Given a parent step waiting for its child, whose step waits for a file
+    gate = tmp_path / "go"
+    _write(
+        tmp_path,
+        "lib/slow.yaml",
+        f"""
+name: slow
+outputs:
+  done: ${{{{ steps.work.outputs.done }}}}
+steps:
+  - id: work
+    run: |
+      while [ ! -e {gate} ]; do sleep 0.1; done
+      echo "done=yes" >> "$RUNBOOK_OUTPUT"
+""",
+    )
+    parent = _write(
+        tmp_path,
+        "parent.yaml",
+        """
+name: redelivered
+steps:
+  - id: call
+    uses: lib/slow.yaml
+""",
+    )
+    run = submit(parent)
+    child = child_run_id(run.id, "call")
+    wait_for_event(store, run.id, "step_awaiting_child", "call", timeout=60)
+    wait_for_event(store, child, "step_started", "work", timeout=60)
+
+    # When the step's message comes again (as after a worker lost before it parked)
+    app.signature(STEP_TASK, args=(run.id, "call"), immutable=True).apply_async(queue=QUEUE)
+    deadline = time.monotonic() + 30
+    waits = 0
+    for _, event in store.follow_events(run.id, block_ms=500):
+        waits += event.get("type") == "step_awaiting_child"
+        if waits == 2:
+            break
+        assert time.monotonic() < deadline, "the step was not delivered again"
+    gate.touch()
+
+    # Then that delivery found the same child and waited again; one child ran, once
+    final = run.wait(timeout=60)
+    assert final.status == "succeeded", final.to_dict()
+    assert final.steps["call"].outputs == {"done": "yes"}
+    assert final.steps["call"].attempts == 2
+    children = [
+        r.decode()
+        for r in store.r.zrange(store.keys.runs_index, 0, -1)
+        if store.r.hget(store.keys.run(r.decode()), "parent_run") == run.id.encode()
+    ]
+    assert children == [child]
+    started = [e for _, e in store.events(child) if e["type"] == "step_started"]
+    assert len(started) == 1
