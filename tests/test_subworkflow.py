@@ -333,3 +333,20 @@ def test_a_child_run_is_recorded_once(st: RunStore) -> None:
     assert st.run_status(child) == "running"
     record = st.get_run(child)
     assert (record.parent_run, record.parent_step) == ("p", "a")
+
+
+# ---------------------------------------------------------------- the example, in process
+
+
+def test_the_cpython_example_runs_its_reusable_workflows_as_child_runs():
+    from runbook_celery.testing import run_workflow
+
+    root = Path(__file__).resolve().parent.parent
+    result = run_workflow(root / "definitions" / "cpython-build.yaml", {"free_threading": True})
+    assert result.status == "succeeded", result.record.to_dict()
+    assert result.outputs == {
+        "linux": "ubuntu: tests passed (free-threading true)",
+        "macos": "macos: tests passed",
+        "verdict": "all green",
+    }
+    assert set(result.record.children) == {"check-docs", "build-ubuntu", "build-macos"}
