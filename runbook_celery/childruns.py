@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +52,8 @@ from .taskevents import Parked
 
 if TYPE_CHECKING:
     from .tasks import StepExecution
+
+log = logging.getLogger("runbook_celery.worker")
 
 Finish = Callable[..., None]  # tasks.finish_outside(run_id, step_id, status, **fields)
 
@@ -138,9 +143,12 @@ def await_child(
     """AWAIT_CHILD (``await_child.lua``): (1, parked message a freed slot lets go, or ''),
     (0, the child's final status or 'gone'): not parked, or (-1, ''): refused."""
     script = register(store.r, "await_child")
-    keys = [*store.keys.transition(run_id, step_id), store.keys.run(child_id)]
+    k = store.keys
+    keys = [*k.transition(run_id, step_id), k.run(child_id), k.children_waiting]
     # no message is kept: the child's end hands on (runs with uses: are dynamic)
-    args: list[EncodableT] = [run_id, step_id, token, now_iso(), workflow, "", attempt, child_id]
+    args: list[EncodableT] = [
+        run_id, step_id, token, now_iso(), workflow, "", attempt, child_id, time.time(),
+    ]  # fmt: skip
     reply = [_s(x) for x in script(keys=keys, args=args)]
     return int(reply[0]), str(reply[1]) if len(reply) > 1 else ""
 
@@ -166,14 +174,18 @@ def _park(execution: StepExecution, child_id: str) -> dict[str, Any]:
         if text:
             app.signature(json.loads(text)).apply_async()
         raise Parked(f"child run {child_id}")
-    status, fields = child_result(execution.store, child_id, execution.spec)
+    status, fields = child_result(execution.store, execution.run_id, child_id, execution.spec)
     return execution._finish(status, **fields)
 
 
 def child_result(
-    store: RunStore, child_id: str, spec: Mapping[str, Any]
+    store: RunStore, parent_run: str, child_id: str, spec: Mapping[str, Any]
 ) -> tuple[StepStatus, dict[str, Any]]:
-    """The parent step's end from its ended child: its status, and its workflow outputs."""
+    """The parent step's end from its ended child: its status, and its workflow outputs.
+
+    A child cancelled with its parent makes the step cancelled; one cancelled on its own
+    (someone cancelled the child run) fails the step, as GitHub fails a job whose called
+    workflow was cancelled, so the parent does not end as if it had succeeded."""
     try:
         record = store.get_run(child_id)
     except RunNotFound:
@@ -184,7 +196,7 @@ def child_result(
         }
     if record.status == RunStatus.SUCCEEDED:
         return StepStatus.SUCCEEDED, {"outputs": dict(record.outputs)}
-    if record.status == RunStatus.CANCELLED:
+    if record.status == RunStatus.CANCELLED and store.cancel_requested(parent_run):
         return StepStatus.CANCELLED, {
             "reason": FailureReason.CANCELLED,
             "stderr": [f"[runbook] child run {child_id} was cancelled"],
@@ -219,12 +231,48 @@ def hand_to_parent(
         h = store.step_hashes(parent_run, [step_id])[step_id]
         spec = next(s for s in store.snapshot(parent_run)["steps"] if s["id"] == step_id)
     except RunNotFound:
-        return
+        h, spec = {}, {}
     if h.get("status") != StepStatus.RUNNING or h.get("child_run") != run_id or h.get("holder"):
+        if not h or StepStatus(h.get("status") or "pending").terminal:
+            store.r.zrem(store.keys.children_waiting, f"{parent_run}|{step_id}")
         return
-    status, fields = child_result(store, run_id, spec)
+    status, fields = child_result(store, parent_run, run_id, spec)
     with contextlib.suppress(Ignore):  # another delivery took the step over meanwhile
         finish(parent_run, step_id, status, **fields)
+    store.r.zrem(store.keys.children_waiting, f"{parent_run}|{step_id}")
+
+
+def sweep_waiting(store: RunStore, finish: Finish, older_than: float) -> int:
+    """The reconciler's net under the hand-off: a step waiting longer than ``older_than``
+    seconds for a child run that has ended (its hand-off lost with a worker, a client that
+    cancelled, or Redis) is finished now. Returns how many were."""
+    k = store.keys
+    members = store.r.zrangebyscore(k.children_waiting, 0, time.time() - older_than)
+    done = 0
+    for member in (_s(m) for m in members):
+        parent_run, _, step_id = str(member).partition("|")
+        h = store.step_hashes(parent_run, [step_id])[step_id]
+        child = h.get("child_run")
+        if not h or not child or StepStatus(h.get("status") or "pending").terminal:
+            store.r.zrem(k.children_waiting, member)
+            continue
+        if h.get("holder") or not _ended_before(store, child, time.time() - older_than):
+            continue  # a delivery holds it, or the child is going (or its hand-off may be)
+        log.warning("child run %s ended without handing on to %s: handing on", child, parent_run)
+        hand_to_parent(store, child, {"parent": {"run": parent_run, "step": step_id}}, finish)
+        done += 1
+    return done
+
+
+def _ended_before(store: RunStore, run_id: str, when: float) -> bool:
+    """Whether the run ended before ``when`` (epoch seconds), or no longer exists."""
+    status, finished = store.r.hmget(store.keys.run(run_id), ["status", "finished_at"])
+    if status is None:
+        return True
+    if finished is None:
+        return False
+    text = finished.decode() if isinstance(finished, bytes) else str(finished)
+    return datetime.fromisoformat(text).timestamp() < when
 
 
 def after_replay(store: RunStore, run_id: str, snapshot: Mapping[str, Any], finish: Finish) -> None:

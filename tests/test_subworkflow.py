@@ -350,3 +350,30 @@ def test_the_cpython_example_runs_its_reusable_workflows_as_child_runs():
         "verdict": "all green",
     }
     assert set(result.record.children) == {"check-docs", "build-ubuntu", "build-macos"}
+
+
+# ---------------------------------------------------------------- the reconciler's net
+
+
+def test_the_sweep_hands_on_a_step_whose_child_ended_long_enough_ago(st: RunStore) -> None:
+    from runbook_celery.childruns import sweep_waiting
+    from runbook_celery.store import now_iso
+
+    run, child = _running_step(st), uuid.uuid4().hex
+    st.create_run(child, {"workflow": "c", "params": {}, "mode": "dynamic", "steps": []}, "s")
+    assert _wait(st, run, child) == (1, "")
+    calls: list[tuple[str, str, str]] = []
+
+    def finish(run_id: str, step_id: str, status: str, **fields: object) -> None:
+        calls.append((run_id, step_id, str(status)))
+
+    # a child still going, or one that ended just now (its hand-off may be on its way): wait
+    assert sweep_waiting(st, finish, older_than=0) == 0
+    st.r.hset(st.keys.run(child), mapping={"status": "cancelled", "finished_at": now_iso()})
+    assert sweep_waiting(st, finish, older_than=60) == 0
+    assert calls == []
+    # ended before the cutoff: handed on once, and no longer looked at
+    assert sweep_waiting(st, finish, older_than=0) == 1
+    assert calls == [(run, "a", "failed")]  # cancelled on its own: fails the step
+    assert st.r.zscore(st.keys.children_waiting, f"{run}|a") is None
+    assert sweep_waiting(st, finish, older_than=0) == 0

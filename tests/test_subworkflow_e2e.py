@@ -447,3 +447,46 @@ steps:
     assert children == [child]
     started = [e for _, e in store.events(child) if e["type"] == "step_started"]
     assert len(started) == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_child_that_ended_without_handing_on_is_found_by_the_reconciler(tmp_path, store):
+    # Given a parent waiting for a child whose only step waits for an approval
+    _write(
+        tmp_path,
+        "lib/gated.yaml",
+        """
+name: gated
+steps:
+  - id: wait
+    approval: {prompt: "go?"}
+    run: echo approved
+""",
+    )
+    parent = _write(
+        tmp_path,
+        "parent.yaml",
+        """
+name: net
+steps:
+  - id: call
+    uses: lib/gated.yaml
+""",
+    )
+    run = submit(parent)
+    child = child_run_id(run.id, "call")
+    wait_for_event(store, run.id, "step_awaiting_child", "call", timeout=60)
+    wait_for_event(store, child, "step_awaiting_approval", "wait", timeout=60)
+
+    # When the child ends where nothing hands on (its record cancelled directly in the
+    # store, as a client that died after its cancel would leave it)
+    _, final_status = store.cancel_run(child, reason="cancelled")
+    assert final_status == "cancelled"
+
+    # Then a worker's reconciler finishes the waiting step, and the parent run ends
+    # (failed: the child was cancelled on its own, not by a cancel of this run)
+    final = run.wait(timeout=60)
+    assert final.status == "failed", final.to_dict()
+    assert final.steps["call"].status == "failed"
+    assert final.steps["call"].reason == "child_failed"
+    assert final.steps["call"].stderr_tail[0] == f"[runbook] child run {child} cancelled"
