@@ -16,7 +16,6 @@ from kombu.exceptions import OperationalError
 
 from .compile import (
     build_snapshot,
-    cancel_survivors,
     make_plan,
     mode_for_snapshot,
     snapshot_graph,
@@ -416,16 +415,17 @@ def _admit(store: RunStore, run_id: str, group: Mapping[str, Any]) -> bool:
     if verdict == "skip":
         store.skip_run(run_id, f"concurrency group {group['group']!r} is full")
     elif verdict == "cancel":
-        for other in running:
-            from .dispatch import continue_survivors, publish_admitted
+        from .childruns import cancel_tree
 
-            keep = cancel_survivors(store.snapshot(other))
-            store.cancel_run(other, reason=f"superseded by run {run_id}", keep=keep)
-            admitted = list(store.last_admitted)
-            if keep:
-                continue_survivors(store, other, get_settings().lease_seconds)
-            if admitted:
-                publish_admitted(store, admitted)
+        for other in running:  # with their child runs, as Run.cancel
+            cancel_tree(
+                store,
+                other,
+                reason=f"superseded by run {run_id}",
+                by=None,
+                lease_seconds=get_settings().lease_seconds,
+                finish=_finish_outside,
+            )
     return False
 
 
