@@ -100,32 +100,42 @@ def start_child(execution: StepExecution, need_outputs: dict[str, Any]) -> dict[
                 stderr=[f"[runbook] uses {spec['uses']}: {exc}"[:2000]],
                 allowed_failure=spec.get("continue_on_error") is True,
             )
-        if store.create_run_once(
+        created = store.create_run_once(
             child_id,
             snapshot,
             snapshot_sha256(snapshot),
             parent_run=run_id,
             parent_step=execution.step_id,
-        ):
-            _follow_parent(store, run_id, child_id)
-        _publish(store, child_id, snapshot)
+        )
+        if created:  # else another delivery recorded it, and publishes it
+            _start(execution, child_id, snapshot)
     elif status == RunStatus.PENDING:  # recorded by a delivery that died before publishing
         _publish(store, child_id, store.snapshot(child_id))
     return _park(execution, child_id)
 
 
-def _follow_parent(store: RunStore, parent_run: str, child_id: str) -> None:
-    """A child recorded while its parent is paused or cancelling starts paused or cancelled."""
-    paused, cancel = store.r.hmget(store.keys.run(parent_run), ["paused", "cancel_requested"])
-    if paused in (b"1", "1"):
+def _start(execution: StepExecution, child_id: str, snapshot: Mapping[str, Any]) -> None:
+    """Publish a new child; one recorded while its parent is paused starts paused, and one
+    recorded while its parent is cancelling is cancelled (unless its step is cleanup that
+    runs after a cancel: ``always()``/``cancelled()``)."""
+    store, parent_run = execution.store, execution.run_id
+    if store.r.hget(store.keys.run(parent_run), "paused") in (b"1", "1"):
         Gates(store).pause(child_id, f"run {parent_run}")
-    if cancel not in (None, b"", ""):
-        store.cancel_run(child_id, reason=FailureReason.CANCELLED, by=f"run {parent_run}")
+    _publish(store, child_id, snapshot)
+    if store.cancel_requested(parent_run) and execution.step_id not in cancel_survivors(
+        execution.ctx.snapshot
+    ):
+        reason = store.cancel_reason(parent_run) or FailureReason.CANCELLED
+        lease = execution.settings.lease_seconds
+        cancel_tree(store, child_id, reason=reason, by=None, lease_seconds=lease, finish=_held)
+
+
+def _held(*_: Any, **__: Any) -> None:
+    """``finish`` for a child cancelled by the delivery that holds its parent's step: that
+    step is not waiting yet (``hand_to_parent`` does nothing); its AWAIT_CHILD sees the end."""
 
 
 def _publish(store: RunStore, child_id: str, snapshot: Mapping[str, Any]) -> None:
-    if store.run_status(child_id) in TERMINAL_RUN_STATUSES:
-        return  # cancelled with its parent before it started
     graph = snapshot_graph(snapshot)
     publish_run(snapshot, child_id, make_plan(graph).tree, graph.sources(), store)
 
@@ -285,12 +295,15 @@ def after_replay(store: RunStore, run_id: str, snapshot: Mapping[str, Any], fini
 # ---------------------------------------------------------------------------- down the tree
 
 
-def live_children(store: RunStore, run_id: str) -> list[str]:
-    """The child runs of ``run_id`` that exist and have not ended."""
+def live_children(store: RunStore, run_id: str, *, cancelling: bool = False) -> list[str]:
+    """The child runs of ``run_id`` that exist and have not ended; ``cancelling``: not
+    those of steps that run after a cancel (``always()``/``cancelled()`` cleanup)."""
     try:
-        ids = list(child_ids(store.snapshot(run_id), run_id).values())
+        snapshot = store.snapshot(run_id)
     except RunNotFound:
         return []
+    keep = set(cancel_survivors(snapshot)) if cancelling else set()
+    ids = [c for sid, c in child_ids(snapshot, run_id).items() if sid not in keep]
     return [c for c in ids if store.run_status(c) not in (None, *TERMINAL_RUN_STATUSES)]
 
 
@@ -338,7 +351,7 @@ def after_cancel(
     """What a cancel of ``run_id`` owes the tree: its child runs are cancelled too (their
     end then ends the waiting steps), and if the cancel ended the run itself, its parent's
     step is handed on (nothing else would: no step of it finishes after this)."""
-    for child in live_children(store, run_id):
+    for child in live_children(store, run_id, cancelling=True):
         with contextlib.suppress(RunNotFound):
             cancel_tree(
                 store, child, reason=reason, by=by, lease_seconds=lease_seconds, finish=finish

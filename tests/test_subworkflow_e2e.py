@@ -490,3 +490,50 @@ steps:
     assert final.steps["call"].status == "failed"
     assert final.steps["call"].reason == "child_failed"
     assert final.steps["call"].stderr_tail[0] == f"[runbook] child run {child} cancelled"
+
+
+@pytest.mark.timeout(120)
+def test_a_cleanup_step_with_uses_runs_its_child_after_a_cancel(tmp_path, store):
+    # Given a long step and an always() cleanup step that uses another workflow
+    _write(
+        tmp_path,
+        "lib/cleanup.yaml",
+        """
+name: cleanup
+params:
+  status: {required: true}
+outputs:
+  saw: ${{ steps.tidy.outputs.saw }}
+steps:
+  - id: tidy
+    run: echo "saw=${{ params.status }}" >> "$RUNBOOK_OUTPUT"
+""",
+    )
+    parent = _write(
+        tmp_path,
+        "parent.yaml",
+        """
+name: with-cleanup
+steps:
+  - id: work
+    run: sleep 300 & wait
+  - id: cleanup
+    needs: work
+    if: always()
+    uses: lib/cleanup.yaml
+    with: {status: "${{ steps.work.status }}"}
+""",
+    )
+    run = submit(parent)
+    wait_for_event(store, run.id, "step_started", "work", timeout=60)
+
+    # When the run is cancelled
+    run.cancel(by="tester")
+
+    # Then the cleanup step still ran its child, which saw the cancelled step
+    final = run.wait(timeout=60)
+    assert final.status == "cancelled", final.to_dict()
+    assert final.steps["work"].status == "cancelled"
+    assert final.steps["cleanup"].status == "succeeded"
+    assert final.steps["cleanup"].outputs == {"saw": "cancelled"}
+    assert Run(child_run_id(run.id, "cleanup")).status().status == "succeeded"
