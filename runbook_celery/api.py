@@ -16,7 +16,6 @@ from kombu.exceptions import OperationalError
 
 from .compile import (
     build_snapshot,
-    cancel_survivors,
     make_plan,
     mode_for_snapshot,
     snapshot_graph,
@@ -79,15 +78,17 @@ class Run:
         ``by`` is recorded as the run's ``cancelled_by`` (Flower passes its logged-in user).
         Returns the record as it is right after the request.
         """
-        from .dispatch import continue_survivors, publish_admitted
+        from .childruns import cancel_tree
 
-        keep = cancel_survivors(self.store.snapshot(self.id))
-        self.store.cancel_run(self.id, reason="cancelled", keep=keep, by=by)
-        admitted = list(self.store.last_admitted)
-        if keep:
-            continue_survivors(self.store, self.id, self.settings.lease_seconds)
-        if admitted:
-            publish_admitted(self.store, admitted)
+        # child runs of uses: steps are cancelled with it (childruns.py)
+        cancel_tree(
+            self.store,
+            self.id,
+            reason="cancelled",
+            by=by,
+            lease_seconds=self.settings.lease_seconds,
+            finish=_finish_outside,
+        )
         return self.status()
 
     def pause(self, by: str | None = None) -> None:
@@ -246,6 +247,14 @@ class Run:
         return WaitTimeout(self.id, timeout, detail)
 
 
+def _finish_outside(run_id: str, step_id: str, status: Any, **fields: Any) -> None:
+    """A parent's step finished from here: a cancel ended its child run (childruns.py).
+    The worker's code is imported only then, as an operator's decision does (control.py)."""
+    from .tasks import finish_outside
+
+    finish_outside(run_id, step_id, status, **fields)
+
+
 def _load(source: WorkflowSource) -> LoadedWorkflow:
     if isinstance(source, LoadedWorkflow):
         return source
@@ -399,16 +408,17 @@ def _admit(store: RunStore, run_id: str, group: Mapping[str, Any]) -> bool:
     if verdict == "skip":
         store.skip_run(run_id, f"concurrency group {group['group']!r} is full")
     elif verdict == "cancel":
-        for other in running:
-            from .dispatch import continue_survivors, publish_admitted
+        from .childruns import cancel_tree
 
-            keep = cancel_survivors(store.snapshot(other))
-            store.cancel_run(other, reason=f"superseded by run {run_id}", keep=keep)
-            admitted = list(store.last_admitted)
-            if keep:
-                continue_survivors(store, other, get_settings().lease_seconds)
-            if admitted:
-                publish_admitted(store, admitted)
+        for other in running:  # with their child runs, as Run.cancel
+            cancel_tree(
+                store,
+                other,
+                reason=f"superseded by run {run_id}",
+                by=None,
+                lease_seconds=get_settings().lease_seconds,
+                finish=_finish_outside,
+            )
     return False
 
 

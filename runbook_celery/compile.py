@@ -15,11 +15,18 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-from . import bashplace, shells
+from . import bashplace, shells, subworkflow
 from . import expressions as ex
 from .errors import DefinitionError, InvalidDefinition, InvalidParams
 from .graph import Graph, Leaf, Series, SPTree
-from .loader import LoadedWorkflow, matrix_text, numeric_refs, script_problem, step_shell
+from .loader import (
+    LoadedWorkflow,
+    load_workflow_text,
+    matrix_text,
+    numeric_refs,
+    script_problem,
+    step_shell,
+)
 from .model import Param, Scalar, param_text, param_value_problem
 from .safefiles import Refused, read_script
 from .settings import get_settings
@@ -151,9 +158,14 @@ def _default_text(param: Param) -> str:
 
 
 def build_snapshot(
-    loaded: LoadedWorkflow, params: Mapping[str, Any] | None = None
+    loaded: LoadedWorkflow,
+    params: Mapping[str, Any] | None = None,
+    *,
+    frozen: subworkflow.Frozen | None = None,
 ) -> dict[str, Any]:
-    """Freeze a workflow for one run: commands, script contents, params, plan mode."""
+    """Freeze a workflow for one run: commands, script contents, params, plan mode, and
+    the workflows its ``uses:`` run. ``frozen``: a child run's workflow, whose scripts and
+    used files come from its parent's snapshot, not from disk."""
     wf = loaded.workflow
     values = resolve_params(wf.params, params)
 
@@ -166,7 +178,9 @@ def build_snapshot(
     for i, step in enumerate(wf.steps):
         retries = step.retries or (defaults.retries if defaults else None)
         vars_: dict[str, str] = {}
-        if step.script is not None:
+        if step.script is not None and frozen is not None:
+            command = frozen.script(step.script)
+        elif step.script is not None:
             command = _read_script(loaded, i, step.script)
         elif step_shell(wf, step) != shells.BASH:
             command = step.run or ""  # validation refused ${{ }} in it
@@ -206,7 +220,7 @@ def build_snapshot(
             }
         )
     mode, reason = choose_mode(loaded.workflow, loaded.graph)
-    return {
+    snapshot = {
         "version": SNAPSHOT_VERSION,
         "workflow": wf.name,
         "description": wf.description,
@@ -232,6 +246,8 @@ def build_snapshot(
         if wf.concurrency
         else None,
     }
+    max_bytes = get_settings().max_file_bytes
+    return subworkflow.freeze(loaded, snapshot, frozen, load_workflow_text, max_bytes)
 
 
 def _rewrite_step(loaded: LoadedWorkflow, index: int, vars_out: dict[str, str]) -> str:
@@ -261,6 +277,8 @@ def _first(*values: Any) -> Any:
 def choose_mode(wf: Any, graph: Graph) -> tuple[str, str]:
     """Canvas when it mirrors the DAG and Celery's own flow control says all; else dynamic."""
     for step in wf.steps:
+        if step.uses is not None:
+            return DYNAMIC, f"step {step.id!r} runs a child workflow (uses:)"
         if step.if_ is not None:
             return DYNAMIC, f"step {step.id!r} has an if: condition"
         if step.matrix is not None or step.for_each is not None:
@@ -305,6 +323,8 @@ def mode_for_snapshot(snapshot: Mapping[str, Any]) -> tuple[str, str]:
     for spec in snapshot["steps"]:
         if spec["id"] in reused:
             continue
+        if spec.get("uses"):
+            return DYNAMIC, f"step {spec['id']!r} runs a child workflow (uses:)"
         if spec.get("if"):
             return DYNAMIC, f"step {spec['id']!r} has an if: condition"
         if spec.get("matrix") or spec.get("for_each"):

@@ -5,12 +5,14 @@ Every decision is recorded in the run's events with its author and time.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 from typing import Any
 
 from .app import app
-from .errors import InvalidOperation
+from .childruns import live_children
+from .errors import InvalidOperation, RunNotFound
 from .events import EventType, FailureReason, StepStatus
 from .gates import Gates
 from .redisconn import backend_errors, check_writable, client_for
@@ -58,6 +60,9 @@ class RunControl:
         with backend_errors(f"pause run {self.run_id}"):
             self._check_writable()
             self.gates.pause(self.run_id, by or default_author())
+        for child in live_children(self.store, self.run_id):  # uses: steps' runs pause too
+            with contextlib.suppress(InvalidOperation, RunNotFound):
+                RunControl(child, self.settings).pause(by)
 
     def resume(self, by: str | None = None) -> int:
         """Continue where the run stopped; returns how many waiting steps were released."""
@@ -66,7 +71,11 @@ class RunControl:
             messages = self.gates.resume(self.run_id, by or default_author())
             for message in messages:
                 app.signature(message).apply_async()
-        return len(messages)
+        released = len(messages)
+        for child in live_children(self.store, self.run_id):
+            with contextlib.suppress(InvalidOperation, RunNotFound):
+                released += RunControl(child, self.settings).resume(by)
+        return released
 
     def approve(self, step_id: str, by: str | None = None) -> None:
         with backend_errors(f"approve step {step_id} of run {self.run_id}"):

@@ -89,6 +89,7 @@ class EventType(StrEnum):
     STEP_DECISION_RETRY = "step_decision_retry"
     STEP_DECISION_SKIP = "step_decision_skip"
     STEP_DECISION_ABORT = "step_decision_abort"
+    STEP_AWAITING_CHILD = "step_awaiting_child"  # a uses: step waits for its child run
     # a delivery that no longer held its step tried to record something: kept, not applied
     STEP_RESULT_DISCARDED = "step_result_discarded"
     NOTIFICATION_SENT = "notification_sent"  # a `notify:` URL took a notification (notify.py)
@@ -113,6 +114,7 @@ class FailureReason(StrEnum):
     ABORTED = "aborted"  # `abort` of a step awaiting a decision
     TOO_MANY_INSTANCES = "too_many_instances"  # for_each longer than RUNBOOK_MAX_INSTANCES
     EXIT_CODE_SKIP = "exit_code_skip"  # an exit code in skip_on_exit_codes: recorded skipped
+    CHILD_FAILED = "child_failed"  # the child run of a uses: step failed
 
 
 class WaitReason(StrEnum):

@@ -23,6 +23,12 @@ class Keys:
         return f"{self.prefix}:leases"
 
     @property
+    def children_waiting(self) -> str:
+        """Sorted set of steps waiting for their child run (``run|step``, uses:) scored by
+        when they parked: the reconciler's safety net for a lost hand-off (childruns.py)."""
+        return f"{self.prefix}:children_waiting"
+
+    @property
     def global_events(self) -> str:
         return f"{self.prefix}:events"
 

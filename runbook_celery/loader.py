@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from . import bashplace, matrix, shells
+from . import bashplace, matrix, shells, subworkflow
 from . import expressions as ex
 from .cron import schedule_problem
 from .errors import DefinitionError, InvalidDefinition, Problem
@@ -69,13 +69,20 @@ def load_workflow(path: str | Path) -> LoadedWorkflow:
         except DefinitionError as exc:
             raise InvalidDefinition([exc.problem]) from None
         loaded = _validate(doc, base_dir)
-    if problems := _script_problems(loaded, settings.max_file_bytes):
+    if problems := _file_problems(loaded, settings.max_file_bytes):
         raise InvalidDefinition(problems)
     _CACHE[key] = loaded
     _CACHE.move_to_end(key)
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return loaded
+
+
+def _file_problems(loaded: LoadedWorkflow, max_bytes: int) -> list[Problem]:
+    """What the files a definition names say (checked on every load: they are separate
+    files): its scripts, and the workflows its ``uses:`` run (``subworkflow``)."""
+    problems = _script_problems(loaded, max_bytes)
+    return problems + subworkflow.uses_problems(loaded, load_workflow, max_bytes)
 
 
 def _script_problems(loaded: LoadedWorkflow, max_bytes: int) -> list[Problem]:
@@ -121,7 +128,7 @@ def from_mapping(
     """Validate a workflow given as a dict, exactly as its YAML would be: problems name the
     path in the dict (``steps[1].needs``) since there are no lines."""
     loaded = _validate(LoadedYaml(data=dict(data), file=file), base_dir or Path.cwd())
-    if problems := _script_problems(loaded, get_settings().max_file_bytes):
+    if problems := _file_problems(loaded, get_settings().max_file_bytes):
         raise InvalidDefinition(problems)
     return loaded
 
@@ -268,7 +275,7 @@ def _check_semantics(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
             )
         else:
             seen[step.id] = i
-        if step.run is None and step.script is None:
+        if step.run is None and step.script is None and step.uses is None:
             add(("steps", i), f"step {step.id!r} needs either 'run' or 'script'", step.id)
         if step.run is not None and step.script is not None:
             add(("steps", i), f"step {step.id!r} has both 'run' and 'script'; keep one", step.id)
@@ -320,6 +327,10 @@ def _check_semantics(wf: Workflow, doc: LoadedYaml) -> list[Problem]:
             _check_text(step.run, ("steps", i, "run"), step, wf, graph, add)
         for key, value in step.env.items():
             _check_text(value, ("steps", i, "env", key), step, wf, graph, add)
+        for key, given in (step.with_ or {}).items():
+            if isinstance(given, str):
+                _check_text(given, ("steps", i, "with", key), step, wf, graph, add)
+        subworkflow.step_problems(i, step, add)
         _check_step_control(i, step, wf, graph, add)
     return problems
 

@@ -514,13 +514,25 @@ class Step(_Strict):
         None, description="pause: wait in awaiting_decision instead of failing the run."
     )
     priority: int | None = Field(None, ge=0, le=9, description="Celery task priority (0-9).")
+    uses: str | None = Field(
+        None,
+        description="Run another workflow file (relative to this one) as a child run, like "
+        "GitHub's reusable workflows; the step's outputs are its workflow outputs. Not "
+        "with run/script/shell, env, matrix/for_each or retries.",
+    )
+    with_: dict[EnvName, Scalar] | None = Field(
+        None,
+        alias="with",
+        description="Params of the workflow `uses:` runs; values may use ${{ }} expressions "
+        "(evaluated when the step starts, as values, never as code).",
+    )
 
     @field_validator("needs", mode="before", json_schema_input_type=StepId | list[StepId])
     @classmethod
     def _needs_as_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("run", "script")
+    @field_validator("run", "script", "uses")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():

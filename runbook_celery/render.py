@@ -191,6 +191,10 @@ def record_table(record: RunRecord, *, colour: bool = False) -> str:
         lines.append(f"rerun of  {record.rerun_of} ({reused} reused)")
     for name, value in record.outputs.items():
         lines.append(f"output    {name}={value}")
+    if record.parent_run:
+        lines.append(f"parent    {record.parent_run} (step {record.parent_step})")
+    for sid, child in record.children.items():
+        lines.append(f"child     {child} (step {sid})")
     lines.append("")
     cells = [step_cells(sid, step) for sid, step in record.steps.items()]
     rows = [tuple(c[col] for col in COLUMNS) for c in cells]

@@ -42,6 +42,7 @@ class StepRecord:
     reused: bool = False
     control: dict[str, str] = field(default_factory=dict)  # approvals and decisions
     values: dict[str, Any] = field(default_factory=dict)
+    child_run: str | None = None  # a uses: step's child run (childruns.py)
 
     def __post_init__(self) -> None:
         # records built by hand (tests, views) with plain text get the same types
@@ -65,6 +66,7 @@ class StepRecord:
             values=json.loads(h["values"]) if h.get("values") else {},
             reused=h.get("reused") == "1",
             control=_control(h, hidden),
+            child_run=h.get("child_run") or None,
         )
 
     def label(self, step_id: str, limit: int = 60) -> str:
@@ -95,6 +97,7 @@ class StepRecord:
             "reused": self.reused,
             **({"control": dict(self.control)} if self.control else {}),
             **({"values": self.values} if self.values else {}),
+            **({"child_run": self.child_run} if self.child_run else {}),
         }
 
 
@@ -149,6 +152,8 @@ class RunRecord:
     rerun_of: str | None = None
     control: dict[str, str] = field(default_factory=dict)  # paused_by/at, triggered_by, ...
     outputs: dict[str, str] = field(default_factory=dict)  # workflow outputs, once ended
+    parent_run: str | None = None  # a child run: the run whose uses: step started it
+    parent_step: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", RunStatus(self.status))
@@ -176,7 +181,14 @@ class RunRecord:
             mode=h.get("mode"),
             rerun_of=h.get("rerun_of") or None,
             control={k: h[k] for k in _CONTROL_FIELDS if h.get(k)},
+            parent_run=h.get("parent_run") or None,
+            parent_step=h.get("parent_step") or None,
         )
+
+    @property
+    def children(self) -> dict[str, str]:
+        """The child runs of this run's ``uses:`` steps, by step id (once started)."""
+        return {sid: s.child_run for sid, s in self.steps.items() if s.child_run}
 
     @property
     def finished(self) -> bool:
@@ -201,6 +213,9 @@ class RunRecord:
             "rerun_of": self.rerun_of,
             **({"control": dict(self.control)} if self.control else {}),
             **({"outputs": dict(self.outputs)} if self.outputs else {}),
+            **({"parent_run": self.parent_run} if self.parent_run else {}),
+            **({"parent_step": self.parent_step} if self.parent_step else {}),
+            **({"children": self.children} if self.children else {}),
         }
 
 

@@ -26,13 +26,14 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from . import expressions as ex
 from . import (
+    childruns,
     matrix,
     shells,
     stepinputs,
     workerhooks,  # noqa: F401  (connects the worker signals: recovery, shutdown)
 )
+from . import expressions as ex
 from .app import (
     APPROVAL_TIMEOUT_TASK,
     FANIN_TASK,
@@ -213,12 +214,23 @@ def run_timeout(run_id: str) -> str:
     settings, store = _worker_store()
     try:
         if store.run_status(run_id) not in TERMINAL_RUN_STATUSES:
-            keep = cancel_survivors(store.snapshot(run_id))
-            store.cancel_run(run_id, reason=FailureReason.TIMEOUT, keep=keep)
+            snapshot = store.snapshot(run_id)
+            keep = cancel_survivors(snapshot)
+            _, final = store.cancel_run(run_id, reason=FailureReason.TIMEOUT, keep=keep)
             if keep:  # kept steps whose needs the cancel ended are ready now
                 from .dispatch import continue_survivors
 
                 continue_survivors(store, run_id, settings.lease_seconds)
+            childruns.after_cancel(
+                store,
+                run_id,
+                snapshot,
+                final,
+                reason=FailureReason.TIMEOUT,
+                by=None,
+                lease_seconds=settings.lease_seconds,
+                finish=finish_outside,
+            )
             return "timed out"
     except RunNotFound:
         pass
@@ -342,6 +354,8 @@ class StepExecution:
         ).start()
         try:  # the lease is kept until the result is recorded, not only while Bash runs
             outputs = decision.need_outputs or {}
+            if self.parent is None and self.spec.get("uses"):  # a child run (childruns.py)
+                return childruns.start_child(self, outputs)
             if self.parent is None and _fans_out(self.spec):
                 return self._fan_out(outputs)
             started = now_iso()
@@ -803,7 +817,8 @@ class StepExecution:
         """Steps whose outputs this step's expressions read (needs, direct or transitive)."""
         wanted: list[str] = []
         sources = list(self.spec["vars"].values())
-        for template in self.spec["env"].values():
+        with_ = [v for v in (self.spec.get("with") or {}).values() if isinstance(v, str)]
+        for template in [*self.spec["env"].values(), *with_]:
             sources += [o.source for o in ex.find(template)]
         if self.spec.get("for_each") and self.parent is None:
             sources += [o.source for o in ex.find(self.spec["for_each"])]
@@ -1036,6 +1051,7 @@ class StepExecution:
         self._note_successors()
         if outcome.run_status:
             _cache.drop(self.run_id)
+            childruns.hand_to_parent(self.store, self.run_id, self.ctx.snapshot, finish_outside)
         if outcome.admitted:
             from .dispatch import publish_admitted
 
@@ -1129,6 +1145,7 @@ class StepExecution:
         crash between "recorded" and "published" would otherwise have stranded.
         """
         mode = self.mode or self.store.run_mode(self.run_id) or self.ctx.snapshot["mode"]
+        childruns.after_replay(self.store, self.run_id, self.ctx.snapshot, finish_outside)
         if self.parent is not None:
             self._instance_ended()  # idempotent: a crash may have come before it
         self._note_successors()  # and its ready successors are watched once it handed on

@@ -27,6 +27,7 @@ import redis
 from celery import signals
 
 from . import containment
+from .childruns import sweep_waiting
 from .recovery import recover_once
 from .redisconn import client_for
 from .settings import get_settings
@@ -147,8 +148,18 @@ def _reconciler() -> None:
         try:
             _keep_watching(store, settings.lease_seconds)
             recover_once(store, broker, max(2, settings.lease_seconds))
+            _sweep_children(store, settings.lease_seconds, interval)
         except Exception:  # keep watching; a Redis blip must not kill the thread
             log.exception("lease reconciler pass failed")
+
+
+def _sweep_children(store: Any, lease_seconds: float, interval: float) -> None:
+    """One worker per interval finishes steps whose ended child run never handed on."""
+    from .tasks import finish_outside
+
+    turn = f"{store.keys.prefix}:recover:children"
+    if store.r.set(turn, os.getpid(), nx=True, px=max(1, int(interval * 1000))):
+        sweep_waiting(store, finish_outside, lease_seconds)
 
 
 @signals.worker_ready.connect

@@ -459,11 +459,24 @@ def test_cancel_begin_records_the_request_once(st: RunStore) -> None:
     k = st.keys
     head = [k.run(run), k.run_events(run), k.global_events]
     args = [run, "now", "wf", "stop", "ann"]
-    assert st._cancel_begin(keys=head, args=args) == [b"ok"]
-    assert st._cancel_begin(keys=head, args=args) == [b"ok"]
+    assert st._cancel_begin(keys=head, args=args) == [b"ok", b""]
+    assert st._cancel_begin(keys=head, args=args) == [b"ok", b""]
     h = _run_hash(st, run)
     assert (h["cancel_requested"], h["cancel_reason"], h["cancelled_by"]) == ("1", "stop", "ann")
     assert _types(st, run).count("workflow_cancelling") == 1
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_cancel_begin_tells_a_run_that_waits_for_its_group(st: RunStore, paused: bool) -> None:
+    run = _run(st, {"a": []})
+    st.r.hset(st.keys.run(run), "status", "queued")
+    if paused:
+        st.r.hset(st.keys.run(run), mapping={"status": "paused", "status_before_pause": "queued"})
+    k = st.keys
+    head = [k.run(run), k.run_events(run), k.global_events]
+    args = [run, "now", "wf", "stop", ""]
+    assert st._cancel_begin(keys=head, args=args) == [b"ok", b"1"]
+    assert st._cancel_begin(keys=head, args=args) == [b"ok", b"1"]  # asked again
 
 
 def test_cancel_begin_refuses_a_run_that_ended(st: RunStore) -> None:

@@ -7,7 +7,9 @@ retry, hand-back, duplicate replay), recovery (``recovery.recover_once``), the g
 loader/compile path that builds each run's snapshot.
 
 What stands in: the broker is a list of messages in this process (every published step
-message lands there; a crashed delivery's message goes back, or is lost); Bash is a
+message lands there; a crashed delivery's message goes back, or is lost, as kombu's Redis
+transport can lose one); the reconciler looks in it as it looks in a Redis broker (queued:
+the list; unacknowledged: the messages of deliveries in flight); Bash is a
 pause point whose outcome is drawn (exit 0, exit 1, or the worker shutting down); the
 lease keeper is renewed by a rule. Each delivery runs in its own thread and stops before
 every store call, so the machine decides what happens between any two of its
@@ -377,6 +379,26 @@ class Harness:
             if (run_id, step_id) not in self.broker:
                 self.broker.append((run_id, step_id))
 
+    def unacked(self, task_ids: set[str]) -> dict[str, recovery.Unacked]:
+        """recovery._unacked: a delivery in flight holds its message unacknowledged."""
+        out: dict[str, recovery.Unacked] = {}
+        for d in self.deliveries:
+            task_id = f"{d.run_id}.{d.step_id}"
+            if not d.done and task_id in task_ids:
+                out[task_id] = (f"{d.run_id}|{d.step_id}", {}, "queue")
+        return out
+
+    def restore(self, tag: str, *_: Any) -> bool:
+        """recovery._restore: the unacknowledged message goes back on its queue."""
+        run_id, step_id = tag.split("|")
+        if (run_id, step_id) not in self.broker:
+            self.broker.append((run_id, step_id))
+        return True
+
+    def queued(self, task_ids: Any) -> set[str]:
+        """recovery.queued: which of ``task_ids`` wait in the broker."""
+        return {f"{r}.{s}" for r, s in self.broker} & set(task_ids)
+
     def live(self) -> list[LiveCopy]:
         return [c for d in self.deliveries if (c := d.live) is not None]
 
@@ -453,6 +475,10 @@ class StoreMachine(RuleBasedStateMachine):
             mock.patch.object(api, "_store", lambda _s: ObservingStore(h)),
             mock.patch.object(control, "check_writable", lambda *_a: None),
             mock.patch.object(recovery, "get_settings", lambda: h.settings),
+            # the broker is Redis (h.settings.broker_url), and loses messages as it can
+            mock.patch.object(recovery, "_unacked", lambda _b, ids: h.unacked(ids)),
+            mock.patch.object(recovery, "_restore", lambda _b, *a: h.restore(*a)),
+            mock.patch.object(recovery, "queued", lambda _b, _q, ids: h.queued(ids)),
             mock.patch.object(gates, "get_settings", lambda: h.settings),
             mock.patch.object(dispatch, "get_settings", lambda: h.settings),
         ]
@@ -661,7 +687,9 @@ class StoreMachine(RuleBasedStateMachine):
         expired = h.store.expired_leases(before=real() + LEASE)
         # only this example's entries (the session's other tests have their own runs)
         ahead.expired_leases = lambda **_: [e for e in expired if e[0] in mine]  # type: ignore[method-assign]
-        recovery.recover_once(ahead, None, 60)  # type: ignore[arg-type]
+        # the workers' reconciler with a Redis broker (workerhooks._reconciler), whose
+        # messages it looks for: the broker list here (the patches of __init__)
+        recovery.recover_once(ahead, _BROKER, 60)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ operators
 
@@ -746,6 +774,7 @@ class _allowed:
 
 
 _CLIENT: list[Any] = []
+_BROKER = object()  # recover_once's broker: every look into it is patched (StoreMachine)
 
 
 def _drive(m: StoreMachine, run_id: str) -> None:
@@ -861,5 +890,75 @@ def test_cleanup_steps_of_a_run_cancelled_before_their_needs_ran_still_run(redis
         steps = m.h.store.step_hashes(run_id, ["a", "b", "cleanup"])
         assert steps["cleanup"]["status"] == "succeeded"
         assert m.h.store.run_status(run_id) == "cancelled"
+    finally:
+        m.teardown()
+
+
+def test_a_running_step_whose_worker_and_republished_message_are_lost_is_sent_again(
+    redis_client: Any,
+) -> None:
+    """Found by the stateful test (long profile): s0's worker dies while its Bash runs and
+    its message is lost with it; once the lease lapses the reconciler publishes s0 again,
+    and that message is lost too (kombu's Redis transport loses a message popped by a
+    worker killed before it recorded it unacknowledged). The step must stay watched until
+    it hands on, so the reconciler publishes it again; the stand-in ran the reconciler's
+    broker-less branch (AMQP, whose messages are not lost), which stops watching after a
+    republish: s0 was left running, s1 pending, nothing queued, nothing watched."""
+    _CLIENT[:] = [redis_client]
+    m = StoreMachine()
+    try:
+        run_id = m.submit(
+            "name: two\nsteps:\n  - id: s0\n    run: 'true'\n  - id: s1\n    run: 'true'\n"
+            "    needs: [s0]\n    if: success()\n"
+        )
+        m.deliver(0, "ok")
+        d = m.h.deliveries[-1]
+        while d.point != "bash":
+            d.advance()
+        m.crash(0, requeue=False)  # the worker dies in Bash; its message is gone
+        m.lease_period_passes(set())
+        m.reconcile()  # s0 published again
+        assert m.h.broker == [(run_id, "s0")]
+        m.deliver(0, "ok", calls=0)
+        m.crash(0, requeue=False)  # and that message is lost too
+        m.invariants_hold()
+        watch = m.h.client.zscore(m.h.store.keys.leases, f"{run_id}|s0")
+        assert watch is not None, "s0 is running under no lease and watched by nothing"
+        m.reconcile()
+        assert m.h.broker == [(run_id, "s0")]
+        m.settle()
+        assert m.h.store.run_status(run_id) == "succeeded"
+    finally:
+        m.teardown()
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_a_run_cancelled_while_queued_for_its_group_runs_no_cleanup_step(
+    redis_client: Any, paused: bool
+) -> None:
+    """Found by the stateful test (long profile): a run waiting for its concurrency
+    group's slot (queued), cancelled, kept its always() step as cleanup and published it:
+    the step ran beside the run holding the group's only slot, with the run still
+    ``queued`` and no workflow_started. A queued run has run nothing, so nothing is kept:
+    it ends cancelled at once, and the run holding the slot goes on alone."""
+    _CLIENT[:] = [redis_client]
+    m = StoreMachine()
+    try:
+        group = f"concurrency: {{group: {m.h.group}, limit: 1, on_conflict: queue}}\n"
+        first = m.submit(_one_step(group))
+        second = m.submit(_one_step(group, cond="always()"))
+        assert m.h.store.run_status(second) == "queued"
+        if paused:
+            m.pause(1)
+        m.cancel(1)
+        m.invariants_hold()
+        assert m.h.store.run_status(second) == "cancelled"
+        steps = m.h.store.step_hashes(second, ["s0"])
+        assert steps["s0"]["status"] == "cancelled"
+        assert [r for r, _ in m.h.broker] == [first]
+        _drive(m, first)
+        assert m.h.store.run_status(first) == "succeeded"
+        types = [e["type"] for _, e in m.h.store.events(second)]
+        assert "workflow_started" not in types and "step_started" not in types
     finally:
         m.teardown()

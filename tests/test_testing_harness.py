@@ -22,6 +22,7 @@ DEFINITIONS = sorted((ROOT / "definitions").glob("*.yaml"))
 # what each example is expected to end as (a new example needs an entry here)
 EXPECTED = {
     "build-and-deploy.yaml": "succeeded",
+    "cpython-build.yaml": "succeeded",
     "diamond.yaml": "succeeded",
     "fanout.yaml": "succeeded",
     "linear.yaml": "succeeded",

@@ -24,8 +24,11 @@ class Cancelling(RunRecords):
     ) -> tuple[int, str | None]:
         """Ask a run to stop: pending steps are cancelled now, running ones stop themselves.
 
-        ``keep``: steps (and their instances) that still run after a cancel. A fanned-out
-        step whose instances have all ended is cancelled now, not when its fan-in comes.
+        ``keep``: steps (and their instances) that still run after a cancel, unless the
+        run still waits for its concurrency group's slot (queued): then none is kept, as
+        none of its steps ran and running them would exceed the group's limit (the
+        request and that reading are one transition). A fanned-out step whose instances
+        have all ended is cancelled now, not when its fan-in comes.
         ``by``: who asked (the run's ``cancelled_by`` and the ``by`` of its cancelling event).
         Returns (steps cancelled now, final run status if this ended the run).
         """
@@ -42,7 +45,7 @@ class Cancelling(RunRecords):
         self.last_admitted = []
         if begun[0] == "finished":
             return 0, begun[1]
-        keep = set(keep)
+        keep = set() if begun[1:] == ["1"] else set(keep)
         fanned = self._instances_by_parent(run_id, json.loads(run.get("steps", "[]")))
         ids = [s for s in json.loads(run.get("steps", "[]")) if s not in keep]
         for parent, instances in fanned.items():

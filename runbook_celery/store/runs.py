@@ -22,6 +22,24 @@ class RunRecords(StoreBase):
         self, run_id: str, snapshot: Mapping[str, Any], sha256: str, **extra: str
     ) -> None:
         """Record a new run and its pending steps in one transaction."""
+        self._create(run_id, snapshot, sha256, extra, if_absent=False)
+
+    def create_run_once(
+        self, run_id: str, snapshot: Mapping[str, Any], sha256: str, **extra: str
+    ) -> bool:
+        """``create_run`` only if no run has that id: a child run's id is derived, and a
+        step delivered again must not record its child twice. Returns whether it did."""
+        return self._create(run_id, snapshot, sha256, extra, if_absent=True)
+
+    def _create(
+        self,
+        run_id: str,
+        snapshot: Mapping[str, Any],
+        sha256: str,
+        extra: Mapping[str, str],
+        *,
+        if_absent: bool,
+    ) -> bool:
         k = self.keys
         now = now_iso()
         step_ids = [s["id"] for s in snapshot["steps"]]
@@ -43,6 +61,12 @@ class RunRecords(StoreBase):
         run_fields.update(extra.items())  # as **extra would; a dict's key type is invariant
         try:
             pipe = self.r.pipeline(transaction=True)
+            if if_absent:
+                pipe.watch(k.run(run_id))  # type: ignore[no-untyped-call]
+                if pipe.exists(k.run(run_id)):
+                    pipe.reset()
+                    return False
+                pipe.multi()
             pipe.hset(k.run(run_id), mapping=run_fields)
             for sid in step_ids:
                 fields: dict[FieldT, EncodableT] = {
@@ -60,8 +84,11 @@ class RunRecords(StoreBase):
                 pipe.hset(k.step(run_id, sid), mapping=fields)
             pipe.zadd(k.runs_index, {run_id: _epoch()})
             pipe.execute()
+        except redis.WatchError:
+            return False  # recorded meanwhile by another delivery
         except redis.RedisError as exc:
             raise BackendUnavailable(f"cannot record run in Redis: {_describe(exc)}") from exc
+        return True
 
     def delete_run(self, run_id: str) -> None:
         """Remove every key of a run (used to roll back a run that could not be enqueued)."""

@@ -42,6 +42,8 @@ PARTS: dict[str, tuple[str, ...]] = {
     "pause_resume": _PRELUDE,
     "open_gate": _PRELUDE,
     "await_decision": _PRELUDE,
+    # sub-workflows (childruns.py)
+    "await_child": _PRELUDE,
     "admit": (),
     # kombu's Redis transport (recovery.py): these read and write the broker's keys
     "restore": (),

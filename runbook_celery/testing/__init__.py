@@ -20,6 +20,7 @@ Differences from a real deployment, on purpose:
 * a step's retry ``delay`` is not waited for (``retry_delays=True`` waits);
 * a workflow ``timeout:`` is checked between steps, not while one runs (a step's own
   ``timeout:`` works as usual);
+* child runs of ``uses:`` steps are dispatched dynamically, as the run itself is;
 * a step awaiting approval or a decision ends the call with the run still open
   (``result.finished`` is False): there is nobody to approve, and its approval
   ``timeout`` is not waited for.
@@ -167,8 +168,9 @@ class _InProcess:
                 "runbook_celery.testing needs fakeredis: pip install 'runbook-celery[testing]'"
             ) from None
 
-        from .. import api, redisconn, tasks
+        from .. import api, childruns, redisconn, tasks
         from ..app import app
+        from ..compile import DYNAMIC
         from ..settings import get_settings
         from ..store import RunStore
 
@@ -187,12 +189,22 @@ class _InProcess:
             return self.store if settings.redis_url == url else real_store(settings)
 
         real_store = api._store
+        real_child_snapshot = childruns.child_snapshot
+
+        def child_snapshot(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            """Child runs of uses: steps are dispatched dynamically too (a canvas's
+            continuation is Celery's, and there is no Celery here)."""
+            snapshot = real_child_snapshot(*args, **kwargs)
+            snapshot["mode"], snapshot["mode_reason"] = DYNAMIC, "in-process"
+            return snapshot
+
         with contextlib.ExitStack() as p:  # undone at once if one of them fails
             p.enter_context(_patched(redisconn, "client_for", client_for))
             p.enter_context(_patched(api, "_store", store_for))
             p.enter_context(_patched(tasks, "_worker_store", lambda: (self.settings, self.store)))
             p.enter_context(_patched(tasks, "_lease_store", lambda: self.store))
             p.enter_context(_patched(app, "send_task", self.send_task))
+            p.enter_context(_patched(childruns, "child_snapshot", child_snapshot))
             self._patches = p.pop_all()
         return self
 
