@@ -41,8 +41,9 @@ from .app import (
     app,
     note_successors,
 )
+from .canvasfanout import continuation, send_join
 from .capture import StdoutCapture
-from .compile import DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
+from .compile import CANVAS, DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
 from .events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
 from .fullredis import wait_while_full, worker_stopping
@@ -55,7 +56,14 @@ from .redisconn import get_client, lease_client
 from .runner import BashResult, run_bash
 from .settings import Settings, get_settings, worker_environment
 from .store import FinishOutcome, Outcome, RunStore, Successor, now_iso
-from .taskevents import Parked, StepFailed, StepRequest, announce_skipped, step_failed
+from .taskevents import (
+    FannedOut,
+    Parked,
+    StepFailed,
+    StepRequest,
+    announce_skipped,
+    step_failed,
+)
 
 STDERR_TAIL_LINES = 20
 RETRYABLE = (FailureReason.EXIT_CODE, FailureReason.TIMEOUT)
@@ -827,6 +835,7 @@ class StepExecution:
         if not values:
             return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])
         window = fan_out_window(self.spec.get("max_parallel"), len(values))
+        self._keep_continuation()
         # the first window is watched from the transition that records it (recovery.py)
         ids = self._while_full(
             partial(
@@ -855,12 +864,32 @@ class StepExecution:
             )
         else:
             publish_fan_out(self.ctx.snapshot, self.run_id, ids[:window])
-        return {
+        result = {
             "run_id": self.run_id,
             "step": self.step_id,
             "status": "fanned_out",
             "instances": len(ids),
         }
+        if self._in_canvas:
+            # the join continues the canvas (canvasfanout): hand on now, as a stored
+            # result would, and keep Celery from continuing from this task
+            self.store.hand_on(self.run_id, self.step_id, [], self.settings.lease_seconds)
+            raise FannedOut(repr(result))
+        return result
+
+    @property
+    def _in_canvas(self) -> bool:
+        """This delivery of a fanning-out step holds a place in a canvas (not dynamic)."""
+        return self.mode == CANVAS and self.task is not None and not self.inline
+
+    def _keep_continuation(self) -> None:
+        """Before any instance exists: keep the join that takes this step's canvas place."""
+        if self._in_canvas:
+            message = continuation(self.task.request, self.ctx.snapshot, self.run_id, self.step_id)
+            self._while_full(
+                partial(self.store.keep_continuation, self.run_id, self.step_id, message),
+                "keeping the join of",
+            )
 
     def _instance_values(
         self, need_outputs: dict[str, Any]
@@ -923,7 +952,14 @@ class StepExecution:
         )
         if nxt:
             publish_steps(self.ctx.snapshot, self.run_id, [nxt])
-        if join and self.parent:
+        message = (
+            self.store.continuation(self.run_id, self.parent) if join and self.parent else None
+        )
+        if message and self.parent:
+            # a canvas run: the join is the task that continues it (canvasfanout); the
+            # parent stays watched (INSTANCE_ENDED) until that task hands it on
+            send_join(message, self.ctx.snapshot, self.run_id, self.parent)
+        elif join and self.parent:
             parent = StepExecution(
                 self.task, self.settings, self.store, self.ctx, self.run_id, self.parent
             )
