@@ -203,7 +203,12 @@ def run_step(self: Task[..., Any], run_id: str, step_id: str) -> dict[str, Any]:
     execution = _execution(self, run_id, step_id)
     if isinstance(execution, dict):
         return execution
-    return execution.guarded(execution.execute)
+    result = execution.guarded(execution.execute)
+    if execution.mode != DYNAMIC:  # returned into a canvas: a long chain's next segment
+        from .dispatch import publish_next_segment
+
+        publish_next_segment(execution.ctx.snapshot, run_id, step_id)
+    return result
 
 
 @app.task(name=FANIN_TASK, **_STEP_TASK_OPTIONS)

@@ -199,3 +199,36 @@ def test_a_failed_instance_stops_the_canvas_at_its_join_as_dynamic_dispatch_does
     join = AsyncResult(f"{canvas.id}.each.join", app=app)
     join.get(timeout=30, propagate=False)
     assert join.state == "FAILURE"
+
+
+def _long_chain(n: int, fail_at: int | None = None) -> str:
+    lines = ["name: long-chain", "steps:", "  - id: s0", '    run: echo "n=x" >> "$RUNBOOK_OUTPUT"']
+    for i in range(1, n):
+        run = f'echo "n=${{{{ steps.s{i - 1}.outputs.n }}}}x" >> "$RUNBOOK_OUTPUT"'
+        if i == fail_at:
+            run = "exit 3"
+        lines += [f"  - id: s{i}", f"    needs: [s{i - 1}]", f"    run: '{run}'"]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_long_chain_runs_segment_after_segment_passing_outputs_across_them(write_workflow):
+    # Given a linear workflow longer than two segments (canvassegments)
+    wf = write_workflow(_long_chain(80))
+    canvas, dynamic = _run_both(wf)
+    final = canvas.status()
+    # Then every segment was sent by the step before it, and outputs crossed the cuts
+    assert final.status == "succeeded", final.to_dict()
+    assert final.steps["s79"].outputs == {"n": "x" * 80}
+    assert _records(canvas) == _records(dynamic)
+
+
+def test_a_failure_in_a_later_segment_stops_the_chain_there(write_workflow):
+    wf = write_workflow(_long_chain(80, fail_at=50))
+    canvas, _dynamic = _run_both(wf)
+    final = canvas.status()
+    assert final.status == "failed"
+    assert final.steps["s49"].outputs == {"n": "x" * 50}
+    assert final.steps["s50"].status == "failed"
+    assert {final.steps[f"s{i}"].status for i in range(51, 80)} == {"skipped"}
+    # no later segment was sent: none of its steps ever had a task
+    assert AsyncResult(f"{canvas.id}.s64", app=app).state == "PENDING"
