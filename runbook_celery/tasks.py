@@ -876,8 +876,10 @@ class StepExecution:
             "instances": len(ids),
         }
         if self._in_canvas:
-            # the join continues the canvas (canvasfanout): hand on now, as a stored
-            # result would, and keep Celery from continuing from this task
+            # the join continues the canvas (canvasfanout): store this task's result as
+            # Celery would (as in dynamic mode), hand on, and keep Celery from continuing
+            request = self.task.request
+            self.task.backend.store_result(request.id, result, "SUCCESS", request=request)
             self.store.hand_on(self.run_id, self.step_id, [], self.settings.lease_seconds)
             raise FannedOut(repr(result))
         return result
