@@ -879,7 +879,8 @@ class StepExecution:
             # the join continues the canvas (canvasfanout): store this task's result as
             # Celery would (as in dynamic mode), hand on, and keep Celery from continuing
             request = self.task.request
-            self.task.backend.store_result(request.id, result, "SUCCESS", request=request)
+            task_id = request.id or f"{self.run_id}.{self.step_id}"
+            self.task.backend.store_result(task_id, result, "SUCCESS", request=request)
             self.store.hand_on(self.run_id, self.step_id, [], self.settings.lease_seconds)
             raise FannedOut(repr(result))
         return result
