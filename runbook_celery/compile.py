@@ -11,12 +11,13 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
 from . import bashplace, shells, subworkflow
 from . import expressions as ex
+from .canvasplan import StepShape, dynamic_reasons, step_notes
 from .errors import DefinitionError, InvalidDefinition, InvalidParams
 from .graph import Graph, Leaf, Series, SPTree
 from .loader import (
@@ -275,16 +276,17 @@ def _first(*values: Any) -> Any:
 
 
 def choose_mode(wf: Any, graph: Graph) -> tuple[str, str]:
-    """Canvas when it mirrors the DAG and Celery's own flow control says all; else dynamic."""
-    for step in wf.steps:
-        if step.uses is not None:
-            return DYNAMIC, f"step {step.id!r} runs a child workflow (uses:)"
-        if step.if_ is not None:
-            return DYNAMIC, f"step {step.id!r} has an if: condition"
-        if step.matrix is not None or step.for_each is not None:
-            return DYNAMIC, f"step {step.id!r} fans out (instances run as a Celery group)"
+    """Canvas when it mirrors the DAG and every step's extras run exactly in it (see
+    ``canvasplan``); else dynamic, with the first reason."""
+    return _mode(graph, [StepShape.of_step(s) for s in wf.steps])
+
+
+def _mode(graph: Graph, shapes: list[StepShape]) -> tuple[str, str]:
     if graph.series_parallel() is None:
         return DYNAMIC, "the DAG is not series-parallel"
+    reasons = dynamic_reasons(shapes)
+    if reasons:
+        return DYNAMIC, reasons[0]
     return CANVAS, "the DAG is series-parallel"
 
 
@@ -320,18 +322,8 @@ def snapshot_graph(snapshot: Mapping[str, Any]) -> Graph:
 def mode_for_snapshot(snapshot: Mapping[str, Any]) -> tuple[str, str]:
     """choose_mode for a frozen snapshot (used when a rerun executes part of a DAG)."""
     reused = snapshot.get("reused") or {}
-    for spec in snapshot["steps"]:
-        if spec["id"] in reused:
-            continue
-        if spec.get("uses"):
-            return DYNAMIC, f"step {spec['id']!r} runs a child workflow (uses:)"
-        if spec.get("if"):
-            return DYNAMIC, f"step {spec['id']!r} has an if: condition"
-        if spec.get("matrix") or spec.get("for_each"):
-            return DYNAMIC, f"step {spec['id']!r} fans out (instances run as a Celery group)"
-    if snapshot_graph(snapshot).series_parallel() is None:
-        return DYNAMIC, "the DAG is not series-parallel"
-    return CANVAS, "the DAG is series-parallel"
+    shapes = [StepShape.of_spec(s) for s in snapshot["steps"] if s["id"] not in reused]
+    return _mode(snapshot_graph(snapshot), shapes)
 
 
 # ---------------------------------------------------------------- plan
@@ -339,21 +331,31 @@ def mode_for_snapshot(snapshot: Mapping[str, Any]) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Plan:
-    """How a run is dispatched; printable for `runbook-celery plan`."""
+    """How a run is dispatched; printable for `runbook-celery plan`.
+
+    ``notes``: how the steps with extras (``if:``, ``matrix``, ``for_each``) run;
+    ``reasons``: every step feature that keeps the workflow off the canvas.
+    """
 
     mode: str
     tree: SPTree | None
     graph: Graph
     witness: tuple[str, str, str, str] | None = None
     reason: str = ""
+    notes: Mapping[str, str] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
 
     def render(self) -> str:
         if self.mode == CANVAS and self.tree is not None:
-            return "canvas (exact mirror of the DAG):\n" + _render_tree(self.tree, 1)
+            return "canvas (exact mirror of the DAG):\n" + _render_tree(self.tree, 1, self.notes)
         if self.tree is None:
             lines = ["dynamic dispatch (the DAG is not series-parallel, so no canvas mirrors it)"]
         else:
-            lines = [f"dynamic dispatch ({self.reason}: decided at run time, not by canvas)"]
+            lines = [
+                "dynamic dispatch (the DAG is series-parallel, but a canvas would stop "
+                "before steps that must run):"
+            ]
+            lines += [f"  {why}" for why in self.reasons or (self.reason,)]
         if self.witness:
             a, b, c, d = self.witness
             lines.append(
@@ -364,27 +366,33 @@ class Plan:
         for step in self.graph.topological():
             needs = self.graph.needs[step]
             after = f" after {', '.join(needs)}" if needs else " at start"
-            lines.append(f"    {step}{after}")
+            note = f"  [{self.notes[step]}]" if step in self.notes else ""
+            lines.append(f"    {step}{after}{note}")
         return "\n".join(lines)
 
 
 def make_plan(graph: Graph, workflow: Any = None) -> Plan:
     """The dispatch plan; with ``workflow``, step features that need dynamic mode count too."""
     tree = graph.series_parallel()
+    shapes = [StepShape.of_step(s) for s in workflow.steps] if workflow is not None else []
+    notes = step_notes(shapes, get_settings().max_instances if shapes else None)
     if tree is None:
-        return Plan(DYNAMIC, None, graph, _n_witness(graph), "the DAG is not series-parallel")
-    if workflow is not None:
-        mode, reason = choose_mode(workflow, graph)
-        return Plan(mode, tree, graph, reason=reason)
-    return Plan(CANVAS, tree, graph, reason="the DAG is series-parallel")
+        return Plan(
+            DYNAMIC, None, graph, _n_witness(graph), "the DAG is not series-parallel", notes
+        )
+    reasons = tuple(dynamic_reasons(shapes))
+    if reasons:
+        return Plan(DYNAMIC, tree, graph, reason=reasons[0], notes=notes, reasons=reasons)
+    return Plan(CANVAS, tree, graph, reason="the DAG is series-parallel", notes=notes)
 
 
-def _render_tree(tree: SPTree, depth: int) -> str:
+def _render_tree(tree: SPTree, depth: int, notes: Mapping[str, str]) -> str:
     pad = "  " * depth
     if isinstance(tree, Leaf):
-        return f"{pad}{tree.step}"
+        note = f"  [{notes[tree.step]}]" if tree.step in notes else ""
+        return f"{pad}{tree.step}{note}"
     name = "chain" if isinstance(tree, Series) else "group"
-    inner = ",\n".join(_render_tree(p, depth + 1) for p in tree.parts)
+    inner = ",\n".join(_render_tree(p, depth + 1, notes) for p in tree.parts)
     return f"{pad}{name}(\n{inner}\n{pad})"
 
 

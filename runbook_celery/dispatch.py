@@ -6,6 +6,7 @@ Data never travels through the canvas: every signature is immutable and carries 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from celery import chain, group
 from celery.canvas import Signature
 
 from .app import RUN_TIMEOUT_TASK, STEP_TASK, app
+from .canvassegments import Segment, Segments, segment
 from .compile import CANVAS
 from .graph import Leaf, Parallel, Series, SPTree
 from .settings import get_settings
@@ -94,9 +96,47 @@ def publish_run(
             countdown=snapshot["timeout"], task_id=f"{run_id}.timeout", root_id=run_id
         )
     if snapshot["mode"] == CANVAS and tree is not None:
-        build_canvas(snapshot, run_id, tree).apply_async(root_id=run_id)
+        segments = _segments(snapshot, tree)
+        if segments.first is None:
+            build_canvas(snapshot, run_id, tree).apply_async(root_id=run_id)
+        else:  # a long chain: its first segment (canvassegments)
+            build_segment(snapshot, run_id, segments.first).apply_async(root_id=run_id)
         return
     publish_steps(snapshot, run_id, sources)
+
+
+def _segments(snapshot: Mapping[str, Any], tree: SPTree) -> Segments:
+    fans = {s["id"] for s in snapshot["steps"] if s.get("matrix") or s.get("for_each")}
+    return segment(tree, lambda step: step not in fans)
+
+
+def build_segment(snapshot: Mapping[str, Any], run_id: str, part: Segment) -> Signature:
+    """One segment of a long top-level chain, with the group ids of the whole canvas."""
+    counter = [part.groups_before]
+    sigs = [build_canvas(snapshot, run_id, p, counter) for p in part.parts]
+    return sigs[0] if len(sigs) == 1 else chain(*sigs)
+
+
+_segments_of: OrderedDict[str, Segments] = OrderedDict()  # per run, in a worker process
+
+
+def publish_next_segment(snapshot: Mapping[str, Any], run_id: str, step_id: str) -> None:
+    """``step_id``'s task returned into a canvas: if the step ends a segment of the run's
+    top-level chain, send the next segment (rebuilt from the snapshot; canvassegments)."""
+    if snapshot.get("mode") != CANVAS:
+        return
+    segments = _segments_of.get(run_id)
+    if segments is None:
+        from .compile import snapshot_graph
+
+        tree = snapshot_graph(snapshot).series_parallel()
+        segments = _segments(snapshot, tree) if tree is not None else Segments()
+        _segments_of[run_id] = segments
+        while len(_segments_of) > 16:
+            _segments_of.popitem(last=False)
+    nxt = segments.after.get(step_id)
+    if nxt is not None:
+        build_segment(snapshot, run_id, nxt).apply_async(root_id=run_id)
 
 
 FAN_OUT_WINDOW = 1000  # instances of one step queued or running at once, by default

@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from . import dispatch
-from .app import FANIN_TASK
+from .canvasfanout import send_join
 from .compile import snapshot_graph
 from .errors import RunNotFound
 from .events import TERMINAL_RUN_STATUSES, StepStatus
@@ -276,9 +276,8 @@ def _hand_on_again(store: RunStore, v: Watched) -> None:
     if join:
         parent = v.step_id.rsplit("[", 1)[0]
         log.warning("fan-in of step %s of run %s was not run; sending it", parent, v.run_id)
-        dispatch.step_signature(snapshot, v.run_id, parent, task=FANIN_TASK).apply_async(
-            root_id=v.run_id
-        )
+        # a canvas run's join carries the canvas on (canvasfanout)
+        send_join(store.continuation(v.run_id, parent), snapshot, v.run_id, parent)
 
 
 def _join_again(store: RunStore, v: Watched) -> None:
@@ -290,9 +289,8 @@ def _join_again(store: RunStore, v: Watched) -> None:
         log.warning(
             "fan-in of step %s of run %s was lost; publishing it again", v.step_id, v.run_id
         )
-        dispatch.step_signature(
-            store.snapshot(v.run_id), v.run_id, v.step_id, task=FANIN_TASK
-        ).apply_async(root_id=v.run_id)
+        message = store.continuation(v.run_id, v.step_id)
+        send_join(message, store.snapshot(v.run_id), v.run_id, v.step_id)
 
 
 def _queue(store: RunStore, run_id: str, step_id: str) -> str:

@@ -70,6 +70,15 @@ class Parked(Ignore):
         return str(self.args[0]) if self.args else "a gate"
 
 
+class FannedOut(Ignore):
+    """A fanned-out step of a canvas run: its instances are out and its join continues the
+    canvas (canvasfanout). One text argument (what Flower shows as its result)."""
+
+    @property
+    def summary(self) -> str:
+        return str(self.args[0]) if self.args else "fanned out"
+
+
 class StepRequest(Request):
     """A step task's request: its events say what happened to the step."""
 
@@ -93,6 +102,8 @@ class StepRequest(Request):
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
         if isinstance(exc, Parked):
             self.send_event("task-retried", exception=f"waiting: {exc.why}", traceback="")
+        elif isinstance(exc, FannedOut):  # as a dynamic run's fanned-out step shows it
+            self.send_event("task-succeeded", result=exc.summary, runtime=0)
         return super().on_failure(exc_info, send_failed_event, return_ok)
 
 

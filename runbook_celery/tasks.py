@@ -42,8 +42,9 @@ from .app import (
     app,
     note_successors,
 )
+from .canvasfanout import continuation, send_join
 from .capture import StdoutCapture
-from .compile import DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
+from .compile import CANVAS, DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
 from .events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
 from .fullredis import wait_while_full, worker_stopping
@@ -56,7 +57,14 @@ from .redisconn import get_client, lease_client
 from .runner import BashResult, run_bash
 from .settings import Settings, get_settings, worker_environment
 from .store import FinishOutcome, Outcome, RunStore, Successor, now_iso
-from .taskevents import Parked, StepFailed, StepRequest, announce_skipped, step_failed
+from .taskevents import (
+    FannedOut,
+    Parked,
+    StepFailed,
+    StepRequest,
+    announce_skipped,
+    step_failed,
+)
 
 STDERR_TAIL_LINES = 20
 RETRYABLE = (FailureReason.EXIT_CODE, FailureReason.TIMEOUT)
@@ -196,7 +204,12 @@ def run_step(self: Task[..., Any], run_id: str, step_id: str) -> dict[str, Any]:
     execution = _execution(self, run_id, step_id)
     if isinstance(execution, dict):
         return execution
-    return execution.guarded(execution.execute)
+    result = execution.guarded(execution.execute)
+    if execution.mode != DYNAMIC:  # returned into a canvas: a long chain's next segment
+        from .dispatch import publish_next_segment
+
+        publish_next_segment(execution.ctx.snapshot, run_id, step_id)
+    return result
 
 
 @app.task(name=FANIN_TASK, **_STEP_TASK_OPTIONS)
@@ -842,6 +855,7 @@ class StepExecution:
         if not values:
             return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])
         window = fan_out_window(self.spec.get("max_parallel"), len(values))
+        self._keep_continuation()
         # the first window is watched from the transition that records it (recovery.py)
         ids = self._while_full(
             partial(
@@ -870,12 +884,35 @@ class StepExecution:
             )
         else:
             publish_fan_out(self.ctx.snapshot, self.run_id, ids[:window])
-        return {
+        result = {
             "run_id": self.run_id,
             "step": self.step_id,
             "status": "fanned_out",
             "instances": len(ids),
         }
+        if self._in_canvas:
+            # the join continues the canvas (canvasfanout): store this task's result as
+            # Celery would (as in dynamic mode), hand on, and keep Celery from continuing
+            request = self.task.request
+            task_id = request.id or f"{self.run_id}.{self.step_id}"
+            self.task.backend.store_result(task_id, result, "SUCCESS", request=request)
+            self.store.hand_on(self.run_id, self.step_id, [], self.settings.lease_seconds)
+            raise FannedOut(repr(result))
+        return result
+
+    @property
+    def _in_canvas(self) -> bool:
+        """This delivery of a fanning-out step holds a place in a canvas (not dynamic)."""
+        return self.mode == CANVAS and self.task is not None and not self.inline
+
+    def _keep_continuation(self) -> None:
+        """Before any instance exists: keep the join that takes this step's canvas place."""
+        if self._in_canvas:
+            message = continuation(self.task.request, self.ctx.snapshot, self.run_id, self.step_id)
+            self._while_full(
+                partial(self.store.keep_continuation, self.run_id, self.step_id, message),
+                "keeping the join of",
+            )
 
     def _instance_values(
         self, need_outputs: dict[str, Any]
@@ -938,7 +975,14 @@ class StepExecution:
         )
         if nxt:
             publish_steps(self.ctx.snapshot, self.run_id, [nxt])
-        if join and self.parent:
+        message = (
+            self.store.continuation(self.run_id, self.parent) if join and self.parent else None
+        )
+        if message and self.parent:
+            # a canvas run: the join is the task that continues it (canvasfanout); the
+            # parent stays watched (INSTANCE_ENDED) until that task hands it on
+            send_join(message, self.ctx.snapshot, self.run_id, self.parent)
+        elif join and self.parent:
             parent = StepExecution(
                 self.task, self.settings, self.store, self.ctx, self.run_id, self.parent
             )

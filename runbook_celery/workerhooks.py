@@ -46,10 +46,11 @@ def _handed_on(
     sender: Any = None, args: Any = None, state: str | None = None, retval: Any = None, **_: Any
 ) -> None:
     """The step's task is over and Celery has sent what follows: hand the step on."""
-    from .app import STEP_TASK, handed_on, handed_on_successors
+    from .app import FANIN_TASK, STEP_TASK, handed_on, handed_on_successors
     from .tasks import _worker_store
 
-    if getattr(sender, "name", None) != STEP_TASK or not args or len(args) != 2:
+    # a join in a chord header (a fanned-out step of a canvas) hands on here too
+    if getattr(sender, "name", None) not in (STEP_TASK, FANIN_TASK) or not args or len(args) != 2:
         return
     if state == "FAILURE" and not isinstance(retval, StepFailed):
         return  # e.g. publishing what follows failed: the reconciler will replay the step

@@ -428,6 +428,14 @@ class Bench:
         self.rss.append({"when": when, RB: self.rb_worker.rss_mb(), RAW: self.raw_worker.rss_mb()})
 
     def scenario_growth(self) -> None:
+        # one linear workflow of each size: its cost must grow linearly (long chains are
+        # sent in segments); runbook-celery only, a raw Celery chain's messages grow as n^2
+        for rep in range(self.sizes.linear_reps):
+            for n in self.sizes.linear_sizes:
+                path = self.files.chain(n)
+                self.measure(
+                    "linear", {"steps": n}, rep, RB, n, lambda p=path: self.side_rb_chains(1, p)
+                )
         default_c = self.concurrency
         biggest = max(self.sizes.growth_sizes)
         self._rss("before the growth runs (after warm-up)")

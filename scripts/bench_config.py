@@ -28,6 +28,8 @@ class Sizes:
     validate_steps: int = 200
     growth_sizes: tuple[int, ...] = (400, 1000, 2500)
     growth_lane: int = 25  # steps per chain; a growth workflow is size/lane parallel chains
+    linear_sizes: tuple[int, ...] = (1000, 10000)  # one chain of n steps (issue 17: at most 12x)
+    linear_reps: int = 1
     concurrency_levels: tuple[int, ...] = (1, 2, 4)
     concurrency_steps: int = 200
     aof: bool = True
@@ -51,6 +53,7 @@ SMOKE = Sizes(
     validate_steps=20,
     growth_sizes=(20, 40),
     growth_lane=10,
+    linear_sizes=(20, 200),
     concurrency_levels=(1,),
     concurrency_steps=20,
     peers=False,

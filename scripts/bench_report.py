@@ -153,9 +153,31 @@ def latency_section(samples: list[dict[str, Any]], cold: list[dict[str, Any]]) -
     return text, out
 
 
-def growth_section(rec: Records, conc: Records, rss: list[dict[str, Any]]) -> tuple[str, dict]:
+def linear_section(rec: Records) -> tuple[str, dict[str, Any]]:
+    """One linear workflow per size: wall time, and each size against the smallest."""
+    rows, out = [], {}
+    cells = rec.cells()
+    walls = {c["steps"]: statistics.median(w) for c in cells if (w := rec.walls(c, RB))}
+    if not walls:
+        return "", out
+    small = min(walls)
+    for steps, wall in sorted(walls.items()):
+        ratio = wall / walls[small]
+        rows.append([steps, f"{wall:.1f}", f"{wall / steps * 1000:.1f}", f"{ratio:.1f}×"])
+    if len(walls) >= 2:
+        big = max(walls)
+        out["linear"] = (small, big, walls[big] / walls[small])
+    head = ["steps (one chain)", "runbook wall s", "ms/step", "time vs smallest"]
+    return table(head, rows), out
+
+
+def growth_section(
+    rec: Records, conc: Records, rss: list[dict[str, Any]], linear: Records | None = None
+) -> tuple[str, dict]:
     sides = rec.sides()
     out: dict[str, Any] = {"flat": {}}
+    linear_text, linear_out = linear_section(linear) if linear is not None else ("", {})
+    out.update(linear_out)
     rows = []
     cells = rec.cells()
     base = (
@@ -191,6 +213,8 @@ def growth_section(rec: Records, conc: Records, rss: list[dict[str, Any]]) -> tu
     if conc_rows:
         parts += ["Per-step cost by worker concurrency (floor: thread pool of the same size):"]
         parts += [table(conc_head, conc_rows)]
+    if linear_text:
+        parts += ["One linear workflow (a single chain, sent in segments):", linear_text]
     if rss_rows:
         parts += [
             "Worker memory (summed VmRSS of the worker and its pool processes, MB):",
@@ -341,12 +365,15 @@ def _kv(mapping: dict[str, Any]) -> str:
 
 def write(out: Path, meta: dict[str, Any], bench: Any, json_path: Path | None = None) -> None:
     scen = {
-        name: Records(bench.records, name) for name in ("chains", "fanout", "growth", "concurrency")
+        name: Records(bench.records, name)
+        for name in ("chains", "fanout", "growth", "concurrency", "linear")
     }
     chains_text, chain_ratios = chains_section(scen["chains"])
     fan_text, fan_ratios, fan_growth = fanout_section(scen["fanout"])
     lat_text, lat = latency_section(bench.latency, bench.cold)
-    growth_text, growth = growth_section(scen["growth"], scen["concurrency"], bench.rss)
+    growth_text, growth = growth_section(
+        scen["growth"], scen["concurrency"], bench.rss, scen["linear"]
+    )
     picture = plot(scen["chains"], out.with_name(out.stem + "-per-step.png"))
     sizes = meta["sizes"]
     chosen = meta["scenarios"]

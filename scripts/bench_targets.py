@@ -15,6 +15,7 @@ TARGET_LATENCY_P50 = 0.010
 TARGET_TRIGGER_CPU = 0.5
 TARGET_VALIDATE_CPU = 0.3
 TARGET_FLAT = 0.20
+TARGET_LINEAR = 12.0  # for 10× the steps (issue 17); scaled for other size ratios
 POLLING_SLACK = 0.010  # result-after-start may exceed raw Celery's by this much, no more
 RSS_SLACK_MB, RSS_SLACK_FRACTION = 5.0, 0.10
 
@@ -94,6 +95,16 @@ def targets_section(
                 "fan-out cost per branch grows no more than raw Celery's (×1.15 slack)",
                 f"runbook {fan_growth[RB]:.2f}×, raw {fan_growth[RAW]:.2f}×",
                 verdict(fan_growth[RB] <= fan_growth[RAW] * TARGET_RATIO),
+            ]
+        )
+    if "linear" in growth:
+        small, big, ratio = growth["linear"]
+        limit = TARGET_LINEAR * big / small / 10
+        rows.append(
+            [
+                f"{big:,}-step linear workflow ≤ {limit:g} × the time of a {small:,}-step one",
+                f"{ratio:.1f}×",
+                verdict(ratio <= limit),
             ]
         )
     if "rss" in growth:

@@ -122,7 +122,15 @@ class Battery:
 
 
 def _workflows(b: Battery, name: str, sleep: str) -> tuple[list[Any], Path]:
-    from reliability_runs import CANVAS_SHAPE, DYNAMIC_SHAPE, step_body, write_workflow
+    from reliability_runs import (
+        CANVAS_SHAPE,
+        DYNAMIC_SHAPE,
+        FAN_EXTRAS,
+        FAN_PARAMS,
+        FAN_SHAPE,
+        step_body,
+        write_workflow,
+    )
 
     from runbook_celery.loader import load_workflow
 
@@ -132,7 +140,8 @@ def _workflows(b: Battery, name: str, sleep: str) -> tuple[list[Any], Path]:
     body = step_body(exec_log, sleep)
     canvas = write_workflow(folder, f"{name}-canvas", CANVAS_SHAPE, body)
     dynamic = write_workflow(folder, f"{name}-dynamic", DYNAMIC_SHAPE, body)
-    return [load_workflow(canvas), load_workflow(dynamic)], exec_log
+    fan = write_workflow(folder, f"{name}-fan", FAN_SHAPE, body, FAN_EXTRAS, FAN_PARAMS)
+    return [load_workflow(canvas), load_workflow(dynamic), load_workflow(fan)], exec_log
 
 
 def _submit(loaded: list[Any], n: int) -> list[str]:

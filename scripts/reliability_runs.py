@@ -27,15 +27,33 @@ STEPS = ("a", "b", "c", "d", "e")
 CANVAS_SHAPE = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "e": ["d"]}
 # a -> c, a -> d, b -> d is an "N": no exact canvas, so dynamic dispatch
 DYNAMIC_SHAPE = {"a": [], "b": [], "c": ["a"], "d": ["a", "b"], "e": ["c", "d"]}
+# the canvas shape with extras, still one canvas: a matrix and a (true) if: in a chord
+# header, a for_each in the chain after it
+FAN_SHAPE = CANVAS_SHAPE
+FAN_EXTRAS = {
+    "b": ["matrix: {k: [1, 2]}"],
+    "c": ["if: ${{ steps.a.outputs.v == 'a' }}"],
+    "d": ["for_each: ${{ fromJSON(params.items) }}"],
+}
+FAN_PARAMS = ["params:", '  items: {default: \'["x", "y"]\'}']
 
 
-def write_workflow(folder: Path, name: str, shape: dict[str, list[str]], body: str) -> Path:
-    """A 5-step workflow; ``body`` is the Bash of every step (it may use {exec_log})."""
-    lines = [f"name: {name}", "steps:"]
+def write_workflow(
+    folder: Path,
+    name: str,
+    shape: dict[str, list[str]],
+    body: str,
+    extras: dict[str, list[str]] | None = None,
+    header: list[str] | None = None,
+) -> Path:
+    """A 5-step workflow; ``body`` is the Bash of every step (it may use {exec_log});
+    ``extras``: more lines of a step (matrix, if:, ...); ``header``: lines before steps."""
+    lines = [f"name: {name}", *(header or []), "steps:"]
     for sid, needs in shape.items():
         lines.append(f"  - id: {sid}")
         if needs:
             lines.append(f"    needs: [{', '.join(needs)}]")
+        lines += [f"    {line}" for line in (extras or {}).get(sid, [])]
         lines.append("    run: |")
         lines += [f"      {line}" for line in body.strip().splitlines()]
     path = folder / f"{name}.yaml"
@@ -152,6 +170,7 @@ class Verdict:
     duplicate_successes: list[str] = field(default_factory=list)  # "run step xN"
     duplicate_endings: list[str] = field(default_factory=list)
     steps_checked: int = 0
+    steps_expected: int = 0  # records of steps and instances the runs must have
     step_starts: int = 0  # step_started events: one per attempt
     repeated_starts: int = 0  # starts beyond the first, per step
     repeated_executions: int = 0  # Bash started again for a step (from the execution log)
@@ -174,6 +193,7 @@ class Verdict:
             "duplicate_step_successes": len(self.duplicate_successes),
             "duplicate_run_endings": len(self.duplicate_endings),
             "steps_checked": self.steps_checked,
+            "steps_expected": self.steps_expected,
             "step_starts": self.step_starts,
             "repeated_starts": self.repeated_starts,
             "repeated_executions": self.repeated_executions,
@@ -186,6 +206,11 @@ class Verdict:
                 "duplicate_run_endings": self.duplicate_endings[:5],
             },
         }
+
+
+def expected_steps(workflow: str) -> int:
+    """Step records a run of a battery workflow has: 5, and the fan shape's 4 instances."""
+    return 9 if workflow.endswith("-fan") else 5
 
 
 def verify(
@@ -212,6 +237,7 @@ def verify(
         endings = [e["type"] for e in events if e["type"] in TERMINAL_EVENTS]
         if len(endings) > 1:
             v.duplicate_endings.append(f"{run_id} {endings}")
+        v.steps_expected += expected_steps(rec.workflow)
         for sid in rec.steps:
             v.steps_checked += 1
             if succ[sid] > 1:

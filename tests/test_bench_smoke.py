@@ -90,7 +90,15 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     assert {s for _, _, s in statuses} == {"ok"}, statuses
     sides = {side for _, side, _ in statuses}
     assert sides == {"floor", "raw Celery", "runbook-celery", "runbook-celery (AOF)"}
-    assert {r["scenario"] for r in data["records"]} == {"chains", "fanout", "growth", "concurrency"}
+    assert {r["scenario"] for r in data["records"]} == {
+        "chains",
+        "fanout",
+        "growth",
+        "concurrency",
+        "linear",
+    }
+    assert "One linear workflow (a single chain, sent in segments)" in text
+    assert "200-step linear workflow ≤ 12 × the time of a 20-step one" in text  # noqa: RUF001
     assert {s["side"] for s in data["latency"]} == {"floor", "raw Celery", "runbook-celery"}
     cold = {c["what"].split(" ")[0] + " " + c["what"].split(" ")[1] for c in data["cold"]}
     assert {"runbook-celery trigger", "runbook-celery validate"} <= cold, cold

@@ -31,14 +31,15 @@ def _assert_nothing_hanging(res: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(200)
 def test_sigkill_soak_every_run_succeeds_and_every_step_succeeds_once(tmp_path: Path) -> None:
-    # Given 3 workers running 20 runs of 5 steps (canvas and dynamic shapes)
+    # Given 3 workers running 20 runs of 5 steps (canvas, dynamic, and canvas with a matrix,
+    # an if: and a for_each)
     # When a random worker's whole process group is SIGKILLed every 2.5 s and restarted
     res = battery(tmp_path, "--soak")["soak"]
 
     # Then nothing is lost or recorded twice, and repeated executions are only recoveries
     assert "error" not in res, res
     assert res["kills"] >= 2
-    assert res["steps_checked"] == res["runs"] * 5
+    assert res["steps_checked"] == res["steps_expected"] >= res["runs"] * 5
     _assert_nothing_lost_or_doubled(res)
     assert res["repeats_not_after_a_kill"] == 0
     _assert_nothing_hanging(res)
@@ -59,7 +60,7 @@ def test_redis_restart_mid_run_loses_nothing_and_leaves_nothing_hanging(tmp_path
     for case in res["cases"].values():
         assert case["submit_while_down"].startswith("BackendUnavailable")
         _assert_nothing_lost_or_doubled(case)
-        assert case["steps_checked"] == case["runs"] * 5
+        assert case["steps_checked"] == case["steps_expected"] >= case["runs"] * 5
     for case in res["cases"].values():
         _assert_nothing_hanging(case)
         assert case["succeeded"] == case["runs"]

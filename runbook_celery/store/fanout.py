@@ -55,6 +55,20 @@ class FanOut(StoreBase):
         nxt, join = (int(x) for x in self._instance_ended(keys=keys, args=args))
         return (f"{parent}[{nxt}]" if nxt >= 0 else None), bool(join)
 
+    def keep_continuation(self, run_id: str, step_id: str, message: Mapping[str, Any]) -> None:
+        """Keep the join message that continues a canvas after a fanned-out step.
+
+        Written by the step's delivery before any instance exists (so before any can end),
+        and read when the join is due (``continuation``): not a state change, like a parked
+        message; it expires with the step's hash. A redelivery writes the same message.
+        """
+        self.r.hset(self.keys.step(run_id, step_id), "continuation", json.dumps(message))
+
+    def continuation(self, run_id: str, step_id: str) -> dict[str, Any] | None:
+        """The join message kept for a fanned-out step of a canvas run, if any."""
+        raw = self.r.hget(self.keys.step(run_id, step_id), "continuation")
+        return json.loads(raw) if raw else None
+
     def instance_values(self, run_id: str, step_id: str) -> dict[str, Any]:
         raw = self.r.hget(self.keys.step(run_id, step_id), "values")
         return json.loads(raw) if raw else {}
