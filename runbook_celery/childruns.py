@@ -16,7 +16,8 @@ The life of a using step:
    does (``tasks.finish_outside``: FINISH, then its dependants are published). A delivery of
    the child's last step that died before this hands on again when it is redelivered
    (``_replay``), and it does nothing if the step is not waiting (yet): the step's own
-   AWAIT_CHILD then sees the child ended.
+   AWAIT_CHILD then sees the child ended. Under both, the reconciler's ``sweep_waiting``
+   finishes a step still waiting a lease after its child ended (``P:children_waiting``).
 
 Cancel and pause go down the tree: ``cancel_tree`` and ``RunControl.pause/resume``.
 """
