@@ -41,7 +41,7 @@ from . import expressions as ex
 from .app import app
 from .compile import build_snapshot, cancel_survivors, make_plan, snapshot_graph, snapshot_sha256
 from .dispatch import continue_survivors, publish_admitted, publish_run
-from .errors import InvalidDefinition, InvalidParams, RunNotFound
+from .errors import InvalidDefinition, InvalidParams, Problem, RunNotFound
 from .events import TERMINAL_RUN_STATUSES, FailureReason, RunStatus, StepStatus
 from .gates import Gates
 from .loader import load_workflow_text
@@ -71,8 +71,9 @@ def child_snapshot(
 
     Raises InvalidParams (``with:`` values that do not fit) or InvalidDefinition."""
     depth = int((parent.get("parent") or {}).get("depth", 0)) + 1
-    if depth > MAX_DEPTH:
-        raise InvalidDefinition([])  # refused at validation; a bundle edited by hand
+    if depth > MAX_DEPTH:  # refused at validation; here for a snapshot made some other way
+        where = str(parent.get("file", ""))
+        raise InvalidDefinition([Problem(where, None, f"uses: nests deeper than {MAX_DEPTH}")])
     frozen = Frozen(parent["subworkflows"], spec["uses"])
     entry = frozen.entry
     loaded = load_workflow_text(entry["yaml"], file=entry["file"], base_dir=Path(entry["base_dir"]))
