@@ -16,7 +16,8 @@ The life of a using step:
    does (``tasks.finish_outside``: FINISH, then its dependants are published). A delivery of
    the child's last step that died before this hands on again when it is redelivered
    (``_replay``), and it does nothing if the step is not waiting (yet): the step's own
-   AWAIT_CHILD then sees the child ended.
+   AWAIT_CHILD then sees the child ended. Under both, the reconciler's ``sweep_waiting``
+   finishes a step still waiting a lease after its child ended (``P:children_waiting``).
 
 Cancel and pause go down the tree: ``cancel_tree`` and ``RunControl.pause/resume``.
 """
@@ -40,7 +41,7 @@ from . import expressions as ex
 from .app import app
 from .compile import build_snapshot, cancel_survivors, make_plan, snapshot_graph, snapshot_sha256
 from .dispatch import continue_survivors, publish_admitted, publish_run
-from .errors import InvalidDefinition, InvalidParams, RunNotFound
+from .errors import InvalidDefinition, InvalidParams, Problem, RunNotFound
 from .events import TERMINAL_RUN_STATUSES, FailureReason, RunStatus, StepStatus
 from .gates import Gates
 from .loader import load_workflow_text
@@ -70,8 +71,9 @@ def child_snapshot(
 
     Raises InvalidParams (``with:`` values that do not fit) or InvalidDefinition."""
     depth = int((parent.get("parent") or {}).get("depth", 0)) + 1
-    if depth > MAX_DEPTH:
-        raise InvalidDefinition([])  # refused at validation; a bundle edited by hand
+    if depth > MAX_DEPTH:  # refused at validation; here for a snapshot made some other way
+        where = str(parent.get("file", ""))
+        raise InvalidDefinition([Problem(where, None, f"uses: nests deeper than {MAX_DEPTH}")])
     frozen = Frozen(parent["subworkflows"], spec["uses"])
     entry = frozen.entry
     loaded = load_workflow_text(entry["yaml"], file=entry["file"], base_dir=Path(entry["base_dir"]))

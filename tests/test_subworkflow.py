@@ -251,6 +251,13 @@ def test_a_childs_snapshot_comes_from_the_bundle_even_once_the_files_are_gone(tm
     assert grand["steps"][0]["command"] == "echo from-script\n"
 
 
+def test_a_child_deeper_than_the_limit_is_refused_at_run_time_too(tmp_path):
+    parent = build_snapshot(load_workflow(_tree(tmp_path)))
+    parent["parent"] = {"run": "r0", "step": "s", "depth": MAX_DEPTH}
+    with pytest.raises(InvalidDefinition, match="nests deeper than 5"):
+        child_snapshot(parent, "r1", parent["steps"][1], {"tag": "x"})
+
+
 def test_with_values_that_do_not_fit_at_run_time_are_invalid_params(tmp_path):
     parent = build_snapshot(load_workflow(_tree(tmp_path)))
     with pytest.raises(InvalidParams, match="param 'count' \\(type: number\\)"):

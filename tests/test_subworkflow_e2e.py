@@ -537,3 +537,30 @@ steps:
     assert final.steps["cleanup"].status == "succeeded"
     assert final.steps["cleanup"].outputs == {"saw": "cancelled"}
     assert Run(child_run_id(run.id, "cleanup")).status().status == "succeeded"
+
+
+@pytest.mark.timeout(150)
+def test_the_web_api_and_run_pages_link_parent_and_child(tmp_path):
+    from web_helpers import web_flower
+
+    # Given a finished run whose step used a child workflow
+    _write(tmp_path, "lib/child.yaml", CHILD)
+    parent = _write(tmp_path, "parent.yaml", PARENT)
+    record = submit(parent).wait(timeout=60)
+    child = child_run_id(record.id, "build")
+
+    (tmp_path / "logs").mkdir()
+    with web_flower(tmp_path / "logs") as fl:
+        # When the web API and the run pages are read
+        parent_json = fl.request("GET", f"/api/runs/{record.id}")
+        child_json = fl.request("GET", f"/api/runs/{child}")
+        parent_page = fl.request("GET", f"/runs/{record.id}")
+        child_page = fl.request("GET", f"/runs/{child}")
+
+    # Then both say how they are linked, in status --json's shape
+    assert parent_json.status == 200 and child_json.status == 200
+    assert parent_json.json["children"] == {"build": child}
+    assert parent_json.json["steps"]["build"]["child_run"] == child
+    assert (child_json.json["parent_run"], child_json.json["parent_step"]) == (record.id, "build")
+    assert f'href="/runs/{child}"' in parent_page.text
+    assert f'href="/runs/{record.id}"' in child_page.text and "(step build)" in child_page.text
