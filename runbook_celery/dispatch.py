@@ -175,6 +175,21 @@ def publish_admitted(store: Any, run_ids: Iterable[str]) -> None:
         publish_run(snapshot, run_id, make_plan(graph).tree, graph.sources(), store)
 
 
+def continue_after_failure(store: Any, run_id: str, lease_seconds: float) -> list[str]:
+    """A canvas run whose steps may run after a failure has a step failing: from now on it
+    continues by dynamic dispatch from its record (``RunStore.fail_over_to_dynamic``), so
+    its ``failure()``/``always()`` steps run exactly as in a dynamic run (canvasplan).
+    Called before the failure is recorded, whose own transition then joins its children."""
+    from .compile import snapshot_graph
+
+    snapshot = store.snapshot(run_id)
+    ready: list[str] = store.fail_over_to_dynamic(
+        run_id, snapshot_graph(snapshot).children, lease_seconds
+    )
+    publish_steps(snapshot, run_id, ready)
+    return ready
+
+
 def continue_survivors(store: Any, run_id: str, lease_seconds: float) -> list[str]:
     """After a cancel: publish the steps kept to run (``always()``/``cancelled()``) whose
     needs have all ended now.
@@ -186,14 +201,11 @@ def continue_survivors(store: Any, run_id: str, lease_seconds: float) -> list[st
     caller lost before publishing them leaves it to the reconciler). Idempotent: a step
     published twice is claimed once.
     """
-    from .compile import DYNAMIC, snapshot_graph
+    from .compile import snapshot_graph
 
     snapshot = store.snapshot(run_id)
-    if snapshot.get("mode") != DYNAMIC or store.run_status(run_id) in (
-        "succeeded",
-        "failed",
-        "cancelled",
-    ):
+    # a canvas run with such steps continues by dynamic dispatch too (canvasplan)
+    if store.run_status(run_id) in ("succeeded", "failed", "cancelled"):
         return []
     ready: list[str] = store.fail_over_to_dynamic(
         run_id, snapshot_graph(snapshot).children, lease_seconds
