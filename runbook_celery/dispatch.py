@@ -19,14 +19,20 @@ from .compile import CANVAS
 from .graph import Leaf, Parallel, Series, SPTree
 from .settings import get_settings
 
+_spec_index: list[tuple[Mapping[str, Any], dict[str, Mapping[str, Any]]]] = []
+
 
 def _spec_of(snapshot: Mapping[str, Any], step_id: str) -> Mapping[str, Any]:
+    """A step's spec, by an index of the last snapshots seen (a scan per signature made
+    building a long canvas quadratic in its steps)."""
     base = step_id.rsplit("[", 1)[0]
-    steps: list[Mapping[str, Any]] = snapshot["steps"]
-    for spec in steps:
-        if spec["id"] == base:
-            return spec
-    return {}
+    for seen, index in _spec_index:
+        if seen is snapshot:
+            return index.get(base, {})
+    index = {spec["id"]: spec for spec in snapshot["steps"]}
+    _spec_index.insert(0, (snapshot, index))
+    del _spec_index[4:]
+    return index.get(base, {})
 
 
 def broker_priority(priority: int) -> int:
