@@ -22,10 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from celery.canvas import Signature
-
+from . import dispatch
 from .app import FANIN_TASK, app
-from .dispatch import step_signature
 
 
 def continuation(
@@ -33,7 +31,7 @@ def continuation(
 ) -> dict[str, Any]:
     """The join message, in the canvas place of the request's task (as Task.replace sets
     it: chord membership, group, links, the rest of its chain), as a JSON-able dict."""
-    sig = step_signature(snapshot, run_id, step_id, task=FANIN_TASK)
+    sig = dispatch.step_signature(snapshot, run_id, step_id, task=FANIN_TASK)
     options: dict[str, Any] = {"root_id": request.root_id or run_id}
     if request.chord:
         options.update(chord=request.chord, group_id=request.group, group_index=request.group_index)
@@ -47,19 +45,13 @@ def continuation(
     return dict(sig)
 
 
-def join_signature(
-    message: Mapping[str, Any] | None, snapshot: Mapping[str, Any], run_id: str, step_id: str
-) -> Signature:
-    """The kept join message, or (a dynamic run) a plain join."""
-    if message:
-        return app.signature(dict(message))
-    sig = step_signature(snapshot, run_id, step_id, task=FANIN_TASK)
-    sig.options["root_id"] = run_id
-    return sig
-
-
 def send_join(
     message: Mapping[str, Any] | None, snapshot: Mapping[str, Any], run_id: str, step_id: str
 ) -> None:
-    """Send the join of a fanned-out step (its instances have all ended)."""
-    join_signature(message, snapshot, run_id, step_id).apply_async()
+    """Send the join of a fanned-out step (its instances have all ended): the kept message
+    of a canvas run, else (a dynamic run) a plain join."""
+    if message:
+        app.signature(dict(message)).apply_async()
+        return
+    sig = dispatch.step_signature(snapshot, run_id, step_id, task=FANIN_TASK)
+    sig.apply_async(root_id=run_id)

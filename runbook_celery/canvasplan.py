@@ -12,8 +12,13 @@ canvas:
   returns, and the canvas goes on;
 * an ``if:`` that may be true after a failure or a cancel (``failure()``, ``always()``,
   ``cancelled()``, or one reading ``steps.X.status``, ``needs.X.result`` or ``run.status``,
-  which does not imply ``success()``) is not: the canvas would already have stopped before
-  the step. Such workflows keep dynamic dispatch, where every ended step joins its children;
+  which does not imply ``success()``) cannot be reached by the canvas, which has stopped
+  before the step. Such a workflow still runs as a canvas while nothing fails; the failing
+  step's task (or the cancel) first switches the run to dynamic dispatch from its record
+  (``RunStore.fail_over_to_dynamic``, the reconciler's fail-over), then records the
+  failure, whose transition joins its children: from there every step runs exactly as in
+  a dynamic run. Continuing the canvas past a failure instead would show failed steps as
+  Celery successes and store them so in the result backend;
 * ``matrix`` and ``for_each`` are exact: the step task records the instances, sends them
   in lanes as dynamic mode does, and hands its place in the canvas to its join, which the
   last instance sends (``canvasfanout``); the canvas continues after the join.
@@ -89,8 +94,9 @@ def _conjunct_success(node: ex.Node) -> bool:
     return False
 
 
-def dynamic_reasons(steps: Iterable[StepShape]) -> list[str]:
-    """Every step feature that keeps a workflow off the canvas, as sentences."""
+def handoffs(steps: Iterable[StepShape]) -> list[str]:
+    """The steps that may run after a failure or a cancel, each with why, as sentences:
+    a canvas run with any hands over to dynamic dispatch at its first failure or cancel."""
     out = []
     for step in steps:
         if step.uses:
@@ -98,6 +104,11 @@ def dynamic_reasons(steps: Iterable[StepShape]) -> list[str]:
         if step.condition and (why := condition_problem(step.condition)) is not None:
             out.append(f"step {step.id!r} has if: {step.condition}, which {why}")
     return out
+
+
+def hands_off(specs: Iterable[dict[str, Any]]) -> bool:
+    """Whether a run of this snapshot switches to dynamic dispatch at a failure or cancel."""
+    return bool(handoffs(StepShape.of_spec(s) for s in specs))
 
 
 def step_notes(steps: Iterable[StepShape], cap: int | None = None) -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import bashplace, shells, subworkflow
 from . import expressions as ex
-from .canvasplan import StepShape, dynamic_reasons, step_notes
+from .canvasplan import StepShape, handoffs, step_notes
 from .errors import DefinitionError, InvalidDefinition, InvalidParams
 from .graph import Graph, Leaf, Series, SPTree
 from .loader import (
@@ -276,17 +276,19 @@ def _first(*values: Any) -> Any:
 
 
 def choose_mode(wf: Any, graph: Graph) -> tuple[str, str]:
-    """Canvas when it mirrors the DAG and every step's extras run exactly in it (see
-    ``canvasplan``); else dynamic, with the first reason."""
+    """Canvas when it mirrors the DAG (every step's extras run exactly in it, see
+    ``canvasplan``); else dynamic."""
     return _mode(graph, [StepShape.of_step(s) for s in wf.steps])
 
 
 def _mode(graph: Graph, shapes: list[StepShape]) -> tuple[str, str]:
     if graph.series_parallel() is None:
         return DYNAMIC, "the DAG is not series-parallel"
-    reasons = dynamic_reasons(shapes)
-    if reasons:
-        return DYNAMIC, reasons[0]
+    if handoffs(shapes):
+        return CANVAS, (
+            "the DAG is series-parallel; at a failure or a cancel the run continues by "
+            "dynamic dispatch (steps run after a failure)"
+        )
     return CANVAS, "the DAG is series-parallel"
 
 
@@ -334,7 +336,8 @@ class Plan:
     """How a run is dispatched; printable for `runbook-celery plan`.
 
     ``notes``: how the steps with extras (``if:``, ``matrix``, ``for_each``) run;
-    ``reasons``: every step feature that keeps the workflow off the canvas.
+    ``handoffs``: the steps that may run after a failure or a cancel, which make a canvas
+    run continue by dynamic dispatch from its first failure or cancel.
     """
 
     mode: str
@@ -343,19 +346,19 @@ class Plan:
     witness: tuple[str, str, str, str] | None = None
     reason: str = ""
     notes: Mapping[str, str] = field(default_factory=dict)
-    reasons: tuple[str, ...] = ()
+    handoffs: tuple[str, ...] = ()
 
     def render(self) -> str:
         if self.mode == CANVAS and self.tree is not None:
-            return "canvas (exact mirror of the DAG):\n" + _render_tree(self.tree, 1, self.notes)
-        if self.tree is None:
-            lines = ["dynamic dispatch (the DAG is not series-parallel, so no canvas mirrors it)"]
-        else:
-            lines = [
-                "dynamic dispatch (the DAG is series-parallel, but a canvas would stop "
-                "before steps that must run):"
-            ]
-            lines += [f"  {why}" for why in self.reasons or (self.reason,)]
+            text = "canvas (exact mirror of the DAG):\n" + _render_tree(self.tree, 1, self.notes)
+            if self.handoffs:
+                text += (
+                    "\nat the first failure or cancel, the run continues by dynamic dispatch "
+                    "from its record (a canvas stops at a failure), because:\n"
+                    + "\n".join(f"  {why}" for why in self.handoffs)
+                )
+            return text
+        lines = ["dynamic dispatch (the DAG is not series-parallel, so no canvas mirrors it)"]
         if self.witness:
             a, b, c, d = self.witness
             lines.append(
@@ -372,7 +375,7 @@ class Plan:
 
 
 def make_plan(graph: Graph, workflow: Any = None) -> Plan:
-    """The dispatch plan; with ``workflow``, step features that need dynamic mode count too."""
+    """The dispatch plan; with ``workflow``, how the steps' extras run is said too."""
     tree = graph.series_parallel()
     shapes = [StepShape.of_step(s) for s in workflow.steps] if workflow is not None else []
     notes = step_notes(shapes, get_settings().max_instances if shapes else None)
@@ -380,10 +383,8 @@ def make_plan(graph: Graph, workflow: Any = None) -> Plan:
         return Plan(
             DYNAMIC, None, graph, _n_witness(graph), "the DAG is not series-parallel", notes
         )
-    reasons = tuple(dynamic_reasons(shapes))
-    if reasons:
-        return Plan(DYNAMIC, tree, graph, reason=reasons[0], notes=notes, reasons=reasons)
-    return Plan(CANVAS, tree, graph, reason="the DAG is series-parallel", notes=notes)
+    mode, reason = _mode(graph, shapes)
+    return Plan(mode, tree, graph, reason=reason, notes=notes, handoffs=tuple(handoffs(shapes)))
 
 
 def _render_tree(tree: SPTree, depth: int, notes: Mapping[str, str]) -> str:

@@ -19,14 +19,20 @@ from .compile import CANVAS
 from .graph import Leaf, Parallel, Series, SPTree
 from .settings import get_settings
 
+_spec_index: list[tuple[Mapping[str, Any], dict[str, Mapping[str, Any]]]] = []
+
 
 def _spec_of(snapshot: Mapping[str, Any], step_id: str) -> Mapping[str, Any]:
+    """A step's spec, by an index of the last snapshots seen (a scan per signature made
+    building a long canvas quadratic in its steps)."""
     base = step_id.rsplit("[", 1)[0]
-    steps: list[Mapping[str, Any]] = snapshot["steps"]
-    for spec in steps:
-        if spec["id"] == base:
-            return spec
-    return {}
+    for seen, index in _spec_index:
+        if seen is snapshot:
+            return index.get(base, {})
+    index = {spec["id"]: spec for spec in snapshot["steps"]}
+    _spec_index.insert(0, (snapshot, index))
+    del _spec_index[4:]
+    return index.get(base, {})
 
 
 def broker_priority(priority: int) -> int:
@@ -175,6 +181,21 @@ def publish_admitted(store: Any, run_ids: Iterable[str]) -> None:
         publish_run(snapshot, run_id, make_plan(graph).tree, graph.sources(), store)
 
 
+def continue_after_failure(store: Any, run_id: str, lease_seconds: float) -> list[str]:
+    """A canvas run whose steps may run after a failure has a step failing: from now on it
+    continues by dynamic dispatch from its record (``RunStore.fail_over_to_dynamic``), so
+    its ``failure()``/``always()`` steps run exactly as in a dynamic run (canvasplan).
+    Called before the failure is recorded, whose own transition then joins its children."""
+    from .compile import snapshot_graph
+
+    snapshot = store.snapshot(run_id)
+    ready: list[str] = store.fail_over_to_dynamic(
+        run_id, snapshot_graph(snapshot).children, lease_seconds
+    )
+    publish_steps(snapshot, run_id, ready)
+    return ready
+
+
 def continue_survivors(store: Any, run_id: str, lease_seconds: float) -> list[str]:
     """After a cancel: publish the steps kept to run (``always()``/``cancelled()``) whose
     needs have all ended now.
@@ -186,14 +207,11 @@ def continue_survivors(store: Any, run_id: str, lease_seconds: float) -> list[st
     caller lost before publishing them leaves it to the reconciler). Idempotent: a step
     published twice is claimed once.
     """
-    from .compile import DYNAMIC, snapshot_graph
+    from .compile import snapshot_graph
 
     snapshot = store.snapshot(run_id)
-    if snapshot.get("mode") != DYNAMIC or store.run_status(run_id) in (
-        "succeeded",
-        "failed",
-        "cancelled",
-    ):
+    # a canvas run with such steps continues by dynamic dispatch too (canvasplan)
+    if store.run_status(run_id) in ("succeeded", "failed", "cancelled"):
         return []
     ready: list[str] = store.fail_over_to_dynamic(
         run_id, snapshot_graph(snapshot).children, lease_seconds

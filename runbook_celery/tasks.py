@@ -43,6 +43,7 @@ from .app import (
     note_successors,
 )
 from .canvasfanout import continuation, send_join
+from .canvasplan import hands_off
 from .capture import StdoutCapture
 from .compile import CANVAS, DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from .errors import RunNotFound
@@ -96,6 +97,12 @@ class RunContext:
     def workflow(self) -> str:
         workflow: str = self.snapshot["workflow"]
         return workflow
+
+    @cached_property
+    def hands_off(self) -> bool:
+        """A canvas run of this snapshot continues by dynamic dispatch at a failure
+        (it has steps that may run after one: canvasplan)."""
+        return hands_off(self.snapshot["steps"])
 
     @cached_property
     def full_graph(self) -> Graph:
@@ -1057,6 +1064,12 @@ class StepExecution:
                 below = self.ctx.graph.descendants(self.step_id)
                 skip = [s for s in self.ctx.graph.topological() if s in below]
             children = self._children()
+            if failed and self.ctx.hands_off and self.store.run_mode(self.run_id) == CANVAS:
+                # steps may run after this failure: dynamic dispatch from here (canvasplan);
+                # the FINISH below then joins this step's children
+                from .dispatch import continue_after_failure
+
+                continue_after_failure(self.store, self.run_id, self.settings.lease_seconds)
         # Redis full: keep the result and the lease, record once memory is freed (fullredis)
         outcome = wait_while_full(
             lambda: self.store.finish_step(

@@ -34,6 +34,7 @@ FAN_EXTRAS = {
     "b": ["matrix: {k: [1, 2]}"],
     "c": ["if: ${{ steps.a.outputs.v == 'a' }}"],
     "d": ["for_each: ${{ fromJSON(params.items) }}"],
+    "e": ["if: always()"],
 }
 FAN_PARAMS = ["params:", '  items: {default: \'["x", "y"]\'}']
 

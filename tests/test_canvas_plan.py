@@ -64,7 +64,7 @@ def test_plan_shows_an_if_step_inside_the_canvas():
     assert build_snapshot(loaded)["mode"] == CANVAS
 
 
-def test_plan_says_which_step_keeps_a_workflow_dynamic_and_why():
+def test_plan_says_which_steps_hand_a_canvas_run_over_to_dynamic_dispatch():
     loaded = from_mapping(
         {
             "name": "shapes",
@@ -75,17 +75,41 @@ def test_plan_says_which_step_keeps_a_workflow_dynamic_and_why():
         }
     )
     plan = make_plan(loaded.graph, loaded.workflow)
+    assert plan.mode == CANVAS
+    assert plan.render().splitlines()[-4:] == [
+        "    cleanup  [if: always() (decided by its task; false: skipped)]",
+        "  )",
+        "at the first failure or cancel, the run continues by dynamic dispatch from its "
+        "record (a canvas stops at a failure), because:",
+        "  step 'cleanup' has if: always(), which uses always(): it may run after a failure "
+        "or a cancel, which ends a canvas",
+    ]
+    snapshot = build_snapshot(loaded)
+    assert snapshot["mode"] == CANVAS
+    assert (
+        "at a failure or a cancel the run continues by dynamic dispatch"
+        in (snapshot["mode_reason"])
+    )
+
+
+def test_only_a_dag_that_is_not_series_parallel_is_dynamic():
+    loaded = from_mapping(
+        {
+            "name": "n",
+            "steps": [
+                {"id": "a", "run": "true"},
+                {"id": "b", "run": "true"},
+                {"id": "c", "needs": ["a"], "if": "params.x == 'y'", "run": "true"},
+                {"id": "d", "needs": ["a", "b"], "matrix": {"k": [1, 2]}, "run": "true"},
+            ],
+            "params": {"x": "z"},
+        }
+    )
+    plan = make_plan(loaded.graph, loaded.workflow)
     assert plan.mode == DYNAMIC
     lines = plan.render().splitlines()
-    assert lines[0].startswith("dynamic dispatch (the DAG is series-parallel, but a canvas")
-    assert lines[1] == (
-        "  step 'cleanup' has if: always(), which uses always(): it may run after a failure "
-        "or a cancel, which ends a canvas"
-    )
-    assert lines[-1] == "    cleanup after a  [if: always() (decided by its task; false: skipped)]"
-    snapshot = build_snapshot(loaded)
-    assert snapshot["mode"] == DYNAMIC
-    assert snapshot["mode_reason"] == lines[1].strip()
+    assert lines[0] == "dynamic dispatch (the DAG is not series-parallel, so no canvas mirrors it)"
+    assert lines[-1] == "    d after a, b  [matrix: 2 instances, joined before what follows]"
 
 
 def test_the_plan_command_prints_the_canvas_with_its_conditions(write_workflow):

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from celery.result import AsyncResult
+from conftest import wait_for_event
 
 from runbook_celery.api import submit_snapshot
 from runbook_celery.app import app
@@ -231,3 +232,83 @@ def test_a_failure_in_a_later_segment_stops_the_chain_there(write_workflow):
     assert {final.steps[f"s{i}"].status for i in range(51, 80)} == {"skipped"}
     # no later segment was sent: none of its steps ever had a task
     assert AsyncResult(f"{canvas.id}.s64", app=app).state == "PENDING"
+
+
+CLEANUP_WORKFLOW = """
+name: canvas-cleanup
+steps:
+  - id: build
+    run: echo "v=1" >> "$RUNBOOK_OUTPUT"
+  - id: test
+    needs: [build]
+    run: exit {code}
+  - id: lint
+    needs: [build]
+    run: echo "lint=ok" >> "$RUNBOOK_OUTPUT"
+  - id: deploy
+    needs: [test, lint]
+    run: echo "deployed=yes" >> "$RUNBOOK_OUTPUT"
+  - id: rollback
+    needs: [deploy]
+    if: failure()
+    run: echo "rolled=back" >> "$RUNBOOK_OUTPUT"
+  - id: notify
+    needs: [rollback]
+    if: always()
+    run: echo "saw=${{ steps.rollback.outputs.rolled }}" >> "$RUNBOOK_OUTPUT"
+"""
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_failure_handlers_run_as_in_dynamic_dispatch_after_a_canvas_hands_over(
+    write_workflow, code
+):
+    # Given a canvas with a failure() rollback and an always() notification
+    text = CLEANUP_WORKFLOW.replace("{code}", str(code))
+    wf = write_workflow(text, name=f"cleanup{code}.yaml")
+
+    # When it runs as compiled and, from the same snapshot, by dynamic dispatch
+    canvas, dynamic = _run_both(wf)
+
+    # Then it ran as a canvas until the failure (if any), and recorded exactly what dynamic
+    # dispatch recorded: the rollback ran only after a failure, the notification always
+    final = canvas.status()
+    assert final.status == ("succeeded" if code == 0 else "failed"), final.to_dict()
+    assert final.mode == (CANVAS if code == 0 else DYNAMIC)  # handed over at the failure
+    assert final.steps["rollback"].status == ("skipped" if code == 0 else "succeeded")
+    assert final.steps["notify"].outputs == {"saw": "" if code == 0 else "back"}
+    assert _records(canvas) == _records(dynamic)
+    assert _step_events(canvas) == _step_events(dynamic)
+
+
+def test_a_cancelled_canvas_still_runs_its_always_cleanup_as_dynamic_dispatch_does(
+    write_workflow, store
+):
+    # Given a canvas whose cleanup step runs always(), cancelled while its first step runs
+    wf = write_workflow("""
+name: canvas-cancel
+steps:
+  - id: work
+    run: sleep 600
+  - id: after
+    needs: [work]
+    run: echo "ran=yes" >> "$RUNBOOK_OUTPUT"
+  - id: cleanup
+    needs: [after]
+    if: always()
+    run: echo "cleaned=yes" >> "$RUNBOOK_OUTPUT"
+""")
+    snapshot = build_snapshot(load_workflow(wf))
+    assert snapshot["mode"] == CANVAS
+    records = []
+    for mode in (CANVAS, DYNAMIC):
+        run = submit_snapshot({**snapshot, "mode": mode})
+        wait_for_event(store, run.id, "step_started", "work")
+        run.cancel()
+        final = run.wait(timeout=60)
+        # Then the run is cancelled and the cleanup ran, in both modes
+        assert final.status == "cancelled", final.to_dict()
+        assert final.steps["work"].status == "cancelled"
+        assert final.steps["cleanup"].outputs == {"cleaned": "yes"}
+        records.append(_records(run))
+    assert records[0] == records[1]

@@ -37,8 +37,10 @@ steps:
 def test_a_skip_exit_code_records_skipped_without_retrying_and_skips_dependents(
     write_workflow, mode
 ):
-    # a diamond is canvas; the extra if: on 'side' makes the run dynamic
-    side_if = "    if: always()\n" if mode == "dynamic" else ""
+    # check -> deploy with an unrelated side step is a canvas; a step needing check and
+    # side makes an N (check->deploy, check->x, side->x): no canvas, so dynamic dispatch
+    n_shape = "  - id: x\n    needs: [check, side]\n    run: echo never\n"
+    extra = n_shape if mode == "dynamic" else ""
     wf = write_workflow(f"""
 name: skip-codes-{mode}
 steps:
@@ -52,8 +54,8 @@ steps:
     needs: [check]
     run: echo never
   - id: side
-{side_if}    run: "true"
-""")
+    run: "true"
+{extra}""")
     final = submit(wf).wait(timeout=60)
     assert final.mode == mode
     assert final.status == "succeeded", final.to_dict()

@@ -232,3 +232,34 @@ def test_a_join_refused_to_the_last_instance_leaves_it_to_the_watch_and_hands_th
     assert execution.joined is None
     assert store.r.hget(store.keys.step(run, "m"), "status") == b"running"
     assert store.r.zscore(store.keys.leases, f"{run}|m") is not None
+
+
+def test_a_lost_join_of_a_canvas_run_is_sent_as_its_kept_continuation(
+    store, published, fan_ins, monkeypatch
+):
+    # Given a canvas run's fanned-out step m kept its join (the rest of its canvas in it),
+    # every instance ended, and the worker that was to send the join died
+    from runbook_celery import canvasfanout
+
+    sent: list[dict[str, object]] = []
+
+    class _Kept:
+        def __init__(self, message: dict[str, object]) -> None:
+            self.message = message
+
+        def apply_async(self, **_: object) -> None:
+            sent.append(self.message)
+
+    monkeypatch.setattr(canvasfanout.app, "signature", _Kept)
+    run = _fan_out_run(store, 2, 2)
+    kept = {"task": "runbook.fan_in", "args": [run, "m"], "options": {"chain": ["next"]}}
+    store.keep_continuation(run, "m", kept)
+    for step in ("m[0]", "m[1]"):
+        _ended_without_handing_on(store, run, step)
+        store.instance_ended(run, step, 30)
+        store.r.zrem(store.keys.leases, f"{run}|{step}")
+    store.watch_steps([f"{run}|m"], -1)
+    # When the reconciler passes, then the kept join goes out (the canvas goes on from it)
+    workerhooks.recover_once(store, store.r, 5)
+    assert sent == [kept]
+    assert fan_ins == [] and published == []
