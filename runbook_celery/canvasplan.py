@@ -99,11 +99,16 @@ def handoffs(steps: Iterable[StepShape]) -> list[str]:
     a canvas run with any hands over to dynamic dispatch at its first failure or cancel."""
     out = []
     for step in steps:
-        if step.uses:
-            out.append(f"step {step.id!r} runs a child workflow (uses:)")
         if step.condition and (why := condition_problem(step.condition)) is not None:
             out.append(f"step {step.id!r} has if: {step.condition}, which {why}")
     return out
+
+
+def dynamic_only(steps: Iterable[StepShape]) -> list[str]:
+    """The steps no canvas runs exactly, each with why: a run with any is dynamic from the
+    start. A ``uses:`` step parks until its child ends and is finished from outside; a
+    parked message sent again by a canvas that a failure let go on would stop its chain."""
+    return [f"step {s.id!r} runs a child workflow (uses:)" for s in steps if s.uses]
 
 
 def hands_off(specs: Iterable[dict[str, Any]]) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import bashplace, shells, subworkflow
 from . import expressions as ex
-from .canvasplan import StepShape, handoffs, step_notes
+from .canvasplan import StepShape, dynamic_only, handoffs, step_notes
 from .errors import DefinitionError, InvalidDefinition, InvalidParams
 from .graph import Graph, Leaf, Series, SPTree
 from .loader import (
@@ -284,6 +284,8 @@ def choose_mode(wf: Any, graph: Graph) -> tuple[str, str]:
 def _mode(graph: Graph, shapes: list[StepShape]) -> tuple[str, str]:
     if graph.series_parallel() is None:
         return DYNAMIC, "the DAG is not series-parallel"
+    if only := dynamic_only(shapes):
+        return DYNAMIC, only[0]
     if handoffs(shapes):
         return CANVAS, (
             "the DAG is series-parallel; at a failure or a cancel the run continues by "
