@@ -14,6 +14,7 @@ from celery import Celery, states
 from celery.backends.redis import RedisBackend
 from celery.utils.log import get_logger
 
+from . import workerstore
 from .errors import InvalidSetting
 from .fullredis import use_patient_redis_transport, wait_while_full, worker_stopping
 from .queuenames import queue_name_problem
@@ -100,9 +101,7 @@ class ResultBackend(RedisBackend):
         if member is None:
             super()._set(key, value, expires)  # type: ignore[misc]
             return
-        from .tasks import _worker_store  # tasks imports this module
-
-        settings, store = _worker_store()
+        settings, store = workerstore.worker_store()
         run_id, _, step_id = member.partition("|")
         successors, ended = handed_on_successors(member)
         store.hand_on(

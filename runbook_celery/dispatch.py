@@ -13,7 +13,7 @@ from celery import chain, group
 from celery.canvas import Signature
 
 from .app import RUN_TIMEOUT_TASK, STEP_TASK, app
-from .compile import CANVAS
+from .compile import CANVAS, DYNAMIC, make_plan, snapshot_graph
 from .graph import Leaf, Parallel, Series, SPTree
 from .settings import get_settings
 
@@ -127,7 +127,6 @@ def publish_steps(snapshot: Mapping[str, Any], run_id: str, step_ids: Iterable[s
 
 def publish_admitted(store: Any, run_ids: Iterable[str]) -> None:
     """Runs of a concurrency group let in by a freed slot: send them now."""
-    from .compile import make_plan, snapshot_graph
 
     for run_id in run_ids:
         snapshot = store.snapshot(run_id)
@@ -146,7 +145,6 @@ def continue_survivors(store: Any, run_id: str, lease_seconds: float) -> list[st
     caller lost before publishing them leaves it to the reconciler). Idempotent: a step
     published twice is claimed once.
     """
-    from .compile import DYNAMIC, snapshot_graph
 
     snapshot = store.snapshot(run_id)
     if snapshot.get("mode") != DYNAMIC or store.run_status(run_id) in (

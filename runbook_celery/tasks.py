@@ -13,26 +13,27 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache, partial
+from functools import cached_property, partial
 from typing import Any
 
 import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from . import expressions as ex
 from . import (
+    dispatch,
     matrix,
     shells,
     stepinputs,
     workerhooks,  # noqa: F401  (connects the worker signals: recovery, shutdown)
+    workerstore,
 )
+from . import expressions as ex
 from .app import (
     APPROVAL_TIMEOUT_TASK,
     FANIN_TASK,
@@ -51,9 +52,8 @@ from .graph import Graph
 from .lease import LeaseKeeper, boottime
 from .logsink import StepLogSink
 from .masking import Masker
-from .redisconn import get_client, lease_client
 from .runner import BashResult, run_bash
-from .settings import Settings, get_settings, worker_environment
+from .settings import Settings, worker_environment
 from .store import FinishOutcome, Outcome, RunStore, Successor, now_iso
 from .taskevents import Parked, StepFailed, StepRequest, announce_skipped, step_failed
 
@@ -142,32 +142,12 @@ class _RunCache:
 _cache = _RunCache()
 
 
-@lru_cache(maxsize=1)
-def _worker_store() -> tuple[Settings, RunStore]:
-    settings = get_settings()
-    return settings, RunStore(get_client(settings), settings.prefix, settings.retention)
-
-
-@lru_cache(maxsize=1)
-def _lease_store() -> RunStore:
-    """The store as lease renewal sees it: a client that gives up quickly (no retries), so
-    that a renewal that cannot reach Redis is known as such well within the lease."""
-    settings = get_settings()
-    timeout = max(0.25, settings.lease_seconds / 8)
-    return RunStore(lease_client(settings.redis_url, timeout), settings.prefix, settings.retention)
-
-
-def shutdown_flag_path(worker_pid: int) -> str:
-    """A file the worker's main process creates when running steps must be handed back."""
-    return os.path.join(tempfile.gettempdir(), f"runbook-handback-{worker_pid}")
-
-
 def _execution(
     task: Task[..., Any], run_id: str, step_id: str, *, fan_in: bool = False
 ) -> StepExecution | dict[str, Any]:
     """The delivery's context, or what to answer when its message names a run that no
     longer exists (expired, deleted) or a step the run does not have (forged, stale)."""
-    settings, store = _worker_store()
+    settings, store = workerstore.worker_store()
     try:
         ctx = _cache.get(store, run_id)
     except RunNotFound:
@@ -210,15 +190,13 @@ def fan_in(self: Task[..., Any], run_id: str, step_id: str) -> dict[str, Any]:
 @app.task(name=RUN_TIMEOUT_TASK, send_events=False)  # internal: not a step in Flower
 def run_timeout(run_id: str) -> str:
     """Fires when a run's `timeout` expires: stop what is left of the run."""
-    settings, store = _worker_store()
+    settings, store = workerstore.worker_store()
     try:
         if store.run_status(run_id) not in TERMINAL_RUN_STATUSES:
             keep = cancel_survivors(store.snapshot(run_id))
             store.cancel_run(run_id, reason=FailureReason.TIMEOUT, keep=keep)
             if keep:  # kept steps whose needs the cancel ended are ready now
-                from .dispatch import continue_survivors
-
-                continue_survivors(store, run_id, settings.lease_seconds)
+                dispatch.continue_survivors(store, run_id, settings.lease_seconds)
             return "timed out"
     except RunNotFound:
         pass
@@ -228,7 +206,7 @@ def run_timeout(run_id: str) -> str:
 @app.task(name=APPROVAL_TIMEOUT_TASK, send_events=False)  # internal: not a step in Flower
 def approval_timeout(run_id: str, step_id: str) -> str:
     """An approval gate waited too long: reject the step."""
-    _settings, store = _worker_store()
+    _settings, store = workerstore.worker_store()
     try:
         status = store.step_hashes(run_id, [step_id])[step_id].get("status")
         if status != "awaiting_approval":
@@ -247,7 +225,7 @@ def approval_timeout(run_id: str, step_id: str) -> str:
 
 def finish_outside(run_id: str, step_id: str, status: StepStatus, **fields: Any) -> None:
     """Record a step's end from outside its task (operator decisions), handing on as usual."""
-    settings, store = _worker_store()
+    settings, store = workerstore.worker_store()
     ctx = _cache.get(store, run_id)
     # no task: StepExecution tests for None where an operator's decision can get to
     execution = StepExecution(None, settings, store, ctx, run_id, step_id)  # type: ignore[arg-type]
@@ -332,7 +310,7 @@ class StepExecution:
         self.attempt = decision.attempt
         self.mode = decision.mode
         self.keeper = LeaseKeeper(
-            _lease_store(),
+            workerstore.lease_store(),
             self.run_id,
             self.step_id,
             token=self.token,
@@ -776,7 +754,7 @@ class StepExecution:
         The lease itself is renewed by the delivery's LeaseKeeper thread; here the
         guardian's kill time follows its renewals (from this thread, which also releases
         the step's process group, so the guardian never hears of a released group)."""
-        flag = shutdown_flag_path(os.getppid())
+        flag = workerstore.shutdown_flag_path(os.getppid())
         keeper = self.keeper
         survives_cancel = self.parent is None and self.step_id in cancel_survivors(
             self.ctx.snapshot
@@ -819,14 +797,13 @@ class StepExecution:
 
     def _fan_out(self, need_outputs: dict[str, Any]) -> dict[str, Any]:
         """Record one instance per matrix combination / list item and send the first ones."""
-        from .dispatch import fan_out_window, publish_fan_out
 
         values = self._instance_values(need_outputs)
         if isinstance(values, dict):  # the step failed: too many instances, or not a list
             return values
         if not values:
             return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])
-        window = fan_out_window(self.spec.get("max_parallel"), len(values))
+        window = dispatch.fan_out_window(self.spec.get("max_parallel"), len(values))
         # the first window is watched from the transition that records it (recovery.py)
         ids = self._while_full(
             partial(
@@ -854,7 +831,7 @@ class StepExecution:
                 self.run_id, reason=reason, keep=cancel_survivors(self.ctx.snapshot)
             )
         else:
-            publish_fan_out(self.ctx.snapshot, self.run_id, ids[:window])
+            dispatch.publish_fan_out(self.ctx.snapshot, self.run_id, ids[:window])
         return {
             "run_id": self.run_id,
             "step": self.step_id,
@@ -914,7 +891,6 @@ class StepExecution:
         becomes due is watched in the same transition (``RunStore.instance_ended``); the
         parent hands on with this task when its join is recorded here (_note_successors).
         """
-        from .dispatch import publish_steps
 
         nxt, join = wait_while_full(
             lambda: self.store.instance_ended(self.run_id, self.step_id, self._watch_seconds),
@@ -922,7 +898,7 @@ class StepExecution:
             give_up=worker_stopping,
         )
         if nxt:
-            publish_steps(self.ctx.snapshot, self.run_id, [nxt])
+            dispatch.publish_steps(self.ctx.snapshot, self.run_id, [nxt])
         if join and self.parent:
             parent = StepExecution(
                 self.task, self.settings, self.store, self.ctx, self.run_id, self.parent
@@ -1028,18 +1004,14 @@ class StepExecution:
         if self.attempt is not None and not outcome.duplicate:
             self._stop_keeping()  # recorded: the lease is gone with it
         if outcome.ready:
-            from .dispatch import publish_steps
-
-            publish_steps(self.ctx.snapshot, self.run_id, outcome.ready)
+            dispatch.publish_steps(self.ctx.snapshot, self.run_id, outcome.ready)
         if self.parent is not None:
             self._instance_ended()
         self._note_successors()
         if outcome.run_status:
             _cache.drop(self.run_id)
         if outcome.admitted:
-            from .dispatch import publish_admitted
-
-            publish_admitted(self.store, outcome.admitted)
+            dispatch.publish_admitted(self.store, outcome.admitted)
         result = {
             "run_id": self.run_id,
             "step": self.step_id,
@@ -1135,9 +1107,7 @@ class StepExecution:
         if self.parent is None and mode == DYNAMIC:
             ready = self.store.rejoin(self.run_id, self.step_id, self._children())
             if ready:
-                from .dispatch import publish_steps
-
-                publish_steps(self.ctx.snapshot, self.run_id, ready)
+                dispatch.publish_steps(self.ctx.snapshot, self.run_id, ready)
         elif self.parent is None and status in (StepStatus.FAILED, StepStatus.CANCELLED):
             # canvas: keep Celery from continuing past a step that did not succeed
             raise step_failed(str(status), self.step_id, "already recorded", None)
