@@ -1,4 +1,4 @@
-"""Commands that act on runs: cancel and rerun."""
+"""Commands that act on runs: cancel, rerun, pause, resume, approve, reject, retry, skip, abort."""
 
 from __future__ import annotations
 
