@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -20,8 +21,7 @@ from .model import Step, Workflow
 from .runrecord import RunRecord, StepRecord
 
 if TYPE_CHECKING:
-    from .api import Run, RunLogs, get_run, rerun, submit
-    from .asyncapi import asubmit
+    from .api import Run, RunLogs, asubmit, get_run, rerun, submit
 
 __version__ = "0.1.0"
 
@@ -55,18 +55,15 @@ _LAZY = {
     "RunLogs": "api",
     "get_run": "api",
     "rerun": "api",
-    "asubmit": "asyncapi",
+    "asubmit": "api",
+    "celery": "app",  # `celery -A runbook_celery` finds the app
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Import Celery only when something needs it; `celery -A runbook_celery` finds the app."""
+    """Import Celery only when something needs it (PEP 562): ``load_workflow`` and the
+    errors do not load Celery; `celery -A runbook_celery` finds the app as ``celery``."""
     if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    if name == "celery":
-        from .app import app
-
-        return app
+        module = import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, "app" if name == "celery" else name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

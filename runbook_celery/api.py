@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -9,11 +10,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
 
+from . import dispatch, events, redisconn
+from .asyncapi import follow_events, wait
+from .childruns import cancel_tree
 from .compile import (
     build_snapshot,
     make_plan,
@@ -21,27 +25,23 @@ from .compile import (
     snapshot_graph,
     snapshot_sha256,
 )
+from .control import RunControl
 from .errors import BackendUnavailable, InvalidOperation, RunFailed, RunNotFound, WaitTimeout
 from .events import START, TERMINAL_RUN_STATUSES, Event
 from .fullredis import full_description
+from .gates import Gates
 from .loader import LoadedWorkflow, from_mapping, from_model, load_workflow
 from .logs import Gap, LogLine, LogReader
 from .model import Workflow
 from .reconnect import Reconnector
-from .redisconn import get_client, redact
+from .redisconn import redact
 from .runrecord import RunRecord
 from .settings import Settings, get_settings
 from .store import RunStore
-
-if TYPE_CHECKING:
-    from .control import RunControl  # imported where used: control imports this module
+from .tasks import finish_outside
 
 # a path to a YAML file, a Workflow built in Python, or its dict (validated like YAML)
 WorkflowSource = str | Path | Workflow | LoadedWorkflow | Mapping[str, Any]
-
-
-def _store(settings: Settings) -> RunStore:
-    return RunStore(get_client(settings), settings.prefix, settings.retention)
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Run:
     def __init__(self, run_id: str, settings: Settings | None = None) -> None:
         self.id = run_id
         self.settings = settings or get_settings()
-        self.store = _store(self.settings)
+        self.store = redisconn.store_for(self.settings)
 
     def __repr__(self) -> str:
         return f"Run({self.id!r})"
@@ -78,8 +78,6 @@ class Run:
         ``by`` is recorded as the run's ``cancelled_by`` (Flower passes its logged-in user).
         Returns the record as it is right after the request.
         """
-        from .childruns import cancel_tree
-
         # child runs of uses: steps are cancelled with it (childruns.py)
         cancel_tree(
             self.store,
@@ -122,7 +120,6 @@ class Run:
         self._control().abort(by)
 
     def _control(self) -> RunControl:
-        from .control import RunControl
 
         return RunControl(self.id, self.settings)
 
@@ -136,7 +133,6 @@ class Run:
 
     def events(self, since: str = START, *, types: Iterable[str] | None = None) -> list[Event]:
         """The events recorded so far, oldest first (``runbook-celery events``)."""
-        from . import events
 
         return list(events.read(self.id, since, types=types, settings=self.settings))
 
@@ -155,7 +151,6 @@ class Run:
         self, timeout: float | None = None, *, raise_on_failure: bool = False
     ) -> RunRecord:
         """``wait()`` for asyncio code: a blocking read on the event stream, no thread."""
-        from .asyncapi import wait
 
         return await wait(self, timeout, raise_on_failure=raise_on_failure)
 
@@ -164,7 +159,6 @@ class Run:
     ) -> AsyncIterator[Event]:
         """``async for event in run.events_async()``: recorded events, then live ones,
         ending after the run's final event."""
-        from .asyncapi import follow_events
 
         return follow_events(self, since, types)
 
@@ -248,10 +242,7 @@ class Run:
 
 
 def _finish_outside(run_id: str, step_id: str, status: Any, **fields: Any) -> None:
-    """A parent's step finished from here: a cancel ended its child run (childruns.py).
-    The worker's code is imported only then, as an operator's decision does (control.py)."""
-    from .tasks import finish_outside
-
+    """A parent's step finished from here: a cancel ended its child run (childruns.py)."""
     finish_outside(run_id, step_id, status, **fields)
 
 
@@ -291,10 +282,9 @@ def submit_snapshot(
     extra: Mapping[str, str] | None = None,
 ) -> Run:
     """Record and enqueue a run from an already frozen snapshot (submit, rerun)."""
-    from .dispatch import publish_run
 
     settings = settings or get_settings()
-    store = _store(settings)
+    store = redisconn.store_for(settings)
     run_id = uuid.uuid4().hex
     graph = snapshot_graph(snapshot)
     plan = make_plan(graph)
@@ -317,7 +307,7 @@ def submit_snapshot(
     try:
         if group and not _admit(store, run_id, group):
             return Run(run_id, settings)
-        publish_run(snapshot, run_id, plan.tree, graph.sources(), store)
+        dispatch.publish_run(snapshot, run_id, plan.tree, graph.sources(), store)
     except InvalidOperation:
         with contextlib.suppress(redis.RedisError):
             store.delete_run(run_id)
@@ -353,6 +343,20 @@ def _withdraw(store: RunStore, run_id: str, settings: Settings) -> str:
         )
 
 
+async def asubmit(
+    source: WorkflowSource,
+    params: Mapping[str, Any] | None = None,
+    *,
+    settings: Settings | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> Run:
+    """``submit()`` for asyncio code: same validation, same errors, returns the same ``Run``.
+
+    Celery publishes synchronously, so the submission runs in a worker thread.
+    """
+    return await asyncio.to_thread(submit, source, params, settings=settings, extra=extra)
+
+
 def rerun(
     run_id: str,
     *,
@@ -369,7 +373,7 @@ def rerun(
     recorded as the new run's ``triggered_by``.
     """
     settings = settings or get_settings()
-    store = _store(settings)
+    store = redisconn.store_for(settings)
     original = store.get_run(run_id)
     if not original.finished:
         raise InvalidOperation(f"run {run_id} is still {original.status}; wait or cancel it first")
@@ -398,7 +402,6 @@ def rerun(
 
 def _admit(store: RunStore, run_id: str, group: Mapping[str, Any]) -> bool:
     """Concurrency group admission; False when the run must not be published now."""
-    from .gates import Gates
 
     verdict, running = Gates(store).admit(
         run_id, group["group"], group["limit"], group["on_conflict"]
@@ -408,8 +411,6 @@ def _admit(store: RunStore, run_id: str, group: Mapping[str, Any]) -> bool:
     if verdict == "skip":
         store.skip_run(run_id, f"concurrency group {group['group']!r} is full")
     elif verdict == "cancel":
-        from .childruns import cancel_tree
-
         for other in running:  # with their child runs, as Run.cancel
             cancel_tree(
                 store,

@@ -1,7 +1,8 @@
 """The Celery app: JSON only, at-least-once delivery, task events for Flower.
 
-Settings follow CELERY-NOTES.md section 3.1. The step task guards against duplicate
-deliveries itself (see tasks.py), so acks_late + reject_on_worker_lost are safe.
+Delivery is at least once (``acks_late``, prefetch 1, reject on worker lost; see
+docs/architecture.md, "Delivery"): the step task guards against duplicate deliveries
+itself (its claim in the store, see tasks.py), so redelivery is safe.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from celery import Celery, states
 from celery.backends.redis import RedisBackend
 from celery.utils.log import get_logger
 
+from . import workerstore
 from .errors import InvalidSetting
 from .fullredis import use_patient_redis_transport, wait_while_full, worker_stopping
 from .queuenames import queue_name_problem
@@ -100,9 +102,7 @@ class ResultBackend(RedisBackend):
         if member is None:
             super()._set(key, value, expires)  # type: ignore[misc]
             return
-        from .tasks import _worker_store  # tasks imports this module
-
-        settings, store = _worker_store()
+        settings, store = workerstore.worker_store()
         run_id, _, step_id = member.partition("|")
         successors, ended = handed_on_successors(member)
         store.hand_on(
@@ -191,17 +191,42 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class _App(Celery):
+    """Configured from ``RUNBOOK_*`` when first configured, unless given settings.
+
+    Celery calls ``on_configure`` as a method when it is not its signal (a signal would
+    log and swallow a bad setting, leaving the app without a broker or backend); raising
+    here reaches the caller, as a bad setting must.
+    """
+
+    lazy = True  # False when make_app() was given settings (configured from them at once)
+
+    def on_configure(self) -> None:  # type: ignore[override]
+        if self.lazy:
+            self.config_from_object(celery_config(get_settings()))
+
+
 def make_app(settings: Settings | None = None) -> Celery:
-    s = settings or get_settings()
+    """The Celery app, configured from ``settings``, or without them from ``RUNBOOK_*`` when
+    the app is first configured (first use), not when this module is imported: a process
+    that imports the engine (the CLI does) meets a bad setting inside its error handling,
+    where it is one line and exit 2, never a traceback at import."""
+    use_patient_redis_transport()
+    app = _App("runbook_celery", include=["runbook_celery.tasks"])
+    if settings is not None:  # checked now: the caller has them
+        app.lazy = False
+        app.config_from_object(celery_config(settings))
+    # checks each item a worker pops from a Redis queue before kombu parses it (poison.py)
+    app.steps["consumer"].add("runbook_celery.poison:EnvelopeCheck")
+    # a notifier thread per worker, started and stopped with it (notify.py)
+    app.steps["worker"].add("runbook_celery.notify:NotifierStep")
+    return app
+
+
+def celery_config(s: Settings) -> dict[str, Any]:
+    """Celery's settings for ours: broker, result backend, delivery and transport options."""
     if problem := queue_name_problem(s.default_queue):
         raise InvalidSetting([f"RUNBOOK_QUEUE: {problem}"])
-    use_patient_redis_transport()
-    app = Celery(
-        "runbook_celery",
-        broker=s.broker_url,
-        backend=f"runbook_celery.app:ResultBackend+{s.redis_url}",
-        include=["runbook_celery.tasks"],
-    )
     transport: dict[str, object] = {"visibility_timeout": s.visibility_timeout}
     broker_transport = dict(transport)
     if s.broker_url.startswith(("redis", "rediss")):
@@ -220,7 +245,9 @@ def make_app(settings: Settings | None = None) -> Celery:
     redis_broker = s.broker_url.startswith(("redis", "rediss"))
     # Redis serves 0 first (our 5 -> 4); AMQP queues need x-max-priority, higher first
     default_priority = 4 if redis_broker else 5
-    app.conf.update(
+    return dict(
+        broker_url=s.broker_url,
+        result_backend=f"runbook_celery.app:ResultBackend+{s.redis_url}",
         task_serializer="json",
         result_serializer="json",
         event_serializer="json",
@@ -267,11 +294,6 @@ def make_app(settings: Settings | None = None) -> Celery:
             "interval_max": 1,
         },
     )
-    # checks each item a worker pops from a Redis queue before kombu parses it (poison.py)
-    app.steps["consumer"].add("runbook_celery.poison:EnvelopeCheck")
-    # a notifier thread per worker, started and stopped with it (notify.py)
-    app.steps["worker"].add("runbook_celery.notify:NotifierStep")
-    return app
 
 
 app = make_app()

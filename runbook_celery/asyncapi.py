@@ -2,16 +2,17 @@
 
 Waiting and following use redis-py's asyncio client, blocking on the run's end stream or
 event stream (XREAD BLOCK), so an event loop serves any number of waits at no polling cost.
-Publishing a run goes through Celery, which has no asyncio path: ``asubmit`` runs ``submit`` in a
-thread (``asyncio.to_thread``), and so do the short synchronous reads of a final record.
+Publishing a run goes through Celery, which has no asyncio path: ``api.asubmit`` runs
+``submit`` in a thread (``asyncio.to_thread``), and so do the short synchronous reads of a
+final record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
@@ -24,26 +25,21 @@ from .runrecord import RunRecord
 from .settings import Settings, redis_connection_options
 from .store.codec import read_reply
 
-if TYPE_CHECKING:
-    from .api import Run, WorkflowSource
+
+class FollowedRun(Protocol):
+    """What waiting and following need of a ``Run`` (``api.Run`` is one): this module sits
+    below ``api``, which calls it from ``Run.wait_async()`` and ``Run.events_async()``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def settings(self) -> Settings: ...
+    def status(self) -> RunRecord: ...
+    def wait_timeout_error(self, timeout: float) -> BaseException: ...
+    def _ended(self) -> bool: ...
+
 
 BLOCK_MS = 1000  # longest wait before checking whether the run ended unseen (trimmed stream)
-
-
-async def asubmit(
-    source: WorkflowSource,
-    params: Mapping[str, Any] | None = None,
-    *,
-    settings: Settings | None = None,
-    extra: Mapping[str, str] | None = None,
-) -> Run:
-    """``submit()`` for asyncio code: same validation, same errors, returns the same ``Run``.
-
-    Celery publishes synchronously, so the submission runs in a worker thread.
-    """
-    from .api import submit
-
-    return await asyncio.to_thread(submit, source, params, settings=settings, extra=extra)
 
 
 def async_client(settings: Settings) -> aioredis.Redis:
@@ -53,7 +49,7 @@ def async_client(settings: Settings) -> aioredis.Redis:
 
 
 async def follow_events(
-    run: Run, since: str = START, types: Iterable[str] | None = None
+    run: FollowedRun, since: str = START, types: Iterable[str] | None = None
 ) -> AsyncIterator[Event]:
     """The run's events after ``since``, then live ones, ending after the run's final event.
 
@@ -95,7 +91,7 @@ async def follow_events(
 
 
 async def wait(
-    run: Run, timeout: float | None = None, *, raise_on_failure: bool = False
+    run: FollowedRun, timeout: float | None = None, *, raise_on_failure: bool = False
 ) -> RunRecord:
     """Until the run ends, then its final record; ``WaitTimeout`` after ``timeout`` seconds
     (the run goes on). A cancelled wait leaves the run alone, like a timed-out one."""
@@ -112,7 +108,7 @@ async def wait(
     return record
 
 
-async def _until_ended(run: Run) -> None:
+async def _until_ended(run: FollowedRun) -> None:
     """Block on the run's end stream (one entry, written when the run ends), so the wait
     wakes once; every ``BLOCK_MS`` the run's status is read in case it ended without one."""
     keys = Keys(run.settings.prefix)

@@ -9,27 +9,31 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, cli_control, cli_ecosystem, cli_observe, stepuser
+from .api import get_run, submit
+from .app import app
+from .cli_common import exit_for, follow, show_record
+from .cli_ecosystem import check_workflows, expand_workflow_paths
 from .cli_options import check_timeout, timeout_option
 from .cli_runid import run_id_argument
+from .compile import make_plan
 from .errors import (
     EXIT_INVALID,
-    EXIT_OK,
-    EXIT_RUN_FAILED,
     EXIT_UNAVAILABLE,
     InvalidDefinition,
     InvalidParams,
     RunbookError,
 )
+from .loader import load_workflow
 from .redisconn import BACKEND_ERRORS, describe_backend_error
+from .settings import get_settings, warn_of_passwords_in_env
+from .taskevents import quiet_task_lines
 from .terminal import echo as echo_untrusted
-from .terminal import use_colour
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
@@ -42,10 +46,6 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
         key, value = pair.split("=", 1)
         params[key.strip()] = value
     return params
-
-
-def _exit_for(status: str) -> int:
-    return EXIT_OK if status == "succeeded" else EXIT_RUN_FAILED
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,7 +78,6 @@ def validate(files: tuple[Path, ...], fmt: str, as_json: bool, lint: bool) -> No
     `N files, M invalid`. Exit 0 if every file is valid, 2 if not. With --lint, a
     shellcheck finding in a step's Bash counts as a problem too.
     """
-    from .cli_ecosystem import check_workflows, expand_workflow_paths
 
     fmt = "json" if as_json else fmt
     expansion = expand_workflow_paths(files)
@@ -107,8 +106,6 @@ def validate(files: tuple[Path, ...], fmt: str, as_json: bool, lint: bool) -> No
 @click.argument("file", type=click.Path(path_type=Path))
 def plan(file: Path) -> None:
     """Print how a workflow is dispatched: its Celery canvas, or dynamic dispatch."""
-    from .compile import make_plan
-    from .loader import load_workflow
 
     loaded = load_workflow(file)
     click.echo(f"workflow {loaded.workflow.name}: {len(loaded.workflow.steps)} steps")
@@ -129,7 +126,6 @@ def trigger(
     file: Path, params: tuple[str, ...], wait: bool, timeout: float | None, as_json: bool
 ) -> None:
     """Validate FILE, snapshot it and start a run; prints the run id."""
-    from .api import submit
 
     check_timeout(timeout, wait)
     run = submit(file, _parse_params(params))
@@ -141,40 +137,9 @@ def trigger(
         return
     if not as_json:
         click.echo(run.id)
-    record = _follow(run, echo=None if as_json else echo_untrusted, timeout=timeout)
+    record = follow(run, echo=None if as_json else echo_untrusted, timeout=timeout)
     show_record(record, as_json)
-    raise SystemExit(_exit_for(record.status))
-
-
-def show_record(record: Any, as_json: bool) -> None:
-    """The final view of a run, shared by status, watch, trigger and rerun: one JSON object
-    (every control character escaped), or the table, coloured on a terminal."""
-    from .render import record_json, record_table
-
-    if as_json:
-        click.echo(json.dumps(record_json(record)))
-    else:
-        echo_untrusted(record_table(record, colour=use_colour()))  # stderr tails are in it
-
-
-def _follow(run: Any, echo: Callable[[str], None] | None, timeout: float | None = None) -> Any:
-    """Show the run until it ends (live table on a terminal, else one line per event).
-
-    With ``timeout``, raises WaitTimeout (exit 5) when it runs out first; the run goes on.
-    """
-    from .terminal import echo_stderr
-
-    if echo is None:
-        from .queuewatch import warn_unconsumed
-
-        with warn_unconsumed(run):
-            return run.wait(timeout=timeout, on_reconnect=echo_stderr)
-    from .live import follow_run
-
-    record = follow_run(run, echo, timeout=timeout, on_reconnect=echo_stderr)
-    if timeout is not None and not record.finished:
-        raise run.wait_timeout_error(timeout)
-    return record
+    raise SystemExit(exit_for(record.status))
 
 
 @cli.command()
@@ -189,7 +154,6 @@ def status(run_id: str, as_json: bool) -> None:
     the JSON has `"exit_code": 143, "signal": "SIGTERM"`. A step a rerun took from its original
     run shows `succeeded (reused)` (`"reused": true`).
     """
-    from .api import get_run
 
     show_record(get_run(run_id), as_json)
 
@@ -231,9 +195,6 @@ def worker(
     other that runbook-celery uses: state lives in Redis, and cancel does not use Celery's
     revoke), and no INFO line per task received or succeeded (the run store and events
     record every step; ``--log-tasks`` brings the lines back)."""
-    from .app import app
-    from .settings import get_settings, warn_of_passwords_in_env
-    from .taskevents import quiet_task_lines
 
     argv = ["worker", f"--loglevel={loglevel}", "-E", "-Q", queues or get_settings().default_queue]
     if not gossip_and_mingle:
@@ -251,7 +212,6 @@ def worker(
 
 def _use_step_user(name: str, celery_args: tuple[str, ...]) -> None:
     """Check ``--step-user`` against how the worker runs, then switch steps to that user."""
-    from . import stepuser
 
     if any(a == "--uid" or a.startswith("--uid=") for a in celery_args):
         raise click.UsageError(
@@ -276,25 +236,9 @@ def _use_step_user(name: str, celery_args: tuple[str, ...]) -> None:
         raise click.BadParameter(str(exc), param_hint="--step-user") from None
 
 
-EXTRA_COMMAND_MODULES = ("cli_control", "cli_observe", "cli_ecosystem")
-
-
-def _register_extra_commands() -> None:
-    """Commands of each area live in their own module, which exposes ``COMMANDS``."""
-    from importlib import import_module
-
-    for name in EXTRA_COMMAND_MODULES:
-        try:
-            module = import_module(f".{name}", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__package__}.{name}":
-                continue
-            raise
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register_extra_commands()
+# the commands of each area live in their own module, which exposes ``COMMANDS``
+for _command in (*cli_control.COMMANDS, *cli_observe.COMMANDS, *cli_ecosystem.COMMANDS):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Commands that act on runs: cancel and rerun."""
+"""Commands that act on runs: cancel, rerun, pause, resume, approve, reject, retry, skip, abort."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import json
 
 import click
 
+from .api import Run
+from .api import rerun as do_rerun
+from .cli_common import exit_for, follow, show_record
 from .cli_options import check_timeout, timeout_option
 from .cli_runid import run_id_argument
+from .control import RunControl
 from .errors import InvalidOperation
 from .redisconn import backend_errors
+from .render import record_json
 from .terminal import echo as echo_untrusted
 
 
@@ -18,8 +23,6 @@ from .terminal import echo as echo_untrusted
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 def cancel(run_id: str, as_json: bool) -> None:
     """Cancel a run: nothing new starts; running steps are stopped (SIGTERM, grace, SIGKILL)."""
-    from .api import Run
-    from .render import record_json
 
     with backend_errors(f"cancel run {run_id}"):
         record = Run(run_id).cancel()
@@ -48,8 +51,6 @@ def rerun(
     Steps taken from the original run show as `succeeded (reused)`. With --json, the new
     run's record as `status --json` prints it: at once, or with --wait when the run ends.
     """
-    from .api import rerun as do_rerun
-    from .cli import _exit_for, _follow, show_record
 
     if from_failed and from_step:
         raise InvalidOperation("use either --from-failed or --from STEP, not both")
@@ -63,9 +64,9 @@ def rerun(
         return
     if not as_json:
         click.echo(run.id)
-    record = _follow(run, None if as_json else echo_untrusted, timeout=timeout)
+    record = follow(run, None if as_json else echo_untrusted, timeout=timeout)
     show_record(record, as_json)
-    raise SystemExit(_exit_for(record.status))
+    raise SystemExit(exit_for(record.status))
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -86,7 +87,6 @@ by_option = click.option("--by", default=None, help="Who decides (default: your 
 @by_option
 def pause(run_id: str, by: str | None) -> None:
     """Pause a run: no new step starts; running steps finish."""
-    from .control import RunControl
 
     RunControl(run_id).pause(by)
     click.echo(f"paused {run_id}")
@@ -97,7 +97,6 @@ def pause(run_id: str, by: str | None) -> None:
 @by_option
 def resume(run_id: str, by: str | None) -> None:
     """Resume a paused run where it stopped."""
-    from .control import RunControl
 
     n = RunControl(run_id).resume(by)
     click.echo(f"resumed {run_id} ({n} waiting steps released)")
@@ -109,7 +108,6 @@ def resume(run_id: str, by: str | None) -> None:
 @by_option
 def approve(run_id: str, step: str, by: str | None) -> None:
     """Approve a step waiting at its approval gate."""
-    from .control import RunControl
 
     RunControl(run_id).approve(step, by)
     click.echo(f"approved {step} of {run_id}")
@@ -121,7 +119,6 @@ def approve(run_id: str, step: str, by: str | None) -> None:
 @by_option
 def reject(run_id: str, step: str, by: str | None) -> None:
     """Reject a step at its approval gate: it fails with reason rejected."""
-    from .control import RunControl
 
     RunControl(run_id).reject(step, by)
     click.echo(f"rejected {step} of {run_id}")
@@ -134,7 +131,6 @@ def reject(run_id: str, step: str, by: str | None) -> None:
 @by_option
 def retry_step(run_id: str, step: str, env: tuple[str, ...], by: str | None) -> None:
     """Run a step awaiting a decision again (optionally with changed environment)."""
-    from .control import RunControl
 
     RunControl(run_id).retry_step(step, _pairs(env, "--env"), by)
     click.echo(f"retrying {step} of {run_id}")
@@ -153,7 +149,6 @@ def retry_step(run_id: str, step: str, env: tuple[str, ...], by: str | None) -> 
 @by_option
 def skip_step(run_id: str, step: str, outputs: tuple[str, ...], by: str | None) -> None:
     """Skip a step awaiting a decision; the run goes on with the supplied outputs."""
-    from .control import RunControl
 
     RunControl(run_id).skip_step(step, _pairs(outputs, "--output"), by)
     click.echo(f"skipped {step} of {run_id}")
@@ -164,7 +159,6 @@ def skip_step(run_id: str, step: str, outputs: tuple[str, ...], by: str | None) 
 @by_option
 def abort(run_id: str, by: str | None) -> None:
     """Fail a run that is awaiting a decision, as if no pause had been asked for."""
-    from .control import RunControl
 
     RunControl(run_id).abort(by)
     click.echo(f"aborted {run_id}")

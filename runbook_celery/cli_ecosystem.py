@@ -17,14 +17,16 @@ from typing import Any
 
 import click
 
+from .app import app
 from .cli_deadletters import dead_letters
 from .cli_notify import notifier
 from .cron import Cron, Every, Fire, upcoming
 from .errors import EXIT_INVALID, InvalidDefinition, Problem
 from .lint import lint_workflow
+from .loader import load_workflow
 from .model import Workflow
 from .safefiles import list_definitions
-from .schedule import ScheduledDefinition, read_definitions
+from .schedule import ScheduledDefinition, read_definitions, scheduler_for
 from .terminal import echo as echo_untrusted
 
 # Draft 7 rather than pydantic's 2020-12: the YAML language server (VS Code, Neovim) validates
@@ -99,7 +101,6 @@ def check_workflows(
 
     With ``lint``, a valid file's Bash is also run through shellcheck (``lint.py``).
     """
-    from .loader import load_workflow
 
     for item in items:
         if isinstance(item, Problem):
@@ -143,8 +144,6 @@ def beat(definitions: Path, loglevel: str) -> None:
     logged and left out. With `overlap: skip` (the default) a run is not started while the
     previous scheduled run of that workflow has not finished.
     """
-    from .app import app
-    from .schedule import scheduler_for
 
     # celery-types: a scheduler's name only; Celery's Beat takes the class as well
     app.Beat(scheduler=scheduler_for(definitions.resolve()), loglevel=loglevel).run()  # type: ignore[arg-type]

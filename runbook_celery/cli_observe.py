@@ -9,20 +9,31 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
+from . import events
+from .api import Run, get_run
+from .app import app
+from .cli_common import follow, show_record
 from .cli_options import timeout_option
-from .cli_runid import run_id_argument, run_id_option
+from .cli_runid import resolve_run_id, run_id_argument, run_id_option
 from .errors import EXIT_OK, EXIT_RUN_FAILED, InvalidOperation
 from .events import Event, EventType, RunStatus, StepStatus
+from .graphview import GraphView, render
+from .history import list_runs
+from .live import event_line, follow_run
+from .loader import load_workflow
+from .logs import Gap, LogReader
+from .reconnect import Reconnector
+from .redisconn import get_client
+from .render import exit_code, params_text, seconds, signal_of, table
+from .settings import get_settings
+from .store import RunStore
 from .terminal import echo as echo_untrusted
 from .terminal import echo_stderr, is_terminal, neutralise, use_colour
-
-if TYPE_CHECKING:
-    from .logs import Gap
-    from .store import RunStore
+from .web.server import serve
 
 FLOWER_COLUMNS = "name,uuid,state,args,received,started,runtime,worker"
 PREFIX_COLOURS = ("cyan", "magenta", "yellow", "green", "blue", "bright_cyan", "bright_magenta")
@@ -31,9 +42,6 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 
 
 def _store() -> RunStore:
-    from .redisconn import get_client
-    from .settings import get_settings
-    from .store import RunStore
 
     settings = get_settings()
     return RunStore(get_client(settings), settings.prefix, settings.retention)
@@ -80,9 +88,6 @@ def logs(
     a file or a pipe, the output is written byte for byte. A line's time (--timestamps) is
     when the worker's batch reached Redis, within 50 ms of the step printing it.
     """
-    from .logs import Gap, LogReader
-    from .reconnect import Reconnector
-    from .settings import get_settings
 
     if failed and follow:
         raise InvalidOperation(
@@ -194,8 +199,6 @@ def events_command(
     run_id: str | None, follow: bool, since: str, types: tuple[str, ...], as_json: bool
 ) -> None:
     """Print events with their ids; resume after the last id seen with --since ID."""
-    from . import events
-    from .live import event_line
 
     if follow:
         stream = events.follow(run_id, since, types=types or None, on_reconnect=echo_stderr)
@@ -211,7 +214,6 @@ def events_command(
 
 def event_json(event: Event) -> dict[str, Any]:
     """``event.to_dict()`` with an exit code as every view shows it: 143 and its ``signal``."""
-    from .render import exit_code, signal_of
 
     data = event.to_dict()
     if event.exit_code is not None:
@@ -240,8 +242,6 @@ def runs(workflow: str | None, status: str | None, limit: int, as_json: bool) ->
     status words coloured on a terminal (never when piped, or with NO_COLOR set). A rerun
     shows `(rerun)` after its status.
     """
-    from .history import list_runs
-    from .render import params_text, seconds, table
 
     store = _store()
     found = list_runs(store, workflow=workflow, status=status, limit=limit)
@@ -299,14 +299,11 @@ def watch(run_id: str, timeout: float | None, as_json: bool) -> None:
     On a terminal the step table updates in place; otherwise one line per event. The final
     table is the one `status` prints.
     """
-    from .api import Run
-    from .cli import _follow, show_record
-    from .live import follow_run
 
     run = Run(run_id)
     run.status()  # RunNotFound (or exit 3, Redis unreachable) before anything is drawn
     if as_json:
-        record = _follow(run, None, timeout=timeout)  # exit 5 (WaitTimeout) if it runs out
+        record = follow(run, None, timeout=timeout)  # exit 5 (WaitTimeout) if it runs out
         show_record(record, as_json=True)
         raise SystemExit(_outcome_code(record.status))
     record = follow_run(run, echo_untrusted, timeout=timeout, on_reconnect=echo_stderr)
@@ -330,18 +327,12 @@ def watch(run_id: str, timeout: float | None, as_json: bool) -> None:
 )
 def graph(source: str, fmt: str) -> None:
     """Print a workflow's DAG, or a run's with each step coloured by its status."""
-    from .graphview import GraphView, render
 
     path = Path(source)
     if path.exists() or path.suffix in (".yaml", ".yml"):
-        from .loader import load_workflow
-
         wf = load_workflow(path).workflow
         view = GraphView(wf.name, {s.id: tuple(s.needs) for s in wf.steps})
     else:
-        from .api import get_run
-        from .cli_runid import resolve_run_id
-
         store = _store()
         source = resolve_run_id(store, source)
         record = get_run(source)
@@ -379,8 +370,6 @@ def flower(port: int, address: str, definitions: Path | None, flower_args: tuple
     FLOWER_UNAUTHENTICATED_API=true (Flower's rule for its API). Steps are also Flower
     tasks named <workflow>.<step>, with `run=<id> step=<id>` in their args.
     """
-    from .app import app
-    from .web.server import serve
 
     argv = [
         f"--port={port}",

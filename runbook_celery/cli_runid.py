@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 import redis
 
 from .errors import BackendUnavailable, InvalidParams, RunNotFound
-
-if TYPE_CHECKING:
-    from .store import RunStore
+from .redisconn import get_client, redact
+from .settings import get_settings
+from .store import RunStore
 
 MIN_PREFIX = 4  # as git's shortest abbreviation: short enough to type, long enough to mean one
 MAX_LISTED = 10  # candidates named when a prefix is ambiguous
@@ -45,9 +45,6 @@ class AmbiguousRunId(InvalidParams):
 
 
 def _store() -> RunStore:
-    from .redisconn import get_client
-    from .settings import get_settings
-    from .store import RunStore
 
     settings = get_settings()
     return RunStore(get_client(settings), settings.prefix, settings.retention)
@@ -87,8 +84,6 @@ def resolve_run_id(store: RunStore, text: str) -> str:
             if len(candidates) > MAX_LISTED:
                 break
     except redis.RedisError as exc:
-        from .redisconn import redact
-
         raise BackendUnavailable(f"cannot look up run {text!r}: {redact(str(exc))}") from None
     if not candidates:
         raise RunNotFound(text)

@@ -10,6 +10,7 @@ import getpass
 import json
 from typing import Any
 
+from . import redisconn
 from .app import app
 from .childruns import live_children
 from .errors import InvalidOperation, RunNotFound
@@ -17,7 +18,8 @@ from .events import EventType, FailureReason, StepStatus
 from .gates import Gates
 from .redisconn import backend_errors, check_writable, client_for
 from .settings import Settings, get_settings
-from .store import RunStore
+from .store import RunStore, now_iso
+from .tasks import finish_outside
 
 
 def default_author() -> str:
@@ -35,11 +37,9 @@ class RunControl:
     """
 
     def __init__(self, run_id: str, settings: Settings | None = None) -> None:
-        from .api import _store
-
         self.run_id = run_id
         self.settings = settings or get_settings()
-        self.store: RunStore = _store(self.settings)
+        self.store: RunStore = redisconn.store_for(self.settings)
         self.gates = Gates(self.store)
 
     def _check_writable(self) -> None:
@@ -191,7 +191,6 @@ class RunControl:
         return h
 
     def _event(self, step_id: str, etype: EventType, by: str | None) -> None:
-        from .store import now_iso
 
         k = self.store.keys
         fields: dict[Any, Any] = {
@@ -207,7 +206,6 @@ class RunControl:
         self.store.r.xadd(k.global_events, fields, maxlen=100_000, approximate=True)
 
     def _finish(self, step_id: str, status: StepStatus, **fields: Any) -> None:
-        from .tasks import finish_outside
 
         finish_outside(self.run_id, step_id, status, **fields)
         if self.store.r.hget(self.store.keys.run(self.run_id), "status") in (

@@ -15,7 +15,7 @@ from celery.canvas import Signature
 
 from .app import RUN_TIMEOUT_TASK, STEP_TASK, app
 from .canvassegments import Segment, Segments, segment
-from .compile import CANVAS
+from .compile import CANVAS, make_plan, snapshot_graph
 from .graph import Leaf, Parallel, Series, SPTree
 from .settings import get_settings
 
@@ -133,8 +133,6 @@ def publish_next_segment(snapshot: Mapping[str, Any], run_id: str, step_id: str)
         return
     segments = _segments_of.get(run_id)
     if segments is None:
-        from .compile import snapshot_graph
-
         tree = snapshot_graph(snapshot).series_parallel()
         segments = _segments(snapshot, tree) if tree is not None else Segments()
         _segments_of[run_id] = segments
@@ -173,7 +171,6 @@ def publish_steps(snapshot: Mapping[str, Any], run_id: str, step_ids: Iterable[s
 
 def publish_admitted(store: Any, run_ids: Iterable[str]) -> None:
     """Runs of a concurrency group let in by a freed slot: send them now."""
-    from .compile import make_plan, snapshot_graph
 
     for run_id in run_ids:
         snapshot = store.snapshot(run_id)
@@ -186,8 +183,6 @@ def continue_after_failure(store: Any, run_id: str, lease_seconds: float) -> lis
     continues by dynamic dispatch from its record (``RunStore.fail_over_to_dynamic``), so
     its ``failure()``/``always()`` steps run exactly as in a dynamic run (canvasplan).
     Called before the failure is recorded, whose own transition then joins its children."""
-    from .compile import snapshot_graph
-
     snapshot = store.snapshot(run_id)
     ready: list[str] = store.fail_over_to_dynamic(
         run_id, snapshot_graph(snapshot).children, lease_seconds
@@ -207,7 +202,6 @@ def continue_survivors(store: Any, run_id: str, lease_seconds: float) -> list[st
     caller lost before publishing them leaves it to the reconciler). Idempotent: a step
     published twice is claimed once.
     """
-    from .compile import snapshot_graph
 
     snapshot = store.snapshot(run_id)
     # a canvas run with such steps continues by dynamic dispatch too (canvasplan)

@@ -1,4 +1,4 @@
-"""The vocabulary of run and step statuses and event types, defined once; reading events.
+"""Reading events, and the vocabulary of statuses and event types (``vocabulary``) with them.
 
 ``events.read()`` and ``events.follow()`` give Python code the same durable, resumable
 event streams the ``runbook-celery events`` command prints.
@@ -10,128 +10,40 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, InvalidOperation, RunNotFound
 from .reconnect import Reconnector, resume_on_loss
-
-if TYPE_CHECKING:
-    from .settings import Settings
-    from .store import RunStore
-
-
-class RunStatus(StrEnum):
-    QUEUED = "queued"  # waiting for a slot in its concurrency group
-    PENDING = "pending"
-    RUNNING = "running"
-    PAUSED = "paused"
-    AWAITING_DECISION = "awaiting_decision"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"  # concurrency group full with on_conflict: skip
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_RUN_STATUSES
-
-
-TERMINAL_RUN_STATUSES = frozenset({"succeeded", "failed", "cancelled", "skipped"})
-
-
-class StepStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    WAITING = "waiting"  # parked: run paused or max_active_steps reached
-    AWAITING_APPROVAL = "awaiting_approval"
-    AWAITING_DECISION = "awaiting_decision"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (
-            StepStatus.SUCCEEDED,
-            StepStatus.FAILED,
-            StepStatus.SKIPPED,
-            StepStatus.CANCELLED,
-        )
-
-
-class EventType(StrEnum):
-    """Every type of event written to a run's stream (tests/test_vocabulary.py proves it)."""
-
-    WORKFLOW_STARTED = "workflow_started"
-    WORKFLOW_SUCCEEDED = "workflow_succeeded"
-    WORKFLOW_FAILED = "workflow_failed"
-    WORKFLOW_CANCELLED = "workflow_cancelled"
-    WORKFLOW_CANCELLING = "workflow_cancelling"
-    WORKFLOW_SKIPPED = "workflow_skipped"  # concurrency group full with on_conflict: skip
-    WORKFLOW_PAUSED = "workflow_paused"
-    WORKFLOW_RESUMED = "workflow_resumed"
-    STEP_STARTED = "step_started"
-    STEP_SUCCEEDED = "step_succeeded"
-    STEP_FAILED = "step_failed"
-    STEP_SKIPPED = "step_skipped"
-    STEP_CANCELLED = "step_cancelled"
-    STEP_RETRYING = "step_retrying"
-    STEP_HANDED_BACK = "step_handed_back"
-    STEP_WAITING = "step_waiting"  # parked: run paused or max_active_steps reached
-    STEP_AWAITING_APPROVAL = "step_awaiting_approval"
-    STEP_APPROVED = "step_approved"
-    STEP_REJECTED = "step_rejected"
-    STEP_AWAITING_DECISION = "step_awaiting_decision"  # failed with on_failure: pause
-    STEP_DECISION_RETRY = "step_decision_retry"
-    STEP_DECISION_SKIP = "step_decision_skip"
-    STEP_DECISION_ABORT = "step_decision_abort"
-    STEP_AWAITING_CHILD = "step_awaiting_child"  # a uses: step waits for its child run
-    # a delivery that no longer held its step tried to record something: kept, not applied
-    STEP_RESULT_DISCARDED = "step_result_discarded"
-    NOTIFICATION_SENT = "notification_sent"  # a `notify:` URL took a notification (notify.py)
-    NOTIFICATION_FAILED = "notification_failed"  # it did not, after the attempts made
-
-
-class FailureReason(StrEnum):
-    """Why a step failed (or was cancelled): the ``reason`` of its record and events."""
-
-    EXIT_CODE = "exit_code"
-    TIMEOUT = "timeout"
-    CANCELLED = "cancelled"
-    WORKER_LOST = "worker_lost"
-    OUTPUT_TOO_LARGE = "output_too_large"
-    SPAWN_ERROR = "spawn_error"
-    INTERNAL_ERROR = "internal_error"  # the step task itself failed (a bug), not the step
-    REJECTED = "rejected"  # `reject` at its approval gate
-    APPROVAL_TIMEOUT = "approval_timeout"  # nobody approved within approval.timeout
-    INSTANCE_FAILED = "instance_failed"  # an instance of a fanned-out step failed
-    BAD_INPUT = "bad_input"  # for_each got no JSON list, or a value holds a NUL byte
-    BAD_WORKING_DIR = "bad_working_dir"  # the step's directory is missing on the worker
-    ABORTED = "aborted"  # `abort` of a step awaiting a decision
-    TOO_MANY_INSTANCES = "too_many_instances"  # for_each longer than RUNBOOK_MAX_INSTANCES
-    EXIT_CODE_SKIP = "exit_code_skip"  # an exit code in skip_on_exit_codes: recorded skipped
-    CHILD_FAILED = "child_failed"  # the child run of a uses: step failed
-
-
-class WaitReason(StrEnum):
-    """Why a step is parked (the ``reason`` of ``step_waiting``)."""
-
-    PAUSED = "paused"
-    MAX_ACTIVE_STEPS = "max_active_steps"
-
-
-TERMINAL_EVENTS = frozenset(
-    {
-        EventType.WORKFLOW_SUCCEEDED,
-        EventType.WORKFLOW_FAILED,
-        EventType.WORKFLOW_CANCELLED,
-        EventType.WORKFLOW_SKIPPED,
-    }
+from .redisconn import get_client, redact
+from .settings import Settings, get_settings
+from .store import RunStore
+from .store.codec import range_reply
+from .vocabulary import (
+    TERMINAL_EVENTS,
+    TERMINAL_RUN_STATUSES,
+    EventType,
+    FailureReason,
+    RunStatus,
+    StepStatus,
+    WaitReason,
 )
+
+__all__ = [
+    "LATEST",
+    "START",
+    "TERMINAL_EVENTS",
+    "TERMINAL_RUN_STATUSES",
+    "Event",
+    "EventType",
+    "FailureReason",
+    "RunStatus",
+    "StepStatus",
+    "WaitReason",
+    "check_since",
+    "follow",
+    "read",
+]
 
 
 # ---------------------------------------------------------------------------- reading events
@@ -197,7 +109,6 @@ def check_since(since: str) -> str:
     Raises:
         InvalidOperation: ``since`` is not a stream id.
     """
-    from .errors import InvalidOperation
 
     if since == LATEST or _STREAM_ID.match(since):
         return since
@@ -264,7 +175,6 @@ def follow(
         for event in events.follow(types={"step_failed"}):
             page_someone(event.run_id, event.step, event.exit_code)
     """
-    from .settings import get_settings
 
     seconds = (settings or get_settings()).client_reconnect_seconds
     until = None if timeout is None else time.monotonic() + timeout
@@ -314,10 +224,6 @@ _ENDED_OR_GONE = frozenset({None, *TERMINAL_RUN_STATUSES})
 
 
 def _open(run_id: str | None, settings: Settings | None) -> RunStore:
-    from .errors import RunNotFound
-    from .redisconn import get_client
-    from .settings import get_settings
-    from .store import RunStore
 
     s = settings or get_settings()
     store = RunStore(get_client(s), s.prefix, s.retention)
@@ -330,7 +236,6 @@ def _resolve(store: RunStore, run_id: str | None, since: str) -> str:
     """Pin ``$`` to the current last id, so no event slips between two blocking reads."""
     if since != LATEST:
         return since
-    from .store.codec import range_reply  # store imports this module
 
     key = store.keys.run_events(run_id) if run_id else store.keys.global_events
     newest = range_reply(_guard(lambda: store.r.xrevrange(key, count=1)))
@@ -350,9 +255,6 @@ _T = TypeVar("_T")
 def _guard(call: Callable[[], _T]) -> _T:
     """Run one Redis call; a lost connection becomes BackendUnavailable."""
     import redis
-
-    from .errors import BackendUnavailable
-    from .redisconn import redact
 
     try:
         return call()

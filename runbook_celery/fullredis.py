@@ -38,6 +38,8 @@ import redis
 from kombu import transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 
+from . import workerstore
+
 log = logging.getLogger("runbook_celery.worker")
 
 FIRST_DELAY = 0.25  # seconds before the first retry
@@ -122,14 +124,12 @@ def worker_stopping() -> bool:
     """
     from celery.worker import state
 
-    from .tasks import shutdown_flag_path  # tasks imports app, which imports this module
-
     # celery-types declares both None; Celery sets them to the exit code on shutdown
     should_stop = cast("int | None", state.should_stop)
     should_terminate = cast("int | None", state.should_terminate)
     if should_stop or should_terminate:
         return True
-    return os.path.exists(shutdown_flag_path(os.getppid()))
+    return os.path.exists(workerstore.shutdown_flag_path(os.getppid()))
 
 
 class QoS(kombu_redis.QoS):

@@ -2,7 +2,8 @@
 
 The series-parallel decomposition decides whether a DAG can be mirrored exactly by Celery
 canvas (chain = series, group/chord = parallel). A DAG whose order contains an "N"
-(a->c, a->d, b->d with b, c unrelated) cannot; see CELERY-NOTES.md section 1.1.
+(a->c, a->d, b->d with b, c unrelated) cannot: such runs use dynamic dispatch
+(docs/architecture.md, "What a run is guaranteed").
 """
 
 from __future__ import annotations

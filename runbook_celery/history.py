@@ -21,6 +21,7 @@ import redis
 
 from .errors import BackendUnavailable
 from .events import TERMINAL_RUN_STATUSES
+from .redisconn import redact
 from .store import RunStore
 
 DEFAULT_LIMIT = 20
@@ -70,8 +71,6 @@ def list_runs(
                 break
         trim_global_events(store)
     except redis.RedisError as exc:
-        from .redisconn import redact
-
         raise BackendUnavailable(f"cannot read run history: {redact(str(exc))}") from exc
     return out
 
@@ -148,8 +147,6 @@ def page_runs(
         found = _summaries(store, ids, now)
         total -= len(ids) - len(found)  # expired meanwhile
     except redis.RedisError as exc:
-        from .redisconn import redact
-
         raise BackendUnavailable(f"cannot read run history: {redact(str(exc))}") from exc
     return RunPage(total=max(total, len(found)), offset=offset, runs=found)
 

@@ -23,6 +23,7 @@ from redis.typing import KeyT, StreamIdT
 from .errors import BackendUnavailable, InvalidOperation, RunNotFound
 from .events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES
 from .reconnect import Reconnector
+from .redisconn import redact
 from .store import RunStore
 from .store.codec import range_reply, read_reply
 
@@ -258,7 +259,6 @@ _ENDED = TERMINAL_RUN_STATUSES  # skipped too: a run its concurrency group skipp
 
 @contextmanager
 def _redis_errors() -> Iterator[None]:
-    from .redisconn import redact
 
     try:
         yield

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import apprise
 
-from .events import EventType
+from .vocabulary import EventType
 
 
 class NotifyEvent(StrEnum):

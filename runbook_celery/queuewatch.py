@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .app import app
 from .events import StepStatus
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ def consumed_queues(timeout: float = REPLY_WINDOW) -> set[str] | None:
 
     None when the broadcast itself failed (broker unreachable): nothing is known then.
     """
-    from .app import app
 
     try:
         replies = app.control.inspect(timeout=timeout).active_queues()

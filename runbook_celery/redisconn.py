@@ -14,6 +14,7 @@ from redis.retry import Retry
 from .errors import BackendUnavailable
 from .redaction import redact as redact  # re-exported: callers import it from here
 from .settings import Settings, keepalive_options, redis_connection_options
+from .store import RunStore
 
 
 @lru_cache(maxsize=8)
@@ -38,6 +39,12 @@ def lease_client(url: str, timeout: float) -> redis.Redis:
 
 def get_client(settings: Settings) -> redis.Redis:
     return client_for(settings.redis_url)
+
+
+def store_for(settings: Settings) -> RunStore:
+    """The run store of a client process (API, operator decisions); looked up on this
+    module by its callers, so the in-process harness can give them its own."""
+    return RunStore(get_client(settings), settings.prefix, settings.retention)
 
 
 def check_writable(client: redis.Redis, probe_key: str) -> None:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import expressions as ex
-from .events import FailureReason, RunStatus, StepStatus
 from .masking import MASK_TEXT
 from .matrix import label as matrix_label
+from .vocabulary import FailureReason, RunStatus, StepStatus
 
 _STEP_CONTROL_FIELDS = (
     "approval_prompt",

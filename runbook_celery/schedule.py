@@ -30,9 +30,15 @@ from typing import TYPE_CHECKING, Any
 from celery.schedules import BaseSchedule, schedstate
 from celery.schedules import schedule as interval_schedule
 
+from .api import submit
 from .cron import Cron, Every, ScheduleError, Spec, next_fire, parse
+from .errors import InvalidDefinition, Problem
+from .events import RunStatus
+from .loader import load_workflow
+from .redisconn import get_client
 from .safefiles import list_definitions
 from .settings import Settings, get_settings
+from .store import RunStore
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -160,8 +166,6 @@ def read_definitions(
 
     Each problem of an invalid file goes to ``on_problem`` (default: logged, as beat does).
     """
-    from .errors import InvalidDefinition, Problem
-    from .loader import load_workflow
 
     found = []
     listing = list_definitions(directory)
@@ -199,11 +203,6 @@ def trigger_scheduled(path: Path, settings: Settings | None = None) -> str | Non
         InvalidDefinition: the file is no longer valid.
         BackendUnavailable: Redis or the broker did not answer.
     """
-    from .api import submit
-    from .events import RunStatus
-    from .loader import load_workflow
-    from .redisconn import get_client
-    from .store import RunStore
 
     settings = settings or get_settings()
     loaded = load_workflow(path)
@@ -278,8 +277,6 @@ def _scheduler_base() -> type[Scheduler]:
             try:
                 trigger_scheduled(path)
             except Exception as exc:  # beat must keep serving the other schedules
-                from .errors import InvalidDefinition
-
                 if isinstance(exc, InvalidDefinition):
                     for problem in exc.problems:
                         log.error("not started: %s", problem.render())

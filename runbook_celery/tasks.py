@@ -13,13 +13,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache, partial
+from functools import cached_property, partial
 from typing import Any
 
 import redis
@@ -28,10 +27,12 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from . import (
     childruns,
+    dispatch,
     matrix,
     shells,
     stepinputs,
-    workerhooks,  # noqa: F401  (connects the worker signals: recovery, shutdown)
+    workerhooks,  # connects the worker signals: recovery, shutdown
+    workerstore,
 )
 from . import expressions as ex
 from .app import (
@@ -54,9 +55,8 @@ from .graph import Graph
 from .lease import LeaseKeeper, boottime
 from .logsink import StepLogSink
 from .masking import Masker
-from .redisconn import get_client, lease_client
 from .runner import BashResult, run_bash
-from .settings import Settings, get_settings, worker_environment
+from .settings import Settings, worker_environment
 from .store import FinishOutcome, Outcome, RunStore, Successor, now_iso
 from .taskevents import (
     FannedOut,
@@ -158,32 +158,12 @@ class _RunCache:
 _cache = _RunCache()
 
 
-@lru_cache(maxsize=1)
-def _worker_store() -> tuple[Settings, RunStore]:
-    settings = get_settings()
-    return settings, RunStore(get_client(settings), settings.prefix, settings.retention)
-
-
-@lru_cache(maxsize=1)
-def _lease_store() -> RunStore:
-    """The store as lease renewal sees it: a client that gives up quickly (no retries), so
-    that a renewal that cannot reach Redis is known as such well within the lease."""
-    settings = get_settings()
-    timeout = max(0.25, settings.lease_seconds / 8)
-    return RunStore(lease_client(settings.redis_url, timeout), settings.prefix, settings.retention)
-
-
-def shutdown_flag_path(worker_pid: int) -> str:
-    """A file the worker's main process creates when running steps must be handed back."""
-    return os.path.join(tempfile.gettempdir(), f"runbook-handback-{worker_pid}")
-
-
 def _execution(
     task: Task[..., Any], run_id: str, step_id: str, *, fan_in: bool = False
 ) -> StepExecution | dict[str, Any]:
     """The delivery's context, or what to answer when its message names a run that no
     longer exists (expired, deleted) or a step the run does not have (forged, stale)."""
-    settings, store = _worker_store()
+    settings, store = workerstore.worker_store()
     try:
         ctx = _cache.get(store, run_id)
     except RunNotFound:
@@ -213,9 +193,7 @@ def run_step(self: Task[..., Any], run_id: str, step_id: str) -> dict[str, Any]:
         return execution
     result = execution.guarded(execution.execute)
     if execution.mode != DYNAMIC:  # returned into a canvas: a long chain's next segment
-        from .dispatch import publish_next_segment
-
-        publish_next_segment(execution.ctx.snapshot, run_id, step_id)
+        dispatch.publish_next_segment(execution.ctx.snapshot, run_id, step_id)
     return result
 
 
@@ -231,16 +209,14 @@ def fan_in(self: Task[..., Any], run_id: str, step_id: str) -> dict[str, Any]:
 @app.task(name=RUN_TIMEOUT_TASK, send_events=False)  # internal: not a step in Flower
 def run_timeout(run_id: str) -> str:
     """Fires when a run's `timeout` expires: stop what is left of the run."""
-    settings, store = _worker_store()
+    settings, store = workerstore.worker_store()
     try:
         if store.run_status(run_id) not in TERMINAL_RUN_STATUSES:
             snapshot = store.snapshot(run_id)
             keep = cancel_survivors(snapshot)
             _, final = store.cancel_run(run_id, reason=FailureReason.TIMEOUT, keep=keep)
             if keep:  # kept steps whose needs the cancel ended are ready now
-                from .dispatch import continue_survivors
-
-                continue_survivors(store, run_id, settings.lease_seconds)
+                dispatch.continue_survivors(store, run_id, settings.lease_seconds)
             childruns.after_cancel(
                 store,
                 run_id,
@@ -260,7 +236,7 @@ def run_timeout(run_id: str) -> str:
 @app.task(name=APPROVAL_TIMEOUT_TASK, send_events=False)  # internal: not a step in Flower
 def approval_timeout(run_id: str, step_id: str) -> str:
     """An approval gate waited too long: reject the step."""
-    _settings, store = _worker_store()
+    _settings, store = workerstore.worker_store()
     try:
         status = store.step_hashes(run_id, [step_id])[step_id].get("status")
         if status != "awaiting_approval":
@@ -279,7 +255,7 @@ def approval_timeout(run_id: str, step_id: str) -> str:
 
 def finish_outside(run_id: str, step_id: str, status: StepStatus, **fields: Any) -> None:
     """Record a step's end from outside its task (operator decisions), handing on as usual."""
-    settings, store = _worker_store()
+    settings, store = workerstore.worker_store()
     ctx = _cache.get(store, run_id)
     # no task: StepExecution tests for None where an operator's decision can get to
     execution = StepExecution(None, settings, store, ctx, run_id, step_id)  # type: ignore[arg-type]
@@ -364,7 +340,7 @@ class StepExecution:
         self.attempt = decision.attempt
         self.mode = decision.mode
         self.keeper = LeaseKeeper(
-            _lease_store(),
+            workerstore.lease_store(),
             self.run_id,
             self.step_id,
             token=self.token,
@@ -810,7 +786,7 @@ class StepExecution:
         The lease itself is renewed by the delivery's LeaseKeeper thread; here the
         guardian's kill time follows its renewals (from this thread, which also releases
         the step's process group, so the guardian never hears of a released group)."""
-        flag = shutdown_flag_path(os.getppid())
+        flag = workerstore.shutdown_flag_path(os.getppid())
         keeper = self.keeper
         survives_cancel = self.parent is None and self.step_id in cancel_survivors(
             self.ctx.snapshot
@@ -854,14 +830,13 @@ class StepExecution:
 
     def _fan_out(self, need_outputs: dict[str, Any]) -> dict[str, Any]:
         """Record one instance per matrix combination / list item and send the first ones."""
-        from .dispatch import fan_out_window, publish_fan_out
 
         values = self._instance_values(need_outputs)
         if isinstance(values, dict):  # the step failed: too many instances, or not a list
             return values
         if not values:
             return self._finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])
-        window = fan_out_window(self.spec.get("max_parallel"), len(values))
+        window = dispatch.fan_out_window(self.spec.get("max_parallel"), len(values))
         self._keep_continuation()
         # the first window is watched from the transition that records it (recovery.py)
         ids = self._while_full(
@@ -890,7 +865,7 @@ class StepExecution:
                 self.run_id, reason=reason, keep=cancel_survivors(self.ctx.snapshot)
             )
         else:
-            publish_fan_out(self.ctx.snapshot, self.run_id, ids[:window])
+            dispatch.publish_fan_out(self.ctx.snapshot, self.run_id, ids[:window])
         result = {
             "run_id": self.run_id,
             "step": self.step_id,
@@ -973,7 +948,6 @@ class StepExecution:
         becomes due is watched in the same transition (``RunStore.instance_ended``); the
         parent hands on with this task when its join is recorded here (_note_successors).
         """
-        from .dispatch import publish_steps
 
         nxt, join = wait_while_full(
             lambda: self.store.instance_ended(self.run_id, self.step_id, self._watch_seconds),
@@ -981,7 +955,7 @@ class StepExecution:
             give_up=worker_stopping,
         )
         if nxt:
-            publish_steps(self.ctx.snapshot, self.run_id, [nxt])
+            dispatch.publish_steps(self.ctx.snapshot, self.run_id, [nxt])
         message = (
             self.store.continuation(self.run_id, self.parent) if join and self.parent else None
         )
@@ -1067,9 +1041,9 @@ class StepExecution:
             if failed and self.ctx.hands_off and self.store.run_mode(self.run_id) == CANVAS:
                 # steps may run after this failure: dynamic dispatch from here (canvasplan);
                 # the FINISH below then joins this step's children
-                from .dispatch import continue_after_failure
-
-                continue_after_failure(self.store, self.run_id, self.settings.lease_seconds)
+                dispatch.continue_after_failure(
+                    self.store, self.run_id, self.settings.lease_seconds
+                )
         # Redis full: keep the result and the lease, record once memory is freed (fullredis)
         outcome = wait_while_full(
             lambda: self.store.finish_step(
@@ -1100,9 +1074,7 @@ class StepExecution:
         if self.attempt is not None and not outcome.duplicate:
             self._stop_keeping()  # recorded: the lease is gone with it
         if outcome.ready:
-            from .dispatch import publish_steps
-
-            publish_steps(self.ctx.snapshot, self.run_id, outcome.ready)
+            dispatch.publish_steps(self.ctx.snapshot, self.run_id, outcome.ready)
         if self.parent is not None:
             self._instance_ended()
         self._note_successors()
@@ -1110,9 +1082,7 @@ class StepExecution:
             _cache.drop(self.run_id)
             childruns.hand_to_parent(self.store, self.run_id, self.ctx.snapshot, finish_outside)
         if outcome.admitted:
-            from .dispatch import publish_admitted
-
-            publish_admitted(self.store, outcome.admitted)
+            dispatch.publish_admitted(self.store, outcome.admitted)
         result = {
             "run_id": self.run_id,
             "step": self.step_id,
@@ -1209,9 +1179,7 @@ class StepExecution:
         if self.parent is None and mode == DYNAMIC:
             ready = self.store.rejoin(self.run_id, self.step_id, self._children())
             if ready:
-                from .dispatch import publish_steps
-
-                publish_steps(self.ctx.snapshot, self.run_id, ready)
+                dispatch.publish_steps(self.ctx.snapshot, self.run_id, ready)
         elif self.parent is None and status in (StepStatus.FAILED, StepStatus.CANCELLED):
             # canvas: keep Celery from continuing past a step that did not succeed
             raise step_failed(str(status), self.step_id, "already recorded", None)
@@ -1220,3 +1188,6 @@ class StepExecution:
 
 def _outputs(h: dict[str, str]) -> Any:
     return json.loads(h["outputs"]) if h.get("outputs") else {}
+
+
+workerhooks.use_finish_outside(finish_outside)

@@ -21,12 +21,14 @@ import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import signals
 
-from . import containment
+from . import containment, workerstore
+from .app import FANIN_TASK, STEP_TASK, handed_on, handed_on_successors
 from .childruns import sweep_waiting
 from .recovery import recover_once
 from .redisconn import client_for
@@ -46,8 +48,6 @@ def _handed_on(
     sender: Any = None, args: Any = None, state: str | None = None, retval: Any = None, **_: Any
 ) -> None:
     """The step's task is over and Celery has sent what follows: hand the step on."""
-    from .app import FANIN_TASK, STEP_TASK, handed_on, handed_on_successors
-    from .tasks import _worker_store
 
     # a join in a chord header (a fanned-out step of a canvas) hands on here too
     if getattr(sender, "name", None) not in (STEP_TASK, FANIN_TASK) or not args or len(args) != 2:
@@ -64,14 +64,13 @@ def _handed_on(
         handed_on.dropped = None
         return  # already handed on with the stored result (app.ResultBackend)
     with contextlib.suppress(redis.RedisError):
-        settings, store = _worker_store()
+        settings, store = workerstore.worker_store()
         successors, ended = handed_on_successors(member)
         store.hand_on(args[0], args[1], successors, settings.lease_seconds, ended=ended)
 
 
 def _step_member(request: Any) -> str | None:
     """``run|step`` of a worker's request for a step task (None for other tasks)."""
-    from .app import STEP_TASK
 
     # request.name is the shadow name ("<workflow>.<step>"); the task knows its real name
     if getattr(getattr(request, "task", None), "name", None) != STEP_TASK:
@@ -94,13 +93,12 @@ def _watch_delivery(request: Any = None, **_: Any) -> None:
     request; if it stops holding it without the step having started, the entry runs out
     and ``recover_once`` restores or republishes the message.
     """
-    from .tasks import _worker_store
 
     member = _step_member(request)
     if member is None:
         return
     try:
-        settings, store = _worker_store()
+        settings, store = workerstore.worker_store()
         store.watch_steps([member], settings.lease_seconds)
     except redis.RedisError:
         _unwatched.append(member)
@@ -138,9 +136,8 @@ def _keep_watching(store: Any, seconds: int) -> None:
 
 
 def _reconciler() -> None:
-    from .tasks import _worker_store
 
-    settings, store = _worker_store()
+    settings, store = workerstore.worker_store()
     broker = client_for(settings.broker_url) if settings.broker_url.startswith("redis") else None
     interval = max(0.5, settings.lease_seconds / 3)
     while not _stop.wait(interval):
@@ -154,10 +151,22 @@ def _reconciler() -> None:
             log.exception("lease reconciler pass failed")
 
 
+# The step task module's outside finish (``tasks.finish_outside``): tasks imports this module
+# to connect the worker's signals, so it hands its function over instead of being imported.
+_finish_outside: Callable[..., None] | None = None
+
+
+def use_finish_outside(finish: Callable[..., None]) -> None:
+    """Called once by ``tasks``: how the reconciler finishes a step from outside."""
+    global _finish_outside
+    _finish_outside = finish
+
+
 def _sweep_children(store: Any, lease_seconds: float, interval: float) -> None:
     """One worker per interval finishes steps whose ended child run never handed on."""
-    from .tasks import finish_outside
-
+    finish_outside = _finish_outside
+    if finish_outside is None:
+        return  # the step task module is not loaded in this process: no worker here
     turn = f"{store.keys.prefix}:recover:children"
     if store.r.set(turn, os.getpid(), nx=True, px=max(1, int(interval * 1000))):
         sweep_waiting(store, finish_outside, lease_seconds)
@@ -172,11 +181,10 @@ def _start_reconciler(**_: Any) -> None:
 
 @signals.worker_shutting_down.connect
 def _arm_handback(**_: Any) -> None:
-    from .tasks import shutdown_flag_path
 
     _stop.set()
     grace = get_settings().shutdown_grace
-    flag = shutdown_flag_path(os.getpid())
+    flag = workerstore.shutdown_flag_path(os.getpid())
 
     def raise_flag() -> None:
         with open(flag, "w") as fh:
@@ -202,7 +210,6 @@ def _contain_steps(**_: Any) -> None:
 @signals.worker_init.connect
 @signals.worker_shutdown.connect
 def _clear_flag(**_: Any) -> None:
-    from .tasks import shutdown_flag_path
 
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(shutdown_flag_path(os.getpid()))
+        os.unlink(workerstore.shutdown_flag_path(os.getpid()))

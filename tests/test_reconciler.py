@@ -98,11 +98,11 @@ class _Request:
 def test_a_received_step_is_watched_while_the_worker_holds_it(store, monkeypatch):
     from celery.worker import state
 
-    from runbook_celery import tasks
+    from runbook_celery import workerstore
     from runbook_celery.app import STEP_TASK
     from runbook_celery.settings import get_settings
 
-    monkeypatch.setattr(tasks, "_worker_store", lambda: (get_settings(), store))
+    monkeypatch.setattr(workerstore, "worker_store", lambda: (get_settings(), store))
     held, started, other = (
         _Request(STEP_TASK, ("r1", "a")),
         _Request(STEP_TASK, ("r1", "b")),

@@ -50,7 +50,7 @@ from hypothesis.stateful import (
 )
 from invariants import TERMINAL, LiveCopy, Observed, check_all
 
-from runbook_celery import api, control, dispatch, recovery, tasks
+from runbook_celery import api, control, dispatch, recovery, redisconn, tasks, workerstore
 from runbook_celery.app import STEP_TASK
 from runbook_celery.compile import build_snapshot
 from runbook_celery.control import RunControl
@@ -467,12 +467,12 @@ class StoreMachine(RuleBasedStateMachine):
         self._patches = [
             mock.patch.object(Signature, "apply_async", lambda sig, *a, **k: h.publish(sig)),
             mock.patch.object(tasks, "LeaseKeeper", FakeKeeper),
-            mock.patch.object(tasks, "_lease_store", lambda: h.store),
-            mock.patch.object(tasks, "_worker_store", lambda: (h.settings, ObservingStore(h))),
+            mock.patch.object(workerstore, "lease_store", lambda: h.store),
+            mock.patch.object(workerstore, "worker_store", lambda: (h.settings, ObservingStore(h))),
             mock.patch.object(tasks, "note_successors", _note_successors),
             mock.patch.object(tasks, "Gates", ObservingGates),
             mock.patch.object(tasks.StepExecution, "_run", _run_bash),
-            mock.patch.object(api, "_store", lambda _s: ObservingStore(h)),
+            mock.patch.object(redisconn, "store_for", lambda _s: ObservingStore(h)),
             mock.patch.object(control, "check_writable", lambda *_a: None),
             mock.patch.object(recovery, "get_settings", lambda: h.settings),
             # the broker is Redis (h.settings.broker_url), and loses messages as it can

@@ -10,8 +10,8 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from ..errors import BackendUnavailable, RunNotFound
-from ..events import RunStatus, StepStatus
 from ..runrecord import RunRecord, StepRecord
+from ..vocabulary import RunStatus, StepStatus
 from .base import StoreBase
 from .codec import _decode, _describe, _epoch, _s, now_iso
 from .scripts import GLOBAL_EVENTS_MAXLEN

@@ -1,6 +1,7 @@
 """The ``runbook`` pytest fixture, registered for every project that installs runbook-celery.
 
-Kept light: nothing of the engine is imported until a test asks for the fixture.
+Kept light: nothing of the engine is imported until a test runs a workflow (the package
+``runbook_celery.testing`` imports its harness on first use).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from .. import testing  # light: the harness is imported on first use
 
 if TYPE_CHECKING:
     from ..api import WorkflowSource
@@ -28,9 +31,7 @@ class Runbook:
         **options: Any,
     ) -> RunResult:
         """Run a workflow in-process to its end (see ``runbook_celery.testing.run_workflow``)."""
-        from . import run_workflow
-
-        result = run_workflow(source, params, **options)
+        result = testing.run_workflow(source, params, **options)
         self.results.append(result)
         return result
 
