@@ -8,12 +8,13 @@
         assert result.steps["build"].outputs == {"artifact": "app.tar.gz"}
 
 The engine is the real one: the run store's Lua scripts run on an in-memory Redis
-(fakeredis), and the step task's own code (claim, lease, Bash, record, hand on) runs for
-each step message. What replaces Celery is a small dispatcher: every message the engine
-publishes is queued in this process and delivered one at a time, in order, so steps run
-one after another (never in parallel) as their needs finish. The run is planned in
-dynamic mode (each step published when its needs have ended), the mode a canvas run fails
-over to, so statuses, outputs, skips and retries are those of a real run.
+(fakeredis, as in the store's double ``runbook_celery.store.memory``), and the step task's
+own code (claim, lease, Bash, record, hand on) runs for each step message. What replaces
+Celery is a small dispatcher: every message the engine publishes is queued in this process
+and delivered one at a time, in order, so steps run one after another (never in parallel)
+as their needs finish. The run is planned in dynamic mode (each step published when its
+needs have ended), the mode a canvas run fails over to, so statuses, outputs, skips and
+retries are those of a real run.
 
 Differences from a real deployment, on purpose:
 
@@ -160,23 +161,17 @@ class _InProcess:
         self._patches = contextlib.ExitStack()
 
     def __enter__(self) -> _InProcess:
-        try:
-            import fakeredis
-        except ImportError:
-            raise ImportError(
-                "runbook_celery.testing needs fakeredis: pip install 'runbook-celery[testing]'"
-            ) from None
-
         from .. import api, redisconn, tasks
         from ..app import app
         from ..settings import get_settings
         from ..store import RunStore
+        from ..store.memory import memory_redis
 
         url = f"redis://runbook-testing.invalid/{uuid.uuid4().hex}"
         self.settings = replace(
             get_settings(), redis_url=url, broker_url="memory://", prefix="runbook-test"
         )
-        self.client = fakeredis.FakeRedis()
+        self.client = memory_redis()  # the store's in-memory double: the same Lua
         self.store = RunStore(self.client, self.settings.prefix, self.settings.retention)
         real_client_for = redisconn.client_for
 
