@@ -653,8 +653,9 @@ def test_admit_refuses_a_group_key_it_did_not_write_and_writes_nothing(
 
 # ------------------------------------------------------------------ kombu's keys (recovery.py)
 # Real Redis only (not over the in-memory double): these need a message that kombu's own
-# Redis transport published and delivered, and kombu speaks to a Redis server, not to a
-# client object we could hand it.
+# Redis transport published and delivered, and that transport opens its own connections
+# to a server URL. (tests/test_reconciler.py runs restore.lua on the double, on a message
+# shaped by hand.)
 
 
 @pytest.fixture
