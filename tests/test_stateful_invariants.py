@@ -809,8 +809,8 @@ def test_store_invariants_hold_under_random_interleavings(redis_client: Any) -> 
     """Deliveries, duplicates, crashes at every store call, lapsed leases, the reconciler,
     cancel, pause/resume, approvals, decisions, max_active_steps and concurrency groups:
     after every rule, every invariant of tests/invariants.py holds."""
-    # real Redis only, for CI's time: this is the suite's longest test; the regression
-    # tests in this file and the store's contract suites run on the in-memory double too
+    # real Redis only, for CI's time (it holds on the in-memory double as well); the
+    # regression tests in this file and the store's contract suites run on both
     _CLIENT[:] = [redis_client]
     TALLY.clear()
     try:
