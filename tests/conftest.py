@@ -136,6 +136,19 @@ def worker(redis_client) -> Iterator[WorkerProcess]:  # type: ignore[no-untyped-
     w.stop()
 
 
+@pytest.fixture(params=["redis", "memory"])
+def store_client(request):  # type: ignore[no-untyped-def]
+    """The server a store contract test runs on: real Redis (this session's DB; the test
+    keeps its keys under the session prefix) or the store's in-memory double
+    (``runbook_celery.store.memory``: the same Lua scripts on fakeredis), a new, empty
+    server per test. A fixture built on it runs every test that uses it on both."""
+    if request.param == "memory":
+        from runbook_celery.store.memory import memory_redis
+
+        return memory_redis()
+    return request.getfixturevalue("redis_client")
+
+
 @pytest.fixture
 def store(redis_client):  # type: ignore[no-untyped-def]
     from runbook_celery.settings import get_settings

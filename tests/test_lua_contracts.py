@@ -1,5 +1,6 @@
-"""Each Lua script (runbook_celery/store/lua/*.lua), on real Redis: its main transition, and
-what it refuses (a refusal changes nothing but what its header says).
+"""Each Lua script (runbook_celery/store/lua/*.lua), on real Redis and on the store's
+in-memory double (the same scripts on fakeredis): its main transition, and what it refuses
+(a refusal changes nothing but what its header says).
 
 The scripts are driven through the store methods that call them where there is one, else
 directly (``RunStore._<name>``), with the KEYS and ARGV their headers declare. Every test
@@ -34,8 +35,9 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
-def st(redis_client: redis.Redis) -> RunStore:
-    return RunStore(redis_client, prefix=f"{PREFIX}:lua")
+def st(store_client: redis.Redis) -> RunStore:
+    """The store on real Redis, then on the in-memory double (``store_client``)."""
+    return RunStore(store_client, prefix=f"{PREFIX}:lua")
 
 
 def _run(store: RunStore, steps: dict[str, list[str]], **extra: str) -> str:
@@ -720,6 +722,10 @@ def test_admit_refuses_a_group_key_it_did_not_write_and_writes_nothing(
 
 
 # ------------------------------------------------------------------ kombu's keys (recovery.py)
+# Real Redis only (not over the in-memory double): these need a message that kombu's own
+# Redis transport published and delivered, and that transport opens its own connections
+# to a server URL. (tests/test_reconciler.py runs restore.lua on the double, on a message
+# shaped by hand.)
 
 
 @pytest.fixture

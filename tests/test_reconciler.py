@@ -1,16 +1,17 @@
-"""The lease reconciler on a fake Redis: deliveries dropped before their step started."""
+"""The lease reconciler on the store's in-memory double (the store's own Lua on fakeredis;
+no Redis server, no worker): deliveries dropped before their step started."""
 
 from __future__ import annotations
 
 import json
 import uuid
 
-import fakeredis
 import pytest
 
 from runbook_celery import dispatch, workerhooks
 from runbook_celery.events import StepStatus
 from runbook_celery.store import RunStore
+from runbook_celery.store.memory import memory_store
 
 
 def _run(store: RunStore, mode: str) -> str:
@@ -27,7 +28,7 @@ def _run(store: RunStore, mode: str) -> str:
 
 @pytest.fixture
 def store() -> RunStore:
-    return RunStore(fakeredis.FakeRedis(), prefix="reconciler")
+    return memory_store(prefix="reconciler")
 
 
 @pytest.fixture

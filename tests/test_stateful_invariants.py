@@ -1,8 +1,9 @@
 """The store's invariants under random interleavings (hypothesis ``RuleBasedStateMachine``).
 
 What is real: the store (every Lua script, on real Redis, under this session's key
-prefix), the step task's decision logic (``tasks.StepExecution``: claim, park, record,
-retry, hand-back, duplicate replay), recovery (``recovery.recover_once``), the gates
+prefix; the regression tests at the end run on the store's in-memory double as well), the
+step task's decision logic (``tasks.StepExecution``: claim, park, record, retry,
+hand-back, duplicate replay), recovery (``recovery.recover_once``), the gates
 (pause, resume, approve, reject, decisions), cancel, concurrency-group admission and the
 loader/compile path that builds each run's snapshot.
 
@@ -794,10 +795,10 @@ def _one_step(extra: str = "", cond: str = "success()") -> str:
     return f"name: one\nsteps:\n  - id: s0\n    run: 'true'\n    if: {cond}\n{extra}"
 
 
-def test_a_run_paused_while_queued_for_its_group_is_admitted_when_a_slot_frees(redis_client):  # type: ignore[no-untyped-def]
+def test_a_run_paused_while_queued_for_its_group_is_admitted_when_a_slot_frees(store_client):  # type: ignore[no-untyped-def]
     """Found by the stateful test: a queued run that was paused was dropped from its
     group's queue when the slot freed (it was not ``queued``), and hung forever."""
-    _CLIENT[:] = [redis_client]
+    _CLIENT[:] = [store_client]
     m = StoreMachine()
     try:
         group = f"concurrency: {{group: {m.h.group}, limit: 1, on_conflict: queue}}\n"
@@ -815,12 +816,12 @@ def test_a_run_paused_while_queued_for_its_group_is_admitted_when_a_slot_frees(r
         m.teardown()
 
 
-def test_a_cleanup_step_of_a_paused_run_cancelled_before_it_started_starts_the_run(redis_client):  # type: ignore[no-untyped-def]
+def test_a_cleanup_step_of_a_paused_run_cancelled_before_it_started_starts_the_run(store_client):  # type: ignore[no-untyped-def]
     """Found by the stateful test: a run paused before any step started, then cancelled,
     runs its always() step (cancel overrides the pause for cleanup), but the claim only
     started runs that were 'pending': no workflow_started event, and resume set the run
     back to 'pending' although a step had run."""
-    _CLIENT[:] = [redis_client]
+    _CLIENT[:] = [store_client]
     m = StoreMachine()
     try:
         run_id = m.submit(_one_step(cond="always()"))
@@ -838,6 +839,8 @@ def test_store_invariants_hold_under_random_interleavings(redis_client: Any) -> 
     """Deliveries, duplicates, crashes at every store call, lapsed leases, the reconciler,
     cancel, pause/resume, approvals, decisions, max_active_steps and concurrency groups:
     after every rule, every invariant of tests/invariants.py holds."""
+    # real Redis only, for CI's time (it holds on the in-memory double as well); the
+    # regression tests in this file and the store's contract suites run on both
     _CLIENT[:] = [redis_client]
     TALLY.clear()
     try:
@@ -849,12 +852,12 @@ def test_store_invariants_hold_under_random_interleavings(redis_client: Any) -> 
 __all__ = ["TERMINAL", "StoreMachine"]
 
 
-def test_a_run_admitted_by_a_worker_that_dies_before_publishing_it_still_runs(redis_client):  # type: ignore[no-untyped-def]
+def test_a_run_admitted_by_a_worker_that_dies_before_publishing_it_still_runs(store_client):  # type: ignore[no-untyped-def]
     """The last step of a run in a concurrency group ends and admits the queued run; the
     worker dies before it publishes the admitted run (its FINISH went through). The
     admitted run must not hang: its first steps are watched from the admission, so the
     reconciler publishes them."""
-    _CLIENT[:] = [redis_client]
+    _CLIENT[:] = [store_client]
     m = StoreMachine()
     try:
         group = f"concurrency: {{group: {m.h.group}, limit: 1, on_conflict: queue}}\n"
@@ -874,11 +877,11 @@ def test_a_run_admitted_by_a_worker_that_dies_before_publishing_it_still_runs(re
         m.teardown()
 
 
-def test_cleanup_steps_of_a_run_cancelled_before_their_needs_ran_still_run(redis_client):  # type: ignore[no-untyped-def]
+def test_cleanup_steps_of_a_run_cancelled_before_their_needs_ran_still_run(store_client):  # type: ignore[no-untyped-def]
     """Found by the stateful test: a dynamic run cancelled before its first steps ran
     keeps its always() steps, but the steps they need were cancelled while pending, so
     nothing joined them: the cleanup never became ready and the run never ended."""
-    _CLIENT[:] = [redis_client]
+    _CLIENT[:] = [store_client]
     m = StoreMachine()
     try:
         run_id = m.submit(

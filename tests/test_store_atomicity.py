@@ -1,5 +1,6 @@
-"""A transition script that cannot complete changes nothing (real Redis: Lua does not roll
-back, so every script checks what could make it fail before its first write).
+"""A transition script that cannot complete changes nothing (on real Redis and on the
+in-memory double: Lua does not roll back, so every script checks what could make it fail
+before its first write).
 
 The failures provoked here need a record that is not what our scripts write (a counter
 that is not an integer, a key of the wrong type, arguments out of range): they stand for
@@ -23,8 +24,10 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
-def rstore(redis_client):  # type: ignore[no-untyped-def]
-    return RunStore(redis_client, prefix=f"{PREFIX}:atomic")
+def rstore(store_client):  # type: ignore[no-untyped-def]
+    """The store on real Redis, then on the in-memory double (``store_client``), which
+    keeps a failed script's earlier writes as Redis does (no rollback)."""
+    return RunStore(store_client, prefix=f"{PREFIX}:atomic")
 
 
 def _run(store: RunStore, steps: dict[str, list[str]], mode: str = "dynamic") -> str:

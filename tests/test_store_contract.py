@@ -1,4 +1,4 @@
-"""One contract for the run store, run against fakeredis and against real Redis."""
+"""One contract for the run store, on real Redis and on its in-memory double (fakeredis)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import threading
 import time
 import uuid
 
-import fakeredis
 import pytest
 from conftest import PREFIX
 
@@ -23,13 +22,10 @@ def _snapshot(steps: dict[str, list[str]]) -> dict:
     }
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
-def rstore(request):  # type: ignore[no-untyped-def]
-    if request.param == "fakeredis":
-        yield RunStore(fakeredis.FakeRedis(), prefix="contract")
-        return
-    client = request.getfixturevalue("redis_client")
-    yield RunStore(client, prefix=f"{PREFIX}:contract")
+@pytest.fixture
+def rstore(store_client):  # type: ignore[no-untyped-def]
+    """The store on real Redis, then on the in-memory double (``store_client``)."""
+    return RunStore(store_client, prefix=f"{PREFIX}:contract")
 
 
 def _start(store: RunStore, run: str, step: str, needs: list[str], token: str = "t"):  # type: ignore[no-untyped-def]

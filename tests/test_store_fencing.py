@@ -1,4 +1,5 @@
-"""The fencing contract of the store's transition scripts, on fakeredis and on real Redis.
+"""The fencing contract of the store's transition scripts, on real Redis and on the store's
+in-memory double.
 
 A delivery that claimed a step holds it: its token is the step's holder at the step's
 current attempt. Only the holder renews the lease (compare-and-set, never a takeover)
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 
-import fakeredis
 import pytest
 import redis
 from conftest import PREFIX
@@ -20,13 +20,10 @@ from runbook_celery.events import StepStatus
 from runbook_celery.store import RunStore, Successor
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
-def rstore(request):  # type: ignore[no-untyped-def]
-    if request.param == "fakeredis":
-        yield RunStore(fakeredis.FakeRedis(), prefix="fencing")
-        return
-    client = request.getfixturevalue("redis_client")
-    yield RunStore(client, prefix=f"{PREFIX}:fencing")
+@pytest.fixture
+def rstore(store_client):  # type: ignore[no-untyped-def]
+    """The store on real Redis, then on the in-memory double (``store_client``)."""
+    return RunStore(store_client, prefix=f"{PREFIX}:fencing")
 
 
 def _run(store: RunStore, steps: dict[str, list[str]] | None = None, **snap: object) -> str:
@@ -338,6 +335,7 @@ def test_finish_watches_the_dynamic_children_it_makes_ready_only_when_asked(rsto
     assert f"{other}|b" not in _members(rstore)
 
 
+# Real Redis only: the double has no memory limit to fill.
 def test_the_holder_renews_its_lease_and_watch_on_a_full_redis():
     """A full Redis (noeviction) refuses SET and ZADD as a script's first write; the
     renewal's first write is a PEXPIRE, so the lease and the watch are both renewed."""

@@ -8,12 +8,13 @@
         assert result.steps["build"].outputs == {"artifact": "app.tar.gz"}
 
 The engine is the real one: the run store's Lua scripts run on an in-memory Redis
-(fakeredis), and the step task's own code (claim, lease, Bash, record, hand on) runs for
-each step message. What replaces Celery is a small dispatcher: every message the engine
-publishes is queued in this process and delivered one at a time, in order, so steps run
-one after another (never in parallel) as their needs finish. The run is planned in
-dynamic mode (each step published when its needs have ended), the mode a canvas run fails
-over to, so statuses, outputs, skips and retries are those of a real run.
+(fakeredis, as in the store's double ``runbook_celery.store.memory``), and the step task's
+own code (claim, lease, Bash, record, hand on) runs for each step message. What replaces
+Celery is a small dispatcher: every message the engine publishes is queued in this process
+and delivered one at a time, in order, so steps run one after another (never in parallel)
+as their needs finish. The run is planned in dynamic mode (each step published when its
+needs have ended), the mode a canvas run fails over to, so statuses, outputs, skips and
+retries are those of a real run.
 
 Differences from a real deployment, on purpose:
 

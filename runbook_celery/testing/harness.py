@@ -20,6 +20,7 @@ from ..events import Event
 from ..runrecord import RunRecord, StepRecord
 from ..settings import get_settings
 from ..store import RunStore
+from ..store.memory import memory_redis
 from ..taskevents import Parked, StepFailed
 
 __all__ = ["RunResult", "StuckRun", "run_workflow"]
@@ -138,18 +139,11 @@ class _InProcess:
         self._patches = contextlib.ExitStack()
 
     def __enter__(self) -> _InProcess:
-        try:
-            import fakeredis
-        except ImportError:
-            raise ImportError(
-                "runbook_celery.testing needs fakeredis: pip install 'runbook-celery[testing]'"
-            ) from None
-
         url = f"redis://runbook-testing.invalid/{uuid.uuid4().hex}"
         self.settings = replace(
             get_settings(), redis_url=url, broker_url="memory://", prefix="runbook-test"
         )
-        self.client = fakeredis.FakeRedis()
+        self.client = memory_redis()  # the store's in-memory double: the same Lua
         self.store = RunStore(self.client, self.settings.prefix, self.settings.retention)
         real_client_for = redisconn.client_for
 
