@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from .core.errors import (
     BackendUnavailable,
     DefinitionError,
     InvalidDefinition,
@@ -16,12 +16,12 @@ from .errors import (
     RunNotFound,
     WaitTimeout,
 )
-from .loader import load_workflow
-from .model import Step, Workflow
-from .runrecord import RunRecord, StepRecord
+from .definition.loader import load_workflow
+from .definition.model import Step, Workflow
+from .plan.runrecord import RunRecord, StepRecord
 
 if TYPE_CHECKING:
-    from .api import Run, RunLogs, asubmit, get_run, rerun, submit
+    from .client.api import Run, RunLogs, asubmit, get_run, rerun, submit
 
 __version__ = "0.1.0"
 
@@ -50,13 +50,13 @@ __all__ = [
 ]
 
 _LAZY = {
-    "submit": "api",
-    "Run": "api",
-    "RunLogs": "api",
-    "get_run": "api",
-    "rerun": "api",
-    "asubmit": "api",
-    "celery": "app",  # `celery -A runbook_celery` finds the app
+    "submit": "client.api",
+    "Run": "client.api",
+    "RunLogs": "client.api",
+    "get_run": "client.api",
+    "rerun": "client.api",
+    "asubmit": "client.api",
+    "celery": "engine.app",  # `celery -A runbook_celery` finds the app
 }
 
 

@@ -107,7 +107,7 @@ class Bench:
         os.environ.update(self.env)
         import bench_rawcelery
 
-        from runbook_celery.app import app as rb_app
+        from runbook_celery.engine.app import app as rb_app
 
         self.raw = bench_rawcelery
         self.files = wf.WorkflowFiles(self.workdir / "workflows", self.sizes)
@@ -162,7 +162,7 @@ class Bench:
 
     def _reset_clients(self) -> None:
         """Drop client connections a watchdog may have cut mid-reply (kombu reconnects itself)."""
-        from runbook_celery.redisconn import client_for
+        from runbook_celery.store.redisconn import client_for
 
         self._release_raw_results()
         with contextlib.suppress(Exception):
@@ -295,7 +295,7 @@ class Bench:
         self._wait_raw(canvas.apply_async())
 
     def side_rb_chains(self, n: int, path: Path) -> dict[str, float]:
-        from runbook_celery.api import submit
+        from runbook_celery.client.api import submit
 
         t0 = time.perf_counter()
         runs = [submit(path) for _ in range(n)]
@@ -338,7 +338,7 @@ class Bench:
                     self.measure("fanout", {"W": w}, rep, side, w + 2, run[side])
 
     def scenario_latency(self) -> None:
-        from runbook_celery.api import Run, submit
+        from runbook_celery.client.api import Run, submit
 
         probe = self.files.latency()
 

@@ -63,7 +63,7 @@ def main() -> int:
         "RUNBOOK_MAX_INSTANCES": str(max(args.items, 10_000)),
     }
     os.environ.update({k: v for k, v in env.items() if k.startswith("RUNBOOK_")})
-    from runbook_celery.api import submit
+    from runbook_celery.client.api import submit
 
     worker = Worker("fan", env, work, concurrency=args.concurrency)
     try:

@@ -151,7 +151,7 @@ RUNBOOK_BODY = """
 def setup():
     from importlib.metadata import version
 
-    from runbook_celery.api import submit
+    from runbook_celery.client.api import submit
 
     path = os.environ["BENCH_PEER_WORKFLOW"]
 

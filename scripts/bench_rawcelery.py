@@ -2,7 +2,7 @@
 
 It runs each command the way the floor does (``subprocess.run(["bash", "-c", cmd])``)
 with the worker settings runbook-celery ships (acks_late, prefetch 1, reject on worker
-lost, task events, JSON; copied from runbook_celery.app at import), so a ratio between
+lost, task events, JSON; copied from runbook_celery.engine.app at import), so a ratio between
 the two sides is the cost of runbook-celery itself. Configured from the environment because
 ``celery -A bench_rawcelery worker`` imports it in a fresh process:
 
@@ -48,8 +48,8 @@ SHIPPED_SETTINGS = (
 
 
 def shipped_settings() -> dict[str, Any]:
-    """The settings above, as runbook_celery.app configures them."""
-    from runbook_celery.app import make_app
+    """The settings above, as runbook_celery.engine.app configures them."""
+    from runbook_celery.engine.app import make_app
 
     shipped = make_app().conf
     return {key: shipped[key] for key in SHIPPED_SETTINGS}

@@ -484,12 +484,12 @@ METHOD = """
   chains) of one task that runs `subprocess.run(["bash", "-c", cmd])`
   (`scripts/bench_rawcelery.py`), with the worker settings runbook-celery ships (acks_late,
   prefetch 1, reject on worker lost, task events on, JSON; copied from
-  `runbook_celery.app`), waited on through a fresh `AsyncResult` of its last task (the
+  `runbook_celery.engine.app`), waited on through a fresh `AsyncResult` of its last task (the
   cheapest wait Celery offers); *runbook-celery*: `submit(path)` of a YAML file, then
   `Run.wait()`; *runbook-celery (AOF)*: the same with Redis switched to `appendonly yes`,
   `appendfsync everysec` for that measurement only (scenario 1). Raw Celery uses Celery's
   stock Redis result backend, which subscribes to a result channel for every task it
-  sends; runbook-celery's backend does not (see `runbook_celery/app.py`).
+  sends; runbook-celery's backend does not (see `runbook_celery/engine/app.py`).
 - **Work.** Every step runs `true` in a fresh Bash: `bash -c true` for the floor and raw
   Celery; runbook-celery's runner runs it as `bash -eo pipefail` with its guardian
   wrapper (that wrapper is part of runbook-celery's measured cost).

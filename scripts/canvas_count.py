@@ -13,8 +13,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from runbook_celery.compile import make_plan
-from runbook_celery.loader import load_workflow
+from runbook_celery.definition.loader import load_workflow
+from runbook_celery.plan.compile import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 

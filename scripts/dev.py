@@ -232,7 +232,7 @@ def queue_consumed(env: dict[str, str], queue: str) -> bool:
     """A worker of our app answers that it consumes ``queue`` (not merely that one is up)."""
     probe = (
         "import sys\n"
-        "from runbook_celery.queuewatch import consumed_queues\n"
+        "from runbook_celery.cli.queuewatch import consumed_queues\n"
         f"sys.exit(0 if {queue!r} in (consumed_queues(timeout=1.0) or ()) else 1)\n"
     )
     return _python(probe, env).returncode == 0
@@ -285,7 +285,7 @@ def demo_worker(env: dict[str, str], queue: str) -> Iterator[None]:
         logfile.close()
         # the broker's bindings of the queue, the keys a finished demo would leave behind
         _python(
-            "from runbook_celery.app import app\n"
+            "from runbook_celery.engine.app import app\n"
             "with app.connection_for_write() as c:\n"
             "    c.default_channel.client.delete(\n"
             f"        '_kombu.binding.{queue}', '_kombu.binding_permanent.{queue}'\n"

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from runbook_celery import submit
-from runbook_celery.settings import get_settings
+from runbook_celery.core.settings import get_settings
 from runbook_celery.store import RunStore
 
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -96,9 +96,9 @@ class Battery:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.workers: list[Worker] = []
 
-        from runbook_celery.redisconn import client_for
-        from runbook_celery.settings import get_settings
+        from runbook_celery.core.settings import get_settings
         from runbook_celery.store import RunStore
+        from runbook_celery.store.redisconn import client_for
 
         settings = get_settings()
         self.store = RunStore(client_for(settings.redis_url), settings.prefix, settings.retention)
@@ -132,7 +132,7 @@ def _workflows(b: Battery, name: str, sleep: str) -> tuple[list[Any], Path]:
         write_workflow,
     )
 
-    from runbook_celery.loader import load_workflow
+    from runbook_celery.definition.loader import load_workflow
 
     folder = b.workdir / name
     folder.mkdir(exist_ok=True)
@@ -281,7 +281,7 @@ def load(b: Battery) -> dict[str, Any]:
     """Submit runs as fast as submit() returns against 2 workers; throughput and RSS."""
     from reliability_runs import CANVAS_SHAPE, Tracker, step_body, verify, write_workflow
 
-    from runbook_celery.loader import load_workflow
+    from runbook_celery.definition.loader import load_workflow
 
     s = b.sizes
     folder = b.workdir / "load"

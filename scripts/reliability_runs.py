@@ -17,9 +17,9 @@ from typing import Any
 
 import redis
 
-from runbook_celery.errors import RunNotFound
-from runbook_celery.events import TERMINAL_EVENTS
+from runbook_celery.core.errors import RunNotFound
 from runbook_celery.store import RunStore
+from runbook_celery.store.events import TERMINAL_EVENTS
 
 STEPS = ("a", "b", "c", "d", "e")
 

@@ -107,7 +107,7 @@ class WorkerProcess:
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60) -> None:
-        from runbook_celery.app import app
+        from runbook_celery.engine.app import app
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -151,7 +151,7 @@ def store_client(request):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def store(redis_client):  # type: ignore[no-untyped-def]
-    from runbook_celery.settings import get_settings
+    from runbook_celery.core.settings import get_settings
     from runbook_celery.store import RunStore
 
     s = get_settings()

@@ -17,8 +17,8 @@ import pytest
 import redis
 from conftest import WorkerProcess
 
-from runbook_celery.app import make_app
-from runbook_celery.settings import Settings
+from runbook_celery.core.settings import Settings
+from runbook_celery.engine.app import make_app
 
 
 def free_port() -> int:

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from conftest import PREFIX, run_cli
 
-from runbook_celery import bashcommands as bc
-from runbook_celery import bashplace
-from runbook_celery.bashplace import Unplaceable
-from runbook_celery.compile import build_snapshot, rewrite_command
-from runbook_celery.errors import InvalidDefinition
-from runbook_celery.loader import load_workflow_text
-from runbook_celery.runner import run_bash
+from runbook_celery.core.errors import InvalidDefinition
+from runbook_celery.definition import bashcommands as bc
+from runbook_celery.definition import bashplace
+from runbook_celery.definition.bashplace import Unplaceable
+from runbook_celery.definition.loader import load_workflow_text
+from runbook_celery.engine.runner import run_bash
+from runbook_celery.plan.compile import build_snapshot, rewrite_command
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import run_cli
 
-from runbook_celery.canvasplan import condition_problem
-from runbook_celery.compile import CANVAS, DYNAMIC, build_snapshot, make_plan
-from runbook_celery.loader import from_mapping
+from runbook_celery.definition.loader import from_mapping
+from runbook_celery.plan.canvasplan import condition_problem
+from runbook_celery.plan.compile import CANVAS, DYNAMIC, build_snapshot, make_plan
 
 
 @pytest.mark.parametrize(

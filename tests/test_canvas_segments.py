@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runbook_celery.canvassegments import SEGMENT_STEPS, groups, segment
-from runbook_celery.compile import build_snapshot, make_plan, snapshot_graph
-from runbook_celery.dispatch import _segments, build_segment
-from runbook_celery.graph import Leaf, Parallel, Series
-from runbook_celery.loader import from_mapping
+from runbook_celery.definition.graph import Leaf, Parallel, Series
+from runbook_celery.definition.loader import from_mapping
+from runbook_celery.engine.dispatch import _segments, build_segment
+from runbook_celery.plan.canvassegments import SEGMENT_STEPS, groups, segment
+from runbook_celery.plan.compile import build_snapshot, make_plan, snapshot_graph
 
 
 def _linear(n: int, fan_at: int | None = None) -> dict[str, Any]:

@@ -10,10 +10,10 @@ import pytest
 from celery.result import AsyncResult
 from conftest import wait_for_event
 
-from runbook_celery.api import submit_snapshot
-from runbook_celery.app import app
-from runbook_celery.compile import CANVAS, DYNAMIC, build_snapshot
-from runbook_celery.loader import load_workflow
+from runbook_celery.client.api import submit_snapshot
+from runbook_celery.definition.loader import load_workflow
+from runbook_celery.engine.app import app
+from runbook_celery.plan.compile import CANVAS, DYNAMIC, build_snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker")]
 

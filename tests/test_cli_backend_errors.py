@@ -21,9 +21,9 @@ from conftest import PREFIX, QUEUE, ROOT, SESSION, run_cli, wait_for_event
 from kombu.exceptions import OperationalError
 from own_redis import closed_port_url, fill, own_redis
 
-from runbook_celery.keys import Keys
-from runbook_celery.redisconn import describe_backend_error
 from runbook_celery.store import RunStore
+from runbook_celery.store.keys import Keys
+from runbook_celery.store.redisconn import describe_backend_error
 
 DIAMOND = str(ROOT / "definitions" / "diamond.yaml")
 

@@ -21,10 +21,10 @@ from conftest import ROOT, run_cli
 from rich.console import Console
 
 from runbook_celery.cli import cli
-from runbook_celery.cli_runid import MIN_PREFIX, _callback
-from runbook_celery.live import RunView
-from runbook_celery.render import COLUMNS, exit_text, record_json, record_table
-from runbook_celery.runrecord import RunRecord, StepRecord
+from runbook_celery.cli.live import RunView
+from runbook_celery.cli.runid import MIN_PREFIX, _callback
+from runbook_celery.client.render import COLUMNS, exit_text, record_json, record_table
+from runbook_celery.plan.runrecord import RunRecord, StepRecord
 
 pytestmark = pytest.mark.timeout(60)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

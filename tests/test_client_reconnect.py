@@ -20,10 +20,10 @@ import pytest
 import redis
 from private_redis import RedisServer, private_env
 
-from runbook_celery import dispatch
-from runbook_celery.api import Run, submit
-from runbook_celery.errors import BackendUnavailable, InvalidSetting, WaitTimeout
-from runbook_celery.settings import Settings
+from runbook_celery.client.api import Run, submit
+from runbook_celery.core.errors import BackendUnavailable, InvalidSetting, WaitTimeout
+from runbook_celery.core.settings import Settings
+from runbook_celery.engine import dispatch
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = "name: reconnect\nsteps:\n  - id: only\n    run: echo hi\n"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from runbook_celery.errors import InvalidDefinition
-from runbook_celery.loader import load_workflow
-from runbook_celery.safefiles import Refused, list_definitions, read_script
+from runbook_celery.core.errors import InvalidDefinition
+from runbook_celery.definition.loader import load_workflow
+from runbook_celery.definition.safefiles import Refused, list_definitions, read_script
 
 Setup = Callable[[Path], str]  # prepares the folder, returns what ``script:`` says
 
@@ -197,7 +197,7 @@ def test_validate_names_a_fifo_workflow_file_without_waiting(tmp_path: Path):
 
 @pytest.mark.timeout(20)
 def test_beat_schedules_no_file_from_outside_its_folder(tmp_path: Path):
-    from runbook_celery.schedule import read_definitions
+    from runbook_celery.client.schedule import read_definitions
 
     folder = tmp_path / "defs"
     folder.mkdir()

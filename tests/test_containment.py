@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from test_containment_e2e import ESCAPES, gone
 
-from runbook_celery import containment
+from runbook_celery.engine import containment
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,7 +38,7 @@ def _step_process(
     """A Python process like a pool process: containment ``mode``, then one step."""
     code = (
         "import os, sys\n"
-        "from runbook_celery import containment, runner\n"
+        "from runbook_celery.engine import containment, runner\n"
         f"box = containment.setup({mode!r})\n"
         "print(box.mode, box.root, flush=True)\n"
         f"{before}\n"
@@ -128,9 +128,7 @@ def test_a_lease_fence_ends_processes_that_left_the_group(kill, user):
     tmp_path = Path(tempfile.mkdtemp(prefix="rbtest-fence-"))
     tmp_path.chmod(0o777)
     command, pid_file = _escape(tmp_path, "double-fork", "sleep 300")
-    as_user = (
-        "from runbook_celery import stepuser\nstepuser.use(stepuser.StepUser.lookup('nobody'))\n"
-    )
+    as_user = "from runbook_celery.engine import stepuser\nstepuser.use(stepuser.StepUser.lookup('nobody'))\n"
     proc = _step_process(
         tmp_path,
         "cgroup",

@@ -13,8 +13,8 @@ from celery.result import AsyncResult
 from conftest import QUEUE, SESSION, WorkerProcess, wait_for_event
 
 from runbook_celery import submit
-from runbook_celery.api import rerun
-from runbook_celery.app import FANIN_TASK, STEP_TASK, app
+from runbook_celery.client.api import rerun
+from runbook_celery.engine.app import FANIN_TASK, STEP_TASK, app
 
 pytestmark = [pytest.mark.slow]
 

@@ -16,14 +16,9 @@ import fakeredis
 import pytest
 from conftest import PREFIX, QUEUE, run_cli
 
-from runbook_celery.app import FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
-from runbook_celery.deadletter import (
-    BODY_LIMIT,
-    DeadLetters,
-    make_dead_letter,
-    printable,
-)
-from runbook_celery.poison import body_problem, envelope_problem, header_problem
+from runbook_celery.engine.app import FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
+from runbook_celery.engine.poison import body_problem, envelope_problem, header_problem
+from runbook_celery.store.deadletter import BODY_LIMIT, DeadLetters, make_dead_letter, printable
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,8 +11,8 @@ import click
 import pytest
 
 from runbook_celery.cli import cli
-from runbook_celery.loader import load_workflow_text
-from runbook_celery.model import Defaults, Retries, Step, Workflow
+from runbook_celery.definition.loader import load_workflow_text
+from runbook_celery.definition.model import Defaults, Retries, Step, Workflow
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -108,7 +108,7 @@ def test_architecture_places_every_module():
 
 
 def test_deployment_documents_every_runbook_setting():
-    settings_source = (ROOT / "runbook_celery" / "settings.py").read_text(encoding="utf-8")
+    settings_source = (ROOT / "runbook_celery" / "core" / "settings.py").read_text(encoding="utf-8")
     variables = set(re.findall(r'"(RUNBOOK_[A-Z_]+)"', settings_source))
     assert len(variables) >= 10
     text = (DOCS / "deployment.md").read_text(encoding="utf-8")

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from runbook_celery.cli import cli
-from runbook_celery.cli_ecosystem import SCHEMA_FILE, schema_text, workflow_schema
-from runbook_celery.loader import load_workflow
-from runbook_celery.model import Defaults, Retries, Step, Workflow
+from runbook_celery.cli.ecosystem import SCHEMA_FILE, schema_text, workflow_schema
+from runbook_celery.definition.loader import load_workflow
+from runbook_celery.definition.model import Defaults, Retries, Step, Workflow
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -327,7 +327,7 @@ steps:
     assert finals[0].status == "failed" and finals[1].status == "succeeded"
     from celery.result import AsyncResult
 
-    from runbook_celery.app import app
+    from runbook_celery.engine.app import app
 
     for final in finals:
         for step in final.steps:

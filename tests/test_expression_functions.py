@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from runbook_celery import expressions as ex
+from runbook_celery.definition import expressions as ex
 
 
 def run(source: str, **values: Any) -> Any:

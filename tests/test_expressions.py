@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runbook_celery import expressions as ex
-from runbook_celery.expressions import (
+from runbook_celery.definition import expressions as ex
+from runbook_celery.definition.expressions import (
     MAX_NESTING,
     MAX_TOKENS,
     BinOp,

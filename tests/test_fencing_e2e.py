@@ -20,9 +20,9 @@ import redis
 from conftest import ROOT, SESSION, WorkerProcess, run_cli, wait_for_event
 
 from runbook_celery import submit
-from runbook_celery.api import Run
-from runbook_celery.events import StepStatus
+from runbook_celery.client.api import Run
 from runbook_celery.store import RunStore
+from runbook_celery.store.events import StepStatus
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from reliability_infra import RedisServer, Worker

@@ -11,9 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runbook_celery import expressions as ex
-from runbook_celery.bashplace import Unplaceable
-from runbook_celery.compile import (
+from runbook_celery.core.errors import InvalidParams
+from runbook_celery.definition import expressions as ex
+from runbook_celery.definition.bashplace import Unplaceable
+from runbook_celery.definition.graph import Graph, Leaf, Parallel, Series, find_cycle
+from runbook_celery.definition.loader import load_workflow_text
+from runbook_celery.engine.runner import run_bash
+from runbook_celery.plan.compile import (
     CANVAS,
     DYNAMIC,
     build_snapshot,
@@ -22,10 +26,6 @@ from runbook_celery.compile import (
     rewrite_command,
     snapshot_sha256,
 )
-from runbook_celery.errors import InvalidParams
-from runbook_celery.graph import Graph, Leaf, Parallel, Series, find_cycle
-from runbook_celery.loader import load_workflow_text
-from runbook_celery.runner import run_bash
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 
-from runbook_celery.errors import InvalidDefinition, InvalidOperation
-from runbook_celery.gates import Gates
-from runbook_celery.keys import Keys
-from runbook_celery.loader import load_workflow
+from runbook_celery.core.errors import InvalidDefinition, InvalidOperation
+from runbook_celery.definition.loader import load_workflow
+from runbook_celery.store.gates import Gates
+from runbook_celery.store.keys import Keys
 
 
 def test_group_keys_never_contain_the_value_and_never_meet():

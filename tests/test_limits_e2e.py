@@ -14,8 +14,9 @@ import redis
 from conftest import PREFIX, QUEUE, SESSION, WorkerProcess, run_cli, wait_for_event
 from observe_helpers import free_port
 
-from runbook_celery import Run, WaitTimeout, fullredis, submit
-from runbook_celery.fullredis import use_patient_redis_transport
+from runbook_celery import Run, WaitTimeout, submit
+from runbook_celery.engine import fullredis
+from runbook_celery.engine.fullredis import use_patient_redis_transport
 from runbook_celery.store import RunStore
 
 pytestmark = [pytest.mark.slow]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from runbook_celery import lint
 from runbook_celery.cli import cli
+from runbook_celery.plan import lint
 
 pytestmark = pytest.mark.timeout(60)
 

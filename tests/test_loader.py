@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runbook_celery.errors import InvalidDefinition, Problem
-from runbook_celery.loader import load_workflow, load_workflow_text
+from runbook_celery.core.errors import InvalidDefinition, Problem
+from runbook_celery.definition.loader import load_workflow, load_workflow_text
 
 pytestmark = pytest.mark.timeout(20)
 

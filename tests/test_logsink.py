@@ -6,10 +6,10 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from runbook_celery.cli_observe import gap_notice
-from runbook_celery.keys import Keys
-from runbook_celery.logs import Gap
-from runbook_celery.logsink import StepLogSink, line_bytes
+from runbook_celery.cli.observe import gap_notice
+from runbook_celery.store.keys import Keys
+from runbook_celery.store.logs import Gap
+from runbook_celery.store.logsink import StepLogSink, line_bytes
 
 KEYS = Keys("sinkunit")
 

@@ -23,11 +23,11 @@ import redis
 from conftest import PREFIX, ROOT, SESSION, TEST_REDIS_URL
 from kombu import Connection, Exchange, Queue
 
-from runbook_celery import recovery
-from runbook_celery.api import Run
-from runbook_celery.errors import InvalidOperation
-from runbook_celery.events import StepStatus
+from runbook_celery.client.api import Run
+from runbook_celery.core.errors import InvalidOperation
+from runbook_celery.engine import recovery
 from runbook_celery.store import RunStore, Successor
+from runbook_celery.store.events import StepStatus
 from runbook_celery.store.gates import Gates
 from runbook_celery.store.scripts import LIBRARIES, PARTS, read, source
 

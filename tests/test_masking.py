@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runbook_celery.masking import MIN_ENCODED_LENGTH, Masker, encoded_forms
-from runbook_celery.runner import LINE_LIMIT, run_bash
-from runbook_celery.runrecord import StepRecord
+from runbook_celery.engine.runner import LINE_LIMIT, run_bash
+from runbook_celery.plan.masking import MIN_ENCODED_LENGTH, Masker, encoded_forms
+from runbook_celery.plan.runrecord import StepRecord
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,8 +192,8 @@ def test_status_shows_secret_values_given_with_retry_env_as_stars():
 
 
 def test_the_retry_gate_records_secret_values_in_the_same_transition():
-    from runbook_celery.gates import Gates
     from runbook_celery.store import RunStore
+    from runbook_celery.store.gates import Gates
 
     r = fakeredis.FakeRedis()
     store = RunStore(r, "t", 3600)

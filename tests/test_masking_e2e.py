@@ -8,9 +8,9 @@ import pytest
 from conftest import SESSION, WorkerProcess, run_cli, wait_for_event
 
 from runbook_celery import submit
-from runbook_celery.app import app
-from runbook_celery.masking import encoded_forms
-from runbook_celery.runner import LINE_LIMIT
+from runbook_celery.engine.app import app
+from runbook_celery.engine.runner import LINE_LIMIT
+from runbook_celery.plan.masking import encoded_forms
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runbook_celery.matrix import TooManyCombinations, expand, keys, label
+from runbook_celery.definition.matrix import TooManyCombinations, expand, keys, label
 
 
 def test_githubs_include_example():

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis
 
-from runbook_celery.events import StepStatus
 from runbook_celery.store import RunStore
+from runbook_celery.store.events import StepStatus
 from runbook_celery.store.memory import memory_redis, memory_store
 from runbook_celery.store.scripts import PARTS, read
 

@@ -11,10 +11,10 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from runbook_celery.api import submit
-from runbook_celery.errors import InvalidParams
-from runbook_celery.loader import from_model
-from runbook_celery.model import Workflow
+from runbook_celery.client.api import submit
+from runbook_celery.core.errors import InvalidParams
+from runbook_celery.definition.loader import from_model
+from runbook_celery.definition.model import Workflow
 
 pytestmark = pytest.mark.timeout(30)
 

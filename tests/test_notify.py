@@ -16,11 +16,11 @@ import pytest
 from conftest import PREFIX
 from notify_helpers import closed_port, receiver
 
-from runbook_celery import notify, notifysend
-from runbook_celery.notify import GROUP, Notifier
-from runbook_celery.notifymessage import Message
-from runbook_celery.notifysend import apprise_send, deliver
-from runbook_celery.settings import get_settings
+from runbook_celery.core.settings import get_settings
+from runbook_celery.engine import notify, notifysend
+from runbook_celery.engine.notify import GROUP, Notifier
+from runbook_celery.engine.notifymessage import Message
+from runbook_celery.engine.notifysend import apprise_send, deliver
 from runbook_celery.store import RunStore
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,20 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from runbook_celery.compile import build_snapshot
-from runbook_celery.errors import InvalidDefinition, InvalidSetting
-from runbook_celery.events import EventType
-from runbook_celery.loader import load_workflow_text
-from runbook_celery.notifyconfig import (
+from runbook_celery.core.errors import InvalidDefinition, InvalidSetting
+from runbook_celery.core.settings import Settings
+from runbook_celery.definition.loader import load_workflow_text
+from runbook_celery.definition.notifyconfig import (
     NOTIFY_EVENT_OF,
     MissingSecret,
     NotifyEvent,
     resolve,
     url_problem,
 )
-from runbook_celery.notifymessage import BODY_CHARS, compose, masker
-from runbook_celery.runrecord import RunRecord, StepRecord
-from runbook_celery.settings import Settings
+from runbook_celery.engine.notifymessage import BODY_CHARS, compose, masker
+from runbook_celery.plan.compile import build_snapshot
+from runbook_celery.plan.runrecord import RunRecord, StepRecord
+from runbook_celery.store.events import EventType
 
 pytestmark = pytest.mark.timeout(60)
 

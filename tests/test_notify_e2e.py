@@ -21,8 +21,8 @@ import pytest
 from conftest import PREFIX, QUEUE, ROOT, WorkerProcess, run_cli, wait_for_event
 from notify_helpers import HungService, Receiver, closed_port, receiver, silent_port
 
-from runbook_celery.notify import GROUP
-from runbook_celery.settings import get_settings
+from runbook_celery.core.settings import get_settings
+from runbook_celery.engine.notify import GROUP
 from runbook_celery.store import RunStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

@@ -1,4 +1,4 @@
-"""Durable, resumable event streams: `runbook-celery events` and `runbook_celery.events`."""
+"""Durable, resumable event streams: `runbook-celery events` and `runbook_celery.store.events`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import threading
 import pytest
 from conftest import run_cli
 
-from runbook_celery import events, submit
-from runbook_celery.errors import InvalidOperation, RunNotFound
+from runbook_celery import submit
+from runbook_celery.core.errors import InvalidOperation, RunNotFound
+from runbook_celery.store import events
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker"), pytest.mark.timeout(90)]
 

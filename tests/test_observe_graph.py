@@ -13,7 +13,7 @@ from conftest import ROOT, run_cli
 from observe_helpers import chromium, mermaid_js, run_chromium
 
 from runbook_celery import load_workflow, submit
-from runbook_celery.graphview import GraphView, dot, mermaid
+from runbook_celery.cli.graphview import GraphView, dot, mermaid
 
 DEFINITIONS = sorted((ROOT / "definitions").glob("*.yaml"))
 

@@ -13,9 +13,10 @@ import time
 import pytest
 from conftest import ROOT, run_cli, wait_for_event
 
-from runbook_celery import events, submit
-from runbook_celery.live import RunView, event_line
-from runbook_celery.runrecord import RunRecord, StepRecord
+from runbook_celery import submit
+from runbook_celery.cli.live import RunView, event_line
+from runbook_celery.plan.runrecord import RunRecord, StepRecord
+from runbook_celery.store import events
 
 FAILING = """
 name: {name}

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_cli
 
 from runbook_celery import submit
-from runbook_celery.history import list_runs
+from runbook_celery.store.history import list_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker"), pytest.mark.timeout(90)]
 

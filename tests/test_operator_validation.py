@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runbook_celery.errors import InvalidDefinition
-from runbook_celery.loader import load_workflow_text
+from runbook_celery.core.errors import InvalidDefinition
+from runbook_celery.definition.loader import load_workflow_text
 
 STEP = "name: x\n{top}steps:\n  - id: s\n    run: echo\n{step}"
 

@@ -6,10 +6,10 @@ import pytest
 from conftest import PREFIX, run_cli
 
 from runbook_celery import submit
-from runbook_celery.compile import build_snapshot, resolve_params
-from runbook_celery.errors import InvalidDefinition, InvalidParams
-from runbook_celery.loader import load_workflow_text
-from runbook_celery.model import Param
+from runbook_celery.core.errors import InvalidDefinition, InvalidParams
+from runbook_celery.definition.loader import load_workflow_text
+from runbook_celery.definition.model import Param
+from runbook_celery.plan.compile import build_snapshot, resolve_params
 
 pytestmark = pytest.mark.timeout(30)
 

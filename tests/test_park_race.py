@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from celery.exceptions import Ignore, Retry
 
-from runbook_celery import tasks
-from runbook_celery.compile import build_snapshot
-from runbook_celery.loader import load_workflow
-from runbook_celery.settings import get_settings
+from runbook_celery.core.settings import get_settings
+from runbook_celery.definition.loader import load_workflow
+from runbook_celery.engine import tasks
+from runbook_celery.plan.compile import build_snapshot
 
 
 class StandInTask:

@@ -28,7 +28,7 @@ from conftest import PREFIX, QUEUE, WorkerProcess, run_cli
 from private_redis import PrivateWorker, RedisServer, private_env
 from test_brokers import AMQP_URL, AmqpWorker, _amqp_answers, _delete_amqp_queue
 
-from runbook_celery.deadletter import DeadLetter, DeadLetters
+from runbook_celery.store.deadletter import DeadLetter, DeadLetters
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -18,7 +18,7 @@ from runbook_celery import (
     rerun,
     submit,
 )
-from runbook_celery.events import EventType, FailureReason, RunStatus, StepStatus
+from runbook_celery.store.events import EventType, FailureReason, RunStatus, StepStatus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

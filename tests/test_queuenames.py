@@ -20,14 +20,14 @@ from conftest import run_cli, wait_for_event
 from kombu.transport.redis import Channel
 from private_redis import PrivateWorker, RedisServer, private_env
 
-from runbook_celery.app import app, make_app
-from runbook_celery.errors import InvalidDefinition, InvalidSetting
-from runbook_celery.keys import Keys
-from runbook_celery.loader import load_workflow_text
-from runbook_celery.model import Step
-from runbook_celery.queuenames import queue_name_problem, queue_names_problem
-from runbook_celery.settings import Settings
+from runbook_celery.core.errors import InvalidDefinition, InvalidSetting
+from runbook_celery.core.settings import Settings
+from runbook_celery.definition.loader import load_workflow_text
+from runbook_celery.definition.model import Step
+from runbook_celery.definition.queuenames import queue_name_problem, queue_names_problem
+from runbook_celery.engine.app import app, make_app
 from runbook_celery.store import RunStore
+from runbook_celery.store.keys import Keys
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import QUEUE, WorkerProcess, run_cli
 
-from runbook_celery.queuewatch import QueueWatch, warning_text
+from runbook_celery.cli.queuewatch import QueueWatch, warning_text
 
 pytestmark = pytest.mark.timeout(120)
 OTHER = f"{QUEUE}-other"

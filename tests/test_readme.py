@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import QUEUE, ROOT, WorkerProcess
 
-from runbook_celery.compile import build_snapshot
-from runbook_celery.loader import load_workflow_text
+from runbook_celery.definition.loader import load_workflow_text
+from runbook_celery.plan.compile import build_snapshot
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from runbook_celery import dispatch, workerhooks
-from runbook_celery.events import StepStatus
+from runbook_celery.engine import dispatch, workerhooks
 from runbook_celery.store import RunStore
+from runbook_celery.store.events import StepStatus
 from runbook_celery.store.memory import memory_store
 
 
@@ -99,9 +99,9 @@ class _Request:
 def test_a_received_step_is_watched_while_the_worker_holds_it(store, monkeypatch):
     from celery.worker import state
 
-    from runbook_celery import workerstore
-    from runbook_celery.app import STEP_TASK
-    from runbook_celery.settings import get_settings
+    from runbook_celery.core.settings import get_settings
+    from runbook_celery.engine import workerstore
+    from runbook_celery.engine.app import STEP_TASK
 
     monkeypatch.setattr(workerstore, "worker_store", lambda: (get_settings(), store))
     held, started, other = (
@@ -216,8 +216,8 @@ class _StepTask:
 def test_a_join_refused_to_the_last_instance_leaves_it_to_the_watch_and_hands_the_instance_on(
     store, published, monkeypatch
 ):
-    from runbook_celery import tasks
-    from runbook_celery.settings import get_settings
+    from runbook_celery.core.settings import get_settings
+    from runbook_celery.engine import tasks
 
     # Given the last instance of m has ended while another delivery of m holds m (a
     # redelivery of the fan-out, between its claim and its release)
@@ -240,7 +240,7 @@ def test_a_lost_join_of_a_canvas_run_is_sent_as_its_kept_continuation(
 ):
     # Given a canvas run's fanned-out step m kept its join (the rest of its canvas in it),
     # every instance ended, and the worker that was to send the join died
-    from runbook_celery import canvasfanout
+    from runbook_celery.engine import canvasfanout
 
     sent: list[dict[str, object]] = []
 

@@ -9,7 +9,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runbook_celery.redisconn import redact
+from runbook_celery.store.redisconn import redact
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -10,8 +10,8 @@ import redis
 from celery import states
 from celery.backends.redis import RedisBackend
 
-from runbook_celery.app import FANIN_TASK, STEP_TASK, app
-from runbook_celery.taskevents import StepFailed
+from runbook_celery.engine.app import FANIN_TASK, STEP_TASK, app
+from runbook_celery.engine.taskevents import StepFailed
 
 
 @pytest.fixture

@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from runbook_celery.events import FailureReason
-from runbook_celery.runner import LINE_LIMIT, TAIL_LINES, parse_outputs, place_values, run_bash
+from runbook_celery.engine.runner import (
+    LINE_LIMIT,
+    TAIL_LINES,
+    parse_outputs,
+    place_values,
+    run_bash,
+)
+from runbook_celery.store.events import FailureReason
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -313,7 +319,7 @@ def _process_running_a_step(tmp_path: Path, command: str) -> subprocess.Popen[by
     """A Python process (like a pool process) running ``command`` through run_bash."""
     code = (
         "import os, sys\n"
-        "from runbook_celery.runner import run_bash\n"
+        "from runbook_celery.engine.runner import run_bash\n"
         "run_bash(sys.argv[1], {'PATH': os.environ['PATH']})\n"
     )
     return subprocess.Popen([sys.executable, "-c", code, command], cwd=tmp_path)
@@ -346,7 +352,7 @@ def test_a_step_registers_with_the_guardian_and_is_released_after(tmp_path):
     # Given one process that runs two steps one after the other
     code = (
         "import os, sys\n"
-        "from runbook_celery.runner import run_bash, _guardian\n"
+        "from runbook_celery.engine.runner import run_bash, _guardian\n"
         "env = {'PATH': os.environ['PATH']}\n"
         "print(run_bash('echo $$', env).stdout_tail[0], flush=True)\n"
         "first = _guardian.proc.pid\n"

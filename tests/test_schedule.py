@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli
 
-from runbook_celery.cron import schedule_problem
-from runbook_celery.schedule import DEFAULT_RELOAD_SECONDS, scheduler_for
+from runbook_celery.client.schedule import DEFAULT_RELOAD_SECONDS, scheduler_for
+from runbook_celery.definition.cron import schedule_problem
 
 # ------------------------------------------------------------------ parsing (fast)
 
@@ -82,7 +82,7 @@ steps:
 
 
 def _scheduler(directory: Path):  # type: ignore[no-untyped-def]
-    from runbook_celery.app import app
+    from runbook_celery.engine.app import app
 
     return scheduler_for(directory)(app=app)
 
@@ -155,8 +155,8 @@ def _run_beat_until(
 ) -> dict[str, list[datetime]]:  # type: ignore[no-untyped-def]
     """Celery beat's own loop (tick, then sleep what it asks) over our scheduler and a frozen
     clock; returns when each definition would have been triggered."""
-    from runbook_celery import schedule as schedule_module
-    from runbook_celery.app import app
+    from runbook_celery.client import schedule as schedule_module
+    from runbook_celery.engine.app import app
 
     fired: dict[str, list[datetime]] = {}
     monkeypatch.setattr(app, "now", clock)
@@ -315,8 +315,8 @@ def wait_for_runs(
 
 def _finished_runs_of(store, workflow: str):  # type: ignore[no-untyped-def]
     """Every run of ``workflow`` in history, each waited for to its end, oldest first."""
-    from runbook_celery.api import Run
-    from runbook_celery.history import list_runs
+    from runbook_celery.client.api import Run
+    from runbook_celery.store.history import list_runs
 
     summaries = list_runs(store, workflow=workflow, limit=1000)
     records = [Run(s.id).wait(timeout=30) for s in summaries]

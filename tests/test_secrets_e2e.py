@@ -8,7 +8,7 @@ import pytest
 from conftest import SESSION, WorkerProcess, run_cli
 
 from runbook_celery import submit
-from runbook_celery.app import app
+from runbook_celery.engine.app import app
 
 pytestmark = [pytest.mark.slow]
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import QUEUE
 
 from runbook_celery import submit
-from runbook_celery.app import STEP_TASK, app
+from runbook_celery.engine.app import STEP_TASK, app
 
 pytestmark = [pytest.mark.slow]
 

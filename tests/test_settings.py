@@ -17,9 +17,9 @@ import pytest
 from conftest import QUEUE, ROOT, SESSION
 from own_redis import own_redis
 
-from runbook_celery import settings as settings_module
-from runbook_celery.errors import EXIT_INVALID, EXIT_UNAVAILABLE, InvalidSetting
-from runbook_celery.settings import HIDDEN_FROM_STEPS, Settings, warn_of_passwords_in_env
+from runbook_celery.core import settings as settings_module
+from runbook_celery.core.errors import EXIT_INVALID, EXIT_UNAVAILABLE, InvalidSetting
+from runbook_celery.core.settings import HIDDEN_FROM_STEPS, Settings, warn_of_passwords_in_env
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from runbook_celery import submit
-from runbook_celery.errors import InvalidDefinition
-from runbook_celery.loader import load_workflow_text
+from runbook_celery.core.errors import InvalidDefinition
+from runbook_celery.definition.loader import load_workflow_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker")]
 

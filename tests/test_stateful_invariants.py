@@ -51,20 +51,22 @@ from hypothesis.stateful import (
 )
 from invariants import TERMINAL, LiveCopy, Observed, check_all
 
-from runbook_celery import api, control, dispatch, recovery, redisconn, tasks, workerstore
-from runbook_celery.app import STEP_TASK
-from runbook_celery.compile import build_snapshot
-from runbook_celery.control import RunControl
-from runbook_celery.errors import InvalidOperation
-from runbook_celery.events import FailureReason
-from runbook_celery.gates import Gates
-from runbook_celery.loader import load_workflow_text
-from runbook_celery.runner import BashResult
-from runbook_celery.settings import get_settings
+from runbook_celery.client import api, control
+from runbook_celery.client.control import RunControl
+from runbook_celery.core.errors import InvalidOperation
+from runbook_celery.core.settings import get_settings
+from runbook_celery.definition.loader import load_workflow_text
+from runbook_celery.engine import dispatch, recovery, tasks, workerstore
+from runbook_celery.engine.app import STEP_TASK
+from runbook_celery.engine.runner import BashResult
+from runbook_celery.plan.compile import build_snapshot
 from runbook_celery.store import (
     RunStore,
     gates,  # where Gates reads its settings
+    redisconn,
 )
+from runbook_celery.store.events import FailureReason
+from runbook_celery.store.gates import Gates
 
 pytestmark = pytest.mark.timeout(3600)
 

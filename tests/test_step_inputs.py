@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from runbook_celery import expressions as ex
-from runbook_celery.compile import build_snapshot
-from runbook_celery.errors import InvalidDefinition
-from runbook_celery.loader import load_workflow, load_workflow_text
-from runbook_celery.stepinputs import nul_source, working_dir
+from runbook_celery.core.errors import InvalidDefinition
+from runbook_celery.definition import expressions as ex
+from runbook_celery.definition.loader import load_workflow, load_workflow_text
+from runbook_celery.engine.stepinputs import nul_source, working_dir
+from runbook_celery.plan.compile import build_snapshot
 
 
 def resolver(values: dict[str, str]):  # type: ignore[no-untyped-def]

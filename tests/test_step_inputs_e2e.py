@@ -11,7 +11,7 @@ import pytest
 from conftest import SESSION, WorkerProcess, run_cli
 
 from runbook_celery import submit
-from runbook_celery.loader import load_workflow
+from runbook_celery.definition.loader import load_workflow
 
 pytestmark = [pytest.mark.slow]
 

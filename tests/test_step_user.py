@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from runbook_celery.stepuser import StepUser
+from runbook_celery.engine.stepuser import StepUser
 
 pytestmark = pytest.mark.timeout(60)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="--step-user needs root")
@@ -74,7 +74,7 @@ def test_a_step_as_the_step_user_cannot_make_the_worker_read_a_file_for_it(tmp_p
     secret.chmod(0o600)
     code = (
         "import os, sys\n"
-        "from runbook_celery import runner, stepuser\n"
+        "from runbook_celery.engine import runner, stepuser\n"
         "stepuser.use(stepuser.StepUser.lookup('nobody'))\n"
         "env = {'PATH': os.environ['PATH']}\n"
         "for cmd in sys.argv[1:]:\n"

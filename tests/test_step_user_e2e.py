@@ -25,8 +25,8 @@ from conftest import ROOT, SESSION, wait_for_event
 from own_redis import own_redis
 from test_containment_e2e import escaped_pid, escaping_workflow, gone
 
-from runbook_celery.api import Run
-from runbook_celery.settings import Settings, get_settings
+from runbook_celery.client.api import Run
+from runbook_celery.core.settings import Settings, get_settings
 from runbook_celery.store import RunStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

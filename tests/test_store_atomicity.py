@@ -17,8 +17,8 @@ import pytest
 import redis
 from conftest import PREFIX
 
-from runbook_celery.events import StepStatus
 from runbook_celery.store import RunStore
+from runbook_celery.store.events import StepStatus
 
 pytestmark = pytest.mark.timeout(30)
 

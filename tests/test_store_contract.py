@@ -9,8 +9,8 @@ import uuid
 import pytest
 from conftest import PREFIX
 
-from runbook_celery.events import StepStatus
 from runbook_celery.store import RunStore
+from runbook_celery.store.events import StepStatus
 
 
 def _snapshot(steps: dict[str, list[str]]) -> dict:

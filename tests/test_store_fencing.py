@@ -16,8 +16,8 @@ import redis
 from conftest import PREFIX
 from own_redis import fill, own_redis
 
-from runbook_celery.events import StepStatus
 from runbook_celery.store import RunStore, Successor
+from runbook_celery.store.events import StepStatus
 
 
 @pytest.fixture

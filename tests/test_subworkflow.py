@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from runbook_celery.childruns import await_child, child_snapshot, evaluate_with
-from runbook_celery.compile import DYNAMIC, build_snapshot, choose_mode
-from runbook_celery.errors import InvalidDefinition, InvalidParams
-from runbook_celery.loader import load_workflow, load_workflow_text
+from runbook_celery.core.errors import InvalidDefinition, InvalidParams
+from runbook_celery.definition.loader import load_workflow, load_workflow_text
+from runbook_celery.definition.subworkflow import MAX_DEPTH, child_ids, child_run_id
+from runbook_celery.engine.childruns import await_child, child_snapshot, evaluate_with
+from runbook_celery.plan.compile import DYNAMIC, build_snapshot, choose_mode
 from runbook_celery.store import RunStore
-from runbook_celery.subworkflow import MAX_DEPTH, child_ids, child_run_id
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -278,7 +278,7 @@ def test_child_run_ids_are_derived_from_parent_and_step():
 
 @pytest.fixture
 def st(redis_client) -> RunStore:  # type: ignore[no-untyped-def]
-    from runbook_celery.settings import get_settings
+    from runbook_celery.core.settings import get_settings
 
     s = get_settings()
     return RunStore(redis_client, s.prefix, s.retention)
@@ -363,7 +363,7 @@ def test_the_cpython_example_runs_its_reusable_workflows_as_child_runs():
 
 
 def test_the_sweep_hands_on_a_step_whose_child_ended_long_enough_ago(st: RunStore) -> None:
-    from runbook_celery.childruns import sweep_waiting
+    from runbook_celery.engine.childruns import sweep_waiting
     from runbook_celery.store import now_iso
 
     run, child = _running_step(st), uuid.uuid4().hex

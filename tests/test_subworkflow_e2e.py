@@ -13,10 +13,10 @@ import pytest
 from conftest import QUEUE, run_cli, wait_for_event
 
 from runbook_celery import submit
-from runbook_celery.api import Run, rerun
-from runbook_celery.app import STEP_TASK, app
-from runbook_celery.render import record_json
-from runbook_celery.subworkflow import child_run_id
+from runbook_celery.client.api import Run, rerun
+from runbook_celery.client.render import record_json
+from runbook_celery.definition.subworkflow import child_run_id
+from runbook_celery.engine.app import STEP_TASK, app
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker")]
 

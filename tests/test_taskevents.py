@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from runbook_celery.taskevents import StepRequest
+from runbook_celery.engine.taskevents import StepRequest
 
 
 class Recorder(StepRequest):

@@ -17,7 +17,7 @@ import time
 import pytest
 from conftest import ROOT, run_cli, wait_for_event
 
-from runbook_celery.terminal import RESET, is_terminal, neutralise
+from runbook_celery.cli.terminal import RESET, is_terminal, neutralise
 
 # ---------------------------------------------------------------- is_terminal()
 
@@ -135,7 +135,7 @@ def assert_shown_not_obeyed(out: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def hostile_run(worker, redis_client, tmp_path_factory):  # type: ignore[no-untyped-def]
-    from runbook_celery.settings import get_settings
+    from runbook_celery.core.settings import get_settings
     from runbook_celery.store import RunStore
 
     store = RunStore(redis_client, get_settings().prefix, 3600)

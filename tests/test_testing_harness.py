@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runbook_celery import InvalidDefinition, InvalidParams, Step, Workflow
-from runbook_celery.events import FailureReason, RunStatus, StepStatus
+from runbook_celery.store.events import FailureReason, RunStatus, StepStatus
 from runbook_celery.testing import RunResult, run_workflow
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,7 +8,7 @@ import pytest
 from conftest import PREFIX, TEST_REDIS_URL, run_cli
 
 from runbook_celery import BackendUnavailable, submit
-from runbook_celery.settings import Settings
+from runbook_celery.core.settings import Settings
 
 DIAMOND = str(Path(__file__).parent.parent / "definitions" / "diamond.yaml")
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import click
 import pytest
 
-from runbook_celery.cli_observe import events_command
-from runbook_celery.events import (
+from runbook_celery.cli.observe import events_command
+from runbook_celery.store.events import (
     TERMINAL_RUN_STATUSES,
     EventType,
     FailureReason,

@@ -17,8 +17,8 @@ import pytest
 from conftest import PREFIX
 from web_helpers import WebFlower, web_flower
 
-from runbook_celery.compile import build_snapshot
-from runbook_celery.loader import load_workflow_text
+from runbook_celery.definition.loader import load_workflow_text
+from runbook_celery.plan.compile import build_snapshot
 from runbook_celery.store import RunStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

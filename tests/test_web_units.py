@@ -14,9 +14,9 @@ import fakeredis
 import flower
 import pytest
 
-from runbook_celery.history import page_runs
-from runbook_celery.runrecord import RunRecord, StepRecord
+from runbook_celery.plan.runrecord import RunRecord, StepRecord
 from runbook_celery.store import RunStore
+from runbook_celery.store.history import page_runs
 from runbook_celery.web.dag import NODE_H, NODE_W, Node, layout, needs_items, svg
 from runbook_celery.web.server import with_runs_tab
 from runbook_celery.web.view import printable, run_view, waiting_for
@@ -209,7 +209,7 @@ def test_cancel_records_who_asked(fake_store):
 
 
 def test_filtering_reads_only_runs_still_going_once_ended_ones_are_known(fake_store):
-    from runbook_celery.history import EndedRuns
+    from runbook_celery.store.history import EndedRuns
 
     _seed(fake_store, 6)
     now = datetime.now(UTC)

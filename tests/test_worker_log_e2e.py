@@ -66,7 +66,7 @@ steps:
 def test_the_exceptions_celery_carries_between_processes_pickle_as_they_are():
     import pickle
 
-    from runbook_celery.taskevents import Parked, StepFailed, step_failed
+    from runbook_celery.engine.taskevents import Parked, StepFailed, step_failed
 
     failed = step_failed("failed", "left", "exit_code", 3, ["left: disk full"])
     again = pickle.loads(pickle.dumps(failed))

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runbook_celery import yamlload
-from runbook_celery.errors import DefinitionError
-from runbook_celery.yamlload import (
+from runbook_celery.core.errors import DefinitionError
+from runbook_celery.definition import yamlload
+from runbook_celery.definition.yamlload import (
     MAX_DEPTH,
     MAX_NODES,
     format_path,
@@ -429,8 +429,8 @@ def test_a_parsers_own_nesting_limit_is_reported_as_ours(monkeypatch, prefix):
 def test_a_document_nested_100000_levels_is_refused_without_crashing_python():
     # libyaml's own composer recursed in C and took the interpreter down with SIGSEGV here
     code = (
-        "from runbook_celery.yamlload import load_yaml_text\n"
-        "from runbook_celery.errors import DefinitionError\n"
+        "from runbook_celery.definition.yamlload import load_yaml_text\n"
+        "from runbook_celery.core.errors import DefinitionError\n"
         "try:\n"
         "    load_yaml_text('[' * 100_000 + ']' * 100_000)\n"
         "except DefinitionError as exc:\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from ..keys import Keys
+from .keys import Keys
 from .scripts import register
 
 

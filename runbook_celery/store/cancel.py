@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from ..errors import RunNotFound
+from ..core.errors import RunNotFound
 from .codec import _decode, _s, now_iso
 from .runs import RunRecords
 

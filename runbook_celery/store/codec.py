@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from ..redaction import redact
+from ..core.redaction import redact
 
 # One stream entry as the store's clients receive it: (id, fields).
 StreamEntry = tuple[bytes | str, dict[bytes | str, bytes | str]]

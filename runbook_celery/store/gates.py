@@ -17,8 +17,8 @@ from typing import Any
 
 from redis.typing import EncodableT
 
-from ..errors import InvalidOperation, RunNotFound
-from ..settings import get_settings
+from ..core.errors import InvalidOperation, RunNotFound
+from ..core.settings import get_settings
 from .codec import _s, now_iso
 from .records import Outcome
 from .runstore import RunStore

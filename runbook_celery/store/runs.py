@@ -9,9 +9,9 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
-from ..errors import BackendUnavailable, RunNotFound
-from ..runrecord import RunRecord, StepRecord
-from ..vocabulary import RunStatus, StepStatus
+from ..core.errors import BackendUnavailable, RunNotFound
+from ..definition.vocabulary import RunStatus, StepStatus
+from ..plan.runrecord import RunRecord, StepRecord
 from .base import StoreBase
 from .codec import _decode, _describe, _epoch, _s, now_iso
 from .scripts import GLOBAL_EVENTS_MAXLEN

@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.typing import EncodableT
 
-from ..vocabulary import StepStatus
+from ..definition.vocabulary import StepStatus
 from .base import StoreBase
 from .codec import _s, now_iso
 from .records import FinishOutcome, Outcome, StartDecision

@@ -12,16 +12,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .. import childruns, redisconn, tasks, workerstore
-from ..api import Run, RunLogs, WorkflowSource, _load, submit_snapshot
-from ..app import FANIN_TASK, STEP_TASK, app
-from ..compile import DYNAMIC, build_snapshot
-from ..events import Event
-from ..runrecord import RunRecord, StepRecord
-from ..settings import get_settings
-from ..store import RunStore
+from ..client.api import Run, RunLogs, WorkflowSource, _load, submit_snapshot
+from ..core.settings import get_settings
+from ..engine import childruns, tasks, workerstore
+from ..engine.app import FANIN_TASK, STEP_TASK, app
+from ..engine.taskevents import Parked, StepFailed
+from ..plan.compile import DYNAMIC, build_snapshot
+from ..plan.runrecord import RunRecord, StepRecord
+from ..store import RunStore, redisconn
+from ..store.events import Event
 from ..store.memory import memory_redis
-from ..taskevents import Parked, StepFailed
 
 __all__ = ["RunResult", "StuckRun", "run_workflow"]
 

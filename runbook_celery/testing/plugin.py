@@ -14,7 +14,7 @@ import pytest
 from .. import testing  # light: the harness is imported on first use
 
 if TYPE_CHECKING:
-    from ..api import WorkflowSource
+    from ..client.api import WorkflowSource
     from . import RunResult
 
 

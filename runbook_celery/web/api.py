@@ -13,12 +13,12 @@ from typing import Any
 
 import tornado.web
 
-from ..api import Run, submit
-from ..errors import InvalidOperation, RunbookError, RunNotFound
-from ..events import RunStatus
-from ..history import page_runs
-from ..render import record_json
-from ..runrecord import RunRecord
+from ..client.api import Run, submit
+from ..client.render import record_json
+from ..core.errors import InvalidOperation, RunbookError, RunNotFound
+from ..plan.runrecord import RunRecord
+from ..store.events import RunStatus
+from ..store.history import page_runs
 from .base import RunbookHandler, error_status, json_body, unauthenticated_api
 
 MAX_LIMIT = 200

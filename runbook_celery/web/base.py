@@ -31,11 +31,17 @@ from flower.utils import strtobool
 from flower.views import BaseHandler
 from tornado.web import StaticFileHandler
 
-from ..errors import BackendUnavailable, InvalidOperation, InvalidParams, RunbookError, RunNotFound
-from ..history import EndedRuns
-from ..redisconn import BACKEND_ERRORS, describe_backend_error
-from ..settings import Settings
+from ..core.errors import (
+    BackendUnavailable,
+    InvalidOperation,
+    InvalidParams,
+    RunbookError,
+    RunNotFound,
+)
+from ..core.settings import Settings
 from ..store import RunStore
+from ..store.history import EndedRuns
+from ..store.redisconn import BACKEND_ERRORS, describe_backend_error
 from .definitions import Definitions
 
 HERE = Path(__file__).resolve().parent

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidDefinition, RunbookError
-from ..loader import LoadedWorkflow, load_workflow
+from ..core.errors import InvalidDefinition, RunbookError
+from ..definition.loader import LoadedWorkflow, load_workflow
 
 SUFFIXES = (".yaml", ".yml")
 

@@ -13,12 +13,12 @@ from typing import Any, NoReturn
 
 import tornado.web
 
-from ..errors import RunbookError
-from ..events import RunStatus
-from ..history import RunPage as HistoryPage
-from ..history import page_runs
-from ..runrecord import RunRecord
+from ..core.errors import RunbookError
+from ..plan.runrecord import RunRecord
 from ..store.codec import range_reply
+from ..store.events import RunStatus
+from ..store.history import RunPage as HistoryPage
+from ..store.history import page_runs
 from .base import RunbookHandler, error_status
 from .view import RunView, run_view, seconds_text
 

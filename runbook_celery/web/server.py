@@ -26,9 +26,9 @@ from flower.utils.tasks import get_task_by_id
 from flower.views.tasks import TaskView
 from tornado.web import StaticFileHandler, url
 
-from ..redisconn import get_client
-from ..settings import Settings, get_settings
+from ..core.settings import Settings, get_settings
 from ..store import RunStore
+from ..store.redisconn import get_client
 from . import api, pages, streams
 from .base import STATIC_DIR, TEMPLATE_DIR, WebContext
 from .definitions import Definitions

@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from ..errors import InvalidOperation, RunNotFound
-from ..events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES, Event, StepStatus, check_since
-from ..redisconn import BACKEND_ERRORS, describe_backend_error
+from ..core.errors import InvalidOperation, RunNotFound
 from ..store.codec import read_reply
+from ..store.events import TERMINAL_EVENTS, TERMINAL_RUN_STATUSES, Event, StepStatus, check_since
+from ..store.redisconn import BACKEND_ERRORS, describe_backend_error
 from .api import ApiHandler
 from .base import RunbookHandler
 from .view import printable

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..events import TERMINAL_RUN_STATUSES, StepStatus
-from ..runrecord import RunRecord, StepRecord
+from ..plan.runrecord import RunRecord, StepRecord
+from ..store.events import TERMINAL_RUN_STATUSES, StepStatus
 from .dag import Node, svg
 
 VALUE_CHARS = 400  # longest output value shown in the table (the API has them whole)

@@ -1,0 +1,1 @@
+"""Shared by every layer: the error tree (exit codes), settings, redaction."""
