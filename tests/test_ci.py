@@ -73,6 +73,17 @@ def test_ci_checks_types_with_mypy_strict_before_the_tests():
     assert any(r.startswith("celery-types>=") for r in test_extra)
 
 
+def test_ci_checks_the_layers_contract_before_the_tests():
+    lines = _commands(CI_RUN)
+    lint = '"$WORK/newest/bin/lint-imports" --no-cache'  # the newest venv's, from the test extra
+    assert lint in lines
+    assert lines.index(lint) < lines.index('"$PY" scripts/dev.py test')
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["importlinter"]["root_package"] == "runbook_celery"
+    test_extra = pyproject["project"]["optional-dependencies"]["test"]
+    assert any(r.startswith("import-linter>=") for r in test_extra)
+
+
 def test_the_lowest_constraints_pin_every_direct_dependency_to_its_lower_bound():
     out = subprocess.run(
         [sys.executable, str(ROOT / ".ci" / "lowest_constraints.py"), "test"],

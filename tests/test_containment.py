@@ -128,7 +128,10 @@ def test_a_lease_fence_ends_processes_that_left_the_group(kill, user):
     tmp_path = Path(tempfile.mkdtemp(prefix="rbtest-fence-"))
     tmp_path.chmod(0o777)
     command, pid_file = _escape(tmp_path, "double-fork", "sleep 300")
-    as_user = "from runbook_celery.engine import stepuser\nstepuser.use(stepuser.StepUser.lookup('nobody'))\n"
+    as_user = (
+        "from runbook_celery.engine import stepuser\n"
+        "stepuser.use(stepuser.StepUser.lookup('nobody'))\n"
+    )
     proc = _step_process(
         tmp_path,
         "cgroup",

@@ -292,7 +292,10 @@ def test_the_zone_is_an_iana_zone():
 def test_zones_resolve_on_a_machine_without_system_zone_files():
     # PYTHONTZPATH="" hides /usr/share/zoneinfo, as on a slim container or Windows: the zone
     # data must then come from the tzdata package the project depends on
-    code = "from runbook_celery.definition.cron import parse; print(parse('30 2 * * *', 'America/New_York'))"
+    code = (
+        "from runbook_celery.definition.cron import parse; "
+        "print(parse('30 2 * * *', 'America/New_York'))"
+    )
     res = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "PYTHONTZPATH": ""},
