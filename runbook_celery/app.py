@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError
 from celery.utils.log import get_logger
 
 from .errors import InvalidSetting
@@ -80,6 +81,37 @@ class ResultBackend(RedisBackend):
             )
         finally:
             handed_on.member = None
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Celery's store, minus its read of the stored result when the write hands on.
+
+        Celery reads the stored state before every write so that a lost delivery's late
+        result never replaces a SUCCESS. A step's result that hands on is written by
+        ``store_result.lua``, which makes that check itself, atomically with the write: the
+        read here would be one more round trip per step for nothing.
+        """
+        if getattr(handed_on, "member", None) is None:
+            return super()._store_result(  # type: ignore[misc]  # celery-types lacks it
+                task_id, result, state, traceback=traceback, request=request, **kwargs
+            )
+        meta = self._get_result_meta(  # type: ignore[attr-defined]  # celery-types lacks it
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = _s(task_id)
+        key = self.get_key_for_task(task_id)
+        try:
+            self._set_with_state(key, self.encode(meta), state)  # type: ignore[attr-defined]
+        except BackendStoreError as exc:  # as Celery raises it: with the state and task
+            raise BackendStoreError(str(exc), state=state, task_id=task_id) from exc  # type: ignore[call-arg]  # celery-types lacks them
+        return result
 
     # celery-types declares neither RedisBackend.set's expires and retry policy, nor _set,
     # nor the backend's expires, which Celery has: hence the ignores below
