@@ -115,7 +115,11 @@ class PerStep:
         self.counts_dir.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(workdir)
         tag = uuid.uuid4().hex[:8]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBOOK_", "BENCH_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RUNBOOK_", "BENCH_")) or k == bench_roundtrips.TRACE_ENV
+        }
         env.update(
             RUNBOOK_BROKER_URL=self.redis.url(DB_RB_BROKER),
             RUNBOOK_REDIS_URL=self.redis.url(DB_RB_STATE),
@@ -133,7 +137,7 @@ class PerStep:
         )
         self.env = env
         # settings are read once, at first import: set them before importing either app
-        for key in [k for k in os.environ if k.startswith(("RUNBOOK_", "BENCH_"))]:
+        for key in [k for k in os.environ if k.startswith(("RUNBOOK_", "BENCH_")) and k not in env]:
             del os.environ[key]
         os.environ.update(env)
         bench_roundtrips.install()
@@ -286,10 +290,15 @@ class PerStep:
         return samples
 
 
-def measure_all(runs: int = 5, chain: int = 10, fan: int = 8, concurrency: int = 2) -> list[Sample]:
-    """Start everything, measure both sides and shapes, stop everything."""
-    with tempfile.TemporaryDirectory(prefix="bench-perstep-") as tmp:
-        bench = PerStep(Path(tmp), concurrency)
+def measure_all(
+    runs: int = 5, chain: int = 10, fan: int = 8, concurrency: int = 2, workdir: Path | None = None
+) -> list[Sample]:
+    """Start everything, measure both sides and shapes, stop everything. ``workdir``: keep
+    the worker logs and round-trip files (and traces, BENCH_ROUNDTRIP_TRACE) there."""
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="perstep-")))
+        bench = PerStep(workdir, concurrency)
         try:
             return bench.all(runs, chain, fan)
         finally:
@@ -353,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fan", type=int, default=8, help="width of the fan-out (default 8)")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--workdir", type=Path, help="keep logs and round-trip files here")
     args = parser.parse_args(argv)
-    samples = measure_all(args.runs, args.chain, args.fan, args.concurrency)
+    samples = measure_all(args.runs, args.chain, args.fan, args.concurrency, args.workdir)
     print(report(samples))
     if args.json:
         out = {

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 ENV = "BENCH_ROUNDTRIP_DIR"
+# comma-separated command names whose callers are written to <dir>/<pid>.trace (to find
+# where a round trip comes from)
+TRACE_ENV = "BENCH_ROUNDTRIP_TRACE"
 
 _fd: int | None = None
 _pid: int | None = None
+_traced = frozenset(filter(None, os.environ.get(TRACE_ENV, "").upper().split(",")))
 
 
 def _name(command: Any) -> bytes:
@@ -41,7 +46,12 @@ def _log(command: Any) -> None:
         _fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         _pid = pid
     assert _fd is not None
-    os.write(_fd, _name(command) + b"\n")
+    name = _name(command)
+    os.write(_fd, name + b"\n")
+    if name.decode() in _traced:
+        frames = traceback.format_stack(limit=14)[:-2]
+        with open(Path(os.environ[ENV]) / f"{pid}.trace", "a") as f:
+            f.write(f"--- {name.decode()}\n{''.join(frames)}")
 
 
 def install() -> None:
