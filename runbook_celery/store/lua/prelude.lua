@@ -132,9 +132,11 @@ local function expire_run_keys(run_key, run_events)
     end
     redis.call('ZREM', leases, run_id .. '|' .. sid)
     if ttl > 0 then
-      for _, part in ipairs({':step:', ':lease:', ':arrived:', ':logs:', ':ended:'}) do
+      for _, part in ipairs({':step:', ':lease:', ':arrived:', ':logs:'}) do
         redis.call('EXPIRE', base .. part .. sid, ttl)
       end
+      -- only a fanned-out step has an ended set (its instances')
+      if inst then redis.call('EXPIRE', base .. ':ended:' .. sid, ttl) end
     end
     i = i + 1
   end
