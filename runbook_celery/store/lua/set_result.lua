@@ -1,0 +1,12 @@
+-- set_result.lua: a task's result written as Celery writes it, without reading it first
+-- (see result_lib.lua): the result backend's write for what does not hand on with it
+-- (a chord member's result, which the chord counts before the step hands on; a retry).
+--
+-- KEYS
+--   KEYS[1]  result key (celery-task-meta-<task id>)
+-- ARGV
+--   1 value (the encoded result)   2 expires (seconds; 0: none)
+-- Returns
+--   1 when written, 0 when a stored SUCCESS was kept
+-- Keys derived, not declared: none.
+return write_result(1, ARGV[1], tonumber(ARGV[2]) or 0) and 1 or 0
