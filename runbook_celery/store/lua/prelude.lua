@@ -132,7 +132,9 @@ local function expire_run_keys(run_key, run_events)
     end
     redis.call('ZREM', leases, run_id .. '|' .. sid)
     if ttl > 0 then
-      for _, part in ipairs({':step:', ':lease:', ':arrived:', ':logs:'}) do
+      -- not ':lease:': a lease key is only ever written with its expiry (claim, renew)
+      -- and vanishes with it
+      for _, part in ipairs({':step:', ':arrived:', ':logs:'}) do
         redis.call('EXPIRE', base .. part .. sid, ttl)
       end
       -- only a fanned-out step has an ended set (its instances')
