@@ -43,9 +43,15 @@ end
 local function leases_key(run_key)
   return string.match(run_key, '^(.*):run:[^:]+$') .. ':leases'
 end
+-- Redis' clock, read once per script: a script runs atomically (Redis 7 also freezes key
+-- expiry at its start), so every watch it writes is scored from the same moment
+local script_now = nil
 local function now_seconds()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if not script_now then
+    local t = redis.call('TIME')
+    script_now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  return script_now
 end
 -- watch a step (lease index): its entry must be renewed or dropped before Redis' clock
 -- passes the score, else the reconciler looks for the step's message
