@@ -62,6 +62,7 @@ class Sample:
     steps: int
     commands: Counter[str] = field(default_factory=Counter)
     bytes_in: int = 0
+    redis_cpu: float = 0.0  # seconds (timed, unlike the rest: shown, never asserted)
     roundtrips: dict[str, Counter[str]] = field(default_factory=dict)
 
     def busy_commands(self) -> int:
@@ -83,6 +84,7 @@ class Sample:
             "steps": self.steps,
             "commands_per_step": round(self.per_step(self.busy_commands()), 2),
             "bytes_in_per_step": round(self.per_step(self.bytes_in)),
+            "redis_cpu_ms_per_step": round(self.per_step(self.redis_cpu * 1000), 3),
             "roundtrips_per_step": {
                 role: round(self.per_step(self.roundtrips_of(role)), 2) for role in self.roundtrips
             },
@@ -209,10 +211,12 @@ class PerStep:
         """Counts while ``go`` runs, and until the workers have gone quiet after it."""
         self._settle()
         commands0, bytes0, trips0 = self._counts()
+        cpu0 = self.redis.cpu_seconds()
         go()
         self._settle()
+        cpu1 = self.redis.cpu_seconds()
         commands1, bytes1, trips1 = self._counts()
-        sample = Sample(side, shape, steps, bytes_in=bytes1 - bytes0)
+        sample = Sample(side, shape, steps, bytes_in=bytes1 - bytes0, redis_cpu=cpu1 - cpu0)
         sample.commands = Counter(
             {k: v - commands0.get(k, 0) for k, v in commands1.items() if v > commands0.get(k, 0)}
         )
@@ -325,6 +329,7 @@ def report(samples: list[Sample]) -> str:
 
     row("Redis commands (busy)", lambda s: s.per_step(s.busy_commands()))
     row("bytes into Redis", lambda s: s.per_step(s.bytes_in))
+    row("Redis CPU, ms (timed)", lambda s: s.per_step(s.redis_cpu * 1000))
     for role in ("pool", "worker main", "client"):
         row(f"round trips: {role}", lambda s, role=role: s.per_step(s.roundtrips_of(role)))
     for shape in (CHAIN, FAN):

@@ -21,9 +21,11 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# runbook-celery / raw Celery, per step (see docs/benchmarks.md for the figures and targets)
-MAX_COMMANDS_RATIO = 4.5
-MAX_POOL_ROUNDTRIPS_RATIO = 2.4
+# runbook-celery / raw Celery, per step. Measured: commands 3.7 (chain) and 2.7 (fan-out),
+# pool round trips 1.4 and 1.45 (targets: 1.5 and 1.0, docs/benchmarks.md). A ceiling about
+# 10% above: one more script or round trip per step of a chain fails it.
+MAX_COMMANDS_RATIO = 4.1
+MAX_POOL_ROUNDTRIPS_RATIO = 1.7
 
 
 @pytest.mark.timeout(300)
