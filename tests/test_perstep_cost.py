@@ -21,10 +21,12 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# runbook-celery / raw Celery, per step. Measured: commands 3.7 (chain) and 2.7 (fan-out),
-# pool round trips 1.4 and 1.45 (targets: 1.5 and 1.0, docs/benchmarks.md). A ceiling about
-# 10% above: one more script or round trip per step of a chain fails it.
-MAX_COMMANDS_RATIO = 4.1
+# runbook-celery / raw Celery, per step. Measured: commands 3.4 (chain) and 2.55 (fan-out),
+# pool round trips 1.4 and 1.45 (targets: 1.5 and 1.0, docs/benchmarks.md). The commands
+# ceiling leaves room for the notifier's batching, which is timed (on a machine too slow to
+# gather events it reads them one by one: 3.75); one more script per step of a chain still
+# fails it. One more pool round trip per step of a chain fails the other.
+MAX_COMMANDS_RATIO = 3.9
 MAX_POOL_ROUNDTRIPS_RATIO = 1.7
 
 
