@@ -91,25 +91,26 @@ class ResultBackend(RedisBackend):
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
-        """Celery's store, minus its read of the stored result before the write.
+        """Celery's store, minus its read of the stored result when the write hands on.
 
         Celery reads the stored state before every write so that a lost delivery's late
-        result never replaces a SUCCESS: one round trip more per task. Here the write is a
-        script that makes that check itself, atomically (``store_result.lua`` when the
-        step hands on with it, else ``set_result.lua``; see ``_set``).
+        result never replaces a SUCCESS. A step's result that hands on is written by
+        ``store_result.lua``, which makes that check itself, atomically with the write: the
+        read here would be one more round trip per step for nothing.
         """
+        if getattr(handed_on, "member", None) is None:
+            return super()._store_result(  # type: ignore[misc]  # celery-types lacks it
+                task_id, result, state, traceback=traceback, request=request, **kwargs
+            )
         meta = self._get_result_meta(  # type: ignore[attr-defined]  # celery-types lacks it
             result=result, state=state, traceback=traceback, request=request
         )
         meta["task_id"] = _s(task_id)
         key = self.get_key_for_task(task_id)
-        handed_on.checked = True
         try:
             self._set_with_state(key, self.encode(meta), state)  # type: ignore[attr-defined]
         except BackendStoreError as exc:  # as Celery raises it: with the state and task
             raise BackendStoreError(str(exc), state=state, task_id=task_id) from exc  # type: ignore[call-arg]  # celery-types lacks them
-        finally:
-            handed_on.checked = False
         return result
 
     # celery-types declares neither RedisBackend.set's expires and retry policy, nor _set,
@@ -128,15 +129,12 @@ class ResultBackend(RedisBackend):
 
     def _set(self, key: bytes | str, value: Any, expires: int | None = None) -> None:
         member = getattr(handed_on, "member", None)
-        if member is None and not getattr(handed_on, "checked", False):
-            super()._set(key, value, expires)  # type: ignore[misc]  # not a task's result
+        if member is None:
+            super()._set(key, value, expires)  # type: ignore[misc]
             return
         from .tasks import _worker_store  # tasks imports this module
 
         settings, store = _worker_store()
-        if member is None:  # a task's result that does not hand on: checked, then written
-            store.set_result(key, value, self.expires if expires is None else expires)  # type: ignore[attr-defined]
-            return None
         run_id, _, step_id = member.partition("|")
         successors, ended = handed_on_successors(member)
         store.hand_on(

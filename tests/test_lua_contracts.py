@@ -409,25 +409,6 @@ def test_store_result_replaces_a_stored_state_other_than_success(st: RunStore) -
         assert st.r.get(key) == b'{"status": "SUCCESS"}'
 
 
-def test_set_result_writes_and_publishes_as_celery_but_never_replaces_a_success(
-    st: RunStore,
-) -> None:
-    key = f"{PREFIX}:lua:result:{uuid.uuid4().hex}"
-    pubsub = st.r.pubsub()
-    pubsub.subscribe(key)
-    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-    assert st.set_result(key, '{"status": "RETRY"}', 60)
-    assert pubsub.get_message(timeout=5)["data"] == b'{"status": "RETRY"}'
-    assert st.set_result(key, '{"status": "SUCCESS", "result": 1}', 0)
-    assert st.r.ttl(key) == -1  # 0: no expiry, as Celery's set without expires
-    # a late result of a lost delivery: the stored SUCCESS stays, nothing is published
-    assert not st.set_result(key, '{"status": "FAILURE"}', 60)
-    assert st.r.get(key) == b'{"status": "SUCCESS", "result": 1}'
-    assert pubsub.get_message(timeout=5)["data"] == b'{"status": "SUCCESS", "result": 1}'
-    assert pubsub.get_message(timeout=0.2) is None
-    pubsub.close()
-
-
 def test_store_result_with_a_bad_period_stores_no_result(st: RunStore) -> None:
     run = _run(st, {"a": []})
     key = f"{PREFIX}:lua:result:{run}"

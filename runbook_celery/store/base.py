@@ -32,5 +32,4 @@ class StoreBase:
         self._release = register(client, "release")
         self._hand_on = register(client, "hand_on")
         self._store_result = register(client, "store_result")
-        self._set_result = register(client, "set_result")
         self._watch = register(client, "watch")

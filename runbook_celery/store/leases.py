@@ -85,11 +85,6 @@ class Leases(StoreBase):
         key, value, expires = result
         self._store_result(keys=[key, *keys], args=[value, expires or 0, *args])
 
-    def set_result(self, key: bytes | str, value: Any, expires: int | None) -> bool:
-        """Store a Celery task result as Celery does, with no read before the write (the
-        script keeps a stored SUCCESS itself); False when it kept one."""
-        return int(self._set_result(keys=[key], args=[value, expires or 0])) == 1
-
     def drop_lease_entry(
         self, run_id: str, step_id: str, expired_before: float | None = None
     ) -> None:

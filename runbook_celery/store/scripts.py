@@ -19,7 +19,6 @@ RUN_EVENTS_MAXLEN = 100_000
 
 _PRELUDE = ("constants", "prelude")
 _HAND_ON = (*_PRELUDE, "hand_on_lib")
-_RESULT = ("result_lib",)
 
 # script -> the libraries it is built on, in order (its own file follows them)
 PARTS: dict[str, tuple[str, ...]] = {
@@ -30,8 +29,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "handback": _PRELUDE,
     "release": _PRELUDE,
     "hand_on": _HAND_ON,
-    "store_result": (*_HAND_ON, *_RESULT),
-    "set_result": _RESULT,
+    "store_result": _HAND_ON,
     "watch": _PRELUDE,
     "cancel_begin": _PRELUDE,
     "cancel_steps": _PRELUDE,
@@ -50,7 +48,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "queued": (),
 }
 
-LIBRARIES = ("prelude", "hand_on_lib", "result_lib")
+LIBRARIES = ("prelude", "hand_on_lib")
 
 
 @functools.cache
