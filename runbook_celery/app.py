@@ -97,6 +97,12 @@ class ResultBackend(RedisBackend):
         result never replaces a SUCCESS. A step's result that hands on is written by
         ``store_result.lua``, which makes that check itself, atomically with the write: the
         read here would be one more round trip per step for nothing.
+
+        That write is not retried when Redis cannot be reached (Celery's ``set`` retries
+        for a while; its read, which failed first, did not): a Redis restarted meanwhile
+        may have lost the step's FINISH, and a hand-on then would stop watching a step
+        that is open again. Failing, the step stays watched and the reconciler replays it.
+        A full Redis is still waited out (fullredis).
         """
         if getattr(handed_on, "member", None) is None:
             return super()._store_result(  # type: ignore[misc]  # celery-types lacks it
@@ -107,10 +113,18 @@ class ResultBackend(RedisBackend):
         )
         meta["task_id"] = _s(task_id)
         key = self.get_key_for_task(task_id)
-        try:
-            self._set_with_state(key, self.encode(meta), state)  # type: ignore[attr-defined]
-        except BackendStoreError as exc:  # as Celery raises it: with the state and task
-            raise BackendStoreError(str(exc), state=state, task_id=task_id) from exc  # type: ignore[call-arg]  # celery-types lacks them
+        value = self.encode(meta)
+        # as Celery's _set_with_state: a failure keeps its own expiry
+        expires = self.failure_expires if state == states.FAILURE else None  # type: ignore[attr-defined]
+        if len(value) > self._MAX_STR_VALUE_SIZE:  # type: ignore[attr-defined]  # as Celery's set
+            raise BackendStoreError(  # type: ignore[call-arg]  # celery-types lacks them
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        wait_while_full(
+            lambda: self._set(key, value, expires),
+            f"storing task state {_s(key)}",
+            give_up=worker_stopping,
+        )
         return result
 
     # celery-types declares neither RedisBackend.set's expires and retry policy, nor _set,
