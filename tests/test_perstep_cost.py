@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 # runbook-celery / raw Celery, per step. Measured: commands 3.4 (chain) and 2.55 (fan-out),
-# pool round trips 1.4 and 1.45 (targets: 1.5 and 1.0, docs/benchmarks.md). The commands
+# pool round trips 1.4 and 1.6 (targets: 1.5 and 1.0, docs/benchmarks.md). The commands
 # ceiling leaves room for the notifier's batching, which is timed (on a machine too slow to
 # gather events it reads them one by one: 3.75), so it catches only a chain step growing by
 # about 8 commands (a second XADD per event would). One more pool round trip per step of a
