@@ -17,8 +17,10 @@ on. See docs/benchmarks.md for the method and the latest figures.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,6 +81,7 @@ class Bench:
         self.notes: list[str] = []
         self.hangs: dict[tuple[str, str], int] = {}
         self.redis: RedisServer | None = None
+        self.perstep: dict[str, Any] | None = None
         self.workers: list[Worker] = []
 
     # ------------------------------------------------------------------ setup / teardown
@@ -458,6 +461,19 @@ class Bench:
                 for side, fn in self._lanes_sides(size).items():
                     self.measure("concurrency", {"c": c, "steps": steps}, rep, side, steps, fn)
         self.set_concurrency(default_c)
+
+    def scenario_perstep(self) -> None:
+        """Per-step cost counted (commands, bytes, round trips), in a process of its own:
+        bench_perstep.py starts its own Redis and workers, one side at a time."""
+        out = self.workdir / "perstep.json"
+        cmd = [sys.executable, str(SCRIPTS / "bench_perstep.py"), "--json", str(out)]
+        cmd += ["--runs", str(self.sizes.perstep_runs), "--concurrency", str(self.concurrency)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBOOK_", "BENCH_"))}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            self.problems.append(f"perstep: exit {proc.returncode}: {proc.stderr[-2000:]}")
+            return
+        self.perstep = json.loads(out.read_text())
 
     def scenario_peers(self) -> None:
         """The same 5-step chain in runbook-celery and in every peer installed for the bench."""

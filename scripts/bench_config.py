@@ -9,7 +9,7 @@ from pathlib import Path
 
 FLOOR, RAW, RB, RB_AOF = "floor", "raw Celery", "runbook-celery", "runbook-celery (AOF)"
 SIDES = (FLOOR, RAW, RB, RB_AOF)
-SCENARIOS = ("chains", "fanout", "latency", "growth", "peers")
+SCENARIOS = ("chains", "fanout", "latency", "growth", "peers", "perstep")
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -37,6 +37,7 @@ class Sizes:
     watchdog_base: float = 30.0  # seconds, plus watchdog_per_step for each step
     watchdog_per_step: float = 0.06
     budget: float = 14 * 60.0  # seconds; measurements past it are skipped and reported
+    perstep_runs: int = 5  # workflows per shape and side, counted (bench_perstep.py)
 
     def chain_cells(self) -> list[tuple[int, int]]:
         return [(n, m) for n in self.chain_n for m in self.chain_m if n * m <= self.max_chain_steps]
@@ -56,6 +57,7 @@ SMOKE = Sizes(
     linear_sizes=(20, 200),
     concurrency_levels=(1,),
     concurrency_steps=20,
+    perstep_runs=1,
     peers=False,
     watchdog_base=20.0,
     budget=90.0,

@@ -359,6 +359,48 @@ def plot(rec: Records, path: Path) -> str | None:
 # ---------------------------------------------------------------------------- document
 
 
+PERSTEP_NOTE = """
+Counted, not timed, by `scripts/bench_perstep.py` (its own redis-server; each side's worker
+runs alone while its workflows run): chains of 10 steps and fan-outs 1 → 8 → 1, the same
+workflows on both sides. Redis commands are `INFO commandstats` deltas (commands a Lua
+script runs count too), without the idle ones (a worker's BRPOP loop, health-check PINGs);
+round trips are redis-py sends (a pipeline or MULTI is one) counted by a hook in each
+process. Targets: commands ≤ 1.5 × raw Celery's, pool round trips ≤ raw Celery's. Redis CPU
+is timed and only shown. `tests/test_perstep_cost.py` keeps the ratios under a ceiling.
+"""
+
+
+def perstep_section(data: dict[str, Any]) -> str:
+    """Per step, by side and shape, and each target's ratio."""
+    samples = data["samples"]
+    head = [f"{s['side']}, {s['shape']}" for s in samples]
+    rows = [
+        ("Redis commands", [s["commands_per_step"] for s in samples]),
+        ("bytes into Redis", [s["bytes_in_per_step"] for s in samples]),
+        ("Redis CPU, ms (timed)", [s.get("redis_cpu_ms_per_step", "?") for s in samples]),
+    ]
+    for role in ("pool", "worker main", "client"):
+        rows.append(
+            (f"round trips: {role}", [s["roundtrips_per_step"].get(role, 0) for s in samples])
+        )
+    lines = ["| per step | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(str(v) for v in values) + " |" for name, values in rows]
+    lines += [
+        "",
+        "| runbook / raw | commands (target ≤ 1.5) | pool round trips (target ≤ 1.0) |",
+        "|---|---|---|",
+    ]
+    for shape, r in data["ratios_to_raw"].items():
+        lines.append(f"| {shape} | {r['commands']:.2f} | {r['pool_roundtrips']:.2f} |")
+    names = sorted({n for s in samples for n in s["commands_by_name_per_step"]})
+    lines += ["", "Commands by name, per step:", ""]
+    lines += ["| command | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for n in names:
+        values = [s["commands_by_name_per_step"].get(n, 0) for s in samples]
+        lines.append(f"| {n} | " + " | ".join(str(v) for v in values) + " |")
+    return "\n".join(lines)
+
+
 def _kv(mapping: dict[str, Any]) -> str:
     return table(["", ""], [[k, v] for k, v in mapping.items()])
 
@@ -453,6 +495,9 @@ def write(out: Path, meta: dict[str, Any], bench: Any, json_path: Path | None = 
     if "peers" in chosen:
         doc += ["## 5. Peers", "", peers_section(bench.peers), ""]
         doc += [PEERS_NOTE.format(runs=sizes.reps).strip(), ""]
+    if "perstep" in chosen and getattr(bench, "perstep", None):
+        doc += ["## 6. Per step, counted", "", PERSTEP_NOTE.strip(), ""]
+        doc += [perstep_section(bench.perstep), ""]
     failures = [r for r in bench.records if r.status != "ok"]
     if failures or bench.problems or bench.notes:
         doc += ["## Problems during this run", ""]

@@ -31,6 +31,7 @@ SECTIONS = (
     "## 4. Growth",
     "## Where the CPU goes",
     "## 5. Peers",
+    "## 6. Per step, counted",
 )
 
 

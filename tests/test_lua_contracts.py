@@ -129,6 +129,28 @@ def test_claim_makes_the_delivery_holder_with_a_lease_a_watch_and_events(st: Run
     assert _types(st, run) == ["workflow_started", "step_started"]
 
 
+@pytest.mark.parametrize(
+    ("run_fields", "outcome"),
+    [
+        ({}, "succeeded"),
+        ({"failures": "2"}, "failed"),
+        ({"cancel_requested": "1", "cancel_reason": "timeout"}, "failed"),
+        ({"cancel_requested": "1", "cancel_reason": "operator"}, "cancelled"),
+    ],
+)
+def test_claim_answers_the_runs_outcome_so_far_by_run_status_so_fars_rule(
+    st: RunStore, run_fields: dict[str, str], outcome: str
+) -> None:
+    # run.status / $RUNBOOK_RUN_STATUS come with the claim (no read of their own)
+    run = _run(st, {"a": []})
+    if run_fields:
+        st.r.hset(st.keys.run(run), mapping=run_fields)
+    expected = st.run_status_so_far(run)
+    decision = _claim(st, run, ignore_cancel=True)
+    assert decision.action == "start"
+    assert decision.run_status == expected == outcome
+
+
 def test_claim_refuses_while_another_delivery_holds_a_live_lease(st: RunStore) -> None:
     run = _run(st, {"a": []})
     _claim(st, run, token="t1")
@@ -423,6 +445,27 @@ def test_store_result_writes_celerys_result_and_hands_on_together(st: RunStore) 
     assert st.r.get(key) == b'{"status": "SUCCESS"}'
     assert 0 < st.r.ttl(key) <= 60
     assert not _watched(st, run, "a")
+
+
+def test_store_result_never_replaces_a_stored_success_but_still_hands_on(st: RunStore) -> None:
+    # Celery's rule (a lost delivery's late result never replaces SUCCESS), kept in the
+    # script now that the backend no longer reads the result before writing it
+    run = _run(st, {"a": []})
+    key = f"{PREFIX}:lua:result:{run}"
+    st.r.set(key, '{"status": "SUCCESS", "result": 1}')
+    st.watch_steps([f"{run}|a"], 30)
+    st.hand_on(run, "a", [], 30, result=(key, '{"status": "FAILURE", "result": 2}', 60))
+    assert st.r.get(key) == b'{"status": "SUCCESS", "result": 1}'
+    assert not _watched(st, run, "a")
+
+
+def test_store_result_replaces_a_stored_state_other_than_success(st: RunStore) -> None:
+    run = _run(st, {"a": []})
+    key = f"{PREFIX}:lua:result:{run}"
+    for stored in ('{"status": "FAILURE"}', '{"status": "RETRY"}', "not json"):
+        st.r.set(key, stored)
+        st.hand_on(run, "a", [], 30, result=(key, '{"status": "SUCCESS"}', 60))
+        assert st.r.get(key) == b'{"status": "SUCCESS"}'
 
 
 def test_store_result_with_a_bad_period_stores_no_result(st: RunStore) -> None:

@@ -155,6 +155,29 @@ def test_events_nobody_asked_for_are_acknowledged_without_sending(redis_client, 
     assert pending(store) == 0
 
 
+def test_one_read_takes_a_batch_and_acknowledges_what_asks_nothing_together(
+    redis_client, prefix, store
+):
+    # a step's events are no notification's business: a read takes them in a batch (not one
+    # read and one XACK per event), and what a run asked for is still sent
+    sender = FakeSender()
+    notifier = make_notifier(redis_client, prefix, sender)
+    asked = make_run(store, [{"on": ["step_failed"], "urls": ["json://h/a"]}])
+    for i in range(40):
+        emit(store, asked, "step_started", step=f"s{i}")
+        if i % 10 == 9:
+            emit(store, asked, "step_failed", step="build")
+    xacks = []
+    real_xack = notifier.r.xack
+    notifier.r.xack = lambda *a: xacks.append(len(a) - 2) or real_xack(*a)  # type: ignore[method-assign]
+
+    assert notifier.poll(block_ms=10) == 44
+
+    assert len(sender.calls) == 4
+    assert pending(store) == 0
+    assert sorted(xacks) == [1, 1, 1, 1, 40]  # the four sent one by one, the rest at once
+
+
 def test_each_event_is_sent_by_one_notifier_of_several(redis_client, prefix, store):
     senders = [FakeSender(), FakeSender()]
     notifiers = [

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError
 from celery.utils.log import get_logger
 
 from ..core.errors import InvalidSetting
@@ -82,6 +83,51 @@ class ResultBackend(RedisBackend):
             )
         finally:
             handed_on.member = None
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Celery's store, minus its read of the stored result when the write hands on.
+
+        Celery reads the stored state before every write so that a lost delivery's late
+        result never replaces a SUCCESS. A step's result that hands on is written by
+        ``store_result.lua``, which makes that check itself, atomically with the write: the
+        read here would be one more round trip per step for nothing.
+
+        That write is not retried when Redis cannot be reached (Celery's ``set`` retries
+        for a while; its read, which failed first, did not): a Redis restarted meanwhile
+        may have lost the step's FINISH, and a hand-on then would stop watching a step
+        that is open again. Failing, the step stays watched and the reconciler replays it.
+        A full Redis is still waited out (fullredis).
+        """
+        if getattr(handed_on, "member", None) is None:
+            return super()._store_result(  # type: ignore[misc]  # celery-types lacks it
+                task_id, result, state, traceback=traceback, request=request, **kwargs
+            )
+        meta = self._get_result_meta(  # type: ignore[attr-defined]  # celery-types lacks it
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = _s(task_id)
+        key = self.get_key_for_task(task_id)
+        value = self.encode(meta)
+        # as Celery's _set_with_state: a failure keeps its own expiry
+        expires = self.failure_expires if state == states.FAILURE else None  # type: ignore[attr-defined]
+        if len(value) > self._MAX_STR_VALUE_SIZE:  # type: ignore[attr-defined]  # as Celery's set
+            raise BackendStoreError(  # type: ignore[call-arg]  # celery-types lacks them
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        wait_while_full(
+            lambda: self._set(key, value, expires),
+            f"storing task state {_s(key)}",
+            give_up=worker_stopping,
+        )
+        return result
 
     # celery-types declares neither RedisBackend.set's expires and retry policy, nor _set,
     # nor the backend's expires, which Celery has: hence the ignores below

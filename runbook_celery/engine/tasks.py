@@ -331,6 +331,8 @@ class StepExecution:
             return self._not_started(decision)
         self.attempt = decision.attempt
         self.mode = decision.mode
+        if self._run_status_seen is None:  # run.status as the claim saw it (no read more)
+            self._run_status_seen = decision.run_status
         self.keeper = LeaseKeeper(
             workerstore.lease_store(),
             self.run_id,

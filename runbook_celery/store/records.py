@@ -21,6 +21,7 @@ class StartDecision:
     blocked_by: str | None = None
     env: dict[str, str] | None = None  # environment set by an operator's retry decision
     mode: str | None = None  # the run's dispatch mode now (a canvas run may fail over)
+    run_status: str | None = None  # the run's outcome so far, at the claim (run.status)
 
     @classmethod
     def from_reply(
@@ -29,10 +30,15 @@ class StartDecision:
         """Read claim.lua's reply (see its header)."""
         action = res[0]
         if action == "start":
-            outs = {n: json.loads(raw) for n, raw in zip(output_steps, res[4:], strict=True)}
+            outs = {n: json.loads(raw) for n, raw in zip(output_steps, res[5:], strict=True)}
             env = json.loads(res[2]) if res[2] else {}
             return cls(
-                "start", attempt=int(res[1]), need_outputs=outs, env=env, mode=res[3] or None
+                "start",
+                attempt=int(res[1]),
+                need_outputs=outs,
+                env=env,
+                mode=res[3] or None,
+                run_status=res[4] or None,
             )
         if action == "done":
             return cls("done", status=res[1])

@@ -18,7 +18,7 @@
 --   9 n (needs)   10 ignore_cancel ('1'/'0')   11 needs_approval ('1'/'0')
 --   12 max_active (0: no cap)   13 park_message ('' = do not park)   14 approval_prompt
 -- Returns
---   {'start', attempt, env_override, mode, outputs_1..} | {'done', status} | {'unknown'}
+--   {'start', attempt, env_override, mode, run outcome so far, outputs_1..} | {'done', status} | {'unknown'}
 --   | {'busy', holder} | {'blocked', need position, status}
 --   | {'exhausted', deliveries, attempt} | {'cancelled', reason}
 --   | {'park', gate} (no message given) | {'parked', gate} | {'done', 'gone'} (no run)
@@ -26,7 +26,7 @@
 --   KEYS[1]..':active' (the run's slot set), KEYS[1]..':parked' (list of parked messages),
 --   P:leases (the lease index), from KEYS[1] (leases_key)
 local run = redis.call('HMGET', KEYS[1], 'status', 'cancel_requested', 'cancel_reason',
-                       'paused', 'mode')
+                       'paused', 'mode', 'failures')
 local run_status = run[1]
 if not run_status then return {'done', 'gone'} end
 local step = redis.call('HMGET', KEYS[2], 'status', 'approved', 'env_override', 'attempts',
@@ -88,7 +88,15 @@ if deliveries > max_deliveries then
   redis.call('HSET', KEYS[2], 'deliveries', deliveries, 'holder', ARGV[3])
   return {'exhausted', deliveries - 1, tostring(attempts)}
 end
-local out = {'start', attempts + 1, step[3] or '', run[5] or ''}
+-- the run's outcome so far (run.status, $RUNBOOK_RUN_STATUS), read here rather than by
+-- one more round trip: the rule of RunStore.run_status_so_far
+local outcome = 'succeeded'
+if run[2] == '1' then
+  outcome = run[3] == 'timeout' and 'failed' or 'cancelled'
+elseif (tonumber(run[6] or '0') or 0) > 0 then
+  outcome = 'failed'
+end
+local out = {'start', attempts + 1, step[3] or '', run[5] or '', outcome}
 for i = 6 + n_needs, #KEYS do
   out[#out + 1] = redis.call('HGET', KEYS[i], 'outputs') or '{}'
 end

@@ -34,7 +34,7 @@
 --     (list), and for the parked message it lets go, that step's hash
 --     (KEYS[1]..':step:'..<step id read from the message>) and P:leases
 --   finalize (prelude), from KEYS[1], when this ends the run: every key of the run
---     (KEYS[1]..':step:'|':lease:'|':arrived:'|':logs:'|':ended:'..<id> for each step and
+--     (KEYS[1]..':step:'|':arrived:'|':logs:'|':ended:'..<id> for each step and
 --     instance listed in the run and step hashes, :active, :parked) for its expiry, and
 --     P:leases; release_group: the concurrency group's zset and its ':queue' (their name is
 --     read from the run hash, field cgroup_key) and the hashes of the runs it admits

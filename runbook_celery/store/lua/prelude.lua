@@ -44,9 +44,15 @@ end
 local function leases_key(run_key)
   return string.match(run_key, '^(.*):run:[^:]+$') .. ':leases'
 end
+-- Redis' clock, read once per script: a script runs atomically (Redis 7 also freezes key
+-- expiry at its start), so every watch it writes is scored from the same moment
+local script_now = nil
 local function now_seconds()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if not script_now then
+    local t = redis.call('TIME')
+    script_now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  return script_now
 end
 -- watch a step (lease index): its entry must be renewed or dropped before Redis' clock
 -- passes the score, else the reconciler looks for the step's message
@@ -134,9 +140,13 @@ local function expire_run_keys(run_key, run_events)
     end
     redis.call('ZREM', leases, run_id .. '|' .. sid)
     if ttl > 0 then
-      for _, part in ipairs({':step:', ':lease:', ':arrived:', ':logs:', ':ended:'}) do
+      -- not ':lease:': a lease key is only ever written with its expiry (claim, renew)
+      -- and vanishes with it
+      for _, part in ipairs({':step:', ':arrived:', ':logs:'}) do
         redis.call('EXPIRE', base .. part .. sid, ttl)
       end
+      -- only a fanned-out step has an ended set (its instances')
+      if inst then redis.call('EXPIRE', base .. ':ended:' .. sid, ttl) end
     end
     i = i + 1
   end
