@@ -145,7 +145,7 @@ class PerStep:
         bench_roundtrips.install()
         import bench_rawcelery
 
-        from runbook_celery.app import app as rb_app
+        from runbook_celery.engine.app import app as rb_app
 
         self.raw = bench_rawcelery
         self.files = wf.WorkflowFiles(workdir / "workflows", None)
@@ -193,7 +193,7 @@ class PerStep:
             stop_workers([worker])
 
     def run_rb(self, path: Path, runs: int) -> None:
-        from runbook_celery.api import submit
+        from runbook_celery.client.api import submit
 
         handles = [submit(path) for _ in range(runs)]
         for run in handles:
