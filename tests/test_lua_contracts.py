@@ -338,6 +338,15 @@ def test_finalize_of_a_run_cancelled_for_its_timeout_says_failed(st: RunStore) -
     assert _types(st, run)[-1] == "workflow_failed"
 
 
+def test_finalize_of_a_run_a_worker_could_not_read_says_failed(st: RunStore) -> None:
+    run = _run(st, {"a": [], "b": []})
+    _claim(st, run)
+    st.cancel_run(run, reason="unsupported_snapshot")  # tasks: a newer release's snapshot
+    assert _step(st, run, "b")["reason"] == "unsupported_snapshot"
+    assert _finish(st, run, "a", StepStatus.CANCELLED).run_status == "failed"
+    assert _types(st, run)[-1] == "workflow_failed"
+
+
 # ------------------------------------------------------------------ retry / handback / release
 
 

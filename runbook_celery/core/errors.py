@@ -11,6 +11,7 @@ the CLI exit code it maps to::
     ├── BackendUnavailable            exit 3  Redis / the broker did not answer
     ├── RunNotFound                   exit 4  no run with that id (or it expired)
     ├── InvalidOperation              exit 2  e.g. rerun --from an unknown step
+    ├── UnsupportedSnapshot           exit 2  a run recorded by a newer runbook-celery
     ├── RunFailed                     exit 1  Run.wait(raise_on_failure=True) on a failed run
     └── WaitTimeout                   exit 5  Run.wait(timeout=...) / --timeout ran out; the
                                               run goes on
@@ -129,6 +130,22 @@ class BackendUnavailable(RunbookError):
     """Redis or the broker could not be reached."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class UnsupportedSnapshot(RunbookError):
+    """A run whose snapshot has a format version this code does not know (recorded by a newer
+    runbook-celery): nothing here may interpret it, so it is refused, never guessed at."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, run_id: str, version: object, known: int) -> None:
+        self.run_id = run_id
+        self.version = version
+        self.known = known
+        super().__init__(
+            f"run {run_id} was recorded with snapshot version {version!r}; this "
+            f"runbook-celery reads versions up to {known}: upgrade it (workers first)"
+        )
 
 
 class RunNotFound(RunbookError):

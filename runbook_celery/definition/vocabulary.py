@@ -102,6 +102,8 @@ class FailureReason(StrEnum):
     TOO_MANY_INSTANCES = "too_many_instances"  # for_each longer than RUNBOOK_MAX_INSTANCES
     EXIT_CODE_SKIP = "exit_code_skip"  # an exit code in skip_on_exit_codes: recorded skipped
     CHILD_FAILED = "child_failed"  # the child run of a uses: step failed
+    # the run's snapshot was recorded by a newer release than the worker's (snapshotversion)
+    UNSUPPORTED_SNAPSHOT = "unsupported_snapshot"
 
 
 class WaitReason(StrEnum):

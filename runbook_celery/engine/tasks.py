@@ -25,7 +25,7 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from ..core.errors import RunNotFound
+from ..core.errors import RunNotFound, UnsupportedSnapshot
 from ..core.settings import Settings, worker_environment
 from ..definition import expressions as ex
 from ..definition import matrix, shells
@@ -161,6 +161,11 @@ def _execution(
     except RunNotFound:
         log.warning("dropped %s for step %r: run %s does not exist", task.name, step_id, run_id)
         return {"run_id": run_id, "step": step_id, "status": "gone"}
+    except UnsupportedSnapshot as exc:
+        # recorded by a newer release: fail the run clearly rather than misread it
+        log.error("refused %s for step %r: %s", task.name, step_id, exc)
+        store.cancel_run(run_id, reason=FailureReason.UNSUPPORTED_SNAPSHOT)
+        return {"run_id": run_id, "step": step_id, "status": "refused"}
     if not ctx.knows(step_id, fan_in=fan_in):
         log.warning("dropped %s for step %r: run %s has no such step", task.name, step_id, run_id)
         return {"run_id": run_id, "step": step_id, "status": "unknown"}

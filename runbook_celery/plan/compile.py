@@ -31,10 +31,10 @@ from ..definition.loader import (
 from ..definition.model import Param, Scalar, param_text, param_value_problem
 from ..definition.safefiles import Refused, read_script
 from .canvasplan import StepShape, dynamic_only, handoffs, step_notes
+from .snapshotversion import SNAPSHOT_VERSION
 
 CANVAS = "canvas"
 DYNAMIC = "dynamic"
-SNAPSHOT_VERSION = 1
 
 
 # ---------------------------------------------------------------- expressions in Bash text

@@ -12,6 +12,7 @@ from redis.typing import EncodableT, FieldT
 from ..core.errors import BackendUnavailable, RunNotFound
 from ..definition.vocabulary import RunStatus, StepStatus
 from ..plan.runrecord import RunRecord, StepRecord
+from ..plan.snapshotversion import checked_snapshot
 from .base import StoreBase
 from .codec import _decode, _describe, _epoch, _s, now_iso
 from .scripts import GLOBAL_EVENTS_MAXLEN
@@ -109,6 +110,7 @@ class RunRecords(StoreBase):
         if raw is None:
             raise RunNotFound(run_id)
         snapshot: dict[str, Any] = json.loads(raw)  # untyped until the snapshot has a model
+        checked_snapshot(run_id, snapshot)  # a newer release's format is refused, not guessed
         return snapshot
 
     def secret_overrides(self, run_id: str) -> list[str]:

@@ -200,7 +200,9 @@ local function finalize(run_key, run_events, global_events, remaining, now, run_
   local final = 'succeeded'
   local cancel = redis.call('HMGET', run_key, 'cancel_requested', 'cancel_reason', 'failures')
   if cancel[1] == '1' then
-    if cancel[2] == 'timeout' then final = 'failed' else final = 'cancelled' end
+    -- a run cancelled for its timeout, or by a worker that cannot read its snapshot, failed
+    if cancel[2] == 'timeout' or cancel[2] == 'unsupported_snapshot' then final = 'failed'
+    else final = 'cancelled' end
   elseif (tonumber(cancel[3] or '0') or 0) > 0 then final = 'failed' end
   redis.call('HSET', run_key, 'status', final, 'finished_at', now)
   local ev = {'type', 'workflow_' .. final, 'run_id', run_id, 'workflow', workflow, 'ts', now}
