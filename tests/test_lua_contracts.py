@@ -26,7 +26,7 @@ from kombu import Connection, Exchange, Queue
 from runbook_celery.client.api import Run
 from runbook_celery.core.errors import InvalidOperation
 from runbook_celery.engine import recovery
-from runbook_celery.store import RunStore, Successor
+from runbook_celery.store import Decision, RunStore, Successor
 from runbook_celery.store.events import StepStatus
 from runbook_celery.store.gates import Gates
 from runbook_celery.store.scripts import LIBRARIES, PARTS, read, source
@@ -753,6 +753,58 @@ def test_await_decision_refuses_a_delivery_that_does_not_hold_the_step(
         gates.open_gate(
             run, "a", expected="awaiting_decision", event="step_retry_decided", by="ann"
         )
+
+
+def test_a_decision_is_recorded_with_the_steps_end_and_the_run_goes_on(
+    st: RunStore, gates: Gates
+) -> None:
+    run = _run(st, {"a": [], "b": []})
+    _claim(st, run)
+    assert _await(gates, run).done
+    out = _finish(
+        st, run, "a", StepStatus.SKIPPED, token="op", attempt=None,
+        expect="awaiting_decision", decision=Decision("step_decision_skip", "ann"),
+    )  # fmt: skip
+    assert out.refused is None and not out.duplicate
+    assert _types(st, run)[-2:] == ["step_decision_skip", "step_skipped"]
+    decided = [f for _, f in st.events(run) if f["type"] == "step_decision_skip"]
+    assert decided[0]["by"] == "ann" and decided[0]["step"] == "a"
+    assert (_step(st, run, "a")["status"], _run_hash(st, run)["status"]) == ("skipped", "running")
+
+
+def test_a_decision_on_a_step_that_left_the_gate_is_refused_and_writes_nothing(
+    st: RunStore, gates: Gates
+) -> None:
+    """Two operators (or an operator and a timeout) read the same gate: the second
+    decision finds the step decided and records neither its event nor an end."""
+    run = _run(st, {"a": []})
+    _claim(st, run)
+    assert _await(gates, run).done
+    first = _finish(
+        st, run, "a", StepStatus.SKIPPED, token="op", attempt=None,
+        expect="awaiting_decision", decision=Decision("step_decision_skip", "ann"),
+    )  # fmt: skip
+    assert first.run_status == "succeeded"
+    events, run_hash = st.events(run), _run_hash(st, run)
+    second = _finish(
+        st, run, "a", StepStatus.FAILED, token="op", attempt=None,
+        expect="awaiting_decision", decision=Decision("step_decision_abort", "bob"),
+    )  # fmt: skip
+    assert second.refused == "skipped"
+    assert st.events(run) == events and _run_hash(st, run) == run_hash
+
+
+def test_an_approval_timeout_after_the_approval_is_refused(st: RunStore, gates: Gates) -> None:
+    run = _run(st, {"a": []})
+    _claim(st, run, needs_approval=True, park_message={"args": [run, "a"]}, approval_prompt="ok?")
+    gates.open_gate(run, "a", expected="awaiting_approval", event="step_approved", by="ann")
+    out = _finish(
+        st, run, "a", StepStatus.FAILED, token="timeout", attempt=None,
+        reason="approval_timeout", expect="awaiting_approval",
+    )  # fmt: skip
+    assert out.refused == "pending"
+    assert _step(st, run, "a")["status"] == "pending"
+    assert _claim(st, run, needs_approval=True).action == "start"  # the approval stands
 
 
 def test_admit_starts_under_the_limit_then_queues(st: RunStore, gates: Gates) -> None:

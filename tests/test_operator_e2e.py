@@ -7,11 +7,17 @@ if a waiting step held the slot, the other work could not finish.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from conftest import SESSION, WorkerProcess, run_cli, wait_for_event
 
 from runbook_celery import submit
+from runbook_celery.client import control as control_module
+from runbook_celery.client.control import RunControl
+from runbook_celery.core.errors import InvalidOperation
 
 pytestmark = [pytest.mark.slow]
 
@@ -171,6 +177,52 @@ def test_on_failure_pause_then_abort_fails_the_run(solo, write_workflow, store):
     assert final.status == "failed"
     assert final.steps["flaky"].status == "failed" and final.steps["flaky"].exit_code == 5
     assert final.steps["use"].status == "skipped"
+
+
+def test_two_decisions_on_one_gate_record_one(solo, write_workflow, store, monkeypatch):
+    """Two operators read the same waiting step at once, one skips and one aborts: the
+    decision and the step's end are one transition, so exactly one of them is recorded
+    and the other is told the step is decided (before, both decision events were written
+    and the run status could be set back to running after it ended)."""
+    run = submit(write_workflow(DECISION.format(queue=solo)))
+    wait_for_event(store, run.id, "step_awaiting_decision", "flaky")
+    both_read = threading.Barrier(2, timeout=10)
+    record_end = control_module.finish_outside
+
+    def wait_then_record(*args: Any, **kwargs: Any) -> None:
+        both_read.wait()  # both have read the step awaiting a decision
+        record_end(*args, **kwargs)
+
+    monkeypatch.setattr(control_module, "finish_outside", wait_then_record)
+    outcomes: dict[str, str] = {}
+
+    def decide(name: str, act: Callable[[], None]) -> None:
+        try:
+            act()
+            outcomes[name] = "done"
+        except InvalidOperation as e:
+            outcomes[name] = str(e)
+
+    control = RunControl(run.id)
+    threads = [
+        threading.Thread(target=decide, args=("skip", lambda: control.skip_step("flaky"))),
+        threading.Thread(target=decide, args=("abort", lambda: control.abort())),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(outcomes) == ["abort", "skip"]
+    winner = [n for n, o in outcomes.items() if o == "done"]
+    assert len(winner) == 1, outcomes
+    loser = "abort" if winner == ["skip"] else "skip"
+    assert "not awaiting decision" in outcomes[loser]
+    final = run.wait(timeout=60)
+    assert final.status == ("succeeded" if winner == ["skip"] else "failed"), final.to_dict()
+    types = [e["type"] for _, e in store.events(run.id)]
+    decided = [t for t in types if t.startswith("step_decision_")]
+    assert decided == [f"step_decision_{winner[0]}"]
+    assert types[-1] == f"workflow_{final.status}"
 
 
 GROUP = """

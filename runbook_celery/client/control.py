@@ -15,7 +15,7 @@ from ..core.settings import Settings, get_settings
 from ..engine.app import app
 from ..engine.childruns import live_children
 from ..engine.tasks import finish_outside
-from ..store import RunStore, now_iso, redisconn
+from ..store import Decision, RunStore, redisconn
 from ..store.events import EventType, FailureReason, StepStatus
 from ..store.gates import Gates
 from ..store.redisconn import backend_errors, check_writable, client_for
@@ -97,10 +97,12 @@ class RunControl:
 
     def _reject(self, step_id: str, by: str | None) -> None:
         self._require(step_id, StepStatus.AWAITING_APPROVAL)
-        self._event(step_id, EventType.STEP_REJECTED, by)
-        self._finish(
+        self._decide(
             step_id,
+            StepStatus.AWAITING_APPROVAL,
             StepStatus.FAILED,
+            event=EventType.STEP_REJECTED,
+            by=by,
             reason=FailureReason.REJECTED,
             stderr=[f"[runbook] rejected by {by or default_author()}"],
         )
@@ -141,10 +143,12 @@ class RunControl:
 
     def _skip(self, step_id: str, outputs: dict[str, str] | None, by: str | None) -> None:
         h = self._require(step_id, StepStatus.AWAITING_DECISION)
-        self._event(step_id, EventType.STEP_DECISION_SKIP, by)
-        self._finish(
+        self._decide(
             step_id,
+            StepStatus.AWAITING_DECISION,
             StepStatus.SKIPPED,
+            event=EventType.STEP_DECISION_SKIP,
+            by=by,
             outputs=dict(outputs or {}),
             allowed_failure=True,
             reason=f"skipped by {by or default_author()}",
@@ -168,11 +172,13 @@ class RunControl:
         if not waiting:
             raise InvalidOperation(f"run {self.run_id} has no step awaiting a decision")
         for step_id, h in waiting.items():
-            self._event(step_id, EventType.STEP_DECISION_ABORT, by)
             code = h.get("exit_code")
-            self._finish(
+            self._decide(
                 step_id,
+                StepStatus.AWAITING_DECISION,
                 StepStatus.FAILED,
+                event=EventType.STEP_DECISION_ABORT,
+                by=by,
                 reason=h.get("reason") or FailureReason.ABORTED,
                 exit_code=int(code) if code not in (None, "") else None,
                 stderr=[f"[runbook] aborted by {by or default_author()}"],
@@ -189,26 +195,17 @@ class RunControl:
             )
         return h
 
-    def _event(self, step_id: str, etype: EventType, by: str | None) -> None:
-
-        k = self.store.keys
-        fields: dict[Any, Any] = {
-            "type": etype,
-            "run_id": self.run_id,
-            "step": step_id,
-            "by": by or default_author(),
-            "ts": now_iso(),
-        }
-        wf = self.store.r.hget(k.run(self.run_id), "workflow")
-        fields["workflow"] = wf.decode() if isinstance(wf, bytes) else (wf or "")
-        self.store.r.xadd(k.run_events(self.run_id), fields)
-        self.store.r.xadd(k.global_events, fields, maxlen=100_000, approximate=True)
-
-    def _finish(self, step_id: str, status: StepStatus, **fields: Any) -> None:
-
-        finish_outside(self.run_id, step_id, status, **fields)
-        if self.store.r.hget(self.store.keys.run(self.run_id), "status") in (
-            b"awaiting_decision",
-            "awaiting_decision",
-        ):
-            self.store.r.hset(self.store.keys.run(self.run_id), "status", "running")
+    def _decide(
+        self,
+        step_id: str,
+        expect: StepStatus,
+        status: StepStatus,
+        *,
+        event: EventType,
+        by: str | None,
+        **fields: Any,
+    ) -> None:
+        """Record the decision and the step's end in one transition (FINISH), refused if
+        the step left ``expect`` since it was read (another operator, a timeout, a cancel)."""
+        decision = Decision(event.value, by or default_author())
+        finish_outside(self.run_id, step_id, status, expect=expect, decision=decision, **fields)

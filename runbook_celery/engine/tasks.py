@@ -25,7 +25,7 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from ..core.errors import RunNotFound, UnsupportedSnapshot
+from ..core.errors import InvalidOperation, RunNotFound, UnsupportedSnapshot
 from ..core.settings import Settings, worker_environment
 from ..definition import expressions as ex
 from ..definition import matrix, shells
@@ -33,7 +33,7 @@ from ..definition.graph import Graph
 from ..plan.canvasplan import hands_off
 from ..plan.compile import CANVAS, DYNAMIC, cancel_survivors, snapshot_graph, substitute_text
 from ..plan.masking import Masker
-from ..store import FinishOutcome, Outcome, RunStore, Successor, now_iso
+from ..store import Decision, FinishOutcome, Outcome, RunStore, Successor, now_iso
 from ..store.events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
 from ..store.gates import Gates
 from ..store.logsink import StepLogSink
@@ -236,17 +236,21 @@ def approval_timeout(run_id: str, step_id: str) -> str:
     _settings, store = workerstore.worker_store()
     try:
         status = store.step_hashes(run_id, [step_id])[step_id].get("status")
-        if status != "awaiting_approval":
+        if status != StepStatus.AWAITING_APPROVAL:
             return f"step already {status}"
+        # approved (or cancelled) since that read: FINISH refuses, the gate's state stands
         finish_outside(
             run_id,
             step_id,
             StepStatus.FAILED,
             reason="approval_timeout",
             stderr=["[runbook] approval not given in time"],
+            expect=StepStatus.AWAITING_APPROVAL,
         )
     except RunNotFound:
         return "run gone"
+    except InvalidOperation as refused:
+        return str(refused)
     return "rejected"
 
 
@@ -1021,6 +1025,8 @@ class StepExecution:
         history: dict[str, Any] | None = None,
         allowed_failure: bool = False,
         check_terminal: bool = False,
+        expect: StepStatus | None = None,
+        decision: Decision | None = None,
     ) -> dict[str, Any]:
         failed = status in (StepStatus.FAILED, StepStatus.CANCELLED) and not allowed_failure
         if self.masker:
@@ -1061,11 +1067,18 @@ class StepExecution:
                 children=children,
                 history=history,
                 watch_seconds=self._watch_seconds,
+                expect=expect,
+                decision=decision,
             ),
             f"recording step {self.step_id} of run {self.run_id} as {status.value}",
             while_waiting=self._keep_lease,
             give_up=worker_stopping,
         )
+        if outcome.refused is not None and expect is not None:
+            raise InvalidOperation(
+                f"step {self.step_id!r} of run {self.run_id} is {outcome.refused}, "
+                f"not {expect.value.replace('_', ' ')}"
+            )
         if outcome.duplicate and check_terminal:
             return self._replay(outcome.run_status or "")
         self._after(outcome, f"recording {status.value}")

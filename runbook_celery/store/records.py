@@ -60,10 +60,13 @@ class FinishOutcome:
     admitted: tuple[str, ...] = ()  # queued runs of the same concurrency group now allowed
     superseded: bool = False  # refused: another delivery holds (or finished) the step
     unparked: tuple[dict[str, Any], ...] = ()  # parked messages a freed slot lets go
+    refused: str | None = None  # the step's status, when it was not the one expected
 
     @classmethod
     def from_reply(cls, res: list[Any]) -> FinishOutcome:
         """Read finish.lua's reply (see its header)."""
+        if res[0] == "refused":
+            return cls(duplicate=False, refused=res[1])
         if res[0] == "superseded":
             return cls(duplicate=False, superseded=True)
         if res[0] == "dup":
@@ -73,6 +76,15 @@ class FinishOutcome:
         admitted = tuple(r[1:] for r in tail if r.startswith("@"))
         unparked = tuple(json.loads(r[1:]) for r in tail if r.startswith("!"))
         return cls(False, int(res[0]), res[1] or None, ready, admitted, unparked=unparked)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An operator's decision (or a gate's timeout) that ends a step: FINISH records its
+    event with the step's end, in the same transition."""
+
+    event: str  # an EventType value, e.g. step_decision_skip
+    by: str
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from redis.typing import EncodableT
 from ..definition.vocabulary import StepStatus
 from .base import StoreBase
 from .codec import _s, now_iso
-from .records import FinishOutcome, Outcome, StartDecision
+from .records import Decision, FinishOutcome, Outcome, StartDecision
 
 
 class Transitions(StoreBase):
@@ -83,6 +83,8 @@ class Transitions(StoreBase):
         children: Mapping[str, int] | None = None,
         history: Mapping[str, Any] | None = None,
         watch_seconds: float | None = None,
+        expect: str | None = None,
+        decision: Decision | None = None,
     ) -> FinishOutcome:
         """FINISH: record a terminal status; skip ``skip``; join ``children`` (dynamic mode).
 
@@ -90,7 +92,9 @@ class Transitions(StoreBase):
         holds the step at that attempt; without, only while no other delivery holds a live
         lease on it. A refused write is recorded as a ``step_result_discarded`` event and
         comes back as ``superseded``. ``watch_seconds``: the children this makes ready are
-        watched from here (recovery.py), as the caller publishes them.
+        watched from here (recovery.py), as the caller publishes them. ``expect``: the
+        step must be in this status, else nothing is written (``refused``); ``decision``:
+        its event is recorded with the step's end (an operator's decision).
         """
         k = self.keys
         skip = list(skip)
@@ -121,6 +125,7 @@ class Transitions(StoreBase):
             args += [child, count]
         args.append("" if watch_seconds is None else watch_seconds)
         args.append(json.dumps(dict(history)) if history else "")
+        args += [expect or "", *((decision.event, decision.by) if decision else ("", ""))]
         # a run that ended here had its keys' expiry set by the same script (finalize)
         return FinishOutcome.from_reply([_s(x) for x in self._finish(keys=keys, args=args)])
 

@@ -23,10 +23,13 @@
 --   7 outputs_json   8 stderr_tail_json   9 reason   10 allowed_failure ('1'/'0')
 --   11 workflow   12 attempt ('' = this delivery never started the step)   13 n_skip
 --   then n_skip skip ids, then n_children, then (child_id, child_need_count) pairs,
---   then lease_s ('' = watch nothing), then history_record_json ('' = none)
+--   then lease_s ('' = watch nothing), then history_record_json ('' = none),
+--   then expect (the status the step must be in, '' = any: an operator's decision or an
+--   approval timeout must not record a step that left the gate meanwhile), then
+--   decision_event and decided_by ('' = none: the operator's decision, recorded with it)
 -- Returns
 --   {remaining, final_status_or_empty, ready_child..., '@'admitted_run..., '!'message...}
---   | {'dup', status} | {'dup', 'gone'} | {'dup', 'unknown'} | {'superseded'}
+--   | {'refused', status} (not in the expected status; nothing written) | {'dup', status} | {'dup', 'gone'} | {'dup', 'unknown'} | {'superseded'}
 -- Keys derived, not declared:
 --   KEYS[1]..':step:'..<child> (a ready child's status, before watching it)
 --   P:leases (the lease index), from KEYS[1] (leases_key)
@@ -43,6 +46,8 @@ local h = redis.call('HMGET', KEYS[2], 'status', 'holder', 'attempts', 'finished
                      'started_at')
 local st = h[1]
 local started = ARGV[12] ~= ''
+local expect, decision, decided_by = ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]
+if expect ~= '' and st ~= expect then return {'refused', st or 'unknown'} end
 if is_terminal(st) then
   if started and h[4] ~= ARGV[3] then  -- finished by another delivery meanwhile
     discard(KEYS[4], KEYS[5], ARGV[1], ARGV[11], ARGV[2], ARGV[12], ARGV[5], ARGV[4],
@@ -70,9 +75,9 @@ local n_skip = as_int(ARGV[13])
 check(n_skip and n_skip >= 0, 'skip count')
 local base = 13 + n_skip
 local n_children = as_int(ARGV[base + 1])
-check(n_children and n_children >= 0 and #ARGV == base + 2 * n_children + 3
+check(n_children and n_children >= 0 and #ARGV == base + 2 * n_children + 6
       and #KEYS == 5 + n_skip + n_children, 'finish arguments')
-local watch_s = ARGV[#ARGV - 1]
+local watch_s = ARGV[#ARGV - 4]
 check(watch_s == '' or tonumber(watch_s), 'lease seconds')
 -- the run's dispatch mode now, not when the step started: a canvas run failed over to
 -- dynamic dispatch while this step ran (fail_over_to_dynamic) needs this step's join, and
@@ -116,9 +121,15 @@ end
 fields[#fields+1] = 'deliveries'; fields[#fields+1] = '0'
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('HDEL', KEYS[2], 'holder')
-append_history(KEYS[2], ARGV[#ARGV])
+append_history(KEYS[2], ARGV[#ARGV - 3])
 if lease == ARGV[3] or not lease then redis.call('DEL', KEYS[3]) end
 -- the lease-index entry stays until the task has handed on (hand_on)
+if decision ~= '' then
+  emit(KEYS[4], KEYS[5], {'type', decision, 'run_id', ARGV[1], 'step', ARGV[2],
+       'by', decided_by, 'ts', ARGV[4], 'workflow', ARGV[11]})
+  -- the run waited for this decision; it goes on (finalize below may end it instead)
+  if run[1] == 'awaiting_decision' then redis.call('HSET', KEYS[1], 'status', 'running') end
+end
 local ev = {'type', 'step_' .. status, 'run_id', ARGV[1], 'workflow', ARGV[11],
             'step', ARGV[2], 'ts', ARGV[4]}
 if ARGV[12] ~= '' then ev[#ev+1] = 'attempt'; ev[#ev+1] = ARGV[12] end
