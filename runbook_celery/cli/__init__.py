@@ -33,11 +33,10 @@ from ..store.redisconn import BACKEND_ERRORS, describe_backend_error
 from . import control as cli_control
 from . import ecosystem as cli_ecosystem
 from . import observe as cli_observe
-from .common import exit_for, follow, show_record
+from .common import report_started, show_record
 from .ecosystem import check_workflows, expand_workflow_paths
 from .options import check_timeout, timeout_option
 from .runid import run_id_argument
-from .terminal import echo as echo_untrusted
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
@@ -132,18 +131,7 @@ def trigger(
     """Validate FILE, snapshot it and start a run; prints the run id."""
 
     check_timeout(timeout, wait)
-    run = submit(file, _parse_params(params))
-    if not wait:
-        if as_json:
-            show_record(run.status(), as_json=True)
-        else:
-            click.echo(run.id)
-        return
-    if not as_json:
-        click.echo(run.id)
-    record = follow(run, echo=None if as_json else echo_untrusted, timeout=timeout)
-    show_record(record, as_json)
-    raise SystemExit(exit_for(record.status))
+    report_started(submit(file, _parse_params(params)), wait, timeout, as_json)
 
 
 @cli.command()

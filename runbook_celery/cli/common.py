@@ -1,5 +1,6 @@
-"""What the command modules share: the exit code of a run's status, and following a run
-to its end and showing its final record (``trigger``, ``status``, ``watch``, ``rerun``)."""
+"""What the command modules share: the exit code of a run's status, following a run to its
+end and showing its final record (``trigger``, ``status``, ``watch``, ``rerun``), and what a
+command that starts a run prints (``trigger``, ``rerun``)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,21 @@ def follow(run: Any, echo: Callable[[str], None] | None, timeout: float | None =
     if timeout is not None and not record.finished:
         raise run.wait_timeout_error(timeout)
     return record
+
+
+def report_started(run: Any, wait: bool, timeout: float | None, as_json: bool) -> None:
+    """What ``trigger`` and ``rerun`` print for the run they started: its id (or, with
+    ``as_json``, its record) at once; with ``wait``, the run followed to its end, its final
+    record, and the exit code of its status."""
+
+    if not wait:
+        if as_json:
+            show_record(run.status(), as_json=True)
+        else:
+            click.echo(run.id)
+        return
+    if not as_json:
+        click.echo(run.id)
+    record = follow(run, None if as_json else echo_untrusted, timeout=timeout)
+    show_record(record, as_json)
+    raise SystemExit(exit_for(record.status))

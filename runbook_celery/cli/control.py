@@ -12,10 +12,9 @@ from ..client.control import RunControl
 from ..client.render import record_json
 from ..core.errors import InvalidOperation
 from ..store.redisconn import backend_errors
-from .common import exit_for, follow, show_record
+from .common import report_started
 from .options import check_timeout, timeout_option
 from .runid import run_id_argument
-from .terminal import echo as echo_untrusted
 
 
 @click.command()
@@ -56,17 +55,7 @@ def rerun(
         raise InvalidOperation("use either --from-failed or --from STEP, not both")
     check_timeout(timeout, wait)
     run = do_rerun(run_id, from_failed=from_failed, from_step=from_step)
-    if not wait:
-        if as_json:
-            show_record(run.status(), as_json=True)
-        else:
-            click.echo(run.id)
-        return
-    if not as_json:
-        click.echo(run.id)
-    record = follow(run, None if as_json else echo_untrusted, timeout=timeout)
-    show_record(record, as_json)
-    raise SystemExit(exit_for(record.status))
+    report_started(run, wait, timeout, as_json)
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
