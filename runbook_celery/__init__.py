@@ -16,12 +16,12 @@ from .core.errors import (
     RunNotFound,
     WaitTimeout,
 )
-from .definition.loader import load_workflow
-from .definition.model import Step, Workflow
-from .plan.runrecord import RunRecord, StepRecord
 
 if TYPE_CHECKING:
     from .client.api import Run, RunLogs, asubmit, get_run, rerun, submit
+    from .definition.loader import load_workflow
+    from .definition.model import Step, Workflow
+    from .plan.runrecord import RunRecord, StepRecord
 
 __version__ = "0.1.0"
 
@@ -56,13 +56,19 @@ _LAZY = {
     "get_run": "client.api",
     "rerun": "client.api",
     "asubmit": "client.api",
+    "load_workflow": "definition.loader",
+    "Step": "definition.model",
+    "Workflow": "definition.model",
+    "RunRecord": "plan.runrecord",
+    "StepRecord": "plan.runrecord",
     "celery": "engine.app",  # `celery -A runbook_celery` finds the app
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Import Celery only when something needs it (PEP 562): ``load_workflow`` and the
-    errors do not load Celery; `celery -A runbook_celery` finds the app as ``celery``."""
+    """Import what a name needs when it is first used (PEP 562): the errors load nothing
+    more, ``load_workflow`` no Celery, and a CLI command only its own layers;
+    `celery -A runbook_celery` finds the app as ``celery``."""
     if name in _LAZY:
         module = import_module(f".{_LAZY[name]}", __name__)
         return getattr(module, "app" if name == "celery" else name)

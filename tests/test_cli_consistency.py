@@ -172,7 +172,10 @@ def test_text_that_names_another_key_of_a_run_is_no_run(twins):
 
 def test_every_command_that_takes_a_run_id_resolves_prefixes():
     taking = []
-    for name, command in cli.commands.items():
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None
         for param in command.params:
             if param.name == "run_id":
                 taking.append(name)

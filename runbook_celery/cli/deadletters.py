@@ -1,6 +1,6 @@
 """`runbook-celery dead-letters`: the broker messages workers refused (see deadletter.py).
 
-Registered by ``cli.py`` through ``cli_ecosystem.COMMANDS``.
+Loaded by the ``cli`` group (``COMMAND_MODULES``) through ``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -55,3 +55,6 @@ def dead_letters(as_json: bool, purge: bool) -> None:
         click.echo(f"purged {len(letters)} dead letter{'' if len(letters) == 1 else 's'}")
     elif not letters:
         click.echo("no dead letters", err=True)
+
+
+COMMANDS: list[click.Command] = [dead_letters]

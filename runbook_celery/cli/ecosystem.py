@@ -1,15 +1,14 @@
-"""Fitting into editors and CI: the definition format's JSON Schema and finding definition files.
+"""Fitting into editors and schedulers: the definition format's JSON Schema, beat, schedules.
 
-Registered by ``cli.py`` through ``COMMANDS``. The schema is generated from the pydantic
-models in ``model.py``; a copy is shipped as ``runbook_celery/schema.json`` so editors can
-point at it (``# yaml-language-server: $schema=...``) and a test keeps that copy current.
+Loaded by the ``cli`` group (``COMMAND_MODULES``) through ``COMMANDS``. The schema is
+generated from the pydantic models in ``model.py``; a copy is shipped as
+``runbook_celery/schema.json`` so editors can point at it
+(``# yaml-language-server: $schema=...``) and a test keeps that copy current.
 """
 
 from __future__ import annotations
 
-import glob
 import json
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,16 +17,12 @@ from typing import Any
 import click
 
 from ..client.schedule import ScheduledDefinition, read_definitions, scheduler_for
-from ..core.errors import EXIT_INVALID, InvalidDefinition, Problem
+from ..core.errors import EXIT_INVALID
 from ..definition.cron import Cron, Every, Fire, upcoming
-from ..definition.loader import load_workflow
 from ..definition.model import Workflow
-from ..definition.safefiles import list_definitions
 from ..engine.app import app
-from ..plan.lint import lint_workflow
-from .deadletters import dead_letters
-from .notify import notifier
 from .terminal import echo as echo_untrusted
+from .workflowfiles import check_workflows, workflow_files_in
 
 # Draft 7 rather than pydantic's 2020-12: the YAML language server (VS Code, Neovim) validates
 # with draft 7 and warns on later dialects; the generated schema uses no keyword newer than 7.
@@ -47,71 +42,6 @@ def workflow_schema() -> dict[str, Any]:
 def schema_text() -> str:
     """The schema exactly as committed in ``schema.json`` (stable order, trailing newline)."""
     return json.dumps(workflow_schema(), indent=2, ensure_ascii=False) + "\n"
-
-
-@dataclass(frozen=True)
-class Expansion:
-    """What command-line arguments name, in their order: files, or why an argument named none."""
-
-    items: list[Path | Problem]
-    expanded: bool  # a directory or a pattern was given, so the file count is news to the user
-
-
-def _workflow_files_in(directory: Path) -> list[Path | Problem]:
-    """Its workflow files; a symlink out of it, a FIFO or a device is reported, not read."""
-    listing = list_definitions(directory)
-    refused: list[Path | Problem] = [Problem(str(p), None, why) for p, why in listing.refused]
-    return sorted([*listing.files, *refused], key=lambda x: getattr(x, "file", str(x)))
-
-
-def expand_workflow_paths(args: Iterable[Path | str]) -> Expansion:
-    """Files as given; directories as their ``*.yaml``/``*.yml``; quoted globs (``**`` too).
-
-    An argument that exists is never treated as a pattern, and one that neither exists nor
-    contains ``*``, ``?`` or ``[`` is passed on unchanged so loading reports it as missing.
-    A file named twice is checked once.
-    """
-    items: list[Path | Problem] = []
-    expanded = False
-    for arg in args:
-        path = Path(arg)
-        if path.is_dir():
-            expanded = True
-            found = _workflow_files_in(path)
-            items.extend(found)
-            if not found:
-                message = "no workflow files (*.yaml, *.yml) in this directory"
-                items.append(Problem(str(path), None, message))
-        elif not path.exists() and glob.has_magic(str(arg)):
-            expanded = True
-            matches = [Path(m) for m in sorted(glob.glob(str(arg), recursive=True))]
-            for match in matches:
-                items.extend(_workflow_files_in(match) if match.is_dir() else [match])
-            if not matches:
-                items.append(Problem(str(arg), None, "no files match this pattern"))
-        else:
-            items.append(path)
-    return Expansion(list(dict.fromkeys(items)), expanded)
-
-
-def check_workflows(
-    items: Iterable[Path | Problem], lint: bool = False
-) -> Iterator[tuple[str, list[Problem]]]:
-    """Each file (or argument that named none) with its problems, none if valid; lazily.
-
-    With ``lint``, a valid file's Bash is also run through shellcheck (``lint.py``).
-    """
-
-    for item in items:
-        if isinstance(item, Problem):
-            yield item.file, [item]
-            continue
-        try:
-            loaded = load_workflow(item)
-        except InvalidDefinition as exc:
-            yield str(item), list(exc.problems)
-        else:
-            yield str(item), lint_workflow(loaded) if lint else []
 
 
 @click.command()
@@ -243,9 +173,7 @@ def schedules(definitions: Path, count: int, after: datetime, as_json: bool) -> 
     `validate` does, and make the exit code 2. Nothing is read from Redis.
     """
     problems = [
-        problem
-        for _, found in check_workflows(_workflow_files_in(definitions))
-        for problem in found
+        problem for _, found in check_workflows(workflow_files_in(definitions)) for problem in found
     ]
     for problem in problems:
         echo_untrusted(problem.render(), err=True)
@@ -261,4 +189,4 @@ def schedules(definitions: Path, count: int, after: datetime, as_json: bool) -> 
 
 
 # dead-letters and notifier: here to keep cli.py as is
-COMMANDS = [schema, beat, schedules, dead_letters, notifier]
+COMMANDS = [schema, beat, schedules]

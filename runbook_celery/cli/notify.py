@@ -1,6 +1,6 @@
 """`runbook-celery notifier`: send notifications from a process of their own (see notify.py).
 
-Registered by ``cli.py`` through ``cli_ecosystem.COMMANDS``.
+Loaded by the ``cli`` group (``COMMAND_MODULES``) through ``COMMANDS``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Observing runs from the command line: logs, events, runs, watch, graph, flower.
+"""Observing runs from the command line: logs, events, runs, watch, graph (flower: dashboard.py).
 
-Registered by ``cli.py`` through ``COMMANDS``. Like the rest of the CLI, commands raise
-RunbookError subclasses and ``cli.main`` turns them into messages and exit codes.
+Loaded by the ``cli`` group (``COMMAND_MODULES``) through ``COMMANDS``. Like the rest of the
+CLI, commands raise RunbookError subclasses and ``cli.main`` turns them into messages and
+exit codes.
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ from ..client.render import exit_code, params_text, seconds, signal_of, table
 from ..core.errors import EXIT_OK, EXIT_RUN_FAILED, InvalidOperation
 from ..core.settings import get_settings
 from ..definition.loader import load_workflow
-from ..engine.app import app
 from ..store import RunStore, events
 from ..store.events import Event, EventType, RunStatus, StepStatus
 from ..store.history import list_runs
 from ..store.logs import Gap, LogReader
 from ..store.reconnect import Reconnector
 from ..store.redisconn import get_client
-from ..web.server import serve
 from .common import follow, show_record
 from .graphview import GraphView, render
 from .live import event_line, follow_run
@@ -34,7 +33,6 @@ from .runid import resolve_run_id, run_id_argument, run_id_option
 from .terminal import echo as echo_untrusted
 from .terminal import echo_stderr, is_terminal, neutralise, use_colour
 
-FLOWER_COLUMNS = "name,uuid,state,args,received,started,runtime,worker"
 PREFIX_COLOURS = ("cyan", "magenta", "yellow", "green", "blue", "bright_cyan", "bright_magenta")
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -341,42 +339,4 @@ def graph(source: str, fmt: str) -> None:
     click.echo(render(view, fmt), nl=False)
 
 
-# ------------------------------------------------------------------------------ flower
-
-
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.option("--port", type=int, default=5555, show_default=True)
-@click.option(
-    "--address",
-    default="127.0.0.1",
-    show_default=True,
-    help="Interface to listen on; Flower has no login unless you pass --basic-auth etc.",
-)
-@click.option(
-    "--definitions",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Folder of workflow files offered by the trigger form and POST /api/runs.",
-)
-@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(port: int, address: str, definitions: Path | None, flower_args: tuple[str, ...]) -> None:
-    """Start Flower for runbook's Celery app, with runs at /runs (extra arguments go to Flower).
-
-    One process and port: Flower's workers, tasks and broker pages, and our runs list,
-    run pages (live DAG, steps, logs, buttons), trigger form and JSON API under /api/runs,
-    all behind Flower's login (--basic-auth user:password, or --auth with OAuth) and
-    --url_prefix. Without a login, control actions are refused unless
-    FLOWER_UNAUTHENTICATED_API=true (Flower's rule for its API). Steps are also Flower
-    tasks named <workflow>.<step>, with `run=<id> step=<id>` in their args.
-    """
-
-    argv = [
-        f"--port={port}",
-        f"--address={address}",
-        f"--tasks_columns={FLOWER_COLUMNS}",
-        *flower_args,
-    ]
-    serve(app, argv, definitions.resolve() if definitions else None)
-
-
-COMMANDS: list[click.Command] = [logs, events_command, runs, watch, graph, flower]
+COMMANDS: list[click.Command] = [logs, events_command, runs, watch, graph]
