@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from runbook_celery.engine.taskevents import StepRequest
+from runbook_celery.engine.taskevents import StepRequest, announce_ended
 
 
 class Recorder(StepRequest):
@@ -68,3 +68,58 @@ def test_a_cancelled_step_is_revoked(request_: Recorder):
     exc = "StepFailed('cancelled step a: reason cancelled, exit code -15')"
     request_.send_event("task-failed", exception=exc, traceback="...")
     assert request_.sent[0][0] == "task-revoked"
+
+
+class Dispatcher:
+    """Celery's event dispatcher, keeping what it is asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def send(self, type: str, **fields: Any) -> None:
+        self.sent.append((type, fields))
+
+
+class App:
+    def __init__(self) -> None:
+        self.dispatcher = Dispatcher()
+        self.events = self
+
+    def default_dispatcher(self) -> Dispatcher:
+        return self.dispatcher
+
+
+@pytest.mark.parametrize(
+    ("status", "event", "shown"),
+    [
+        ("failed", "task-failed", "exception"),
+        ("skipped", "task-revoked", "exception"),
+        ("cancelled", "task-revoked", "exception"),
+        ("succeeded", "task-succeeded", "result"),
+    ],
+)
+def test_a_step_ended_from_outside_its_task_is_shown_as_it_ended(
+    status: str, event: str, shown: str
+) -> None:
+    app = App()
+    announce_ended(app, "ab" * 16, "deploy", "ship", status, "rejected by ann")  # type: ignore[arg-type]
+    ((sent, fields),) = app.dispatcher.sent
+    assert sent == event
+    assert fields["uuid"] == f"{'ab' * 16}.ship" and fields["name"] == "deploy.ship"
+    assert "rejected by ann" in fields[shown]
+
+
+def test_a_broker_hiccup_while_announcing_never_fails_the_caller() -> None:
+    class Down:
+        def default_dispatcher(self) -> Any:
+            raise ConnectionError("broker down")
+
+    app = App()
+    app.events = Down()  # type: ignore[assignment]
+    announce_ended(app, "ab" * 16, "deploy", "ship", "failed", "x")  # type: ignore[arg-type]

@@ -11,7 +11,9 @@ as the worker sends them:
 * a failed step's "traceback" is its exit code, reason and stderr tail.
 
 Steps that never become tasks (the rest of a canvas after a failure) are announced as
-REVOKED by ``announce_skipped``. Event ``uuid``s are step task ids, ``<run>.<step>``.
+REVOKED by ``announce_skipped``; a step that waited and was ended from outside its task (an
+operator's decision, an approval timeout) by ``announce_ended``. Event ``uuid``s are step
+task ids, ``<run>.<step>``.
 """
 
 from __future__ import annotations
@@ -110,21 +112,48 @@ class StepRequest(Request):
 def announce_skipped(app: Celery, run_id: str, workflow: str, reasons: dict[str, str]) -> None:
     """REVOKED in Flower for steps recorded skipped that never became tasks (a canvas stops
     at a failed step). Monitoring only: a broker hiccup here never fails the step."""
-    if not reasons:
+    _announce(
+        app,
+        run_id,
+        workflow,
+        [(step_id, "task-revoked", _revoked("skipped", r)) for step_id, r in reasons.items()],
+    )
+
+
+def announce_ended(
+    app: Celery, run_id: str, workflow: str, step_id: str, status: str, report: str
+) -> None:
+    """A step's end recorded outside its task (an operator's decision, a gate's timeout):
+    its task last told Flower it was waiting (RETRY), so this says how it ended, in the
+    states the step task's own events use. ``report``: the reason, or a failure's report."""
+    if status == "succeeded":
+        event, fields = "task-succeeded", {"result": report, "runtime": 0}
+    elif status == "failed":
+        event, fields = "task-failed", {"exception": report, "traceback": report}
+    else:  # skipped, cancelled
+        event, fields = "task-revoked", _revoked(status, report)
+    _announce(app, run_id, workflow, [(step_id, event, fields)])
+
+
+def _announce(
+    app: Celery, run_id: str, workflow: str, events: list[tuple[str, str, dict[str, Any]]]
+) -> None:
+    """Send step task events from outside the task; best effort, as Celery's own are."""
+    if not events:
         return
     try:
         with app.events.default_dispatcher() as dispatcher:
-            for step_id, reason in reasons.items():
+            for step_id, event, fields in events:
                 dispatcher.send(
-                    "task-revoked",
+                    event,
                     uuid=f"{run_id}.{step_id}",
                     name=f"{workflow}.{step_id}",
                     root_id=run_id,
                     args=f"run={run_id} step={step_id}",
-                    **_revoked("skipped", reason),
+                    **fields,
                 )
-    except Exception as exc:  # events are best effort, as Celery's own are
-        log.info("could not tell Flower about skipped steps of run %s: %s", run_id, exc)
+    except Exception as exc:
+        log.info("could not tell Flower about steps of run %s: %s", run_id, exc)
 
 
 def _revoked(status: str, reason: str | None) -> dict[str, Any]:
