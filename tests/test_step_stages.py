@@ -134,7 +134,7 @@ def test_the_environment_holds_placed_values_the_run_facts_and_an_operators_over
     x = delivery(store, run_id, "test")
     x.attempt = 2
     env, _resolve = environment.environment(x, {}, {"GREETING": "overridden", "EXTRA": "1"})
-    var = next(iter(x.spec["vars"]))  # ${{ params.who }} in run:, as a variable
+    var = next(iter(x.spec.vars))  # ${{ params.who }} in run:, as a variable
     assert env[var] == "world"
     assert env["GREETING"] == "overridden" and env["EXTRA"] == "1"
     assert (env["RUNBOOK_RUN_ID"], env["RUNBOOK_STEP_ID"]) == (run_id, "test")

@@ -99,14 +99,14 @@ def start_child(execution: StepExecution, need_outputs: dict[str, Any]) -> dict[
     status = store.run_status(child_id)
     if status is None:
         try:
-            params = evaluate_with(spec.get("with") or {}, execution.resolver(need_outputs))
-            snapshot = child_snapshot(execution.ctx.snapshot, run_id, spec, params)
+            params = evaluate_with(spec.with_, execution.resolver(need_outputs))
+            snapshot = child_snapshot(execution.ctx.raw, run_id, spec.raw, params)
         except (InvalidParams, InvalidDefinition) as exc:
             return execution.finish(
                 StepStatus.FAILED,
                 reason=FailureReason.BAD_INPUT,
-                stderr=[f"[runbook] uses {spec['uses']}: {exc}"[:2000]],
-                allowed_failure=spec.get("continue_on_error") is True,
+                stderr=[f"[runbook] uses {spec.uses}: {exc}"[:2000]],
+                allowed_failure=spec.continue_on_error is True,
             )
         created = store.create_run_once(
             child_id,
@@ -130,9 +130,7 @@ def _start(execution: StepExecution, child_id: str, snapshot: Mapping[str, Any])
     if store.r.hget(store.keys.run(parent_run), "paused") in (b"1", "1"):
         Gates(store).pause(child_id, f"run {parent_run}")
     _publish(store, child_id, snapshot)
-    if store.cancel_requested(parent_run) and execution.step_id not in cancel_survivors(
-        execution.ctx.snapshot
-    ):
+    if store.cancel_requested(parent_run) and execution.step_id not in execution.ctx.survivors:
         reason = store.cancel_reason(parent_run) or FailureReason.CANCELLED
         lease = execution.settings.lease_seconds
         cancel_tree(store, child_id, reason=reason, by=None, lease_seconds=lease, finish=_held)
@@ -192,7 +190,7 @@ def _park(execution: StepExecution, child_id: str) -> dict[str, Any]:
         if text:
             app.signature(json.loads(text)).apply_async()
         raise Parked(f"child run {child_id}")
-    status, fields = child_result(execution.store, execution.run_id, child_id, execution.spec)
+    status, fields = child_result(execution.store, execution.run_id, child_id, execution.spec.raw)
     return execution.finish(status, **fields)
 
 

@@ -72,7 +72,7 @@ def run_step(self: Task[..., Any], run_id: str, step_id: str) -> dict[str, Any]:
         return execution
     result = execution.guarded(execution.execute)
     if execution.mode != DYNAMIC:  # returned into a canvas: a long chain's next segment
-        dispatch.publish_next_segment(execution.ctx.snapshot, run_id, step_id)
+        dispatch.publish_next_segment(execution.ctx.raw, run_id, step_id)
     return result
 
 

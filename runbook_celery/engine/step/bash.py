@@ -10,7 +10,6 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ...plan.compile import cancel_survivors
 from ...store.logsink import StepLogSink
 from .. import workerstore
 from ..capture import StdoutCapture
@@ -36,27 +35,27 @@ def run(
         x.settings.log_lines,
         max_bytes=x.settings.log_bytes,
     )
-    grace = x.spec.get("kill_grace")
-    capture = StdoutCapture(x.settings.output_limit) if x.spec.get("output") else None
+    grace = x.spec.kill_grace
+    capture = StdoutCapture(x.settings.output_limit) if x.spec.output else None
     try:
         cwd = checked_inputs(x, override, resolve)
         if isinstance(cwd, BashResult):  # refused: fails at once, not retried
             sink("stderr", f"[runbook] {cwd.message}")
             return cwd
         result = run_bash(
-            x.spec["command"],
+            x.spec.command,
             env,
             cwd=cwd,
             output_limit=x.settings.output_limit,
-            timeout=x.spec.get("timeout"),
+            timeout=x.spec.timeout,
             kill_grace=x.settings.kill_grace if grace is None else grace,
             tick=x._tick(sink),
             on_line=capture.tee(sink) if capture else sink,
             on_spawn=x.keeper.attach if x.keeper else None,
             masker=x.masker,
         )
-        if capture:
-            capture.into(result, x.spec["output"])
+        if capture and x.spec.output:
+            capture.into(result, x.spec.output)
         return result
     finally:
         if x.keeper:
@@ -73,7 +72,7 @@ def tick(execution: StepExecution, sink: StepLogSink) -> Callable[[], bool | str
     x = execution
     flag = workerstore.shutdown_flag_path(os.getppid())
     keeper = x.keeper
-    survives_cancel = x.parent is None and x.step_id in cancel_survivors(x.ctx.snapshot)
+    survives_cancel = x.parent is None and x.step_id in x.ctx.survivors
 
     def tick() -> bool | str:
         if keeper is not None:

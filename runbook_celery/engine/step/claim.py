@@ -13,6 +13,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ...definition import expressions as ex
+from ...plan.snapshot import ApprovalGate
 from ...store.events import FailureReason, StepStatus
 from ..app import APPROVAL_TIMEOUT_TASK, app
 from ..fullredis import wait_while_full, worker_stopping
@@ -37,7 +38,7 @@ def start(execution: StepExecution, check_needs: bool, ignore_cancel: bool) -> A
     gate opened meanwhile), so a step is never left unclaimed and unparked. While
     Redis is full, each claim waits until memory is freed (fullredis)."""
     x = execution
-    approval = (x.spec.get("approval") or {}) if x.parent is None else {}
+    approval = x.spec.approval if x.parent is None else None
     park_message: dict[str, Any] | None = None
     while True:
         decision = wait_while_full(
@@ -48,10 +49,14 @@ def start(execution: StepExecution, check_needs: bool, ignore_cancel: bool) -> A
         if decision.action != "park" or park_message is not None:
             break  # (a claim given the message never answers "park")
         park_message = dict(x.task.signature_from_request())
-    if decision.action == "parked" and decision.status == "approval" and approval.get("timeout"):
-        app.signature(
-            APPROVAL_TIMEOUT_TASK, args=(x.run_id, x.step_id), immutable=True
-        ).apply_async(countdown=approval["timeout"], root_id=x.run_id)
+    if (
+        decision.action == "parked"
+        and decision.status == "approval"
+        and approval
+        and approval.timeout
+    ):
+        timeout = app.signature(APPROVAL_TIMEOUT_TASK, args=(x.run_id, x.step_id), immutable=True)
+        timeout.apply_async(countdown=approval.timeout, root_id=x.run_id)
     return decision
 
 
@@ -60,7 +65,7 @@ def claim(
     check_needs: bool,
     ignore_cancel: bool,
     park_message: dict[str, Any] | None,
-    approval: dict[str, Any],
+    approval: ApprovalGate | None,
 ) -> Any:
     """One CLAIM transition. Its send time starts the lease on this side (LeaseKeeper):
     a claim retried while Redis was full counts from the retry that went through."""
@@ -70,17 +75,17 @@ def claim(
         x.run_id,
         x.step_id,
         token=x.token,
-        needs=list(x.spec["needs"]) if x.parent is None else [],
+        needs=list(x.spec.needs) if x.parent is None else [],
         output_steps=referenced_steps(x),
         workflow=x.ctx.workflow,
         lease_seconds=x.settings.lease_seconds,
         max_attempts=x.settings.max_attempts,
         check_needs=check_needs,
         ignore_cancel=ignore_cancel,
-        needs_approval=x.parent is None and bool(x.spec.get("approval")),
+        needs_approval=approval is not None,
         max_active=x.max_active,
         park_message=park_message,
-        approval_prompt=approval.get("prompt", ""),
+        approval_prompt=approval.prompt if approval else "",
     )
 
 
@@ -122,16 +127,16 @@ def referenced_steps(execution: StepExecution) -> list[str]:
     """Steps whose outputs this step's expressions read (needs, direct or transitive)."""
     spec = execution.spec
     wanted: list[str] = []
-    sources = list(spec["vars"].values())
-    with_ = [v for v in (spec.get("with") or {}).values() if isinstance(v, str)]
-    for template in [*spec["env"].values(), *with_]:
+    sources = list(spec.vars.values())
+    with_ = [v for v in spec.with_.values() if isinstance(v, str)]
+    for template in [*spec.env.values(), *with_]:
         sources += [o.source for o in ex.find(template)]
-    if spec.get("for_each") and execution.parent is None:
-        sources += [o.source for o in ex.find(spec["for_each"])]
+    if spec.for_each and execution.parent is None:
+        sources += [o.source for o in ex.find(spec.for_each)]
     for source in sources:
         for ref in ex.refs(ex.parse(source)):
             if ref.kind in ("outputs", "all_outputs") and ref.name not in wanted:
                 wanted.append(ref.name)
             elif ref.kind == "needs":  # GitHub's needs context: every direct need's outputs
-                wanted += [n for n in spec["needs"] if n not in wanted]
+                wanted += [n for n in spec.needs if n not in wanted]
     return wanted

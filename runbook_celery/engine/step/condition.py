@@ -31,7 +31,7 @@ def _ok(h: dict[str, str]) -> bool:
 def condition(execution: StepExecution) -> tuple[bool, bool, str]:
     """Evaluate ``if:``: returns (run it?, run even though the run is cancelled?, why)."""
     x = execution
-    node = ex.parse_condition(x.spec["if"])
+    node = ex.parse_condition(x.spec.condition or "")
     # like GitHub Actions: a plain expression implies success(), unless it reads a status
     if not ex.calls(node) and not ex.names_a_status(node):
         node = ex.BinOp("&&", ex.Call("success"), node)
@@ -40,7 +40,7 @@ def condition(execution: StepExecution) -> tuple[bool, bool, str]:
     hashes = x.store.step_hashes(x.run_id, ancestors)
     cancel = x.store.cancel_requested(x.run_id)
     status = {
-        "success": all(_ok(hashes[n]) for n in x.spec["needs"]) and not cancel,
+        "success": all(_ok(hashes[n]) for n in x.spec.needs) and not cancel,
         "failure": any(
             h.get("status") == "failed" and h.get("allowed_failure") != "1" for h in hashes.values()
         ),
@@ -53,7 +53,7 @@ def condition(execution: StepExecution) -> tuple[bool, bool, str]:
     survives_cancel = bool(ex.calls(node) & {"always", "cancelled"})
     if cancel and not survives_cancel:
         return False, False, "run cancelled"
-    return verdict, cancel, "" if verdict else f"condition false: {x.spec['if']}"
+    return verdict, cancel, "" if verdict else f"condition false: {x.spec.condition}"
 
 
 def resolver(execution: StepExecution, outputs: dict[str, Any]) -> Callable[[ex.Ref], Any]:
@@ -63,7 +63,7 @@ def resolver(execution: StepExecution, outputs: dict[str, Any]) -> Callable[[ex.
 
     def resolve(ref: ex.Ref) -> Any:
         if ref.kind == "params":
-            return x.ctx.snapshot["params"].get(ref.name, "")
+            return x.ctx.snapshot.params.get(ref.name, "")
         if ref.kind == "outputs":
             got = outputs.get(ref.name, {})
             if isinstance(got, list):  # a fanned-out step: one value per instance
@@ -82,7 +82,7 @@ def resolver(execution: StepExecution, outputs: dict[str, Any]) -> Callable[[ex.
         if ref.kind == "needs":
             return {
                 sid: {"result": step_status(x, sid), "outputs": outputs.get(sid, {})}
-                for sid in x.spec["needs"]
+                for sid in x.spec.needs
             }
         return ""
 
@@ -93,7 +93,7 @@ def step_status(execution: StepExecution, step_id: str) -> str:
     """``steps.ID.status`` of a step this one needs (so it has finished)."""
     x = execution
     if step_id not in x.statuses:
-        unread = [s for s in (step_id, *x.spec["needs"]) if s not in x.statuses]
+        unread = [s for s in (step_id, *x.spec.needs) if s not in x.statuses]
         x.statuses.update(
             (sid, h.get("status", "")) for sid, h in x.store.step_hashes(x.run_id, unread).items()
         )

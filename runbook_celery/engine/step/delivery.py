@@ -38,7 +38,7 @@ from ..lease import LeaseKeeper
 from ..runner import BashResult
 from ..taskevents import StepFailed
 from . import bash, claim, condition, fanout, handon, record
-from .context import RunContext, cache, fans_out
+from .context import RunContext, cache
 
 log = logging.getLogger("runbook_celery.worker")
 
@@ -111,7 +111,7 @@ class StepExecution:
         the claim until the result is recorded, not only while Bash runs."""
         ignore_cancel = False
         check_needs = self.parent is None
-        if self.parent is None and self.spec.get("if"):
+        if self.parent is None and self.spec.condition:
             should_run, ignore_cancel, why = condition.condition(self)
             if not should_run:
                 return self.finish(StepStatus.SKIPPED, reason=why, check_terminal=True)
@@ -135,9 +135,9 @@ class StepExecution:
         ).start()
         try:
             outputs = decision.need_outputs or {}
-            if self.parent is None and self.spec.get("uses"):  # a child run (childruns.py)
+            if self.parent is None and self.spec.uses:  # a child run (childruns.py)
                 return childruns.start_child(self, outputs)
-            if self.parent is None and fans_out(self.spec):
+            if self.parent is None and self.spec.fans_out:
                 return fanout.fan_out(self, outputs)
             started = now_iso()
             return record.record(self, self._run(outputs, decision.env or {}), started)
@@ -185,7 +185,7 @@ class StepExecution:
     def masker(self) -> Masker:
         """Masks the workflow's `secrets:`: this worker's values, and values an operator
         gave them with `retry --env` anywhere in this run (masking.py)."""
-        names = self.ctx.snapshot.get("secrets") or []
+        names = self.ctx.snapshot.secrets
         if not names:
             return Masker(())
         env = worker_environment()
@@ -194,7 +194,7 @@ class StepExecution:
 
     @property
     def max_active(self) -> int:
-        return int(self.ctx.snapshot.get("max_active_steps") or 0)
+        return self.ctx.snapshot.max_active_steps
 
     @property
     def in_canvas(self) -> bool:

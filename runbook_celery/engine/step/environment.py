@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ...core.settings import worker_environment
 from ...definition import expressions as ex
 from ...definition import shells
-from ...plan.compile import substitute_text
+from ...plan.bashtext import substitute_text
 from ...store.events import FailureReason
 from .. import stepinputs
 from ..runner import BashResult
@@ -31,11 +31,11 @@ def environment(
     ``retry --env``, then ours), and the resolver it was filled from."""
     x = execution
     env = worker_environment()
-    env.update(x.ctx.snapshot["env"])
+    env.update(x.ctx.snapshot.env)
     resolve = resolver(x, need_outputs)
-    for key, template in x.spec["env"].items():
+    for key, template in x.spec.env.items():
         env[key] = substitute_text(template, resolve)
-    for var, source in x.spec["vars"].items():
+    for var, source in x.spec.vars.items():
         env[var] = ex.to_text(ex.evaluate(ex.parse(source), resolve))
     env.update(override)  # an operator's `retry --env`
     env["RUNBOOK_RUN_ID"] = x.run_id
@@ -43,8 +43,8 @@ def environment(
     env["RUNBOOK_WORKFLOW"] = x.ctx.workflow
     env["RUNBOOK_STEP_ATTEMPT"] = str(x.attempt or 1)
     env["RUNBOOK_RUN_STATUS"] = run_status(x)
-    if x.spec.get("shell_script") is not None:  # shell: sh/python/...: its text
-        env[shells.SCRIPT_VAR] = x.spec["shell_script"]
+    if x.spec.shell_script is not None:  # shell: sh/python/...: its text
+        env[shells.SCRIPT_VAR] = x.spec.shell_script
     return env, resolve
 
 
@@ -54,10 +54,10 @@ def checked_inputs(
     """The step's directory, or the failed result when an input cannot be used:
     a NUL byte that arrived at run time, a directory missing on this worker."""
     spec, snapshot = execution.spec, execution.ctx.snapshot
-    nul = stepinputs.nul_source(spec, snapshot["env"], override, resolve)
+    nul = stepinputs.nul_source(spec.raw, snapshot.env, override, resolve)
     if nul is not None:
         return BashResult(None, reason=FailureReason.BAD_INPUT, message=nul)
-    cwd, why = stepinputs.working_dir(spec, snapshot)
+    cwd, why = stepinputs.working_dir(spec.raw, snapshot.raw)
     if why is not None:
         return BashResult(None, reason=FailureReason.BAD_WORKING_DIR, message=why)
     return cwd

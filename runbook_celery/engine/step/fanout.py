@@ -17,7 +17,6 @@ from celery.exceptions import Ignore
 
 from ...definition import expressions as ex
 from ...definition import matrix
-from ...plan.compile import cancel_survivors
 from ...store.events import FailureReason, StepStatus
 from .. import dispatch
 from ..canvasfanout import continuation, send_join
@@ -37,7 +36,7 @@ def fan_out(execution: StepExecution, need_outputs: dict[str, Any]) -> dict[str,
         return values
     if not values:
         return x.finish(StepStatus.SUCCEEDED, exit_code=0, outputs=[])
-    window = dispatch.fan_out_window(x.spec.get("max_parallel"), len(values))
+    window = dispatch.fan_out_window(x.spec.max_parallel, len(values))
     _keep_continuation(x)
     # the first window is watched from the transition that records it (recovery.py)
     ids = x.while_full(
@@ -60,9 +59,9 @@ def fan_out(execution: StepExecution, need_outputs: dict[str, Any]) -> dict[str,
     if x.store.cancel_requested(x.run_id):
         # cancelled while we fanned out: cancel the new instances too, send none
         reason = x.store.cancel_reason(x.run_id) or FailureReason.CANCELLED
-        x.store.cancel_run(x.run_id, reason=reason, keep=cancel_survivors(x.ctx.snapshot))
+        x.store.cancel_run(x.run_id, reason=reason, keep=list(x.ctx.survivors))
     else:
-        dispatch.publish_fan_out(x.ctx.snapshot, x.run_id, ids[:window])
+        dispatch.publish_fan_out(x.ctx.raw, x.run_id, ids[:window])
     result = {"run_id": x.run_id, "step": x.step_id, "status": "fanned_out", "instances": len(ids)}
     if x.in_canvas:
         # the join continues the canvas (canvasfanout): store this task's result as
@@ -78,7 +77,7 @@ def fan_out(execution: StepExecution, need_outputs: dict[str, Any]) -> dict[str,
 def _keep_continuation(x: StepExecution) -> None:
     """Before any instance exists: keep the join that takes this step's canvas place."""
     if x.in_canvas:
-        message = continuation(x.task.request, x.ctx.snapshot, x.run_id, x.step_id)
+        message = continuation(x.task.request, x.ctx.raw, x.run_id, x.step_id)
         x.while_full(
             partial(x.store.keep_continuation, x.run_id, x.step_id, message),
             "keeping the join of",
@@ -95,13 +94,13 @@ def instance_values(
     """
     x = execution
     cap = x.settings.max_instances
-    if x.spec.get("matrix"):
+    if x.spec.matrix:
         try:
-            combos = matrix.expand(x.spec["matrix"], cap)
+            combos = matrix.expand(x.spec.matrix, cap)
         except matrix.TooManyCombinations as exc:
             return _too_many(x, str(exc), cap)
         return [{"matrix": combo} for combo in combos]
-    occ = ex.find(x.spec["for_each"])[0]
+    occ = ex.find(x.spec.for_each or "")[0]
     raw = ex.evaluate(occ.node, x.resolver(need_outputs))
     try:
         items = json.loads(raw) if isinstance(raw, str) else raw
@@ -112,7 +111,7 @@ def instance_values(
             StepStatus.FAILED,
             reason="bad_input",
             stderr=[
-                f"[runbook] for_each: {x.spec['for_each']} is not a JSON list: {str(raw)[:200]!r}"
+                f"[runbook] for_each: {x.spec.for_each} is not a JSON list: {str(raw)[:200]!r}"
             ],
         )
     if len(items) > cap:
@@ -146,14 +145,14 @@ def instance_ended(execution: StepExecution) -> None:
         give_up=worker_stopping,
     )
     if nxt:
-        dispatch.publish_steps(x.ctx.snapshot, x.run_id, [nxt])
+        dispatch.publish_steps(x.ctx.raw, x.run_id, [nxt])
     if not join or x.parent is None:
         return
     message = x.store.continuation(x.run_id, x.parent)
     if message:
         # a canvas run: the join is the task that continues it (canvasfanout); the
         # parent stays watched (INSTANCE_ENDED) until that task hands it on
-        send_join(message, x.ctx.snapshot, x.run_id, x.parent)
+        send_join(message, x.ctx.raw, x.run_id, x.parent)
         return
     parent = x.sibling(x.parent)
     parent.inline = True  # this task hands on for it
@@ -194,6 +193,6 @@ def join_instances(execution: StepExecution) -> dict[str, Any]:
             outputs=outputs,
             reason="instance_failed",
             stderr=[f"[runbook] instances not succeeded: {', '.join(failed[:20])}{more}"],
-            allowed_failure=x.spec.get("continue_on_error") is True,
+            allowed_failure=x.spec.continue_on_error is True,
         )
     return x.finish(StepStatus.SUCCEEDED, outputs=outputs)

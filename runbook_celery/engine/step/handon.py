@@ -32,13 +32,13 @@ def after_finish(
     if x.attempt is not None and not outcome.duplicate:
         x.stop_keeping()  # recorded: the lease is gone with it
     if outcome.ready:
-        dispatch.publish_steps(x.ctx.snapshot, x.run_id, outcome.ready)
+        dispatch.publish_steps(x.ctx.raw, x.run_id, outcome.ready)
     if x.parent is not None:
         x._instance_ended()
     successors(x)
     if outcome.run_status:
         cache.drop(x.run_id)
-        childruns.hand_to_parent(x.store, x.run_id, x.ctx.snapshot, finish)
+        childruns.hand_to_parent(x.store, x.run_id, x.ctx.raw, finish)
     if outcome.admitted:
         dispatch.publish_admitted(x.store, outcome.admitted)
     if skip and not outcome.duplicate:
@@ -86,15 +86,15 @@ def replay(execution: StepExecution, status: str, finish: childruns.Finish) -> d
     crash between "recorded" and "published" would otherwise have stranded.
     """
     x = execution
-    mode = x.mode or x.store.run_mode(x.run_id) or x.ctx.snapshot["mode"]
-    childruns.after_replay(x.store, x.run_id, x.ctx.snapshot, finish)
+    mode = x.mode or x.store.run_mode(x.run_id) or x.ctx.snapshot.mode
+    childruns.after_replay(x.store, x.run_id, x.ctx.raw, finish)
     if x.parent is not None:
         x._instance_ended()  # idempotent: a crash may have come before it
     successors(x)  # and its ready successors are watched once it handed on
     if x.parent is None and mode == DYNAMIC:
         ready = x.store.rejoin(x.run_id, x.step_id, x.children())
         if ready:
-            dispatch.publish_steps(x.ctx.snapshot, x.run_id, ready)
+            dispatch.publish_steps(x.ctx.raw, x.run_id, ready)
     elif x.parent is None and status in (StepStatus.FAILED, StepStatus.CANCELLED):
         # canvas: keep Celery from continuing past a step that did not succeed
         raise step_failed(str(status), x.step_id, "already recorded", None)

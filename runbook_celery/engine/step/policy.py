@@ -24,33 +24,29 @@ RETRYABLE = (FailureReason.EXIT_CODE, FailureReason.TIMEOUT)
 def retry_delay(execution: StepExecution, reason: str, exit_code: int | None) -> float | None:
     """Seconds until the next attempt, or None when this failure is final."""
     x = execution
-    policy = x.spec.get("retries")
+    policy = x.spec.retries
     attempt = x.attempt or 1
-    if not policy or reason not in RETRYABLE or attempt > policy["limit"]:
+    if policy is None or reason not in RETRYABLE or attempt > policy.limit:
         return None
-    codes = policy.get("on_exit_codes")
-    if codes is not None and exit_code not in codes:
+    if policy.on_exit_codes is not None and exit_code not in policy.on_exit_codes:
         return None
     if x.store.cancel_requested(x.run_id):
         return None
-    delay: float = policy["delay"] * (policy["backoff"] ** (attempt - 1))
-    if policy.get("max_delay") is not None:
-        delay = min(delay, policy["max_delay"])
-    return delay
+    return policy.delay_before(attempt)
 
 
 def allowed_failure(execution: StepExecution, reason: str, exit_code: int | None) -> bool:
     """``continue_on_error``: true for any failure, or a list of the exit codes that may
     fail (Dagu's continueOn.exitCode): a timeout or a lost worker is no such exit."""
-    allowed = execution.spec.get("continue_on_error")
-    if isinstance(allowed, list):
+    allowed = execution.spec.continue_on_error
+    if isinstance(allowed, tuple):
         return reason == FailureReason.EXIT_CODE and exit_code in allowed
     return bool(allowed)
 
 
 def on_failure(execution: StepExecution) -> str | None:
     """``on_failure`` of the step (an instance of a fanned-out step never pauses)."""
-    return execution.spec.get("on_failure") if execution.parent is None else None
+    return execution.spec.on_failure if execution.parent is None else None
 
 
 def retry(

@@ -195,7 +195,7 @@ def _record_failure(
     code = result.exit_code
     ended = {"exit_code": code, "stderr": stderr, "history": history}
     reason = result.reason or FailureReason.EXIT_CODE
-    if reason == FailureReason.EXIT_CODE and code in (x.spec.get("skip_on_exit_codes") or ()):
+    if reason == FailureReason.EXIT_CODE and code in x.spec.skip_on_exit_codes:
         # like Airflow's skip_on_exit_code: no retry, recorded skipped
         return x.finish(StepStatus.SKIPPED, reason=FailureReason.EXIT_CODE_SKIP, **ended)
     if reason == FailureReason.CANCELLED:
