@@ -1,6 +1,6 @@
 """Values never become code: a corpus of Bash contexts x hostile values.
 
-Every context we accept is compiled with ``compile.rewrite_command`` and run through
+Every context we accept is compiled with ``bashtext.rewrite_command`` and run through
 runbook's own ``runner.run_bash`` with the value in the environment, as a worker runs a
 step: the value must arrive byte for byte and nothing in it may run (``touch PWNED`` would
 leave a file in the step's directory). Every context we refuse must be refused when the
@@ -21,7 +21,8 @@ from runbook_celery.definition import bashplace
 from runbook_celery.definition.bashplace import Unplaceable
 from runbook_celery.definition.loader import load_workflow_text
 from runbook_celery.engine.runner import run_bash
-from runbook_celery.plan.compile import build_snapshot, rewrite_command
+from runbook_celery.plan.bashtext import rewrite_command
+from runbook_celery.plan.compile import build_snapshot
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,13 +17,13 @@ from runbook_celery.definition.bashplace import Unplaceable
 from runbook_celery.definition.graph import Graph, Leaf, Parallel, Series, find_cycle
 from runbook_celery.definition.loader import load_workflow_text
 from runbook_celery.engine.runner import run_bash
+from runbook_celery.plan.bashtext import rewrite_command
 from runbook_celery.plan.compile import (
     CANVAS,
     DYNAMIC,
     build_snapshot,
     make_plan,
     resolve_params,
-    rewrite_command,
     snapshot_sha256,
 )
 

@@ -247,3 +247,27 @@ def test_a_step_waiting_for_approval_is_not_started_and_runs_once_approved(scene
         lambda: scene.flower.get(f"/api/task/info/{task_id}")["state"] == "SUCCESS",
         "the approved step shown as a success",
     )
+
+
+def test_a_step_rejected_at_its_gate_is_shown_as_a_failure_not_as_waiting(scene, tmp_path):
+    """The step's task last said RETRY (waiting); its end is recorded outside any task
+    (the operator's reject), and Flower is told how it ended."""
+    from conftest import run_cli
+
+    gated = tmp_path / "gated.yaml"
+    gated.write_text(GATED)
+    run = submit(gated)
+    task_id = f"{run.id}.deploy"
+    scene.flower.wait_until(
+        lambda: scene.flower.get(f"/api/task/info/{task_id}").get("state") == "RETRY",
+        "the gated step shown as waiting",
+    )
+    assert run_cli("reject", run.id, "deploy", "--by", "tester").returncode == 0
+    assert run.wait(timeout=60).status == "failed"
+
+    def failed() -> dict[str, Any] | None:
+        info = scene.flower.get(f"/api/task/info/{task_id}")
+        return info if info.get("state") == "FAILURE" else None
+
+    info = scene.flower.wait_until(failed, "the rejected step shown as a failure")
+    assert "rejected" in info["exception"]

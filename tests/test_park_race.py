@@ -18,7 +18,8 @@ from celery.exceptions import Ignore, Retry
 
 from runbook_celery.core.settings import get_settings
 from runbook_celery.definition.loader import load_workflow
-from runbook_celery.engine import tasks
+from runbook_celery.engine.step.context import cache
+from runbook_celery.engine.step.delivery import StepExecution
 from runbook_celery.plan.compile import build_snapshot
 
 
@@ -62,10 +63,8 @@ def test_a_gate_flipping_between_claim_and_park_never_lets_bash_run_unclaimed(
             store.r.hset(run_key, "paused", "0")
 
     store.start_step = flipping_claim  # type: ignore[method-assign]
-    ctx = tasks._cache.get(store, run_id)
-    execution = tasks.StepExecution(
-        StandInTask(run_id, "a"), get_settings(), store, ctx, run_id, "a"
-    )
+    ctx = cache.get(store, run_id)
+    execution = StepExecution(StandInTask(run_id, "a"), get_settings(), store, ctx, run_id, "a")
 
     # When the delivery executes
     with pytest.raises(Ignore):

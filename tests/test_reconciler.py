@@ -217,7 +217,8 @@ def test_a_join_refused_to_the_last_instance_leaves_it_to_the_watch_and_hands_th
     store, published, monkeypatch
 ):
     from runbook_celery.core.settings import get_settings
-    from runbook_celery.engine import tasks
+    from runbook_celery.engine.step.context import cache
+    from runbook_celery.engine.step.delivery import StepExecution
 
     # Given the last instance of m has ended while another delivery of m holds m (a
     # redelivery of the fan-out, between its claim and its release)
@@ -225,8 +226,8 @@ def test_a_join_refused_to_the_last_instance_leaves_it_to_the_watch_and_hands_th
     _ended_without_handing_on(store, run, "m[0]")
     store.r.hset(store.keys.step(run, "m"), "holder", "other")
     store.r.set(store.keys.lease(run, "m"), "other", ex=30)
-    ctx = tasks._cache.get(store, run)
-    execution = tasks.StepExecution(_StepTask(), get_settings(), store, ctx, run, "m[0]")  # type: ignore[arg-type]
+    ctx = cache.get(store, run)
+    execution = StepExecution(_StepTask(), get_settings(), store, ctx, run, "m[0]")  # type: ignore[arg-type]
     # When the instance hands on, then its join is refused (m is not recorded), but the
     # instance's own task goes on to hand on (no Ignore), and m stays watched for its join
     execution._instance_ended()

@@ -2,7 +2,7 @@
 
 What is real: the store (every Lua script, on real Redis, under this session's key
 prefix; the regression tests at the end run on the store's in-memory double as well), the
-step task's decision logic (``tasks.StepExecution``: claim, park, record, retry,
+step task's decision logic (``delivery.StepExecution``: claim, park, record, retry,
 hand-back, duplicate replay), recovery (``recovery.recover_once``), the gates
 (pause, resume, approve, reject, decisions), cancel, concurrency-group admission and the
 loader/compile path that builds each run's snapshot.
@@ -56,9 +56,11 @@ from runbook_celery.client.control import RunControl
 from runbook_celery.core.errors import InvalidOperation
 from runbook_celery.core.settings import get_settings
 from runbook_celery.definition.loader import load_workflow_text
-from runbook_celery.engine import dispatch, recovery, tasks, workerstore
+from runbook_celery.engine import dispatch, recovery, workerstore
 from runbook_celery.engine.app import STEP_TASK
 from runbook_celery.engine.runner import BashResult
+from runbook_celery.engine.step import bash, context, delivery, handon, policy
+from runbook_celery.engine.taskevents import StepFailed
 from runbook_celery.plan.compile import build_snapshot
 from runbook_celery.store import (
     RunStore,
@@ -125,7 +127,7 @@ class Delivery:
         self.done = False
         self.ending: str | None = None
         self.error: BaseException | None = None
-        self.execution: tasks.StepExecution | None = None
+        self.execution: delivery.StepExecution | None = None
         self.keeper: FakeKeeper | None = None
         self._turn = threading.Semaphore(0)
         self._back = threading.Semaphore(0)
@@ -163,9 +165,9 @@ class Delivery:
     def _deliver(self) -> str:
         h = self.h
         store = ObservingStore(h, self)
-        ctx = tasks._cache.get(h.store, self.run_id)
+        ctx = context.cache.get(h.store, self.run_id)
         task = StandInTask(h, self.run_id, self.step_id)
-        self.execution = tasks.StepExecution(
+        self.execution = delivery.StepExecution(
             task, h.settings, store, ctx, self.run_id, self.step_id
         )  # type: ignore[arg-type]
         try:
@@ -174,7 +176,7 @@ class Delivery:
             return "retry"  # the task sent its message again (StandInTask.retry)
         except Ignore:
             return "ignored"
-        except tasks.StepFailed:
+        except StepFailed:
             pass  # a failed step: Celery stores the failure and hands on, as on success
         # task_postrun / the result backend: the step hands on (workerhooks._handed_on)
         self.pause("hand_on")
@@ -275,7 +277,7 @@ class FakeKeeper:
             self.lost = "superseded"
 
 
-def _run_bash(self: tasks.StepExecution, outputs: Any, override: Any) -> BashResult:
+def _run_bash(self: delivery.StepExecution, outputs: Any, override: Any) -> BashResult:
     """Bash: a pause point (the step runs), then the drawn outcome, as the runner reports
     it (killed when the lease was lost, stopped when the run was cancelled)."""
     d: Delivery = _current.delivery
@@ -286,7 +288,7 @@ def _run_bash(self: tasks.StepExecution, outputs: Any, override: Any) -> BashRes
     if verdict is True:
         return BashResult(exit_code=-15, reason=FailureReason.CANCELLED)
     if d.outcome == "shutdown":
-        return BashResult(exit_code=-15, reason=tasks.HANDBACK)
+        return BashResult(exit_code=-15, reason=bash.HANDBACK)
     if d.outcome == "fail":
         return BashResult(exit_code=1, stderr_tail=["boom"])
     return BashResult(exit_code=0, outputs={"out": d.step_id})
@@ -425,7 +427,7 @@ class Harness:
             self.client.delete(f"{k.run(run_id)}:active", f"{k.run(run_id)}:parked")
             self.client.delete(*(f"{k.prefix}:recover:{run_id}|{s}" for s in ids))
             self.client.zrem(k.leases, *(f"{run_id}|{s}" for s in ids))
-            tasks._cache.drop(run_id)
+            context.cache.drop(run_id)
         for group in self.groups:
             self.client.delete(k.cgroup(group), k.cgroup_queue(group))
 
@@ -475,12 +477,12 @@ class StoreMachine(RuleBasedStateMachine):
         h = self.h
         self._patches = [
             mock.patch.object(Signature, "apply_async", lambda sig, *a, **k: h.publish(sig)),
-            mock.patch.object(tasks, "LeaseKeeper", FakeKeeper),
+            mock.patch.object(delivery, "LeaseKeeper", FakeKeeper),
             mock.patch.object(workerstore, "lease_store", lambda: h.store),
             mock.patch.object(workerstore, "worker_store", lambda: (h.settings, ObservingStore(h))),
-            mock.patch.object(tasks, "note_successors", _note_successors),
-            mock.patch.object(tasks, "Gates", ObservingGates),
-            mock.patch.object(tasks.StepExecution, "_run", _run_bash),
+            mock.patch.object(handon, "note_successors", _note_successors),
+            mock.patch.object(policy, "Gates", ObservingGates),
+            mock.patch.object(delivery.StepExecution, "_run", _run_bash),
             mock.patch.object(redisconn, "store_for", lambda _s: ObservingStore(h)),
             mock.patch.object(control, "check_writable", lambda *_a: None),
             mock.patch.object(recovery, "get_settings", lambda: h.settings),

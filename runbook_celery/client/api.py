@@ -22,7 +22,7 @@ from ..definition.model import Workflow
 from ..engine import dispatch
 from ..engine.childruns import cancel_tree
 from ..engine.fullredis import full_description
-from ..engine.tasks import finish_outside
+from ..engine.step.delivery import finish_outside
 from ..plan.compile import (
     build_snapshot,
     make_plan,

@@ -14,7 +14,7 @@ from ..core.errors import InvalidOperation, RunNotFound
 from ..core.settings import Settings, get_settings
 from ..engine.app import app
 from ..engine.childruns import live_children
-from ..engine.tasks import finish_outside
+from ..engine.step.delivery import finish_outside
 from ..store import Decision, RunStore, redisconn
 from ..store.events import EventType, FailureReason, StepStatus
 from ..store.gates import Gates

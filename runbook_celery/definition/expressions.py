@@ -24,7 +24,7 @@ each step listed in ``needs:``, so ``toJSON(needs)`` feeds an "alls-green" check
 string comparison ignores case, and ``fromJSON`` gives lists and objects. Their results are
 bounded (``MAX_VALUE_CHARS``) so a short expression cannot build a huge value.
 
-Expressions are never pasted into shell text: see ``compile.rewrite_command``.
+Expressions are never pasted into shell text: see ``plan/bashtext.py: rewrite_command``.
 """
 
 from __future__ import annotations

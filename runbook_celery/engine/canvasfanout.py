@@ -7,7 +7,7 @@ continues the canvas: the step's task does not return into it. It hands its plac
 follows it in its chain, the chord it counts toward, its links) to its join, the
 ``runbook.fan_in`` task, and ends with ``FannedOut`` (an ``Ignore``: Celery neither stores a
 result nor continues from it). This is ``Task.replace`` with the replacement sent later:
-by the last instance to end, instead of joining inline (``tasks._instance_ended``). The
+by the last instance to end, instead of joining inline (``step.fanout.instance_ended``). The
 join records the step, its result is the step's outputs (one per instance), and Celery
 continues the canvas from it; a failed join raises, so the canvas stops there as after any
 failed step.

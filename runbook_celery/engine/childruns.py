@@ -13,9 +13,9 @@ The life of a using step:
    child has already ended, nothing is parked and the delivery finishes the step itself.
 3. When the child run ends (the transition that ends it: FINISH, or a cancel),
    ``hand_to_parent`` finishes the parent's step from outside, as an operator's decision
-   does (``tasks.finish_outside``: FINISH, then its dependants are published). A delivery of
+   does (``step.delivery.finish_outside``: FINISH, then its dependants are published). A delivery of
    the child's last step that died before this hands on again when it is redelivered
-   (``_replay``), and it does nothing if the step is not waiting (yet): the step's own
+   (``handon.replay``), and it does nothing if the step is not waiting (yet): the step's own
    AWAIT_CHILD then sees the child ended. Under both, the reconciler's ``sweep_waiting``
    finishes a step still waiting a lease after its child ended (``P:children_waiting``).
 
@@ -58,11 +58,11 @@ from .dispatch import continue_survivors, publish_admitted, publish_run
 from .taskevents import Parked
 
 if TYPE_CHECKING:
-    from .tasks import StepExecution
+    from .step.delivery import StepExecution
 
 log = logging.getLogger("runbook_celery.worker")
 
-Finish = Callable[..., None]  # tasks.finish_outside(run_id, step_id, status, **fields)
+Finish = Callable[..., None]  # step.delivery.finish_outside(run_id, step_id, status, **fields)
 
 
 def evaluate_with(given: Mapping[str, Any], resolve: Callable[[ex.Ref], Any]) -> dict[str, Any]:
@@ -99,14 +99,14 @@ def start_child(execution: StepExecution, need_outputs: dict[str, Any]) -> dict[
     status = store.run_status(child_id)
     if status is None:
         try:
-            params = evaluate_with(spec.get("with") or {}, execution._resolver(need_outputs))
-            snapshot = child_snapshot(execution.ctx.snapshot, run_id, spec, params)
+            params = evaluate_with(spec.with_, execution.resolver(need_outputs))
+            snapshot = child_snapshot(execution.ctx.raw, run_id, spec.raw, params)
         except (InvalidParams, InvalidDefinition) as exc:
-            return execution._finish(
+            return execution.finish(
                 StepStatus.FAILED,
                 reason=FailureReason.BAD_INPUT,
-                stderr=[f"[runbook] uses {spec['uses']}: {exc}"[:2000]],
-                allowed_failure=spec.get("continue_on_error") is True,
+                stderr=[f"[runbook] uses {spec.uses}: {exc}"[:2000]],
+                allowed_failure=spec.continue_on_error is True,
             )
         created = store.create_run_once(
             child_id,
@@ -130,9 +130,7 @@ def _start(execution: StepExecution, child_id: str, snapshot: Mapping[str, Any])
     if store.r.hget(store.keys.run(parent_run), "paused") in (b"1", "1"):
         Gates(store).pause(child_id, f"run {parent_run}")
     _publish(store, child_id, snapshot)
-    if store.cancel_requested(parent_run) and execution.step_id not in cancel_survivors(
-        execution.ctx.snapshot
-    ):
+    if store.cancel_requested(parent_run) and execution.step_id not in execution.ctx.survivors:
         reason = store.cancel_reason(parent_run) or FailureReason.CANCELLED
         lease = execution.settings.lease_seconds
         cancel_tree(store, child_id, reason=reason, by=None, lease_seconds=lease, finish=_held)
@@ -172,7 +170,7 @@ def await_child(
 
 
 def _park(execution: StepExecution, child_id: str) -> dict[str, Any]:
-    code, text = execution._while_full(
+    code, text = execution.while_full(
         partial(
             await_child,
             execution.store,
@@ -186,14 +184,14 @@ def _park(execution: StepExecution, child_id: str) -> dict[str, Any]:
         "parking",
     )
     if code < 0:
-        execution._after(Outcome(False, superseded=True), "wait for its child run")
+        execution.after(Outcome(False, superseded=True), "wait for its child run")
     if code > 0:
-        execution._stop_keeping()
+        execution.stop_keeping()
         if text:
             app.signature(json.loads(text)).apply_async()
         raise Parked(f"child run {child_id}")
-    status, fields = child_result(execution.store, execution.run_id, child_id, execution.spec)
-    return execution._finish(status, **fields)
+    status, fields = child_result(execution.store, execution.run_id, child_id, execution.spec.raw)
+    return execution.finish(status, **fields)
 
 
 def child_result(

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -30,85 +29,12 @@ from ..definition.loader import (
 )
 from ..definition.model import Param, Scalar, param_text, param_value_problem
 from ..definition.safefiles import Refused, read_script
+from .bashtext import rewrite_command, substitute_text
 from .canvasplan import StepShape, dynamic_only, handoffs, step_notes
 from .snapshotversion import SNAPSHOT_VERSION
 
 CANVAS = "canvas"
 DYNAMIC = "dynamic"
-
-
-# ---------------------------------------------------------------- expressions in Bash text
-
-
-def _var_name(node: ex.Node, source: str, taken: dict[str, str]) -> str:
-    """A readable environment variable name for an expression, unique within a step."""
-    ref = node if isinstance(node, ex.Ref) else ex.Ref("expr")
-    if ref.kind == "expr":  # a computed value: toJSON(...), a comparison, ...
-        base = "RUNBOOK_EXPR"
-    elif ref.kind == "status":
-        base = f"RUNBOOK_STATUS_{ref.name}"
-    elif ref.kind == "run_status":
-        base = "RUNBOOK_RUN_STATUS"
-    elif ref.kind == "needs":
-        base = "RUNBOOK_NEEDS"
-    elif ref.kind == "params":
-        base = f"RUNBOOK_PARAM_{ref.name}"
-    elif ref.kind == "outputs":
-        base = f"RUNBOOK_OUT_{ref.name}__{ref.key}"
-    elif ref.kind == "all_outputs":
-        base = f"RUNBOOK_OUTS_{ref.name}"
-    elif ref.kind == "matrix":
-        base = f"RUNBOOK_MATRIX_{ref.name}"
-    else:
-        base = "RUNBOOK_ITEM"
-    base = re.sub(r"[^A-Za-z0-9_]", "_", base)
-    name, n = base, 1
-    while name in taken and taken[name] != source:
-        n += 1
-        name = f"{base}_{n}"
-    return name
-
-
-def rewrite_command(
-    text: str, vars_out: dict[str, str], numeric: Collection[str] = frozenset()
-) -> str:
-    """Replace each ``${{ ref }}`` with a reference to an environment variable holding it.
-
-    The value never becomes shell text: ``bashplace`` reads the script's Bash syntax and
-    writes ``"${VAR}"`` where a word is expected, ``${VAR}`` inside double quotes or an
-    unquoted heredoc, and leaves comments alone; it refuses (``bashplace.Unplaceable``) where
-    no reference is safe. ``numeric`` names the references that are always decimal numbers
-    (``params.N`` of type number, all-numeric ``matrix.K``), which arithmetic may use.
-    ``vars_out`` receives ``{VAR: expression source}``.
-    """
-    occurrences = ex.find(text)
-    if not occurrences:
-        return text
-    exprs: list[bashplace.Expr] = []
-    for occ in occurrences:
-        if ex.calls(occ.node):
-            raise ex.ExpressionError(
-                f"${{{{ {occ.source} }}}}: status functions belong in 'if:' only"
-            )
-        is_number = isinstance(occ.node, ex.Ref) and occ.node.text() in numeric
-        exprs.append(bashplace.Expr(occ.start, occ.end, occ.source, is_number))
-    sites = bashplace.place(text, exprs)
-    names: list[str | None] = []
-    if all(site.quoting is not None for site in sites):
-        for occ, site in zip(occurrences, sites, strict=True):
-            if site.quoting is bashplace.Quoting.COMMENT:
-                names.append(None)
-                continue
-            source = occ.node.text() if isinstance(occ.node, ex.Ref) else occ.source
-            var = _var_name(occ.node, source, vars_out)
-            vars_out[var] = source
-            names.append(var)
-    return bashplace.render(text, sites, names)
-
-
-def substitute_text(template: str, resolve: Callable[[ex.Ref], Any]) -> str:
-    """Fill a value template (env values) with resolved expressions. Values stay data."""
-    return ex.substitute(template, resolve)
 
 
 # ---------------------------------------------------------------- snapshot
@@ -166,60 +92,16 @@ def build_snapshot(
 ) -> dict[str, Any]:
     """Freeze a workflow for one run: commands, script contents, params, plan mode, and
     the workflows its ``uses:`` run. ``frozen``: a child run's workflow, whose scripts and
-    used files come from its parent's snapshot, not from disk."""
+    used files come from its parent's snapshot, not from disk.
+
+    The result is the stored (wire) form, read back by ``plan/snapshot.py``."""
     wf = loaded.workflow
     values = resolve_params(wf.params, params)
 
     def param_only(ref: ex.Ref) -> str:
         return values[ref.name]
 
-    env = {k: substitute_text(v, param_only) for k, v in wf.env.items()}
-    defaults = wf.defaults
-    steps = []
-    for i, step in enumerate(wf.steps):
-        retries = step.retries or (defaults.retries if defaults else None)
-        vars_: dict[str, str] = {}
-        if step.script is not None and frozen is not None:
-            command = frozen.script(step.script)
-        elif step.script is not None:
-            command = _read_script(loaded, i, step.script)
-        elif step_shell(wf, step) != shells.BASH:
-            command = step.run or ""  # validation refused ${{ }} in it
-        else:
-            command = _rewrite_step(loaded, i, vars_)
-        shell = step_shell(wf, step)
-        shell_script = None
-        if shell != shells.BASH:  # Bash starts the interpreter on the text
-            command, shell_script = shells.launcher(shell), command
-        working_dir = None
-        if step.working_dir:
-            working_dir = str((loaded.base_dir / step.working_dir).resolve())
-        steps.append(
-            {
-                "id": step.id,
-                "name": step.name or step.id,
-                "needs": list(step.needs),
-                "command": command,
-                "shell_script": shell_script,
-                "env": dict(step.env),
-                "vars": vars_,
-                "working_dir": working_dir,
-                "retries": retries.model_dump() if retries else None,
-                "timeout": step.timeout or (defaults.timeout if defaults else None),
-                "kill_grace": _first(step.kill_grace, defaults.kill_grace if defaults else None),
-                "continue_on_error": step.continue_on_error,
-                "skip_on_exit_codes": step.skip_on_exit_codes,
-                "output": step.output,
-                "if": step.if_.strip() if step.if_ else None,
-                "matrix": matrix_text(step.matrix) if step.matrix else None,
-                "for_each": step.for_each.strip() if step.for_each else None,
-                "max_parallel": step.max_parallel,
-                "queue": step.queue,
-                "approval": step.approval.model_dump() if step.approval else None,
-                "on_failure": step.on_failure or (defaults.on_failure if defaults else None),
-                "priority": step.priority if step.priority is not None else wf.priority,
-            }
-        )
+    steps = [_step_spec(loaded, i, frozen) for i in range(len(wf.steps))]
     mode, reason = choose_mode(loaded.workflow, loaded.graph)
     snapshot = {
         "version": SNAPSHOT_VERSION,
@@ -228,7 +110,7 @@ def build_snapshot(
         "file": loaded.file,
         "base_dir": str(loaded.base_dir),
         "params": values,
-        "env": env,
+        "env": {k: substitute_text(v, param_only) for k, v in wf.env.items()},
         "workflow_outputs": dict(wf.outputs),
         "steps": steps,
         "order": loaded.graph.topological(),
@@ -249,6 +131,65 @@ def build_snapshot(
     }
     max_bytes = get_settings().max_file_bytes
     return subworkflow.freeze(loaded, snapshot, frozen, load_workflow_text, max_bytes)
+
+
+def _step_spec(
+    loaded: LoadedWorkflow, index: int, frozen: subworkflow.Frozen | None
+) -> dict[str, Any]:
+    """One step as frozen for the run, the workflow's ``defaults`` applied."""
+    wf = loaded.workflow
+    step, defaults = wf.steps[index], wf.defaults
+    retries = step.retries or (defaults.retries if defaults else None)
+    vars_: dict[str, str] = {}
+    command, shell_script = _step_command(loaded, index, frozen, vars_)
+    working_dir = None
+    if step.working_dir:
+        working_dir = str((loaded.base_dir / step.working_dir).resolve())
+    return {
+        "id": step.id,
+        "name": step.name or step.id,
+        "needs": list(step.needs),
+        "command": command,
+        "shell_script": shell_script,
+        "env": dict(step.env),
+        "vars": vars_,
+        "working_dir": working_dir,
+        "retries": retries.model_dump() if retries else None,
+        "timeout": step.timeout or (defaults.timeout if defaults else None),
+        "kill_grace": _first(step.kill_grace, defaults.kill_grace if defaults else None),
+        "continue_on_error": step.continue_on_error,
+        "skip_on_exit_codes": step.skip_on_exit_codes,
+        "output": step.output,
+        "if": step.if_.strip() if step.if_ else None,
+        "matrix": matrix_text(step.matrix) if step.matrix else None,
+        "for_each": step.for_each.strip() if step.for_each else None,
+        "max_parallel": step.max_parallel,
+        "queue": step.queue,
+        "approval": step.approval.model_dump() if step.approval else None,
+        "on_failure": step.on_failure or (defaults.on_failure if defaults else None),
+        "priority": step.priority if step.priority is not None else wf.priority,
+    }
+
+
+def _step_command(
+    loaded: LoadedWorkflow, index: int, frozen: subworkflow.Frozen | None, vars_: dict[str, str]
+) -> tuple[str, str | None]:
+    """(what Bash runs, the script text another shell is given, if any). A Bash ``run:``
+    has its ``${{ }}`` placed as variables (into ``vars_``); a script is read now."""
+    wf = loaded.workflow
+    step = wf.steps[index]
+    if step.script is not None and frozen is not None:
+        command = frozen.script(step.script)
+    elif step.script is not None:
+        command = _read_script(loaded, index, step.script)
+    elif step_shell(wf, step) != shells.BASH:
+        command = step.run or ""  # validation refused ${{ }} in it
+    else:
+        command = _rewrite_step(loaded, index, vars_)
+    shell = step_shell(wf, step)
+    if shell != shells.BASH:  # Bash starts the interpreter on the text
+        return shells.launcher(shell), command
+    return command, None
 
 
 def _rewrite_step(loaded: LoadedWorkflow, index: int, vars_out: dict[str, str]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from ..core.errors import Problem
 from ..definition.loader import LoadedWorkflow, numeric_refs, step_shell
 from ..definition.shells import BASH
-from .compile import rewrite_command
+from .bashtext import rewrite_command
 
 # SC2154 (referenced but not assigned): a step's variables come from env: and the worker's
 # environment, which shellcheck cannot see. SC1091 (not following a sourced file): sourced
