@@ -18,10 +18,12 @@ from ..core.settings import get_settings
 from . import bashplace, matrix, shells, subworkflow
 from . import expressions as ex
 from .cron import schedule_problem
+from .fieldtypes import NUMBER_PATTERN
 from .graph import Graph, find_cycle
-from .model import NUMBER_PATTERN, Defaults, Notify, Param, Retries, Step, Workflow
+from .model import Defaults, Notify, Param, Workflow
 from .notifyconfig import rule_problems
 from .safefiles import Refused, read_bytes, read_script
+from .stepmodel import Retries, Step
 from .yamlload import LoadedYaml, YamlPath, format_path, load_yaml_bytes, load_yaml_text
 
 
