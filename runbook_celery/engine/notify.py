@@ -246,9 +246,8 @@ class Notifier:
             return True
         done = self.runlog.done(run_id, entry_id) if claimed else set()
         mask = masker([self.env[n] for n in rules.secret_names if self.env.get(n)])
-        message = compose(
-            on, event, self.runlog.run_record(run_id), flower_url=self.settings.flower_url, mask=mask
-        )
+        record = self.runlog.run_record(run_id)
+        message = compose(on, event, record, flower_url=self.settings.flower_url, mask=mask)
         for i, j, url in targets:
             target = f"notify[{i}].urls[{j}]"
             if target in done:
