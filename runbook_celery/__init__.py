@@ -21,7 +21,8 @@ from .definition.model import Step, Workflow
 from .plan.runrecord import RunRecord, StepRecord
 
 if TYPE_CHECKING:
-    from .client.api import Run, RunLogs, asubmit, get_run, rerun, submit
+    from .client.api import asubmit, get_run, rerun, submit
+    from .client.run import Run, RunLogs
 
 __version__ = "0.1.0"
 
@@ -51,8 +52,8 @@ __all__ = [
 
 _LAZY = {
     "submit": "client.api",
-    "Run": "client.api",
-    "RunLogs": "client.api",
+    "Run": "client.run",
+    "RunLogs": "client.run",
     "get_run": "client.api",
     "rerun": "client.api",
     "asubmit": "client.api",
