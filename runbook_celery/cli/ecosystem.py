@@ -19,7 +19,8 @@ import click
 
 from ..client.schedule import ScheduledDefinition, read_definitions, scheduler_for
 from ..core.errors import EXIT_INVALID, InvalidDefinition, Problem
-from ..definition.cron import Cron, Every, Fire, upcoming
+from ..definition.cron import Cron, Every
+from ..definition.firetimes import Fire, upcoming
 from ..definition.loader import load_workflow
 from ..definition.model import Workflow
 from ..definition.safefiles import list_definitions

@@ -4,7 +4,7 @@
 ``@every <N>s|m|h``, read by ``cron.py`` (Vixie cron semantics, in the workflow's
 ``timezone:`` or UTC). Celery's own ``crontab`` cannot say "day of month OR day of week"
 nor take a zone per entry, so a cron entry is a ``CronSchedule`` whose due times come from
-``cron.next_fire``; ``@every`` stays Celery's interval ``schedule``.
+``firetimes.next_fire``; ``@every`` stays Celery's interval ``schedule``.
 
 Design: Celery beat runs our scheduler over the definitions folder. When an entry is due,
 the beat process itself calls ``api.submit`` on the file (validated and snapshotted at that
@@ -32,7 +32,8 @@ from celery.schedules import schedule as interval_schedule
 
 from ..core.errors import InvalidDefinition, Problem
 from ..core.settings import Settings, get_settings
-from ..definition.cron import Cron, Every, ScheduleError, Spec, next_fire, parse
+from ..definition.cron import Cron, Every, ScheduleError, Spec, parse
+from ..definition.firetimes import next_fire
 from ..definition.loader import load_workflow
 from ..definition.safefiles import list_definitions
 from ..store import RunStore
