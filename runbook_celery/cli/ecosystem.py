@@ -1,8 +1,9 @@
 """Fitting into editors and CI: the definition format's JSON Schema and finding definition files.
 
 Registered by ``cli.py`` through ``COMMANDS``. The schema is generated from the pydantic
-models in ``model.py``; a copy is shipped as ``runbook_celery/schema.json`` so editors can
-point at it (``# yaml-language-server: $schema=...``) and a test keeps that copy current.
+models in ``model.py`` (with ``stepmodel.py``); a copy is shipped as
+``runbook_celery/schema.json`` so editors can point at it
+(``# yaml-language-server: $schema=...``) and a test keeps that copy current.
 """
 
 from __future__ import annotations

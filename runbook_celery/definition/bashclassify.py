@@ -126,7 +126,7 @@ class Walker:
             return Quoting.BARE
         raise Refused(f"{what}{ARITH_REASON}; {arith_hint(expr)}")
 
-    # -- handlers: raise _Refused or return
+    # -- handlers: raise Refused or return
 
     def _expansion(self, node: Node, child: Node, exp: Node, expr: Placed) -> None:
         raise Refused(
