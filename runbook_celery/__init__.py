@@ -18,7 +18,8 @@ from .core.errors import (
 )
 
 if TYPE_CHECKING:
-    from .client.api import Run, RunLogs, asubmit, get_run, rerun, submit
+    from .client.api import asubmit, get_run, rerun, submit
+    from .client.run import Run, RunLogs
     from .definition.loader import load_workflow
     from .definition.model import Step, Workflow
     from .plan.runrecord import RunRecord, StepRecord
@@ -51,8 +52,8 @@ __all__ = [
 
 _LAZY = {
     "submit": "client.api",
-    "Run": "client.api",
-    "RunLogs": "client.api",
+    "Run": "client.run",
+    "RunLogs": "client.run",
     "get_run": "client.api",
     "rerun": "client.api",
     "asubmit": "client.api",

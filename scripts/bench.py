@@ -341,7 +341,8 @@ class Bench:
                     self.measure("fanout", {"W": w}, rep, side, w + 2, run[side])
 
     def scenario_latency(self) -> None:
-        from runbook_celery.client.api import Run, submit
+        from runbook_celery.client.api import submit
+        from runbook_celery.client.run import Run
 
         probe = self.files.latency()
 

@@ -18,6 +18,7 @@ from conftest import PREFIX, run_cli
 from runbook_celery.core.errors import InvalidDefinition
 from runbook_celery.definition import bashcommands as bc
 from runbook_celery.definition import bashplace
+from runbook_celery.definition.bashclassify import Quoting
 from runbook_celery.definition.bashplace import Unplaceable
 from runbook_celery.definition.loader import load_workflow_text
 from runbook_celery.engine.runner import run_bash
@@ -541,7 +542,7 @@ def test_every_refused_value_of_a_script_is_reported():
             bashplace.Expr(47, 62, "params.c"),
         ],
     )
-    assert [s.quoting for s in sites] == [None, bashplace.Quoting.WORD, None]
+    assert [s.quoting for s in sites] == [None, Quoting.WORD, None]
 
 
 # ---------------------------------------------------------------- the command policy

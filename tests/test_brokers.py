@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import QUEUE, TEST_REDIS_URL, WorkerProcess, run_cli, wait_for_event
 
-from runbook_celery.client.api import Run
+from runbook_celery.client.run import Run
 
 pytestmark = pytest.mark.slow
 

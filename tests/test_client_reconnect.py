@@ -20,7 +20,8 @@ import pytest
 import redis
 from private_redis import RedisServer, private_env
 
-from runbook_celery.client.api import Run, submit
+from runbook_celery.client.api import submit
+from runbook_celery.client.run import Run
 from runbook_celery.core.errors import BackendUnavailable, InvalidSetting, WaitTimeout
 from runbook_celery.core.settings import Settings
 from runbook_celery.engine import dispatch

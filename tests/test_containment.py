@@ -38,7 +38,7 @@ def _step_process(
     """A Python process like a pool process: containment ``mode``, then one step."""
     code = (
         "import os, sys\n"
-        "from runbook_celery.engine import containment, runner\n"
+        "from runbook_celery.engine import containment, guardian, runner, stepprocess\n"
         f"box = containment.setup({mode!r})\n"
         "print(box.mode, box.root, flush=True)\n"
         f"{before}\n"
@@ -117,8 +117,8 @@ def tick():
 @pytest.mark.parametrize(
     "kill",
     [
-        "runner._guardian.deadline(pg[0], 0)",  # the guardian's hard fence (lease not renewed)
-        "runner.signal_step(pg[0], 9)",  # the lease keeper: superseded
+        "guardian.GUARDIAN.deadline(pg[0], 0)",  # the guardian's hard fence (lease not renewed)
+        "stepprocess.signal_step(pg[0], 9)",  # the lease keeper: superseded
     ],
 )
 @pytest.mark.parametrize("user", ["root", "nobody"])

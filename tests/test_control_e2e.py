@@ -11,7 +11,8 @@ import pytest
 from conftest import SESSION, WorkerProcess, run_cli, wait_for_event
 
 from runbook_celery import RunFailed, submit
-from runbook_celery.client.api import Run, rerun
+from runbook_celery.client.api import rerun
+from runbook_celery.client.run import Run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker")]
 

@@ -20,11 +20,10 @@ from runbook_celery.definition.cron import (
     Cron,
     Every,
     ScheduleError,
-    next_fire,
     parse,
     schedule_problem,
-    upcoming,
 )
+from runbook_celery.definition.firetimes import next_fire, upcoming
 
 pytestmark = pytest.mark.timeout(120)
 

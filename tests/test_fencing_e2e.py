@@ -20,7 +20,7 @@ import redis
 from conftest import ROOT, SESSION, WorkerProcess, run_cli, wait_for_event
 
 from runbook_celery import submit
-from runbook_celery.client.api import Run
+from runbook_celery.client.run import Run
 from runbook_celery.store import RunStore
 from runbook_celery.store.events import StepStatus
 

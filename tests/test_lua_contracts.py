@@ -23,7 +23,7 @@ import redis
 from conftest import PREFIX, ROOT, SESSION, TEST_REDIS_URL
 from kombu import Connection, Exchange, Queue
 
-from runbook_celery.client.api import Run
+from runbook_celery.client.run import Run
 from runbook_celery.core.errors import InvalidOperation
 from runbook_celery.engine import recovery
 from runbook_celery.store import Decision, RunStore, Successor

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runbook_celery.engine.runner import LINE_LIMIT, run_bash
+from runbook_celery.engine.outputstream import LINE_LIMIT
+from runbook_celery.engine.runner import run_bash
 from runbook_celery.plan.masking import MIN_ENCODED_LENGTH, Masker, encoded_forms
 from runbook_celery.plan.runrecord import StepRecord
 

@@ -9,7 +9,7 @@ from conftest import SESSION, WorkerProcess, run_cli, wait_for_event
 
 from runbook_celery import submit
 from runbook_celery.engine.app import app
-from runbook_celery.engine.runner import LINE_LIMIT
+from runbook_celery.engine.outputstream import LINE_LIMIT
 from runbook_celery.plan.masking import encoded_forms
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

@@ -23,8 +23,8 @@ from private_redis import PrivateWorker, RedisServer, private_env
 from runbook_celery.core.errors import InvalidDefinition, InvalidSetting
 from runbook_celery.core.settings import Settings
 from runbook_celery.definition.loader import load_workflow_text
-from runbook_celery.definition.model import Step
 from runbook_celery.definition.queuenames import queue_name_problem, queue_names_problem
+from runbook_celery.definition.stepmodel import Step
 from runbook_celery.engine.app import app, make_app
 from runbook_celery.store import RunStore
 from runbook_celery.store.keys import Keys

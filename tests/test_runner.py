@@ -12,13 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from runbook_celery.engine.runner import (
-    LINE_LIMIT,
-    TAIL_LINES,
-    parse_outputs,
-    place_values,
-    run_bash,
-)
+from runbook_celery.engine.bashenv import place_values
+from runbook_celery.engine.outputfile import parse_outputs
+from runbook_celery.engine.outputstream import LINE_LIMIT, TAIL_LINES
+from runbook_celery.engine.runner import run_bash
 from runbook_celery.store.events import FailureReason
 
 pytestmark = pytest.mark.timeout(30)
@@ -352,12 +349,13 @@ def test_a_step_registers_with_the_guardian_and_is_released_after(tmp_path):
     # Given one process that runs two steps one after the other
     code = (
         "import os, sys\n"
-        "from runbook_celery.engine.runner import run_bash, _guardian\n"
+        "from runbook_celery.engine.guardian import GUARDIAN\n"
+        "from runbook_celery.engine.runner import run_bash\n"
         "env = {'PATH': os.environ['PATH']}\n"
         "print(run_bash('echo $$', env).stdout_tail[0], flush=True)\n"
-        "first = _guardian.proc.pid\n"
+        "first = GUARDIAN.proc.pid\n"
         "print(run_bash('echo $$', env).stdout_tail[0], flush=True)\n"
-        "print(first == _guardian.proc.pid, flush=True)\n"
+        "print(first == GUARDIAN.proc.pid, flush=True)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=True

@@ -315,7 +315,7 @@ def wait_for_runs(
 
 def _finished_runs_of(store, workflow: str):  # type: ignore[no-untyped-def]
     """Every run of ``workflow`` in history, each waited for to its end, oldest first."""
-    from runbook_celery.client.api import Run
+    from runbook_celery.client.run import Run
     from runbook_celery.store.history import list_runs
 
     summaries = list_runs(store, workflow=workflow, limit=1000)

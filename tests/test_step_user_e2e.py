@@ -25,7 +25,7 @@ from conftest import ROOT, SESSION, wait_for_event
 from own_redis import own_redis
 from test_containment_e2e import escaped_pid, escaping_workflow, gone
 
-from runbook_celery.client.api import Run
+from runbook_celery.client.run import Run
 from runbook_celery.core.settings import Settings, get_settings
 from runbook_celery.store import RunStore
 

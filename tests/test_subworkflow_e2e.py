@@ -13,8 +13,9 @@ import pytest
 from conftest import QUEUE, run_cli, wait_for_event
 
 from runbook_celery import submit
-from runbook_celery.client.api import Run, rerun
+from runbook_celery.client.api import rerun
 from runbook_celery.client.render import record_json
+from runbook_celery.client.run import Run
 from runbook_celery.definition.subworkflow import child_run_id
 from runbook_celery.engine.app import STEP_TASK, app
 

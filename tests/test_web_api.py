@@ -17,7 +17,7 @@ from web_helpers import USER, WebFlower, web_flower
 from web_workflows import write_definitions
 
 from runbook_celery import get_run
-from runbook_celery.client.api import Run
+from runbook_celery.client.run import Run
 from runbook_celery.core.settings import get_settings
 from runbook_celery.store import RunStore
 from runbook_celery.store.redisconn import get_client

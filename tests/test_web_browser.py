@@ -19,7 +19,7 @@ from web_helpers import USER, WebFlower, chrome, web_flower
 from web_workflows import write_definitions
 
 from runbook_celery import get_run
-from runbook_celery.client.api import Run
+from runbook_celery.client.run import Run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 WAIT = 30  # seconds a page may take to show what a test waits for

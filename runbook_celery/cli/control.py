@@ -6,10 +6,10 @@ import json
 
 import click
 
-from ..client.api import Run
 from ..client.api import rerun as do_rerun
 from ..client.control import RunControl
 from ..client.render import record_json
+from ..client.run import Run
 from ..core.errors import InvalidOperation
 from ..store.redisconn import backend_errors
 from .common import report_started

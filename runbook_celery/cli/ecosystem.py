@@ -1,7 +1,7 @@
 """Fitting into editors and schedulers: the definition format's JSON Schema, beat, schedules.
 
 Loaded by the ``cli`` group (``COMMAND_MODULES``) through ``COMMANDS``. The schema is
-generated from the pydantic models in ``model.py``; a copy is shipped as
+generated from the pydantic models in ``model.py`` (with ``stepmodel.py``); a copy is shipped as
 ``runbook_celery/schema.json`` so editors can point at it
 (``# yaml-language-server: $schema=...``) and a test keeps that copy current.
 """
@@ -18,7 +18,8 @@ import click
 
 from ..client.schedule import ScheduledDefinition, read_definitions, scheduler_for
 from ..core.errors import EXIT_INVALID
-from ..definition.cron import Cron, Every, Fire, upcoming
+from ..definition.cron import Cron, Every
+from ..definition.firetimes import Fire, upcoming
 from ..definition.model import Workflow
 from ..engine.app import app
 from .terminal import echo as echo_untrusted

@@ -34,7 +34,7 @@ from .terminal import neutralise
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-    from ..client.api import Run
+    from ..client.run import Run
     from ..plan.runrecord import RunRecord
 
 REFRESH_PER_SECOND = 8

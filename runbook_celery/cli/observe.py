@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
-from ..client.api import Run, get_run
+from ..client.api import get_run
 from ..client.render import exit_code, params_text, seconds, signal_of, table
+from ..client.run import Run
 from ..core.errors import EXIT_OK, EXIT_RUN_FAILED, InvalidOperation
 from ..core.settings import get_settings
 from ..definition.loader import load_workflow

@@ -21,7 +21,7 @@ from ..engine.app import app
 from ..store.events import StepStatus
 
 if TYPE_CHECKING:
-    from ..client.api import Run
+    from ..client.run import Run
 
 WARN_AFTER = 5.0  # seconds before the first look: a worker usually takes a step sooner
 LOOK_EVERY = 10.0  # seconds between looks while the run is followed

@@ -4,7 +4,7 @@
 ``@every <N>s|m|h``, read by ``cron.py`` (Vixie cron semantics, in the workflow's
 ``timezone:`` or UTC). Celery's own ``crontab`` cannot say "day of month OR day of week"
 nor take a zone per entry, so a cron entry is a ``CronSchedule`` whose due times come from
-``cron.next_fire``; ``@every`` stays Celery's interval ``schedule``.
+``firetimes.next_fire``; ``@every`` stays Celery's interval ``schedule``.
 
 Design: Celery beat runs our scheduler over the definitions folder. When an entry is due,
 the beat process itself calls ``api.submit`` on the file (validated and snapshotted at that
@@ -32,7 +32,8 @@ from celery.schedules import schedule as interval_schedule
 
 from ..core.errors import InvalidDefinition, Problem
 from ..core.settings import Settings, get_settings
-from ..definition.cron import Cron, Every, ScheduleError, Spec, next_fire, parse
+from ..definition.cron import Cron, Every, ScheduleError, Spec, parse
+from ..definition.firetimes import next_fire
 from ..definition.loader import load_workflow
 from ..definition.safefiles import list_definitions
 from ..store import RunStore
@@ -224,6 +225,27 @@ def trigger_scheduled(path: Path, settings: Settings | None = None) -> str | Non
     return run.id
 
 
+def _beat_entries(definitions: Path) -> dict[str, dict[str, Any]]:
+    """Beat's entries: one per scheduled definition of the folder, keyed by its path."""
+    return {
+        str(d.path): {"task": SCHEDULED_TASK, "schedule": d.schedule, "args": (str(d.path),)}
+        for d in read_definitions(definitions)
+    }
+
+
+def _trigger_logging_failure(path: Path) -> None:
+    """Trigger the due definition at ``path``; a failure is logged, never raised (beat must
+    keep serving the other schedules)."""
+    try:
+        trigger_scheduled(path)
+    except Exception as exc:
+        if isinstance(exc, InvalidDefinition):
+            for problem in exc.problems:
+                log.error("not started: %s", problem.render())
+        else:
+            log.error("not started: %s: %s", path, exc)
+
+
 @lru_cache(maxsize=1)
 def _scheduler_base() -> type[Scheduler]:
     """The beat scheduler class, built on first use so that importing this module is cheap."""
@@ -251,14 +273,7 @@ def _scheduler_base() -> type[Scheduler]:
             if seen == self._seen:
                 return
             self._seen = seen
-            entries = {
-                str(d.path): {
-                    "task": SCHEDULED_TASK,
-                    "schedule": d.schedule,
-                    "args": (str(d.path),),
-                }
-                for d in read_definitions(self.definitions)
-            }
+            entries = _beat_entries(self.definitions)
             # celery-types: entries; Celery's merge_inplace takes their fields and makes them
             self.merge_inplace(entries)  # type: ignore[arg-type]
             self._heap = None  # entries changed in place or went away: rebuild the timing heap
@@ -273,15 +288,7 @@ def _scheduler_base() -> type[Scheduler]:
             self, entry: Any, producer: Any = None, advance: bool = True, **_: Any
         ) -> None:
             entry = self.reserve(entry) if advance else entry
-            path = Path(entry.args[0])
-            try:
-                trigger_scheduled(path)
-            except Exception as exc:  # beat must keep serving the other schedules
-                if isinstance(exc, InvalidDefinition):
-                    for problem in exc.problems:
-                        log.error("not started: %s", problem.render())
-                else:
-                    log.error("not started: %s: %s", path, exc)
+            _trigger_logging_failure(Path(entry.args[0]))
 
         @property
         def info(self) -> str:

@@ -1,229 +1,51 @@
-"""The workflow definition format as pydantic models; the JSON Schema comes from here."""
+"""The workflow definition format as pydantic models; the JSON Schema comes from here.
+
+The workflow and its params, defaults, concurrency and notification rules live here; a
+step in ``stepmodel.py``; the field types they share in ``fieldtypes.py``.
+"""
 
 from __future__ import annotations
 
 import difflib
 import math
 import re
-import types
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    WithJsonSchema,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from .notifyconfig import MAX_URLS, NotifyEvent, url_problem
-from .queuenames import QUEUE_PATTERN, queue_name_problem
-
-ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
-ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-
-
-def _not_finite(value: float, hint: str) -> PydanticCustomError:
-    return PydanticCustomError(
-        "number_not_finite",
-        "must be a finite number, not {value}{hint}",
-        {"value": str(value), "hint": hint},
-    )
-
-
-def _finite_scalar(value: Any) -> Any:
-    """YAML's `.nan` and `.inf` are floats; as a param, env or matrix value they are a slip."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _not_finite(value, f"; quote it ('{value}') if you mean the text")
-    return value
-
-
-def _number(value: Any) -> Any:
-    """A count or a duration: `timeout: true` is not 1, and `.nan`/`.inf` are no duration."""
-    if isinstance(value, bool):
-        raise PydanticCustomError(
-            "number_not_bool",
-            "must be a number, not {value} (booleans are not numbers here)",
-            {"value": "true" if value else "false"},
-        )
-    try:
-        parsed = float(value) if isinstance(value, str | float) else 0.0
-    except ValueError:
-        return value  # pydantic says it is not a number
-    if not math.isfinite(parsed):
-        raise _not_finite(parsed, "")
-    return value
-
-
-Scalar = Annotated[
-    str | int | float | bool,
-    BeforeValidator(_finite_scalar, json_schema_input_type=str | int | float | bool),
-]
-# A `type: number` param: a finite decimal, so that no character of it means anything to Bash
-# (arithmetic included: a value such as a[$(cmd)] runs the command when Bash evaluates it).
-NUMBER_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
-
-
-def _scalar_to_str(value: Any) -> Any:
-    """YAML gives `1.0`, `true` and `3` as numbers; environment values are text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(_finite_scalar(value))
-    return value
-
-
-EnvValue = Annotated[
-    str, BeforeValidator(_scalar_to_str, json_schema_input_type=str | int | float | bool)
-]
-EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
-StepId = Annotated[str, Field(pattern=ID_PATTERN)]
-ExitCode = Annotated[int, BeforeValidator(_number), Field(ge=0, le=255)]
-# GitHub's matrix keys may contain '-' (python-version); `include`/`exclude` are lists of objects
-MatrixKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")]
-
-
-def _matrix_value(value: Any) -> Any:
-    """A matrix value: a scalar (finite) or an object; never a list."""
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, str | int | float | bool):
-        return _finite_scalar(value)
-    raise PydanticCustomError(
-        "matrix_value",
-        "must be text, a number, a boolean or a mapping, not {kind}",
-        {"kind": type(value).__name__},
-    )
-
-
-MatrixValue = Annotated[
-    Any,
-    BeforeValidator(
-        _matrix_value, json_schema_input_type=str | int | float | bool | dict[str, Any]
-    ),
-]
-
-
-def _matrix_shape(matrix: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
-    """``include``/``exclude`` hold objects (key: value entries); the other keys' values are
-    scalars or objects, never lists (GitHub's shape)."""
-    if matrix is None:
-        return None
-    for key, values in matrix.items():
-        for value in values:
-            if key in ("include", "exclude") and (not isinstance(value, dict) or not value):
-                raise PydanticCustomError(
-                    "matrix_entry",
-                    "each '{key}' entry must be a non-empty mapping such as "
-                    "{{os: linux, python-version: '3.12'}}",
-                    {"key": key},
-                )
-            if isinstance(value, dict):
-                for inner in value:
-                    if not isinstance(inner, str):
-                        raise PydanticCustomError(
-                            "matrix_entry", "matrix object keys must be text", {}
-                        )
-    return matrix
-
-
-def _safe_queue(value: str) -> str:
-    """A queue must not share a Redis key with the broker's bookkeeping or ours (queuenames)."""
-    if problem := queue_name_problem(value):
-        raise PydanticCustomError("queue_name", problem)
-    return value
-
-
-QueueName = Annotated[
-    str,
-    AfterValidator(_safe_queue),
-    WithJsonSchema({"type": "string", "pattern": QUEUE_PATTERN}),
-]
-
-
-def _numeric_shape(annotation: Any) -> str | None:
-    """``"number"`` for an int/float key (optional or not), ``"list"`` for a list of them."""
-    if get_origin(annotation) is Annotated:
-        return _numeric_shape(get_args(annotation)[0])
-    if annotation in (int, float):
-        return "number"
-    if get_origin(annotation) in (Union, types.UnionType):
-        shapes = {_numeric_shape(a) for a in get_args(annotation) if a is not type(None)}
-        return shapes.pop() if len(shapes) == 1 else None
-    if get_origin(annotation) is list and _numeric_shape(get_args(annotation)[0]) == "number":
-        return "list"
-    return None
-
-
-NUL_MESSAGE = (
-    "contains a NUL character (\\0), which Bash cannot take in a command, an argument or "
-    "an environment variable; remove it"
+from .fieldtypes import (
+    NUMBER_PATTERN,
+    EnvName,
+    EnvValue,
+    Scalar,
+    StepId,
+    StrictModel,
 )
+from .notifyconfig import MAX_URLS, NotifyEvent, url_problem
+from .stepmodel import Retries, Step
 
-
-def _nul_inside(value: Any, where: str = "") -> str | None:
-    """Where in ``value`` (a text, or a map or list of them) a NUL character is, or None."""
-    if isinstance(value, str):
-        return where if "\x00" in value else None
-    items: list[tuple[Any, Any]] = []
-    if isinstance(value, dict):
-        items = list(value.items())
-        for key in value:
-            if isinstance(key, str) and "\x00" in key:
-                return f"{where}key {key!r}"
-    elif isinstance(value, list | tuple):
-        items = list(enumerate(value))
-    for key, item in items:
-        found = _nul_inside(item, f"{where}[{key!r}]" if isinstance(key, int) else f"{where}.{key}")
-        if found is not None:
-            return found
-    return None
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, populate_by_name=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """Every int/float key of a definition refuses `true`, `.nan` and `.inf`.
-
-        Pydantic's lax mode would take `timeout: true` as 1 second, and `.nan` fails its
-        range check with a message about the range. One validator on the base model keeps
-        the numeric fields plain `int`/`float` (and the JSON Schema unchanged).
-        """
-        field = cls.model_fields.get(info.field_name or "")
-        shape = _numeric_shape(field.annotation) if field else None
-        if shape == "number":
-            return _number(value)
-        if shape == "list" and isinstance(value, list):
-            return [_number(v) for v in value]
-        return value
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        """No text of a definition may hold NUL: it would only fail later, at spawn time.
-
-        Files are checked with a line for each value by the YAML loader; this covers
-        definitions built in Python.
-        """
-        where = _nul_inside(value)
-        if where is not None:
-            inside = f"{where.lstrip('.')}: " if where else ""
-            raise PydanticCustomError("nul_character", inside + NUL_MESSAGE)
-        return value
+# Step and Retries are documented as this module's (docs/definition-reference.md)
+__all__ = [
+    "Concurrency",
+    "Defaults",
+    "Notify",
+    "Param",
+    "ParamDeclaration",
+    "ParamType",
+    "Retries",
+    "Step",
+    "Workflow",
+    "param_declaration_problem",
+    "param_text",
+    "param_value_problem",
+]
 
 
 ParamType = Literal["string", "number", "boolean", "choice"]
 
 
-class Param(_Strict):
+class Param(StrictModel):
     """A trigger-time input: its type, default and what it is for.
 
     Written in full, or as the shorthand ``NAME: default`` (a string param with a default).
@@ -330,33 +152,7 @@ ParamDeclaration = Annotated[
 ]
 
 
-class Retries(_Strict):
-    """How often a failed step is tried again, and how long to wait in between."""
-
-    limit: int = Field(ge=0, le=100, description="Retries after the first attempt.")
-    delay: float = Field(0, ge=0, le=86400, description="Seconds before the first retry.")
-    backoff: float = Field(1, ge=1, le=100, description="Factor applied to the delay per retry.")
-    max_delay: float | None = Field(None, ge=0, le=86400, description="Cap on the delay.")
-    on_exit_codes: list[Annotated[int, Field(ge=0, le=255)]] | None = Field(
-        None, description="Retry only these exit codes (default: any failure)."
-    )
-
-    def delay_for(self, retry_number: int) -> float:
-        """Seconds to wait before retry ``retry_number`` (1-based)."""
-        delay = self.delay * (self.backoff ** (retry_number - 1))
-        return min(delay, self.max_delay) if self.max_delay is not None else delay
-
-
-class Approval(_Strict):
-    """A gate: the step waits until a person approves (or rejects) it."""
-
-    prompt: str = Field("Approve?", description="What the approver is asked.")
-    timeout: float | None = Field(
-        None, gt=0, le=30 * 86400, description="Seconds to wait before the step is rejected."
-    )
-
-
-class Concurrency(_Strict):
+class Concurrency(StrictModel):
     """At most ``limit`` active runs per group key (computed at trigger time)."""
 
     group: str = Field(min_length=1, description="Group key; may use ${{ params.X }}.")
@@ -364,7 +160,7 @@ class Concurrency(_Strict):
     on_conflict: Literal["queue", "cancel_running", "skip"] = "queue"
 
 
-class Defaults(_Strict):
+class Defaults(StrictModel):
     """Workflow-wide defaults for step keys."""
 
     retries: Retries | None = None
@@ -412,7 +208,7 @@ def _known_notify_event(value: Any) -> Any:
 NotifyOn = Annotated[NotifyEvent, BeforeValidator(_known_notify_event)]
 
 
-class Notify(_Strict):
+class Notify(StrictModel):
     """One notification rule: on these events of a run, send to these URLs (apprise)."""
 
     on: Annotated[
@@ -435,112 +231,7 @@ class Notify(_Strict):
     )
 
 
-class Step(_Strict):
-    """One node of the DAG: a Bash command or script, run after the steps it needs."""
-
-    id: StepId = Field(description="Unique id of the step, used by `needs` and expressions.")
-    name: str | None = Field(None, description="Human-readable name (defaults to the id).")
-    run: str | None = Field(None, description="Bash, run as `bash -eo pipefail`.")
-    script: str | None = Field(
-        None, description="Path of a Bash script, relative to the workflow file; read at trigger."
-    )
-    needs: list[StepId] = Field(
-        default_factory=list, description="Steps that must succeed before this one starts."
-    )
-    env: dict[EnvName, EnvValue] = Field(
-        default_factory=dict, description="Environment for this step; may use expressions."
-    )
-    working_dir: str | None = Field(
-        None, description="Directory the step runs in (relative paths are from the workflow file)."
-    )
-    retries: Retries | None = Field(None, description="Retry policy for this step.")
-    timeout: float | None = Field(
-        None, gt=0, le=7 * 86400, description="Seconds before the step is killed (reason timeout)."
-    )
-    kill_grace: float | None = Field(
-        None, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL (default 10)."
-    )
-    continue_on_error: bool | Annotated[list[ExitCode], Field(min_length=1, max_length=256)] = (
-        Field(
-            False,
-            description="Record a failure but let the run and dependents go on: true for any "
-            "failure, or a list of the exit codes that may fail this way.",
-        )
-    )
-    shell: str | None = Field(
-        None,
-        description="Interpreter of run/script: bash (default), sh, python, or a command "
-        "with {0} for the script file ('perl {0}'); values reach non-Bash steps via env.",
-    )
-    output: EnvName | None = Field(
-        None,
-        description="Capture the step's stdout as the output NAME (Dagu's `output:`), "
-        "trimmed, at most RUNBOOK_OUTPUT_LIMIT bytes: ${{ steps.ID.outputs.NAME }}.",
-    )
-    skip_on_exit_codes: Annotated[list[ExitCode], Field(min_length=1, max_length=256)] | None = (
-        Field(
-            None,
-            description="Exit codes that record the step skipped (reason exit_code_skip), "
-            "not failed; steps needing it are skipped too.",
-        )
-    )
-    if_: str | None = Field(
-        None,
-        alias="if",
-        description="Condition: success() (default), failure(), always(), cancelled(), "
-        "with &&, ||, ! and == / != comparisons of params and needed outputs.",
-    )
-    matrix: Annotated[
-        dict[MatrixKey, Annotated[list[MatrixValue], Field(min_length=1, max_length=256)]] | None,
-        AfterValidator(_matrix_shape),
-    ] = Field(
-        None,
-        description="Fan out into one instance per combination of values, with GitHub's "
-        "include and exclude.",
-    )
-    for_each: str | None = Field(
-        None, description="Fan out over a JSON list: ${{ steps.ID.outputs.KEY }}."
-    )
-    max_parallel: int | None = Field(
-        None, ge=1, le=1000, description="Most instances of a fanned-out step running at once."
-    )
-    queue: QueueName | None = Field(
-        None,
-        description="Celery queue; only workers started with -Q NAME run this step. Not a "
-        "Redis key of kombu or Celery (unacked, celery-task-meta-..., ...), no ':'.",
-    )
-    approval: Approval | None = Field(None, description="Wait for `runbook-celery approve`.")
-    on_failure: Literal["fail", "pause"] | None = Field(
-        None, description="pause: wait in awaiting_decision instead of failing the run."
-    )
-    priority: int | None = Field(None, ge=0, le=9, description="Celery task priority (0-9).")
-    uses: str | None = Field(
-        None,
-        description="Run another workflow file (relative to this one) as a child run, like "
-        "GitHub's reusable workflows; the step's outputs are its workflow outputs. Not "
-        "with run/script/shell, env, matrix/for_each or retries.",
-    )
-    with_: dict[EnvName, Scalar] | None = Field(
-        None,
-        alias="with",
-        description="Params of the workflow `uses:` runs; values may use ${{ }} expressions "
-        "(evaluated when the step starts, as values, never as code).",
-    )
-
-    @field_validator("needs", mode="before", json_schema_input_type=StepId | list[StepId])
-    @classmethod
-    def _needs_as_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("run", "script", "uses")
-    @classmethod
-    def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be empty")
-        return value
-
-
-class Workflow(_Strict):
+class Workflow(StrictModel):
     """A workflow file: params, shared env and a DAG of steps."""
 
     name: StepId = Field(description="Workflow name; shown in Flower as `<name>.<step>`.")

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.errors import InvalidDefinition, Problem
-from .model import Param, Step, Workflow, param_value_problem
+from .model import Param, Workflow, param_value_problem
 from .safefiles import Refused, read_script
+from .stepmodel import Step
 from .yamlload import YamlPath, format_path
 
 if TYPE_CHECKING:

@@ -79,7 +79,7 @@ class EventType(StrEnum):
     STEP_AWAITING_CHILD = "step_awaiting_child"  # a uses: step waits for its child run
     # a delivery that no longer held its step tried to record something: kept, not applied
     STEP_RESULT_DISCARDED = "step_result_discarded"
-    NOTIFICATION_SENT = "notification_sent"  # a `notify:` URL took a notification (notify.py)
+    NOTIFICATION_SENT = "notification_sent"  # a `notify:` URL took a notification (notifylog.py)
     NOTIFICATION_FAILED = "notification_failed"  # it did not, after the attempts made
 
 

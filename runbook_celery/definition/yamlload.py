@@ -23,7 +23,7 @@ import yaml
 from yaml.error import Mark
 
 from ..core.errors import DefinitionError
-from .model import NUL_MESSAGE
+from .fieldtypes import NUL_MESSAGE
 from .safefiles import Refused, read_bytes
 
 try:  # the C parser is much faster; fall back to pure Python where libyaml is absent

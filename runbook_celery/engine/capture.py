@@ -1,6 +1,6 @@
 """``output: NAME``: a step's stdout captured as one of its outputs (Dagu's ``output:``).
 
-The capture sees the lines the log sees (each at most ``runner.LINE_LIMIT`` characters),
+The capture sees the lines the log sees (each at most ``outputstream.LINE_LIMIT`` characters),
 so it costs no second pipe; its total is held to the output limit (``RUNBOOK_OUTPUT_LIMIT``)
 like ``$RUNBOOK_OUTPUT``, and the text is trimmed of surrounding whitespace, as Dagu does.
 """

@@ -10,7 +10,7 @@ the worker picks one as it starts (``RUNBOOK_CONTAINMENT``: ``auto``, ``cgroup``
   ``step-PGID`` of it. No process can leave a cgroup without write access to the cgroup
   tree, so ``cgroup.kill`` ends every process of the step, wherever it moved in the process
   tree. The pool process does so when the step ends (exit, cancel, timeout, lost lease),
-  the guardian (runner.py) when the pool process dies or the lease fence passes, and any
+  the guardian (guardian.py) when the pool process dies or the lease fence passes, and any
   worker on the machine (as it starts, and on each reconciler pass) for worker cgroups
   next to its own whose worker is gone.
 * ``subreaper``: the process running steps is a child subreaper (``prctl``), so a process

@@ -33,7 +33,8 @@ import time
 import redis
 
 from ..store import RunStore
-from .runner import _guardian, signal_step
+from .guardian import GUARDIAN
+from .stepprocess import signal_step
 
 log = logging.getLogger("runbook_celery.worker")
 
@@ -111,7 +112,7 @@ class LeaseKeeper:
             pgid, at = self.pgid, self.last_ok + HARD_FENCE * self.lease
         if pgid is not None and at != self._pushed:
             self._pushed = at
-            _guardian.deadline(pgid, at)
+            GUARDIAN.deadline(pgid, at)
 
     def detach(self) -> None:
         """Bash is over (its group killed and released): never signal that group again."""

@@ -18,32 +18,28 @@ are resolved in memory only).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import queue
 import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 from celery import bootsteps
 
-from ..core.errors import BackendUnavailable, RunNotFound
+from ..core.errors import BackendUnavailable
 from ..core.settings import Settings, get_settings, worker_environment
-from ..definition.notifyconfig import NOTIFY_EVENT_OF, NotifyEvent, known_schemes, scheme_of
-from ..plan.runrecord import RunRecord
-from ..store import GLOBAL_EVENTS_MAXLEN, RUN_EVENTS_MAXLEN, RunStore, now_iso
-from ..store.codec import range_reply, read_reply
-from ..store.events import EventType
+from ..definition.notifyconfig import NOTIFY_EVENT_OF, known_schemes
+from ..store import RunStore
+from ..store.codec import read_reply
 from ..store.redisconn import client_for, describe_backend_error
+from .notifylog import NotificationLog, decode, text
 from .notifymessage import compose, masker
-from .notifysend import Outcome, Sender, apprise_send, deliver
+from .notifysend import Sender, apprise_send, deliver
+from .senderpool import SenderPool
 
 log = logging.getLogger("runbook_celery.notify")
 
@@ -61,39 +57,6 @@ BLOCK_MS = 1000  # a stop is noticed within this
 CLAIM_IDLE_MS = 60_000  # an entry unacknowledged this long belongs to a dead notifier
 CLAIM_EVERY = 15.0  # seconds between looks for such entries
 DEAD_CONSUMER_MS = 3_600_000  # a consumer silent this long, holding nothing, is removed
-
-# KEYS: run_events, global_events   ARGV: run maxlen, global maxlen, field, value, ...
-# A run that has expired gets no stream back (it would never expire again).
-_RECORD_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
-"""
-
-# KEYS: stream   ARGV: group, entry id, consumer
-# Renews our hold on an entry (its idle time) if it is still ours; 0 when another
-# notifier has taken it over.
-_STILL_MINE_LUA = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if p[1] and p[1][2] == ARGV[3] then
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
-  return 1
-end
-return 0
-"""
-
-
-@dataclass(frozen=True)
-class _Rules:
-    """A run's ``notify:`` (from its snapshot), with what its messages must not show."""
-
-    workflow: str
-    rules: Sequence[Mapping[str, Any]]
-    secret_names: Sequence[str]
-
-
-_NO_RULES = _Rules("", (), ())
 
 
 class Notifier:
@@ -121,12 +84,9 @@ class Notifier:
         self.send = send
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop = threading.Event()
-        self._record_script = client.register_script(_RECORD_LUA)
-        self._still_mine_script = client.register_script(_STILL_MINE_LUA)
-        self._rules_cache: OrderedDict[str, _Rules] = OrderedDict()
-        self._cache_lock = threading.Lock()
+        self.runlog = NotificationLog(client, self.store, self.stream, GROUP, self.name)
         self._group_ready = False
-        self._pool: _Senders | None = None
+        self._pool: SenderPool | None = None
         self._in_hand: set[str] = set()  # entries our senders are working on
         self._idle = threading.Condition()
 
@@ -135,7 +95,7 @@ class Notifier:
     def run(self) -> None:
         """Serve until ``stop`` is set; Redis failures are waited out, never fatal."""
         known_schemes()  # apprise loads its services once, here rather than in a first send
-        self._pool = _Senders(SENDERS)
+        self._pool = SenderPool(SENDERS)
         backoff, next_claim = 1.0, 0.0
         try:
             while not self.stop.is_set():
@@ -184,9 +144,9 @@ class Notifier:
         for _stream, entries in read_reply(resp):
             for entry_id, fields in entries:
                 if _asks_nothing(fields):
-                    quiet.append(_s(entry_id))
+                    quiet.append(text(entry_id))
                 else:
-                    self._take(_s(entry_id), fields, claimed=False)
+                    self._take(text(entry_id), fields, claimed=False)
                 taken += 1
         if quiet:  # nothing to send for these: acknowledged together
             self.r.xack(self.stream, GROUP, *quiet)
@@ -203,10 +163,10 @@ class Notifier:
             reply = self.r.xautoclaim(
                 self.stream, GROUP, self.name, CLAIM_IDLE_MS, start_id=start, count=free
             )
-            start, entries = _s(reply[0]), reply[1]
+            start, entries = text(reply[0]), reply[1]
             for entry_id, fields in entries:
-                if _s(entry_id) not in self._in_hand:  # ours, only slow: it goes on
-                    self._take(_s(entry_id), fields, claimed=True)
+                if text(entry_id) not in self._in_hand:  # ours, only slow: it goes on
+                    self._take(text(entry_id), fields, claimed=True)
                     taken += 1
             if start == "0-0":
                 break
@@ -216,7 +176,7 @@ class Notifier:
         """Remove consumers of notifiers long gone that hold nothing (names pile up)."""
         gone = []
         for consumer in self.r.xinfo_consumers(self.stream, GROUP):
-            name = _s(consumer["name"])
+            name = text(consumer["name"])
             if (
                 name != self.name
                 and int(consumer["pending"]) == 0
@@ -260,7 +220,7 @@ class Notifier:
         """Handle one entry, then acknowledge it; Redis errors leave it for a retry."""
         try:
             if raw:
-                finished = self.handle(entry_id, _decode(raw), claimed=claimed)
+                finished = self.handle(entry_id, decode(raw), claimed=claimed)
                 if not finished:
                     return  # stopping, or another notifier has it now: no XACK
         except (redis.RedisError, BackendUnavailable):
@@ -275,7 +235,7 @@ class Notifier:
         run_id = event.get("run_id", "")
         if on is None or not run_id:
             return True
-        rules = self._rules(run_id)
+        rules = self.runlog.rules(run_id)
         targets = [
             (i, j, url)
             for i, rule in enumerate(rules.rules)
@@ -284,11 +244,10 @@ class Notifier:
         ]
         if not targets:
             return True
-        done = self._done(run_id, entry_id) if claimed else set()
+        done = self.runlog.done(run_id, entry_id) if claimed else set()
         mask = masker([self.env[n] for n in rules.secret_names if self.env.get(n)])
-        message = compose(
-            on, event, self._record(run_id), flower_url=self.settings.flower_url, mask=mask
-        )
+        record = self.runlog.run_record(run_id)
+        message = compose(on, event, record, flower_url=self.settings.flower_url, mask=mask)
         for i, j, url in targets:
             target = f"notify[{i}].urls[{j}]"
             if target in done:
@@ -298,96 +257,14 @@ class Notifier:
                 message,
                 env=self.env,
                 send=self.send,
-                still_mine=lambda: self._still_mine(entry_id),
+                still_mine=lambda: self.runlog.still_mine(entry_id),
                 wait=self.stop.wait,
                 mask=mask,
             )
             if outcome is None:
                 return False
-            self._record_outcome(event, on, entry_id, target, url, outcome, rules.workflow)
+            self.runlog.record_outcome(event, on, entry_id, target, url, outcome, rules.workflow)
         return True
-
-    def _rules(self, run_id: str) -> _Rules:
-        """The run's notify rules from its snapshot, cached (a run's snapshot never changes)."""
-        with self._cache_lock:  # several senders use the cache
-            if run_id in self._rules_cache:
-                self._rules_cache.move_to_end(run_id)
-                return self._rules_cache[run_id]
-        raw = self.r.hget(self.store.keys.run(run_id), "snapshot")
-        rules = _NO_RULES
-        if raw:
-            snapshot = _json(raw)
-            rules = _Rules(
-                str(snapshot.get("workflow", "")),
-                tuple(snapshot.get("notify") or ()),
-                tuple(snapshot.get("secrets") or ()),
-            )
-        with self._cache_lock:
-            self._rules_cache[run_id] = rules
-            if len(self._rules_cache) > 1024:
-                self._rules_cache.popitem(last=False)
-        return rules
-
-    def _record(self, run_id: str) -> RunRecord | None:
-        try:
-            return self.store.get_run(run_id)
-        except RunNotFound:
-            return None  # expired meanwhile: the message says what the event says
-
-    def _done(self, run_id: str, entry_id: str) -> set[str]:
-        """URLs of this event whose outcome an earlier notifier recorded before it died."""
-        since = f"{entry_id.split('-', 1)[0]}-0"
-        entries = range_reply(
-            self.r.xrange(self.store.keys.run_events(run_id), min=since, count=10_000)
-        )
-        out = set()
-        for _eid, raw in entries:
-            fields = _decode(raw)
-            if fields.get("source") == entry_id and fields.get("target"):
-                out.add(fields["target"])
-        return out
-
-    def _still_mine(self, entry_id: str) -> bool:
-        return bool(self._still_mine_script(keys=[self.stream], args=[GROUP, entry_id, self.name]))
-
-    def _record_outcome(
-        self,
-        event: Mapping[str, str],
-        on: NotifyEvent,
-        entry_id: str,
-        target: str,
-        url: str,
-        outcome: Outcome,
-        workflow: str,
-    ) -> None:
-        run_id = event["run_id"]
-        fields = {
-            "type": EventType.NOTIFICATION_SENT if outcome.sent else EventType.NOTIFICATION_FAILED,
-            "run_id": run_id,
-            "workflow": event.get("workflow") or workflow,
-            "ts": now_iso(),
-            "on": on.value,
-            "service": scheme_of(url) or "secret",
-            "target": target,
-            "source": entry_id,
-            "attempts": str(outcome.attempts),
-        }
-        if event.get("step"):
-            fields["step"] = event["step"]
-        if outcome.error:
-            fields["error"] = outcome.error
-            log.warning(
-                "notification of run %s (%s) to %s (%s://) failed: %s",
-                run_id,
-                on.value,
-                target,
-                fields["service"],
-                outcome.error,
-            )
-        args: list[str] = [str(RUN_EVENTS_MAXLEN), str(GLOBAL_EVENTS_MAXLEN)]
-        for key, value in fields.items():
-            args += [key, str(value)]
-        self._record_script(keys=[self.store.keys.run_events(run_id), self.stream], args=args)
 
 
 def _asks_nothing(raw: Mapping[Any, Any] | None) -> bool:
@@ -395,56 +272,12 @@ def _asks_nothing(raw: Mapping[Any, Any] | None) -> bool:
     acknowledge it at once): not an event users subscribe to, no run, or trimmed away."""
     if not raw:
         return True
-    event = _decode(raw)
+    event = decode(raw)
     return NOTIFY_EVENT_OF.get(event.get("type", "")) is None or not event.get("run_id")
 
 
 def _describe(exc: BaseException) -> str:
     return describe_backend_error(exc) if isinstance(exc, redis.RedisError) else str(exc)
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decode(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in raw.items()}
-
-
-def _json(raw: Any) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-class _Senders:
-    """Daemon threads that run what they are given: a stopping process never waits for
-    a send stuck on a hung service (a ThreadPoolExecutor's threads are joined at exit)."""
-
-    def __init__(self, count: int) -> None:
-        self.tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self.threads = [
-            threading.Thread(target=self._serve, name=f"runbook-notify-{i}", daemon=True)
-            for i in range(count)
-        ]
-        for thread in self.threads:
-            thread.start()
-
-    def submit(self, task: Callable[[], None]) -> None:
-        self.tasks.put(task)
-
-    def shutdown(self) -> None:
-        for _ in self.threads:
-            self.tasks.put(None)
-
-    def _serve(self) -> None:
-        while (task := self.tasks.get()) is not None:
-            try:
-                task()
-            except Exception:  # a sender that died would shrink the pool for good
-                log.exception("notifier: a send failed unexpectedly")
 
 
 # ---------------------------------------------------------------- in a worker

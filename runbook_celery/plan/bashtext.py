@@ -14,6 +14,7 @@ from typing import Any
 
 from ..definition import bashplace
 from ..definition import expressions as ex
+from ..definition.bashclassify import Quoting
 
 
 def _var_name(node: ex.Node, source: str, taken: dict[str, str]) -> str:
@@ -72,7 +73,7 @@ def rewrite_command(
     names: list[str | None] = []
     if all(site.quoting is not None for site in sites):
         for occ, site in zip(occurrences, sites, strict=True):
-            if site.quoting is bashplace.Quoting.COMMENT:
+            if site.quoting is Quoting.COMMENT:
                 names.append(None)
                 continue
             source = occ.node.text() if isinstance(occ.node, ex.Ref) else occ.source

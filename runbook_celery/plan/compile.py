@@ -18,17 +18,12 @@ from ..core.errors import DefinitionError, InvalidDefinition, InvalidParams
 from ..core.settings import get_settings
 from ..definition import bashplace, shells, subworkflow
 from ..definition import expressions as ex
+from ..definition.fieldtypes import Scalar
 from ..definition.graph import Graph, Leaf, Series, SPTree
-from ..definition.loader import (
-    LoadedWorkflow,
-    load_workflow_text,
-    matrix_text,
-    numeric_refs,
-    script_problem,
-    step_shell,
-)
-from ..definition.model import Param, Scalar, param_text, param_value_problem
+from ..definition.loader import LoadedWorkflow, load_workflow_text, script_problem
+from ..definition.model import Param, param_text, param_value_problem
 from ..definition.safefiles import Refused, read_script
+from ..definition.stepvalues import matrix_text, numeric_refs, step_shell
 from .bashtext import rewrite_command, substitute_text
 from .canvasplan import StepShape, dynamic_only, handoffs, step_notes
 from .snapshotversion import SNAPSHOT_VERSION

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import Problem
-from ..definition.loader import LoadedWorkflow, numeric_refs, step_shell
+from ..definition.loader import LoadedWorkflow
 from ..definition.shells import BASH
+from ..definition.stepvalues import numeric_refs, step_shell
 from .bashtext import rewrite_command
 
 # SC2154 (referenced but not assigned): a step's variables come from env: and the worker's

@@ -51,6 +51,25 @@ class Cancelling(RunRecords):
         for parent, instances in fanned.items():
             if parent not in keep:
                 ids += instances
+        cancelled, final = self._cancel_chunks(run_id, head, args, ids)
+        parents = [p for p in fanned if p not in keep]
+        if parents and not final:
+            keys = list(head)
+            for parent in parents:
+                keys += [k.step(run_id, parent), k.ended_instances(run_id, parent)]
+            res = [_s(x) for x in self._cancel_fanned(keys=keys, args=[*args, *parents])]
+            cancelled += max(0, int(res[0]))
+            final = res[1]
+            self.last_admitted += res[2:]
+        # a run that ended here had its keys' expiry set by the same script (finalize)
+        return cancelled, (final or None)
+
+    def _cancel_chunks(
+        self, run_id: str, head: list[str], args: list[str], ids: list[str]
+    ) -> tuple[int, str]:
+        """Cancel the steps ``ids`` in chunks of CANCEL_CHUNK (one script call each), until
+        one ends the run: (steps cancelled, the run's final status or "")."""
+        k = self.keys
         cancelled, final = 0, ""
         for start in range(0, len(ids), CANCEL_CHUNK):
             chunk = ids[start : start + CANCEL_CHUNK]
@@ -66,14 +85,4 @@ class Cancelling(RunRecords):
             self.last_admitted += res[2:]
             if final:
                 break
-        parents = [p for p in fanned if p not in keep]
-        if parents and not final:
-            keys = list(head)
-            for parent in parents:
-                keys += [k.step(run_id, parent), k.ended_instances(run_id, parent)]
-            res = [_s(x) for x in self._cancel_fanned(keys=keys, args=[*args, *parents])]
-            cancelled += max(0, int(res[0]))
-            final = res[1]
-            self.last_admitted += res[2:]
-        # a run that ended here had its keys' expiry set by the same script (finalize)
-        return cancelled, (final or None)
+        return cancelled, final

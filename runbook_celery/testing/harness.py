@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..client.api import Run, RunLogs, WorkflowSource, _load, submit_snapshot
+from ..client.api import WorkflowSource, load_source, submit_snapshot
+from ..client.run import Run, RunLogs
 from ..core.settings import get_settings
 from ..engine import childruns, tasks, workerstore
 from ..engine.app import FANIN_TASK, STEP_TASK, app
@@ -206,7 +207,7 @@ class _InProcess:
     ) -> RunResult:
 
         started = time.monotonic()
-        snapshot = build_snapshot(_load(source), params)
+        snapshot = build_snapshot(load_source(source), params)
         snapshot["mode"], snapshot["mode_reason"] = DYNAMIC, "in-process (runbook_celery.testing)"
         run: Run = submit_snapshot(snapshot, settings=self.settings)
         deadline = started + timeout

@@ -13,8 +13,9 @@ from typing import Any
 
 import tornado.web
 
-from ..client.api import Run, submit
+from ..client.api import submit
 from ..client.render import record_json
+from ..client.run import Run
 from ..core.errors import InvalidOperation, RunbookError, RunNotFound
 from ..plan.runrecord import RunRecord
 from ..store.events import RunStatus

@@ -1,4 +1,4 @@
-"""The ``${{ ... }}`` expression language: parsing, references and evaluation.
+"""Reading ``${{ ... }}`` expressions: finding them in a text, tokens, and the parser.
 
 Grammar (small on purpose)::
 
@@ -29,11 +29,10 @@ Expressions are never pasted into shell text: see ``plan/bashtext.py: rewrite_co
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from .tree import Attr, BinOp, Call, ExpressionError, Func, Literal, Node, Not, Ref
 
 OPEN = "${{"
 CLOSE = "}}"
@@ -48,8 +47,6 @@ _ARITY = {
     "toJSON": (1, 1),
     "fromJSON": (1, 1),
 }
-# The largest text a function may produce: the size of the largest step output.
-MAX_VALUE_CHARS = 1024 * 1024
 # Bounds keep parsing and the recursive tree walks (refs, evaluate) far from Python's
 # recursion limit whatever a definition contains.
 MAX_TOKENS = 256
@@ -60,82 +57,6 @@ _TOKEN = re.compile(
     r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<op>==|!=|&&|\|\||!|\(|\)|\.|,)"
     rf"|(?P<name>{_NAME}))"
 )
-
-
-class ExpressionError(ValueError):
-    """A malformed expression; the message says what is wrong."""
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A reference to a value: ``params.x``, ``steps.a.outputs.k``, ``matrix.k``, ``item``."""
-
-    kind: str  # params | outputs | all_outputs | status | run_status | needs | matrix | item
-    name: str = ""
-    key: str = ""
-
-    def text(self) -> str:
-        if self.kind == "params":
-            return f"params.{self.name}"
-        if self.kind == "outputs":
-            return f"steps.{self.name}.outputs.{self.key}"
-        if self.kind == "all_outputs":
-            return f"steps.{self.name}.outputs"
-        if self.kind == "status":
-            return f"steps.{self.name}.status"
-        if self.kind == "run_status":
-            return "run.status"
-        if self.kind == "needs":
-            return "needs"
-        if self.kind == "matrix":
-            return f"matrix.{self.name}"
-        return "item"
-
-
-@dataclass(frozen=True)
-class Literal:
-    value: Any
-
-
-@dataclass(frozen=True)
-class Call:
-    name: str
-
-
-@dataclass(frozen=True)
-class Func:
-    """A value function: ``contains(a, b)``, ``toJSON(x)``, ..."""
-
-    name: str
-    args: tuple[Node, ...]
-
-
-@dataclass(frozen=True)
-class Attr:
-    """A property of an object value: ``fromJSON(x).name``."""
-
-    operand: Node
-    name: str
-
-
-@dataclass(frozen=True)
-class Not:
-    operand: Node
-
-
-@dataclass(frozen=True)
-class BinOp:
-    op: str  # && || == !=
-    left: Node
-    right: Node
-
-
-Node = Ref | Literal | Call | Func | Attr | Not | BinOp
-
-
-class EvaluationError(ExpressionError):
-    """An expression that parsed but cannot be evaluated with these values (bad JSON, a
-    result too large); the step using it fails with reason ``bad_input``."""
 
 
 @dataclass(frozen=True)
@@ -206,218 +127,6 @@ def parse_condition(text: str) -> Node:
             raise ExpressionError("an if: condition must be a single expression")
         return occ[0].node
     return parse(stripped)
-
-
-def refs(node: Node) -> list[Ref]:
-    """Every reference in an expression, in order."""
-    if isinstance(node, Ref):
-        return [node]
-    if isinstance(node, Not | Attr):
-        return refs(node.operand)
-    if isinstance(node, BinOp):
-        return refs(node.left) + refs(node.right)
-    if isinstance(node, Func):
-        return [r for arg in node.args for r in refs(arg)]
-    return []
-
-
-def names_a_status(node: Node) -> bool:
-    """Whether an expression reads ``steps.ID.status`` or ``run.status``: such an ``if:``
-    decides by itself and does not imply ``success()``."""
-    return any(r.kind in ("status", "run_status", "needs") for r in refs(node))
-
-
-def calls(node: Node) -> set[str]:
-    """Status functions used by an expression."""
-    if isinstance(node, Call):
-        return {node.name}
-    if isinstance(node, Not | Attr):
-        return calls(node.operand)
-    if isinstance(node, BinOp):
-        return calls(node.left) | calls(node.right)
-    if isinstance(node, Func):
-        return set().union(*(calls(arg) for arg in node.args))
-    return set()
-
-
-def to_text(value: Any) -> str:
-    """How a value becomes an environment variable's text."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float):
-        return str(value)
-    return json.dumps(value, separators=(",", ":"))
-
-
-def evaluate(
-    node: Node, resolve: Callable[[Ref], Any], status: Mapping[str, bool] | None = None
-) -> Any:
-    """Evaluate with ``resolve`` for references and ``status`` for the functions."""
-    if isinstance(node, Literal):
-        return node.value
-    if isinstance(node, Ref):
-        return resolve(node)
-    if isinstance(node, Call):
-        return bool((status or {}).get(node.name, False))
-    if isinstance(node, Not):
-        return not truthy(evaluate(node.operand, resolve, status))
-    if isinstance(node, Func):
-        return _call(node.name, [evaluate(a, resolve, status) for a in node.args])
-    if isinstance(node, Attr):
-        value = evaluate(node.operand, resolve, status)
-        if isinstance(value, str):  # an output holding JSON: GitHub derefs objects only
-            value = _loads_or_none(value)
-        if isinstance(value, dict):
-            for key, item in value.items():  # GitHub: property names ignore case
-                if key.lower() == node.name.lower():
-                    return item
-        return None
-    if node.op == "&&":
-        return truthy(evaluate(node.left, resolve, status)) and truthy(
-            evaluate(node.right, resolve, status)
-        )
-    if node.op == "||":
-        return truthy(evaluate(node.left, resolve, status)) or truthy(
-            evaluate(node.right, resolve, status)
-        )
-    left = to_text(evaluate(node.left, resolve, status))
-    right = to_text(evaluate(node.right, resolve, status))
-    return (left == right) if node.op == "==" else (left != right)
-
-
-def substitute(template: str, resolve: Callable[[Ref], Any]) -> str:
-    """A text with each ``${{ }}`` replaced by its value's text (env values, outputs)."""
-    occurrences = find(template)
-    if not occurrences:
-        return template
-    parts, pos = [], 0
-    for occ in occurrences:
-        parts.append(template[pos : occ.start])
-        parts.append(to_text(evaluate(occ.node, resolve)))
-        pos = occ.end
-    parts.append(template[pos:])
-    return "".join(parts)
-
-
-def _loads_or_none(text: str) -> Any:
-    if not text.lstrip().startswith("{"):
-        return None
-    try:
-        return _json(text)
-    except ValueError:
-        return None
-
-
-def _fold(value: Any) -> str:
-    """A value as GitHub compares it in string functions: its text, case folded."""
-    return to_text(value).lower()
-
-
-def _bounded(text: str, name: str) -> str:
-    if len(text) > MAX_VALUE_CHARS:
-        raise EvaluationError(f"{name}() would produce more than {MAX_VALUE_CHARS:,} characters")
-    return text
-
-
-_FORMAT_FIELD = re.compile(r"\{\{|\}\}|\{(\d+)\}|[{}]")
-
-
-def _format(template: Any, args: list[Any]) -> str:
-    text = to_text(template)
-    out: list[str] = []
-    size = 0
-    pos = 0
-    for m in _FORMAT_FIELD.finditer(text):
-        piece = text[pos : m.start()]
-        token = m.group(0)
-        if token in ("{{", "}}"):
-            piece += token[0]
-        elif m.group(1) is not None:
-            index = int(m.group(1))
-            if index >= len(args):
-                raise EvaluationError(
-                    f"format(): {{{index}}} has no argument ({len(args)} given after the format)"
-                )
-            piece += to_text(args[index])
-        else:
-            raise EvaluationError(
-                f"format(): unmatched {token!r} in {text[:40]!r}; write {token}{token}"
-            )
-        size += len(piece)
-        if size > MAX_VALUE_CHARS:
-            raise EvaluationError(
-                f"format() would produce more than {MAX_VALUE_CHARS:,} characters"
-            )
-        out.append(piece)
-        pos = m.end()
-    out.append(text[pos:])
-    return _bounded("".join(out), "format")
-
-
-def _call(name: str, args: list[Any]) -> Any:
-    """GitHub Actions' value functions."""
-    if name == "contains":
-        haystack, needle = args
-        if isinstance(haystack, str) and haystack.lstrip().startswith("["):
-            haystack = _loads_list_or(haystack)
-        if isinstance(haystack, list):
-            return any(_fold(item) == _fold(needle) for item in haystack)
-        return _fold(needle) in _fold(haystack)
-    if name == "startsWith":
-        return _fold(args[0]).startswith(_fold(args[1]))
-    if name == "endsWith":
-        return _fold(args[0]).endswith(_fold(args[1]))
-    if name == "format":
-        return _format(args[0], args[1:])
-    if name == "join":
-        items = args[0]
-        if isinstance(items, str) and items.lstrip().startswith("["):
-            items = _loads_list_or(items)
-        sep = to_text(args[1]) if len(args) > 1 else ","
-        if isinstance(items, list):
-            return _bounded(sep.join(to_text(i) for i in items), "join")
-        return to_text(items)
-    if name == "toJSON":
-        try:
-            return _bounded(json.dumps(args[0], indent=2, sort_keys=False), "toJSON")
-        except RecursionError:
-            raise EvaluationError("toJSON(): the value nests too deeply") from None
-    if name == "fromJSON":
-        text = to_text(args[0])
-        try:
-            return _json(text)
-        except ValueError as exc:
-            why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-            raise EvaluationError(f"fromJSON(): not JSON: {text[:60]!r} ({why})") from None
-    raise EvaluationError(f"unknown function {name}()")  # the parser admits none other
-
-
-def _json(text: str) -> Any:
-    """``json.loads`` of untrusted text, failing only with ValueError: besides a
-    JSONDecodeError it raises a plain ValueError for an integer past Python's digit limit
-    and RecursionError for nesting past the recursion limit."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-
-
-def _loads_list_or(text: str) -> Any:
-    try:
-        value = _json(text)
-    except ValueError:
-        return text
-    return value if isinstance(value, list) else text
-
-
-def truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value not in ("", "false", "0")
-    return bool(value)
 
 
 def _tokenize(source: str) -> list[tuple[str, str]]:
@@ -545,6 +254,10 @@ class _Parser:
         if kind != "name":
             raise ExpressionError(f"unexpected {value!r} in expression {self.source!r}")
         self.pos += 1
+        return self._parse_name(value)
+
+    def _parse_name(self, value: str) -> Node:
+        """What follows a name: a boolean, a call of a function, or a reference."""
         if value in ("true", "false"):
             return Literal(value == "true")
         if value in FUNCTIONS:
@@ -560,6 +273,10 @@ class _Parser:
                 f"unknown function {value}() in expression {self.source!r}; "
                 f"known: {', '.join(f + '()' for f in FUNCTIONS + VALUE_FUNCTIONS)}"
             )
+        return self._parse_ref(value)
+
+    def _parse_ref(self, value: str) -> Ref:
+        """``params.NAME``, ``matrix.KEY``, ``item``, ``needs``, ``run.status``, ``steps.ID...``"""
         if value == "params":
             self._take(".")
             return Ref("params", self._take(kind="name"))
