@@ -691,7 +691,7 @@ class StoreMachine(RuleBasedStateMachine):
         expired = h.store.expired_leases(before=real() + LEASE)
         # only this example's entries (the session's other tests have their own runs)
         ahead.expired_leases = lambda **_: [e for e in expired if e[0] in mine]  # type: ignore[method-assign]
-        # the workers' reconciler with a Redis broker (workerhooks._reconciler), whose
+        # the workers' reconciler with a Redis broker (workersteps.Reconciler), whose
         # messages it looks for: the broker list here (the patches of __init__)
         recovery.recover_once(ahead, _BROKER, 60)  # type: ignore[arg-type]
 

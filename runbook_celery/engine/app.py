@@ -37,6 +37,9 @@ FANIN_TASK = "runbook.fan_in"
 RUN_TIMEOUT_TASK = "runbook.run_timeout"
 APPROVAL_TIMEOUT_TASK = "runbook.approval_timeout"
 
+# bootsteps of workersteps.py, named here: that module imports this one
+WORKER_STEPS = ("Containment", "Reconciler", "HandBack")
+
 
 class ResultBackend(RedisBackend):
     """The Redis result backend, minus the per-publish result subscription.
@@ -266,6 +269,9 @@ def make_app(settings: Settings | None = None) -> Celery:
     app.steps["consumer"].add("runbook_celery.engine.poison:EnvelopeCheck")
     # a notifier thread per worker, started and stopped with it (notify.py)
     app.steps["worker"].add("runbook_celery.engine.notify:NotifierStep")
+    # step containment, the lease reconciler and the shutdown hand-back (workersteps.py)
+    for step in WORKER_STEPS:
+        app.steps["worker"].add(f"runbook_celery.engine.workersteps:{step}")
     return app
 
 
