@@ -479,9 +479,9 @@ class StoreMachine(RuleBasedStateMachine):
             mock.patch.object(control, "check_writable", lambda *_a: None),
             mock.patch.object(recovery, "get_settings", lambda: h.settings),
             # the broker is Redis (h.settings.broker_url), and loses messages as it can
-            mock.patch.object(recovery, "_unacked", lambda _b, ids: h.unacked(ids)),
+            mock.patch.object(recovery, "_unacked", lambda _b, ids, _l=None: h.unacked(ids)),
             mock.patch.object(recovery, "_restore", lambda _b, *a: h.restore(*a)),
-            mock.patch.object(recovery, "queued", lambda _b, _q, ids: h.queued(ids)),
+            mock.patch.object(recovery, "queued", lambda _b, _q, ids, _l=None: h.queued(ids)),
             mock.patch.object(gates, "get_settings", lambda: h.settings),
             mock.patch.object(dispatch, "get_settings", lambda: h.settings),
         ]

@@ -40,6 +40,7 @@ from celery import bootsteps, signals
 from ..core.settings import get_settings
 from ..store.redisconn import client_for
 from . import containment, workerhooks, workerstore
+from .brokerlayout import BrokerLayout, broker_layout
 from .childruns import sweep_waiting
 from .recovery import recover_once
 
@@ -94,20 +95,23 @@ class Reconciler(bootsteps.StartStopStep):
         settings, store = workerstore.worker_store()
         redis_broker = settings.broker_url.startswith("redis")
         broker = client_for(settings.broker_url) if redis_broker else None
+        layout = broker_layout()
         interval = max(0.5, settings.lease_seconds / 3)
         while not self.stopping.wait(interval):
             with contextlib.suppress(OSError):  # dead workers whose guardians died too (OOM)
                 containment.sweep_dead_workers()
             try:
-                self.reconcile(store, broker, settings.lease_seconds, interval)
+                self.reconcile(store, broker, layout, settings.lease_seconds, interval)
             except Exception:  # keep watching; a Redis blip must not kill the thread
                 log.exception("lease reconciler pass failed")
 
     @staticmethod
-    def reconcile(store: Any, broker: Any, lease_seconds: int, interval: float) -> None:
+    def reconcile(
+        store: Any, broker: Any, layout: BrokerLayout, lease_seconds: int, interval: float
+    ) -> None:
         """One pass: renew held watches, recover expired ones, finish stranded parents."""
         workerhooks.keep_watching(store, lease_seconds)
-        recover_once(store, broker, max(2, lease_seconds))
+        recover_once(store, broker, max(2, lease_seconds), layout)
         _sweep_children(store, lease_seconds, interval)
 
 
