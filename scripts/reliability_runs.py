@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from runbook_celery.core.errors import RunNotFound
+from runbook_celery.engine.brokerlayout import broker_layout
 from runbook_celery.store import RunStore
 from runbook_celery.store.events import TERMINAL_EVENTS
 
@@ -265,10 +266,11 @@ def diagnose(store: RunStore, rec: Any, broker: redis.Redis | None, queue: str) 
     queued: set[str] = set()
     unacked: set[str] = set()
     if broker is not None:
-        for key in broker.scan_iter(match=f"{queue}*", count=1000):
-            if broker.type(key) == b"list":
-                queued |= {_task_id(json.loads(m)) for m in broker.lrange(key, 0, -1)}
-        unacked = {_task_id(json.loads(v)[0]) for _, v in broker.hscan_iter("unacked", count=1000)}
+        layout = broker_layout()  # where kombu keeps the queue's lists and unacked messages
+        for key in layout.queue_keys(queue):
+            queued |= {_task_id(json.loads(m)) for m in broker.lrange(key, 0, -1)}
+        unacked_messages = broker.hscan_iter(layout.unacked, count=1000)
+        unacked = {_task_id(json.loads(v)[0]) for _, v in unacked_messages}
     steps: dict[str, Any] = {}
     finished_unacked = []  # finished steps whose message was never acknowledged
     for sid, s in rec.steps.items():

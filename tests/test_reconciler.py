@@ -116,7 +116,7 @@ def test_a_received_step_is_watched_while_the_worker_holds_it(store, monkeypatch
     state.reserved_requests.update((held, started))
     state.active_requests.add(started)
     try:
-        workerhooks._keep_watching(store, 30)
+        workerhooks.keep_watching(store, 30)
     finally:
         state.reserved_requests.discard(held)
         state.reserved_requests.discard(started)

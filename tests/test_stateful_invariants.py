@@ -487,9 +487,9 @@ class StoreMachine(RuleBasedStateMachine):
             mock.patch.object(control, "check_writable", lambda *_a: None),
             mock.patch.object(recovery, "get_settings", lambda: h.settings),
             # the broker is Redis (h.settings.broker_url), and loses messages as it can
-            mock.patch.object(recovery, "_unacked", lambda _b, ids: h.unacked(ids)),
+            mock.patch.object(recovery, "_unacked", lambda _b, ids, _l=None: h.unacked(ids)),
             mock.patch.object(recovery, "_restore", lambda _b, *a: h.restore(*a)),
-            mock.patch.object(recovery, "queued", lambda _b, _q, ids: h.queued(ids)),
+            mock.patch.object(recovery, "queued", lambda _b, _q, ids, _l=None: h.queued(ids)),
             mock.patch.object(gates, "get_settings", lambda: h.settings),
             mock.patch.object(dispatch, "get_settings", lambda: h.settings),
         ]
@@ -699,8 +699,9 @@ class StoreMachine(RuleBasedStateMachine):
         expired = h.store.expired_leases(before=real() + LEASE)
         # only this example's entries (the session's other tests have their own runs)
         ahead.expired_leases = lambda **_: [e for e in expired if e[0] in mine]  # type: ignore[method-assign]
-        # the workers' reconciler with a Redis broker, whose messages it looks for: the
-        # broker list here (the patches of __init__); on AMQP it has no broker to look in
+        # the workers' reconciler (workersteps.Reconciler) with a Redis broker, whose
+        # messages it looks for: the broker list here (the patches of __init__); on AMQP
+        # it has no broker to look in
         broker = _BROKER if self.LOSES_MESSAGES else None
         recovery.recover_once(ahead, broker, 60)  # type: ignore[arg-type]
 

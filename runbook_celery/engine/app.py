@@ -37,6 +37,9 @@ FANIN_TASK = "runbook.fan_in"
 RUN_TIMEOUT_TASK = "runbook.run_timeout"
 APPROVAL_TIMEOUT_TASK = "runbook.approval_timeout"
 
+# bootsteps of workersteps.py, named here: that module imports this one
+WORKER_STEPS = ("Containment", "Reconciler", "HandBack")
+
 
 class ResultBackend(RedisBackend):
     """The Redis result backend, minus the per-publish result subscription.
@@ -266,6 +269,9 @@ def make_app(settings: Settings | None = None) -> Celery:
     app.steps["consumer"].add("runbook_celery.engine.poison:EnvelopeCheck")
     # a notifier thread per worker, started and stopped with it (notify.py)
     app.steps["worker"].add("runbook_celery.engine.notify:NotifierStep")
+    # step containment, the lease reconciler and the shutdown hand-back (workersteps.py)
+    for step in WORKER_STEPS:
+        app.steps["worker"].add(f"runbook_celery.engine.workersteps:{step}")
     return app
 
 
@@ -273,21 +279,6 @@ def celery_config(s: Settings) -> dict[str, Any]:
     """Celery's settings for ours: broker, result backend, delivery and transport options."""
     if problem := queue_name_problem(s.default_queue):
         raise InvalidSetting([f"RUNBOOK_QUEUE: {problem}"])
-    transport: dict[str, object] = {"visibility_timeout": s.visibility_timeout}
-    broker_transport = dict(transport)
-    if s.broker_url.startswith(("redis", "rediss")):
-        # ten priority lists per queue, 0 = highest (the Redis transport's convention)
-        broker_transport.update(
-            priority_steps=list(range(10)), sep=":", queue_order_strategy="priority"
-        )
-        # the network timing of every Redis connection (settings.py says why each value)
-        broker_transport.update(
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=RESPONSE_TIMEOUT,
-            socket_keepalive=True,
-            socket_keepalive_options=keepalive_options(),
-            health_check_interval=HEALTH_CHECK_INTERVAL,
-        )
     redis_broker = s.broker_url.startswith(("redis", "rediss"))
     # Redis serves 0 first (our 5 -> 4); AMQP queues need x-max-priority, higher first
     default_priority = 4 if redis_broker else 5
@@ -312,8 +303,8 @@ def celery_config(s: Settings) -> dict[str, Any]:
         result_extended=True,
         result_expires=s.retention,
         result_chord_join_timeout=30,
-        broker_transport_options=broker_transport,
-        result_backend_transport_options=transport,
+        broker_transport_options=_broker_transport_options(s, redis_broker),
+        result_backend_transport_options={"visibility_timeout": s.visibility_timeout},
         visibility_timeout=s.visibility_timeout,
         worker_soft_shutdown_timeout=0,
         worker_cancel_long_running_tasks_on_connection_loss=True,
@@ -326,9 +317,33 @@ def celery_config(s: Settings) -> dict[str, Any]:
         # Celery's consumer, but a message it cannot use is dead-lettered (poison.py; its
         # EnvelopeCheck bootstep does the same for Redis items kombu cannot parse)
         worker_consumer="runbook_celery.engine.poison:Consumer",
+        **_connection_config(),
+    )
+
+
+def _broker_transport_options(s: Settings, redis_broker: bool) -> dict[str, object]:
+    """kombu's options for the broker (brokerlayout.py reads the Redis layout from them)."""
+    options: dict[str, object] = {"visibility_timeout": s.visibility_timeout}
+    if redis_broker:
+        # ten priority lists per queue, 0 = highest (the Redis transport's convention)
+        options.update(priority_steps=list(range(10)), sep=":", queue_order_strategy="priority")
+        # the network timing of every Redis connection (settings.py says why each value)
+        options.update(
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=RESPONSE_TIMEOUT,
+            socket_keepalive=True,
+            socket_keepalive_options=keepalive_options(),
+            health_check_interval=HEALTH_CHECK_INTERVAL,
+        )
+    return options
+
+
+def _connection_config() -> dict[str, Any]:
+    """How Celery connects and publishes: the network timing of settings.py, few retries."""
+    return dict(
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
-        # the result backend's connections: the network timing of settings.py
+        # the result backend's connections
         redis_socket_connect_timeout=CONNECT_TIMEOUT,
         redis_socket_timeout=RESPONSE_TIMEOUT,
         redis_socket_keepalive=True,

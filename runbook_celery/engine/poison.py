@@ -20,8 +20,9 @@ where the message still exists in the form that is wrong:
    ``on_unknown_task`` could itself raise on a message without an id); here each one
    dead-letters the message and disposes of it.
 
-The worker's queues are checked too (``queuenames.py``): a worker refuses to start on
-``-Q unacked``, whose list would clobber kombu's bookkeeping.
+The worker's queues are checked too (``queuenames.py``, and the key names kombu is configured
+with, ``brokerlayout.py``): a worker refuses to start on ``-Q unacked``, whose list would
+clobber kombu's bookkeeping.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from ..definition.queuenames import queue_name_problem
 from ..store.deadletter import DeadLetters, make_dead_letter
 from ..store.redisconn import get_client, redact
 from .app import APPROVAL_TIMEOUT_TASK, FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK
+from .brokerlayout import BrokerLayout, broker_layout
 
 logger = logging.getLogger("runbook_celery.poison")
 
@@ -152,15 +154,9 @@ def checked_brpop(channel: Any, response: Any, **_: Any) -> tuple[Any, Any] | No
     problem = envelope_problem(item)
     if problem is None:
         return key, item
-    dead_letter(item, problem, queue_of(key, channel.sep))
+    # the key as Redis named it (kombu removes its global key prefix after this callback)
+    dead_letter(item, problem, BrokerLayout.from_channel(channel).queue_of(key))
     return None
-
-
-def queue_of(key: bytes | str, sep: str) -> str:
-    """The queue a popped list belongs to (``NAME``, or ``NAME<sep>N`` for priority N)."""
-    name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-    base, found, suffix = name.rpartition(sep)
-    return base if found and suffix.isdigit() else name
 
 
 class EnvelopeCheck(bootsteps.StartStopStep):
@@ -236,6 +232,13 @@ def _preview(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def _reserved_problem(name: str, reserved: frozenset[str]) -> str | None:
+    """queuenames knows kombu's default key names; these are the ones configured."""
+    if name in reserved:
+        return f"{name!r} is a Redis key of the broker (kombu's bookkeeping); choose another"
+    return None
+
+
 class Consumer(CeleryConsumer):
     """Celery's consumer; poison messages go to the dead letters (app.py: worker_consumer)."""
 
@@ -245,8 +248,9 @@ class Consumer(CeleryConsumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        reserved = broker_layout().reserved_names()  # kombu's, as configured
         for name in self.app.amqp.queues.consume_from:
-            if problem := queue_name_problem(name):
+            if problem := queue_name_problem(name) or _reserved_problem(name, reserved):
                 # The first message would clobber a broker key (kombu's unacked hash, ...).
                 logger.critical("refusing to consume queue %r: %s", name, problem)
                 raise SystemExit(EXIT_INVALID)

@@ -39,9 +39,10 @@ from ..store import RunStore, _s
 from ..store.events import TERMINAL_RUN_STATUSES, StepStatus
 from ..store.scripts import register
 from . import dispatch
+from .brokerlayout import BrokerLayout, broker_layout
 from .canvasfanout import send_join
 
-# an unacknowledged message in kombu's layout: (delivery tag, payload, queue)
+# an unacknowledged message in kombu's layout: (delivery tag, payload, list to restore it to)
 Unacked = tuple[str, dict[str, Any], str]
 
 log = logging.getLogger("runbook_celery.worker")
@@ -71,53 +72,76 @@ class Watched:
         return f"{self.run_id}.{self.step_id}{suffix}"
 
 
-def restore_unacked(broker: redis.Redis, task_id: str) -> bool:
+def restore_unacked(broker: redis.Redis, task_id: str, layout: BrokerLayout | None = None) -> bool:
     """Put the unacknowledged message of ``task_id`` back on its queue (kombu's layout)."""
-    found = _unacked(broker, {task_id})
-    return bool(found) and _restore(broker, *found[task_id])
+    layout = layout or broker_layout()
+    found = _unacked(broker, {task_id}, layout)
+    return bool(found) and _restore(broker, *found[task_id], layout)
 
 
-def _unacked(broker: redis.Redis, task_ids: set[str]) -> dict[str, Unacked]:
-    """Unacknowledged messages of ``task_ids``: task id -> (delivery tag, payload, queue)."""
+def _unacked(
+    broker: redis.Redis, task_ids: set[str], layout: BrokerLayout | None = None
+) -> dict[str, Unacked]:
+    """Unacknowledged messages of ``task_ids``: task id -> (delivery tag, payload, list)."""
+    layout = layout or broker_layout()
     out: dict[str, Unacked] = {}
     if not task_ids:
         return out
-    for tag, raw in broker.hscan_iter("unacked", count=500):
+    for tag, raw in broker.hscan_iter(layout.unacked, count=500):
         try:
             payload, _exchange, routing_key = json.loads(raw)
             task_id = payload.get("headers", {}).get("id")
+            queue = layout.message_queue_key(payload, routing_key)
         except (ValueError, TypeError, AttributeError):
             continue
         if task_id in task_ids and task_id not in out:
-            priority = payload.get("properties", {}).get("priority") or 0
-            queue = f"{routing_key}:{priority}" if priority else routing_key  # kombu's lists
             out[task_id] = (_s(tag), payload, queue)
     return out
 
 
-def _restore(broker: redis.Redis, tag: str, payload: dict[str, Any], queue: str) -> bool:
+def _restore(
+    broker: redis.Redis,
+    tag: str,
+    payload: dict[str, Any],
+    queue: str,
+    layout: BrokerLayout | None = None,
+) -> bool:
+    layout = layout or broker_layout()
     payload.setdefault("headers", {})["redelivered"] = True
     script = register(broker, "restore")  # store/lua/restore.lua
-    return bool(script(keys=["unacked", "unacked_index", queue], args=[tag, json.dumps(payload)]))
+    keys = [layout.unacked, layout.unacked_index, queue]
+    return bool(script(keys=keys, args=[tag, json.dumps(payload)]))
 
 
-def queued(broker: redis.Redis, queue: str, task_ids: Iterable[str]) -> set[str]:
+def queued(
+    broker: redis.Redis, queue: str, task_ids: Iterable[str], layout: BrokerLayout | None = None
+) -> set[str]:
     """Which of ``task_ids`` wait in ``queue`` (at any priority)."""
     ids = list(task_ids)
     if not ids:
         return set()
-    keys = [queue, *(f"{queue}:{p}" for p in range(1, 10))]
+    keys = (layout or broker_layout()).queue_keys(queue)
     script = register(broker, "queued")  # store/lua/queued.lua
     return {_s(x) for x in script(keys=keys, args=ids)}
 
 
-def message_queued(broker: redis.Redis, queue: str, task_id: str) -> bool:
+def message_queued(
+    broker: redis.Redis, queue: str, task_id: str, layout: BrokerLayout | None = None
+) -> bool:
     """Whether a message for ``task_id`` waits in ``queue`` (at any priority)."""
-    return task_id in queued(broker, queue, [task_id])
+    return task_id in queued(broker, queue, [task_id], layout)
 
 
-def recover_once(store: RunStore, broker: redis.Redis | None, lock_seconds: int) -> list[str]:
-    """One pass over the expired watches; returns the ``run|step`` entries dealt with."""
+def recover_once(
+    store: RunStore,
+    broker: redis.Redis | None,
+    lock_seconds: int,
+    layout: BrokerLayout | None = None,
+) -> list[str]:
+    """One pass over the expired watches; returns the ``run|step`` entries dealt with.
+
+    ``layout``: where kombu keeps messages on ``broker`` (default: our app's).
+    """
     cutoff = store.server_time()
     expired = store.expired_leases(before=cutoff)
     mine = _claim(store, expired, lock_seconds)
@@ -128,13 +152,14 @@ def recover_once(store: RunStore, broker: redis.Redis | None, lock_seconds: int)
         for v in views:
             _act_without_broker(store, v, cutoff)
         return [v.member for v in views]
-    unacked = _unacked(broker, {v.task_id for v in views})
+    layout = layout or broker_layout()
+    unacked = _unacked(broker, {v.task_id for v in views}, layout)
     waiting = [v for v in views if v.task_id not in unacked and _may_be_queued(v)]
     found: set[str] = set()
     for queue, group in _by_queue(store, waiting).items():
-        found |= queued(broker, queue, [v.task_id for v in group])
+        found |= queued(broker, queue, [v.task_id for v in group], layout)
     for v in views:
-        _act(store, broker, v, unacked.get(v.task_id), v.task_id in found, cutoff)
+        _act(store, broker, layout, v, unacked.get(v.task_id), v.task_id in found, cutoff)
     return [v.member for v in views]
 
 
@@ -189,6 +214,7 @@ def _by_queue(store: RunStore, views: list[Watched]) -> dict[str, list[Watched]]
 def _act(
     store: RunStore,
     broker: redis.Redis,
+    layout: BrokerLayout,
     v: Watched,
     message: Unacked | None,
     is_queued: bool,
@@ -201,7 +227,7 @@ def _act(
     elif v.status == "running" and v.lease_alive:
         return  # alive after all (a renewal is due)
     elif message is not None:
-        if _restore(broker, *message):
+        if _restore(broker, *message, layout):
             log.warning(
                 "put step %s of run %s back on its queue (%s)",
                 v.step_id,

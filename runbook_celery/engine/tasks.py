@@ -19,7 +19,7 @@ from ..store.events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
 from . import (
     childruns,
     dispatch,
-    workerhooks,  # connects the worker signals: recovery, shutdown
+    workerhooks,  # connects the per-task signals (delivery watch, chord hand-on)
     workerstore,
 )
 from .app import APPROVAL_TIMEOUT_TASK, FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app

@@ -1,45 +1,41 @@
-"""Worker-process duties beyond single steps: recover steps of lost workers, hand back on shutdown.
+"""Per-task worker hooks: watch a step's message from its receipt, hand a step on after its task.
 
-Recovery: a step is watched in the lease index from the moment it is ready until its
-task has handed on (see recovery.py); a worker holding its message, and the step's lease
-while it runs, keep the watch alive. When a whole worker dies (SIGKILL, power loss), its
-unacknowledged message would only come back after Redis' visibility timeout (hours).
-Instead, every worker runs a reconciler thread over the lease index; when an entry runs
-out, one worker (by a Redis lock) puts that step's original message back on its queue, or
-publishes the step again when its message is gone, so the step goes on elsewhere within
-about one lease period (``RUNBOOK_LEASE_SECONDS``, default 30 s).
+Recovery (recovery.py): a step is watched in the lease index from the moment it is ready
+until its task has handed on; a worker holding its message, and the step's lease while it
+runs, keep the watch alive. Here: the watch written when a worker receives a step's message
+(``task_received``), its renewal while the worker holds the message (``keep_watching``, run
+by the reconciler of workersteps.py), and the hand-on of a step whose result was not stored
+(``task_postrun``: a fanned-out step of a canvas, counted by its chord).
 
-Shutdown: on SIGTERM/SIGINT Celery stops taking new messages and waits for running tasks.
-After ``RUNBOOK_SHUTDOWN_GRACE`` seconds we raise a flag file; steps still running kill
-their process group and hand themselves back (pending again, attempt not counted).
+Why signals and not bootsteps: these run once per task, where the task is. ``task_postrun``
+fires in the process that ran the task (a pool child, or the caller in eager mode), where
+no bootstep exists; ``task_received`` fires in the consumer for each message, and Celery's
+consumer blueprint has no per-message hook short of replacing its task strategy. Connecting
+a receiver at import starts nothing: the worker's components (the reconciler thread, the
+shutdown hand-back) are bootsteps in workersteps.py, started only by a worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import signals
+from celery.worker import state
 
-from ..core.settings import get_settings
-from ..store.redisconn import client_for
-from . import containment, workerstore
+from . import workerstore
 from .app import FANIN_TASK, STEP_TASK, handed_on, handed_on_successors
-from .childruns import sweep_waiting
 from .recovery import recover_once
 from .taskevents import StepFailed
 
 log = logging.getLogger("runbook_celery.worker")
 
-__all__ = ["recover_once"]  # the reconciler's pass lives in recovery.py
+__all__ = ["recover_once"]  # the reconciler's pass (recovery.py), as tests know it
 
-_stop = threading.Event()
 _unwatched: deque[str] = deque(maxlen=100_000)  # received, but the watch was not written
 
 
@@ -89,7 +85,7 @@ def _watch_delivery(request: Any = None, **_: Any) -> None:
     lost: a broker connection drop makes Celery forget reserved and scheduled requests
     (kombu cannot put them back while Redis is down, so they sit in ``unacked`` for the
     visibility timeout) and acknowledge requests it terminated before they started.
-    The reconciler thread keeps the entry alive while this worker still holds the
+    The reconciler (workersteps.py) keeps the entry alive while this worker still holds the
     request; if it stops holding it without the step having started, the entry runs out
     and ``recover_once`` restores or republishes the message.
     """
@@ -106,8 +102,6 @@ def _watch_delivery(request: Any = None, **_: Any) -> None:
 
 def _held_not_started() -> list[str]:
     """Step requests this worker holds that have not reached the pool yet."""
-    from celery.worker import state
-
     for _ in range(5):  # the consumer thread changes these sets while we read them
         try:
             active = set(state.active_requests)
@@ -122,7 +116,7 @@ def _held_not_started() -> list[str]:
     return [m for m in members if m is not None]
 
 
-def _keep_watching(store: Any, seconds: int) -> None:
+def keep_watching(store: Any, seconds: int) -> None:
     """Write the watches that failed at receipt; extend those of requests still held."""
     pending = []
     while _unwatched:
@@ -135,24 +129,9 @@ def _keep_watching(store: Any, seconds: int) -> None:
     store.watch_steps(_held_not_started(), seconds, only_existing=True)
 
 
-def _reconciler() -> None:
-
-    settings, store = workerstore.worker_store()
-    broker = client_for(settings.broker_url) if settings.broker_url.startswith("redis") else None
-    interval = max(0.5, settings.lease_seconds / 3)
-    while not _stop.wait(interval):
-        with contextlib.suppress(OSError):  # dead workers whose guardians died too (OOM)
-            containment.sweep_dead_workers()
-        try:
-            _keep_watching(store, settings.lease_seconds)
-            recover_once(store, broker, max(2, settings.lease_seconds))
-            _sweep_children(store, settings.lease_seconds, interval)
-        except Exception:  # keep watching; a Redis blip must not kill the thread
-            log.exception("lease reconciler pass failed")
-
-
-# The step task module's outside finish (``tasks.finish_outside``): tasks imports this module
-# to connect the worker's signals, so it hands its function over instead of being imported.
+# The outside finish (``step/delivery.py: finish_outside``), which the reconciler uses for a
+# child run's parent. The stages import the app, which adds the reconciler's bootstep
+# (workersteps), so this module cannot import them: ``tasks`` hands the function over.
 _finish_outside: Callable[..., None] | None = None
 
 
@@ -162,54 +141,6 @@ def use_finish_outside(finish: Callable[..., None]) -> None:
     _finish_outside = finish
 
 
-def _sweep_children(store: Any, lease_seconds: float, interval: float) -> None:
-    """One worker per interval finishes steps whose ended child run never handed on."""
-    finish_outside = _finish_outside
-    if finish_outside is None:
-        return  # the step task module is not loaded in this process: no worker here
-    turn = f"{store.keys.prefix}:recover:children"
-    if store.r.set(turn, os.getpid(), nx=True, px=max(1, int(interval * 1000))):
-        sweep_waiting(store, finish_outside, lease_seconds)
-
-
-@signals.worker_ready.connect
-def _start_reconciler(**_: Any) -> None:
-    log.info("%s", containment.current().describe())  # worker_init is too early to log
-    _stop.clear()
-    threading.Thread(target=_reconciler, name="runbook-reconciler", daemon=True).start()
-
-
-@signals.worker_shutting_down.connect
-def _arm_handback(**_: Any) -> None:
-
-    _stop.set()
-    grace = get_settings().shutdown_grace
-    flag = workerstore.shutdown_flag_path(os.getpid())
-
-    def raise_flag() -> None:
-        with open(flag, "w") as fh:
-            fh.write("handback\n")
-        log.warning("shutdown grace of %ss over: handing running steps back", grace)
-
-    timer = threading.Timer(grace, raise_flag)
-    timer.daemon = True
-    timer.start()
-
-
-@signals.worker_init.connect
-def _contain_steps(**_: Any) -> None:
-    """Choose how steps are contained before the pool forks (containment.py); a worker
-    told to use cgroups where it cannot does not start."""
-    try:
-        containment.setup(get_settings().containment)
-    except containment.ContainmentError as exc:
-        log.critical("%s", exc.strerror)
-        raise SystemExit(2) from None
-
-
-@signals.worker_init.connect
-@signals.worker_shutdown.connect
-def _clear_flag(**_: Any) -> None:
-
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(workerstore.shutdown_flag_path(os.getpid()))
+def finish_outside() -> Callable[..., None] | None:
+    """The outside finish ``tasks`` handed over (None where the step task is not loaded)."""
+    return _finish_outside

@@ -2,7 +2,8 @@
 -- Redis: the queue is read where it lives, not copied to the worker. Read only.
 --
 -- KEYS
---   the lists of one queue: <queue>, <queue>:1 .. <queue>:9 (kombu's priority lists)
+--   the lists of one queue: <queue> and its priority lists <queue><sep><step> (kombu's, as
+--   engine/brokerlayout.py names them from the transport options)
 -- ARGV
 --   task ids
 -- Returns
