@@ -15,6 +15,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
 from ..client.render import (
     COLUMNS,
     RIGHT_ALIGNED,
@@ -32,8 +40,6 @@ from .queuewatch import warn_unconsumed
 from .terminal import neutralise
 
 if TYPE_CHECKING:
-    from rich.console import Console, RenderableType
-
     from ..client.run import Run
     from ..plan.runrecord import RunRecord
 
@@ -104,8 +110,6 @@ def live_table(
     on_reconnect: Callable[[str], None] | None = None,
 ) -> RunRecord:
     """Redraw the run's step table in place until the run ends (or the timeout)."""
-    from rich.console import Console
-    from rich.live import Live
 
     console = console or Console(force_terminal=True)
     patience = run.reconnector("reading the run", on_reconnect)
@@ -150,12 +154,6 @@ class RunView:
         self.record = record
 
     def __rich__(self) -> RenderableType:
-        from rich import box
-        from rich.console import Group
-        from rich.panel import Panel
-        from rich.spinner import Spinner
-        from rich.table import Table
-        from rich.text import Text
 
         rec = self.record
         now = datetime.now(UTC)

@@ -23,10 +23,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from celery.beat import Scheduler
 from celery.schedules import BaseSchedule, schedstate
 from celery.schedules import schedule as interval_schedule
 
@@ -43,7 +43,6 @@ from .api import submit
 
 if TYPE_CHECKING:
     from celery import Celery
-    from celery.beat import Scheduler
 
 log = logging.getLogger("runbook_celery.beat")
 
@@ -246,55 +245,46 @@ def _trigger_logging_failure(path: Path) -> None:
             log.error("not started: %s: %s", path, exc)
 
 
-@lru_cache(maxsize=1)
-def _scheduler_base() -> type[Scheduler]:
-    """The beat scheduler class, built on first use so that importing this module is cheap."""
-    from celery.beat import Scheduler
+class DefinitionsScheduler(Scheduler):
+    """Beat's schedule is the folder's definitions; re-read when any file there changes.
 
-    class DefinitionsScheduler(Scheduler):
-        """Beat's schedule is the folder's definitions; re-read when any file there changes.
+    Set ``definitions`` on a subclass (see ``scheduler_for``): beat builds the scheduler
+    from its class alone.
+    """
 
-        Set ``definitions`` on a subclass (see ``scheduler_for``): beat builds the scheduler
-        from its class alone.
-        """
+    definitions: Path = Path(".")
+    # celery-types: max_interval an int (Celery sleeps any number of seconds) and
+    # producer always a Producer (here it is never made)
+    max_interval = DEFAULT_RELOAD_SECONDS  # type: ignore[assignment]
+    producer = None  # type: ignore[assignment]  # due entries are submitted here, not sent
 
-        definitions: Path = Path(".")
-        # celery-types: max_interval an int (Celery sleeps any number of seconds) and
-        # producer always a Producer (here it is never made)
-        max_interval = DEFAULT_RELOAD_SECONDS  # type: ignore[assignment]
-        producer = None  # type: ignore[assignment]  # due entries are submitted here, not sent
+    def setup_schedule(self) -> None:
+        self._seen: tuple[tuple[str, int, int], ...] | None = None
+        self._reload_if_changed()
 
-        def setup_schedule(self) -> None:
-            self._seen: tuple[tuple[str, int, int], ...] | None = None
-            self._reload_if_changed()
+    def _reload_if_changed(self) -> None:
+        seen = _fingerprint(self.definitions)
+        if seen == self._seen:
+            return
+        self._seen = seen
+        entries = _beat_entries(self.definitions)
+        # celery-types: entries; Celery's merge_inplace takes their fields and makes them
+        self.merge_inplace(entries)  # type: ignore[arg-type]
+        self._heap = None  # entries changed in place or went away: rebuild the timing heap
+        names = ", ".join(f"{Path(n).name} [{self.schedule[n].schedule}]" for n in entries)
+        log.info("schedules from %s: %s", self.definitions, names or "none")
 
-        def _reload_if_changed(self) -> None:
-            seen = _fingerprint(self.definitions)
-            if seen == self._seen:
-                return
-            self._seen = seen
-            entries = _beat_entries(self.definitions)
-            # celery-types: entries; Celery's merge_inplace takes their fields and makes them
-            self.merge_inplace(entries)  # type: ignore[arg-type]
-            self._heap = None  # entries changed in place or went away: rebuild the timing heap
-            names = ", ".join(f"{Path(n).name} [{self.schedule[n].schedule}]" for n in entries)
-            log.info("schedules from %s: %s", self.definitions, names or "none")
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        self._reload_if_changed()
+        return super().tick(*args, **kwargs)
 
-        def tick(self, *args: Any, **kwargs: Any) -> float:
-            self._reload_if_changed()
-            return super().tick(*args, **kwargs)
+    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **_: Any) -> None:
+        entry = self.reserve(entry) if advance else entry
+        _trigger_logging_failure(Path(entry.args[0]))
 
-        def apply_async(
-            self, entry: Any, producer: Any = None, advance: bool = True, **_: Any
-        ) -> None:
-            entry = self.reserve(entry) if advance else entry
-            _trigger_logging_failure(Path(entry.args[0]))
-
-        @property
-        def info(self) -> str:
-            return f"    . definitions -> {self.definitions}"
-
-    return DefinitionsScheduler
+    @property
+    def info(self) -> str:
+        return f"    . definitions -> {self.definitions}"
 
 
 def scheduler_for(directory: Path) -> type[Scheduler]:
@@ -302,4 +292,4 @@ def scheduler_for(directory: Path) -> type[Scheduler]:
 
     Beat instantiates the class itself, so the folder is bound as a class attribute.
     """
-    return type("DefinitionsScheduler", (_scheduler_base(),), {"definitions": directory})
+    return type("DefinitionsScheduler", (DefinitionsScheduler,), {"definitions": directory})

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import redis
+from celery.worker import state
 from kombu import transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 
@@ -122,8 +123,6 @@ def worker_stopping() -> bool:
     In the worker's main process Celery sets a flag on SIGTERM/SIGINT; in a pool process
     the hand-back flag file of the worker (its parent) is raised after the shutdown grace.
     """
-    from celery.worker import state
-
     # celery-types declares both None; Celery sets them to the exit code on shutdown
     should_stop = cast("int | None", state.should_stop)
     should_terminate = cast("int | None", state.should_terminate)

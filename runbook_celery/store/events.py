@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+import redis
+
 from ..core.errors import BackendUnavailable, InvalidOperation, RunNotFound
 from ..core.settings import Settings, get_settings
 from ..definition.vocabulary import (
@@ -254,8 +256,6 @@ _T = TypeVar("_T")
 
 def _guard(call: Callable[[], _T]) -> _T:
     """Run one Redis call; a lost connection becomes BackendUnavailable."""
-    import redis
-
     try:
         return call()
     except redis.RedisError as exc:

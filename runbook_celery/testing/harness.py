@@ -12,6 +12,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from celery.exceptions import Ignore, Reject
+
 from ..client.api import WorkflowSource, load_source, submit_snapshot
 from ..client.run import Run, RunLogs
 from ..core.settings import get_settings
@@ -239,8 +241,6 @@ class _InProcess:
         return None
 
     def _deliver(self, message: _Message) -> None:
-        from celery.exceptions import Ignore, Reject
-
         if message.name not in (STEP_TASK, FANIN_TASK):  # run and approval timeouts
             app.tasks[message.name](*message.args)
             return
