@@ -133,3 +133,13 @@ def test_runs_that_ended_before_the_retention_are_no_longer_merged(gstore):
     gstore.r.zadd(gstore.keys.event_runs, {run: 1000})  # as if it ended in 1970
     trim_global_events(gstore)
     assert gstore.r.zscore(gstore.keys.event_runs, run) is None
+
+
+def test_an_event_of_a_run_whose_stream_expired_is_read_from_the_global_stream(gstore):
+    run = _run(gstore)
+    _step(gstore, run, "a")
+    gstore.r.delete(gstore.keys.run_events(run))  # expired; a notification came after
+    gstore.r.xadd(gstore.keys.global_events, {"type": "notification_sent", "run_id": run})
+    assert [e["type"] for _, e in gstore.events(None)] == ["workflow_started", "notification_sent"]
+    follower = GlobalFollower(gstore.r, gstore.keys, "0-0")
+    assert [e["type"] for _, e in follower.read(1)] == ["workflow_started", "notification_sent"]

@@ -16,7 +16,8 @@ reading. A merged run's events are all read from its own stream, which holds eac
 in the order the scripts wrote them (its copies in ``P:events`` are passed over: a script
 writes both copies in the same millisecond, so the two streams' ids cannot order them);
 ``P:events`` gives the events of the runs that are not merged (recorded before
-``event_runs`` existed, or expired since).
+``event_runs`` existed, or whose stream has expired: a notification of such a run is
+written to ``P:events`` only).
 
 One id space over several streams: an entry is "after ``since``" when its id is greater,
 whichever stream holds it, and entries with equal ids in two streams come out together
@@ -57,14 +58,20 @@ def _after(since: str) -> str:
 
 
 def runs_since(r: redis.Redis, keys: Keys, since: str) -> dict[str, bool]:
-    """The runs whose streams may hold events after ``since`` (still going, or ended since),
-    by id, each with whether it has ended."""
+    """The runs merged in a read after ``since``: those going on or ended since whose stream
+    is there (an expired run's events are in ``P:events`` only), by id, each with whether it
+    has ended."""
     low = 0 if since == START else max(0, id_key(since)[0] - SLACK_MS)
     found = cast(
         "list[tuple[bytes, float]]",
         r.zrangebyscore(keys.event_runs, low, "+inf", withscores=True),
     )
-    return {_s(m): not math.isinf(score) for m, score in sorted(found)}
+    runs = {_s(m): not math.isinf(score) for m, score in sorted(found)}
+    pipe = r.pipeline(transaction=False)
+    for run in runs:
+        pipe.exists(keys.run_events(run))
+    there = pipe.execute()
+    return {run: ended for (run, ended), ok in zip(runs.items(), there, strict=True) if ok}
 
 
 class _Source:
@@ -171,7 +178,11 @@ class GlobalFollower:
             return False
         key = self.keys.run_events(run_id)
         if run_id not in self.merged:
-            if self.r.zscore(self.keys.event_runs, run_id) is None:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zscore(self.keys.event_runs, run_id)
+            pipe.exists(key)
+            score, there = pipe.execute()
+            if score is None or not there:
                 self.unmerged.add(run_id)
                 return False
             self.merged.add(run_id)
