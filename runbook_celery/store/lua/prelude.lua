@@ -138,6 +138,7 @@ local function expire_run_keys(run_key, run_events)
     redis.call('EXPIRE', run_key .. ':end', ttl)
   end
   local ids = json_list(redis.call('HGET', run_key, 'steps'))
+  local watched = {}  -- the steps' entries in the lease index, dropped a batch per ZREM
   local i = 1
   while i <= #ids do
     local sid = tostring(ids[i])
@@ -145,7 +146,11 @@ local function expire_run_keys(run_key, run_events)
     if inst then
       for _, x in ipairs(json_list(inst)) do ids[#ids + 1] = x end
     end
-    redis.call('ZREM', leases, run_id .. '|' .. sid)
+    watched[#watched + 1] = run_id .. '|' .. sid
+    if #watched >= 500 then
+      redis.call('ZREM', leases, unpack(watched))
+      watched = {}
+    end
     if ttl > 0 then
       -- not ':lease:': a lease key is only ever written with its expiry (claim, renew)
       -- and vanishes with it
@@ -157,6 +162,7 @@ local function expire_run_keys(run_key, run_events)
     end
     i = i + 1
   end
+  if #watched > 0 then redis.call('ZREM', leases, unpack(watched)) end
   redis.call('DEL', base .. ':active')
   if ttl > 0 then redis.call('EXPIRE', base .. ':parked', ttl) end
 end
