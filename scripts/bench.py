@@ -3,6 +3,7 @@
     python scripts/bench.py                 # the default run (< 15 min on 2 cores)
     python scripts/bench.py --smoke --out /tmp/bench.md   # tiny sizes, one repetition (CI)
     python scripts/bench.py --scenarios chains,latency --reps 7
+    python scripts/bench.py --scenarios linear,foreach   # the growth rows of issue 17 alone
     python scripts/bench_peers.py install   # once: Luigi, Prefect, Airflow for scenario 5
 
 The harness starts its own redis-server on a free loopback port (no persistence; the AOF
@@ -82,6 +83,7 @@ class Bench:
         self.hangs: dict[tuple[str, str], int] = {}
         self.redis: RedisServer | None = None
         self.perstep: dict[str, Any] | None = None
+        self.foreach: dict[str, Any] | None = None
         self.workers: list[Worker] = []
 
     # ------------------------------------------------------------------ setup / teardown
@@ -431,15 +433,18 @@ class Bench:
     def _rss(self, when: str) -> None:
         self.rss.append({"when": when, RB: self.rb_worker.rss_mb(), RAW: self.raw_worker.rss_mb()})
 
-    def scenario_growth(self) -> None:
-        # one linear workflow of each size: its cost must grow linearly (long chains are
-        # sent in segments); runbook-celery only, a raw Celery chain's messages grow as n^2
+    def scenario_linear(self) -> None:
+        """A growth row: one linear workflow of each size, whose cost must grow linearly (long
+        chains are sent in segments); runbook-celery only, as a raw Celery chain's messages
+        grow as n^2."""
         for rep in range(self.sizes.linear_reps):
             for n in self.sizes.linear_sizes:
                 path = self.files.chain(n)
                 self.measure(
                     "linear", {"steps": n}, rep, RB, n, lambda p=path: self.side_rb_chains(1, p)
                 )
+
+    def scenario_growth(self) -> None:
         default_c = self.concurrency
         biggest = max(self.sizes.growth_sizes)
         self._rss("before the growth runs (after warm-up)")
@@ -462,6 +467,25 @@ class Bench:
                 for side, fn in self._lanes_sides(size).items():
                     self.measure("concurrency", {"c": c, "steps": steps}, rep, side, steps, fn)
         self.set_concurrency(default_c)
+
+    def scenario_foreach(self) -> None:
+        """A growth row: one ``for_each`` of ``foreach_items`` instances, fanned out, then
+        cancelled (bench_fanout.py: its own Redis and worker; figures, not assertions)."""
+        cmd = [sys.executable, str(SCRIPTS / "bench_fanout.py")]
+        cmd += ["--items", str(self.sizes.foreach_items), "--concurrency", str(self.concurrency)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNBOOK_", "BENCH_"))}
+        try:
+            proc = subprocess.run(
+                cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
+            )
+        except subprocess.TimeoutExpired:
+            self.problems.append("foreach: no result in 1200 s")
+            return
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            self.problems.append(f"foreach: exit {proc.returncode}: {proc.stderr[-2000:]}")
+            return
+        self.foreach = json.loads(lines[-1])
 
     def scenario_perstep(self) -> None:
         """Per-step cost counted (commands, bytes, round trips), in a process of its own:

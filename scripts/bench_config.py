@@ -9,7 +9,7 @@ from pathlib import Path
 
 FLOOR, RAW, RB, RB_AOF = "floor", "raw Celery", "runbook-celery", "runbook-celery (AOF)"
 SIDES = (FLOOR, RAW, RB, RB_AOF)
-SCENARIOS = ("chains", "fanout", "latency", "growth", "peers", "perstep")
+SCENARIOS = ("chains", "fanout", "latency", "linear", "growth", "foreach", "peers", "perstep")
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -30,6 +30,7 @@ class Sizes:
     growth_lane: int = 25  # steps per chain; a growth workflow is size/lane parallel chains
     linear_sizes: tuple[int, ...] = (1000, 10000)  # one chain of n steps (issue 17: at most 12x)
     linear_reps: int = 1
+    foreach_items: int = 10_000  # one for_each of this many instances (issue 17: 5 s, 5 s)
     concurrency_levels: tuple[int, ...] = (1, 2, 4)
     concurrency_steps: int = 200
     aof: bool = True
@@ -55,6 +56,7 @@ SMOKE = Sizes(
     growth_sizes=(20, 40),
     growth_lane=10,
     linear_sizes=(20, 200),
+    foreach_items=200,
     concurrency_levels=(1,),
     concurrency_steps=20,
     perstep_runs=1,

@@ -416,6 +416,9 @@ def write(out: Path, meta: dict[str, Any], bench: Any, json_path: Path | None = 
     growth_text, growth = growth_section(
         scen["growth"], scen["concurrency"], bench.rss, scen["linear"]
     )
+    foreach = getattr(bench, "foreach", None)
+    if foreach:
+        growth["foreach"] = foreach
     picture = plot(scen["chains"], out.with_name(out.stem + "-per-step.png"))
     sizes = meta["sizes"]
     chosen = meta["scenarios"]
@@ -485,9 +488,12 @@ def write(out: Path, meta: dict[str, Any], bench: Any, json_path: Path | None = 
         doc += ["## 2. Fan-out / fan-in: 1 → W → 1", "", fan_text, ""]
     if "latency" in chosen:
         doc += ["## 3. Latency", "", LATENCY_NOTE.strip(), "", lat_text, ""]
-    if "growth" in chosen:
+    if "growth" in chosen or "linear" in chosen:
         doc += ["## 4. Growth", "", GROWTH_NOTE.format(lane=sizes.growth_lane).strip(), ""]
         doc += [growth_text, ""]
+    if "foreach" in chosen:
+        doc += ["## 4b. Growth: one large `for_each`", "", FOREACH_NOTE.strip(), ""]
+        doc += [foreach_section(foreach), ""]
     if any(r.records for r in scen.values()):
         doc += ["## Where the CPU goes", "", CPU_NOTE.strip(), "", cpu_section(scen), ""]
     if "chains" in chosen or "fanout" in chosen:
@@ -517,6 +523,7 @@ def write(out: Path, meta: dict[str, Any], bench: Any, json_path: Path | None = 
             "latency": bench.latency,
             "cold": bench.cold,
             "rss": bench.rss,
+            "foreach": getattr(bench, "foreach", None),
             "problems": bench.problems,
             "peers": {k: dataclasses.asdict(v) for k, v in bench.peers.items()},
         }
@@ -558,6 +565,34 @@ prints `$EPOCHREALTIME` (same clock as the client's `time.time()`). *Result afte
 start* is submit → result minus submit → start: the step itself plus the path back to the
 caller, so a polling interval in `wait()` would show up there.
 """
+
+FOREACH_NOTE = """
+One workflow whose second step is a `for_each` over the first step's list of N items
+(each instance `sleep 600`), measured by `scripts/bench_fanout.py` on a redis-server and
+a worker of its own: *fan out* is the fanned-out step's task, from the worker receiving
+it to its end (every instance recorded and the first messages sent), *cancel* is
+`Run.cancel()` to the run's final event, with the first instances running.
+"""
+
+
+def foreach_section(data: dict[str, Any] | None) -> str:
+    if not data:
+        return "Not measured in this run (see the problems below)."
+    rows = [
+        [
+            f"{data['items']:,}",
+            f"{data['fan_out_s']:.2f}",
+            f"{data['cancel_s']:.2f}",
+            data["final_status"],
+            data["instances_started"],
+            f"{data['redis_bytes'] / 1e6:.1f}",
+            f"{data['worker_rss_mb']:.1f}",
+        ]
+    ]
+    head = ["instances", "fan out s", "cancel s", "final status", "instances started"]
+    head += ["Redis MB once fanned out", "worker RSS MB"]
+    return table(head, rows)
+
 
 GROWTH_NOTE = """
 One workflow per measurement, made of parallel chains of {lane} steps (so Celery's chain
@@ -651,9 +686,11 @@ both sides.
   (0.33 ms) and the plan; 1.37 ms for `submit()` against 0.55 ms for Celery's own publish.
   On 2 cores the client, Redis and both pool processes share the CPUs, so this shows in
   the one-step-per-run cells (N = 500, M = 1 is the worst).
-- Bigger messages: a step's signature carries its deterministic task id, its Flower name
-  and `run=… step=…` for Flower, so the first message of a 20-step chain is 11.2 KB
-  against raw Celery's 6.3 KB; every hop decodes and re-encodes the rest of the chain.
+- Bigger messages: a step's signature carries its deterministic task id and its Flower
+  name (`run=… step=…` for Flower is written into each message's headers as it is
+  published, not carried in the signatures), so the first message of a 20-step chain is
+  9.3 KB (11.4 KB when the signatures carried it) against raw Celery's 6.3 KB; every hop
+  decodes and re-encodes the rest of the chain.
 
 Together these come to 0.8–1.5 ms per step above raw Celery's 3.4–5.5 ms, which is the
 1.2–1.5 ratio measured above. Getting under 1.15 would mean dropping per-step state from

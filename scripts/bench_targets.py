@@ -16,6 +16,7 @@ TARGET_TRIGGER_CPU = 0.5
 TARGET_VALIDATE_CPU = 0.3
 TARGET_FLAT = 0.20
 TARGET_LINEAR = 12.0  # for 10× the steps (issue 17); scaled for other size ratios
+TARGET_FOREACH_S = 5.0  # a 10,000-instance for_each fans out, and is cancelled, in this
 POLLING_SLACK = 0.010  # result-after-start may exceed raw Celery's by this much, no more
 RSS_SLACK_MB, RSS_SLACK_FRACTION = 5.0, 0.10
 
@@ -107,6 +108,16 @@ def targets_section(
                 verdict(ratio <= limit),
             ]
         )
+    if "foreach" in growth:
+        fe = growth["foreach"]
+        for what, key in (("fans out", "fan_out_s"), ("cancel takes effect", "cancel_s")):
+            rows.append(
+                [
+                    f"{fe['items']:,}-instance for_each: {what} in ≤ {TARGET_FOREACH_S:g} s",
+                    f"{fe[key]:.2f} s",
+                    verdict(fe[key] <= TARGET_FOREACH_S),
+                ]
+            )
     if "rss" in growth:
         before, after = growth["rss"]
         limit = max(RSS_SLACK_MB, before * RSS_SLACK_FRACTION)

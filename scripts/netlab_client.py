@@ -58,8 +58,10 @@ def follow(store: RunStore, ids: list[str], deadline_s: float, stall_s: float) -
             pipe = store.r.pipeline(transaction=False)
             for r in open_:
                 pipe.hget(store.keys.run(r), "status")
-            pipe.xlen(store.keys.global_events)
-            *values, xlen = pipe.execute()
+            for r in open_:  # a step's own events are in its run's stream only
+                pipe.xlen(store.keys.run_events(r))
+            replies = pipe.execute()
+            values, xlen = replies[: len(open_)], sum(replies[len(open_) :])
         except redis.RedisError:
             errors += 1
             time.sleep(0.5)

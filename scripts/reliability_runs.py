@@ -21,6 +21,7 @@ from runbook_celery.core.errors import RunNotFound
 from runbook_celery.engine.brokerlayout import broker_layout
 from runbook_celery.store import RunStore
 from runbook_celery.store.events import TERMINAL_EVENTS
+from runbook_celery.store.globalevents import GlobalFollower
 
 STEPS = ("a", "b", "c", "d", "e")
 
@@ -86,13 +87,12 @@ def executions(exec_log: Path, run_ids: Iterable[str]) -> Counter[tuple[str, str
 
 
 class Tracker:
-    """Follows the global event stream and notes which runs have ended (no polling)."""
+    """Follows the global event stream (merged with the run streams, as ``events`` reads
+    it: globalevents.py) and notes which runs have ended (no polling)."""
 
     def __init__(self, store: RunStore) -> None:
         self.store = store
-        self.key = store.keys.global_events
-        last = store.r.xrevrange(self.key, count=1)
-        self.last = _s(last[0][0]) if last else "0-0"
+        self.follower = GlobalFollower(store.r, store.keys, store.newest_event_id())
         self.ended: dict[str, str] = {}
         self.events_seen = Counter[str]()
         self.running: set[tuple[str, str, str]] = set()  # (workflow, run, step) now running
@@ -126,28 +126,23 @@ class Tracker:
             if until is not None and until():
                 return open_
             try:
-                resp = self.store.r.xread(
-                    {self.key: self.last}, block=int(block_s * 1000), count=2000
-                )
+                batch = self.follower.read(int(block_s * 1000), count=2000)
             except redis.RedisError:  # Redis restarting: the client reconnects by itself
                 self.redis_errors += 1
                 time.sleep(0.2)
                 continue
-            for _key, entries in resp or []:
-                for eid, raw in entries:
-                    self.last = _s(eid)
-                    event = {_s(k): _s(v) for k, v in raw.items()}
-                    self.last_event = time.monotonic()
-                    etype = event.get("type", "")
-                    self.events_seen[etype] += 1
-                    key = (event.get("workflow", ""), event.get("run_id", ""), event.get("step"))
-                    if etype == "step_started":
-                        self.running.add(key)  # type: ignore[arg-type]
-                    elif etype.startswith("step_"):
-                        self.running.discard(key)  # type: ignore[arg-type]
-                    if event.get("type") in TERMINAL_EVENTS:
-                        self.ended[event["run_id"]] = event["type"]
-                        open_.discard(event["run_id"])
+            for _eid, event in batch:
+                self.last_event = time.monotonic()
+                etype = event.get("type", "")
+                self.events_seen[etype] += 1
+                key = (event.get("workflow", ""), event.get("run_id", ""), event.get("step"))
+                if etype == "step_started":
+                    self.running.add(key)  # type: ignore[arg-type]
+                elif etype.startswith("step_"):
+                    self.running.discard(key)  # type: ignore[arg-type]
+                if event.get("type") in TERMINAL_EVENTS:
+                    self.ended[event["run_id"]] = event["type"]
+                    open_.discard(event["run_id"])
         # a terminal event may have been trimmed or missed across a restart: ask the record
         for run_id in list(open_):
             try:

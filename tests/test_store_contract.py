@@ -270,6 +270,20 @@ def test_cancel_of_a_fanned_out_step_ends_it_and_the_run_at_once(rstore):
     assert rstore.instance_ended(run, ids[1]) == (None, False)  # no new lane step, no join
 
 
+def test_a_run_that_ends_leaves_none_of_its_steps_in_the_lease_index(rstore):
+    # Given a run with more steps watched than one batch of finalize's ZREM (500)
+    run = uuid.uuid4().hex
+    rstore.create_run(run, _snapshot({"m": [], "z": ["m"]}), "sha")
+    _start(rstore, run, "m", [])
+    ids = rstore.add_instances(run, "m", [{"item": i} for i in range(1203)], window=3)
+    rstore.watch_steps([f"{run}|{sid}" for sid in [*ids, "m", "z"]], 60)
+    # When it ends (cancelled)
+    assert rstore.cancel_run(run)[1] == "cancelled"
+    # Then none of its entries is left for the reconciler
+    members = {m.decode() for m in rstore.r.zrange(rstore.keys.leases, 0, -1)}
+    assert not {m for m in members if m.startswith(f"{run}|")}
+
+
 def test_an_instance_that_ends_last_makes_the_join_due_once_per_call(rstore):
     run = uuid.uuid4().hex
     rstore.create_run(run, _snapshot({"m": []}), "sha")

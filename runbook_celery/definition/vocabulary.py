@@ -113,6 +113,12 @@ class WaitReason(StrEnum):
     MAX_ACTIVE_STEPS = "max_active_steps"
 
 
+# Written to the run's own stream only: the two events of every step's path (CLAIM's and
+# FINISH's). Every other event goes to the global stream as well; readers of the global
+# stream merge these in from the streams of the runs (store/globalevents.py), so a step
+# costs one XADD per transition rather than two.
+RUN_STREAM_ONLY_EVENTS = frozenset({EventType.STEP_STARTED, EventType.STEP_SUCCEEDED})
+
 TERMINAL_EVENTS = frozenset(
     {
         EventType.WORKFLOW_SUCCEEDED,

@@ -1,7 +1,11 @@
 """Turn a run's plan into Celery messages: one canvas, or the ready steps of a dynamic run.
 
 Data never travels through the canvas: every signature is immutable and carries only
-``(run_id, step_id)``; steps read what they need from the run store.
+``(run_id, step_id)``; steps read what they need from the run store. What Flower shows as
+a step's arguments (``run=<id> step=<id>``) is written into its message's headers as it
+is published (``_argsrepr``), not carried in the signature: an ``argsrepr`` option would
+travel in every signature of a chain's body, and Celery copies such options into the
+message's properties too.
 """
 
 from __future__ import annotations
@@ -10,15 +14,16 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from celery import chain, group
+from celery import chain, group, signals
 from celery.canvas import Signature
 
 from ..core.settings import get_settings
 from ..definition.graph import Leaf, Parallel, Series, SPTree
 from ..plan.canvassegments import Segment, Segments, segment
 from ..plan.compile import CANVAS, make_plan, snapshot_graph
-from .app import RUN_TIMEOUT_TASK, STEP_TASK, app
+from .app import FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
 
+_STEP_TASKS = frozenset({STEP_TASK, FANIN_TASK})
 _spec_index: list[tuple[Mapping[str, Any], dict[str, Mapping[str, Any]]]] = []
 
 
@@ -57,10 +62,26 @@ def step_signature(
         immutable=True,
         task_id=f"{run_id}.{step_id}{suffix}",
         shadow=f"{snapshot['workflow']}.{step_id}{suffix}",
-        argsrepr=f"run={run_id} step={step_id}",
-        kwargsrepr="{}",
         **options,
     )
+
+
+@signals.before_task_publish.connect
+def _argsrepr(
+    sender: str | None = None,
+    body: Any = None,
+    headers: dict[str, Any] | None = None,
+    properties: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    """A step's arguments as Flower shows them, ``run=<id> step=<id>``, in the headers of
+    its message (Celery would write ``('<id>', '<id>')``); a message that was given its
+    own ``argsrepr`` (Celery puts that option in the properties as well) keeps it."""
+    if sender not in _STEP_TASKS or headers is None or "argsrepr" in (properties or {}):
+        return
+    args = body[0] if isinstance(body, (tuple, list)) and body else None
+    if isinstance(args, (tuple, list)) and len(args) >= 2:
+        headers["argsrepr"] = f"run={args[0]} step={args[1]}"
 
 
 def build_canvas(

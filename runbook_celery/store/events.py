@@ -27,7 +27,6 @@ from ..definition.vocabulary import (
     WaitReason,
 )
 from . import RunStore
-from .codec import range_reply
 from .reconnect import Reconnector, resume_on_loss
 from .redisconn import get_client, redact
 
@@ -143,6 +142,13 @@ def read(
 def _read(
     store: RunStore, run_id: str | None, last: str, wanted: frozenset[str] | None
 ) -> Iterator[Event]:
+    if run_id is None:  # one merge of every stream, each read a page at a time as it goes
+        merged = store.global_events(since=last)
+        while (entry := _guard(lambda: next(merged, None))) is not None:
+            event = Event.from_entry(*entry)
+            if wanted is None or event.type in wanted:
+                yield event
+        return
     while True:
         page = _guard(partial(store.events, run_id, since=last, count=_PAGE))
         for entry_id, fields in page:
@@ -239,12 +245,7 @@ def _resolve(store: RunStore, run_id: str | None, since: str) -> str:
     if since != LATEST:
         return since
 
-    key = store.keys.run_events(run_id) if run_id else store.keys.global_events
-    newest = range_reply(_guard(lambda: store.r.xrevrange(key, count=1)))
-    if not newest:
-        return START
-    entry_id = newest[0][0]
-    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return _guard(lambda: store.newest_event_id(run_id))
 
 
 def _types(types: Iterable[str] | None) -> frozenset[str] | None:

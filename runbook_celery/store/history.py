@@ -174,7 +174,7 @@ def _matching(
             if finished is not None and _s(st) in TERMINAL_RUN_STATUSES:
                 ended.remember(run_id, _s(wf), _s(st), finished.timestamp() + store.retention)
     if expired:
-        store.r.zrem(store.keys.runs_index, *expired)
+        _forget(store, expired)
     ended.keep_only(set(ids))
     return [
         run_id
@@ -200,14 +200,26 @@ def _summaries(store: RunStore, ids: list[str], now: datetime) -> list[RunSummar
         else:
             out.append(_summary(fields, now))
     if expired:
-        store.r.zrem(store.keys.runs_index, *expired)
+        _forget(store, expired)
     return out
 
 
 def trim_global_events(store: RunStore) -> None:
-    """Drop global events older than the retention period (their runs have expired)."""
+    """Drop global events older than the retention period (their runs have expired), and
+    the runs that ended before it from those the global reader merges in."""
     oldest_ms = int((time.time() - store.retention) * 1000)
-    store.r.xtrim(store.keys.global_events, minid=f"{oldest_ms}-0", approximate=True)
+    pipe = store.r.pipeline(transaction=False)
+    pipe.xtrim(store.keys.global_events, minid=f"{oldest_ms}-0", approximate=True)
+    pipe.zremrangebyscore(store.keys.event_runs, "-inf", f"({oldest_ms}")
+    pipe.execute()
+
+
+def _forget(store: RunStore, expired: list[str]) -> None:
+    """Take runs that have expired out of the index and out of the global reader's runs."""
+    pipe = store.r.pipeline(transaction=False)
+    pipe.zrem(store.keys.runs_index, *expired)
+    pipe.zrem(store.keys.event_runs, *expired)
+    pipe.execute()
 
 
 def _scan(store: RunStore, now: datetime) -> Iterator[RunSummary]:
@@ -231,7 +243,7 @@ def _scan(store: RunStore, now: datetime) -> Iterator[RunSummary]:
                 seen.add(run_id)
                 yield _summary(fields, now)
         if expired:
-            store.r.zrem(store.keys.runs_index, *expired)
+            _forget(store, expired)
         start += PAGE - len(expired)
         if len(ids) < PAGE:
             return

@@ -30,7 +30,15 @@ class Keys:
 
     @property
     def global_events(self) -> str:
+        """Stream of every run's events but a step's own path (``RUN_STREAM_ONLY_EVENTS``),
+        which only the run's stream holds; globalevents.py merges the two for readers."""
         return f"{self.prefix}:events"
+
+    @property
+    def event_runs(self) -> str:
+        """Sorted set of the runs whose streams a reader of the global stream merges in,
+        scored by when each ended (epoch ms, Redis' clock; ``+inf`` while it goes on)."""
+        return f"{self.prefix}:event_runs"
 
     @property
     def dead_letters(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,6 +85,7 @@ class RunRecords(StoreBase):
                     }
                 pipe.hset(k.step(run_id, sid), mapping=fields)
             pipe.zadd(k.runs_index, {run_id: _epoch()})
+            pipe.zadd(k.event_runs, {run_id: math.inf})  # finalize scores its end
             pipe.execute()
         except redis.WatchError:
             return False  # recorded meanwhile by another delivery
@@ -97,6 +99,7 @@ class RunRecords(StoreBase):
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(*self.keys.run_keys(run_id, steps))
         pipe.zrem(self.keys.runs_index, run_id)
+        pipe.zrem(self.keys.event_runs, run_id)
         if steps:
             pipe.zrem(self.keys.leases, *(f"{run_id}|{s}" for s in steps))
         pipe.execute()
@@ -209,6 +212,7 @@ class RunRecords(StoreBase):
         pipe.xadd(k.run_events(run_id), event)
         pipe.xadd(k.global_events, event, maxlen=GLOBAL_EVENTS_MAXLEN, approximate=True)
         pipe.xadd(k.run_ended(run_id), {"status": "skipped"})
+        pipe.zadd(k.event_runs, {run_id: int(_epoch() * 1000)}, xx=True)
         pipe.execute()
         self.expire_run(run_id)
 

@@ -1,9 +1,10 @@
 """The store's Lua scripts: read once from ``lua/*.lua``, composed, registered with redis-py.
 
 A script is its libraries followed by its own file, joined in the order ``PARTS`` gives,
-with the stream caps declared as Lua locals in front of the prelude (that is the only
-generated text). Each ``.lua`` file's header says which KEYS and ARGV it takes, which
-keys it derives from them and what it returns.
+with the stream caps and the event types the global stream leaves to the run streams
+declared as Lua locals in front of the prelude (that is the only generated text). Each
+``.lua`` file's header says which KEYS and ARGV it takes, which keys it derives from them
+and what it returns.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from importlib.resources import files
 
 import redis
 from redis.commands.core import Script
+
+from ..definition.vocabulary import RUN_STREAM_ONLY_EVENTS
 
 GLOBAL_EVENTS_MAXLEN = 100_000
 RUN_EVENTS_MAXLEN = 100_000
@@ -57,9 +60,11 @@ LIBRARIES = ("prelude", "hand_on_lib")
 def read(name: str) -> str:
     """The text of ``lua/<name>.lua`` as installed with the package."""
     if name == "constants":
+        run_only = ", ".join(f"['{t}'] = true" for t in sorted(RUN_STREAM_ONLY_EVENTS))
         return (
             f"local RUN_EVENTS_MAXLEN = {RUN_EVENTS_MAXLEN}\n"
             f"local GLOBAL_EVENTS_MAXLEN = {GLOBAL_EVENTS_MAXLEN}\n"
+            f"local RUN_STREAM_ONLY = {{{run_only}}}\n"
         )
     return files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 

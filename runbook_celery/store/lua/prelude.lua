@@ -1,8 +1,10 @@
 -- prelude.lua: the helpers every transition script shares (scripts.py puts this file, after
--- two generated lines declaring RUN_EVENTS_MAXLEN and GLOBAL_EVENTS_MAXLEN, in front of
--- the script's own file). It declares no KEYS or ARGV of its own: each helper takes the
+-- three generated lines declaring RUN_EVENTS_MAXLEN, GLOBAL_EVENTS_MAXLEN and
+-- RUN_STREAM_ONLY (the set of event types only the run's stream gets), in front of the
+-- script's own file). It declares no KEYS or ARGV of its own: each helper takes the
 -- key names it touches as arguments, or derives them from the run key it is given:
---   emit: the two streams it is given (XADD, capped).
+--   emit: the run's stream, and the global stream unless the event type is RUN_STREAM_ONLY
+--     (XADD, capped).
 --   leases_key(run_key) -> P:leases; run_id_of(run_key) -> <run_id>; prefix_of -> P.
 --   watch: the lease index it is given (ZADD by Redis' clock).
 --   holds / append_history / discard: the step key and streams given.
@@ -14,11 +16,16 @@
 --     (cgroup_key and cgroup_key..':queue') and P:run:<id> of each run it admits.
 --   finalize(run_key, ...): ends the run exactly once (returns '' when a step is left or
 --     finished_at is already set), XADDs the final status to run_key..':end' (the one
---     entry a waiter blocks on), then release_group and expire_run_keys.
+--     entry a waiter blocks on), scores the run in P:event_runs with its end (ZADD XX),
+--     then release_group and expire_run_keys.
 -- Returns nothing (it defines local functions and the table ``admitted``).
+-- fields start with 'type', <event type>. A step's own path (started, succeeded) is written
+-- once: readers of the global stream merge those from the run streams (globalevents.py)
 local function emit(run_events, global_events, fields)
   redis.call('XADD', run_events, 'MAXLEN', '~', RUN_EVENTS_MAXLEN, '*', unpack(fields))
-  redis.call('XADD', global_events, 'MAXLEN', '~', GLOBAL_EVENTS_MAXLEN, '*', unpack(fields))
+  if not RUN_STREAM_ONLY[fields[2]] then
+    redis.call('XADD', global_events, 'MAXLEN', '~', GLOBAL_EVENTS_MAXLEN, '*', unpack(fields))
+  end
 end
 local function is_terminal(s)
   return s == 'succeeded' or s == 'failed' or s == 'skipped' or s == 'cancelled'
@@ -131,6 +138,7 @@ local function expire_run_keys(run_key, run_events)
     redis.call('EXPIRE', run_key .. ':end', ttl)
   end
   local ids = json_list(redis.call('HGET', run_key, 'steps'))
+  local watched = {}  -- the steps' entries in the lease index, dropped a batch per ZREM
   local i = 1
   while i <= #ids do
     local sid = tostring(ids[i])
@@ -138,7 +146,11 @@ local function expire_run_keys(run_key, run_events)
     if inst then
       for _, x in ipairs(json_list(inst)) do ids[#ids + 1] = x end
     end
-    redis.call('ZREM', leases, run_id .. '|' .. sid)
+    watched[#watched + 1] = run_id .. '|' .. sid
+    if #watched >= 500 then
+      redis.call('ZREM', leases, unpack(watched))
+      watched = {}
+    end
     if ttl > 0 then
       -- not ':lease:': a lease key is only ever written with its expiry (claim, renew)
       -- and vanishes with it
@@ -150,6 +162,7 @@ local function expire_run_keys(run_key, run_events)
     end
     i = i + 1
   end
+  if #watched > 0 then redis.call('ZREM', leases, unpack(watched)) end
   redis.call('DEL', base .. ':active')
   if ttl > 0 then redis.call('EXPIRE', base .. ':parked', ttl) end
 end
@@ -211,6 +224,10 @@ local function finalize(run_key, run_events, global_events, remaining, now, run_
   end
   emit(run_events, global_events, ev)
   redis.call('XADD', run_key .. ':end', '*', 'status', final)
+  -- the global reader merges this run's stream up to here (XX: a run recorded before
+  -- P:event_runs existed has no entry; key name as in keys.py)
+  redis.call('ZADD', prefix_of(run_key) .. ':event_runs', 'XX',
+             math.floor(now_seconds() * 1000), run_id)
   release_group(run_key, run_id)
   expire_run_keys(run_key, run_events)
   return final
