@@ -14,7 +14,7 @@ from celery import chain
 from conftest import QUEUE
 
 from runbook_celery.engine import dispatch
-from runbook_celery.engine.app import STEP_TASK, app
+from runbook_celery.engine.app import FANIN_TASK, STEP_TASK, app
 
 RUN = uuid.uuid4().hex
 SNAPSHOT = {"workflow": "wf", "mode": "canvas", "steps": [{"id": f"s{i}"} for i in range(3)]}
@@ -69,3 +69,15 @@ def test_a_message_given_its_own_argsrepr_keeps_it(redis_client, queue):
     app.send_task(STEP_TASK, args=(RUN, "s1"), queue=queue, argsrepr="run=x")
     (message,) = _messages(redis_client, queue)
     assert message["headers"]["argsrepr"] == "run=x"
+
+
+def test_the_join_of_a_step_that_names_a_queue_goes_to_that_queue() -> None:
+    """A fanned-out step's join (``runbook.fan_in``) is routed like its instances: a run
+    whose steps all name a queue has no worker on the default queue to join them (such a
+    run waited for ever, its join re-sent by the reconciler to a queue nobody consumed)."""
+    snapshot = {"workflow": "wf", "mode": "canvas", "steps": [{"id": "m", "queue": "gpu"}]}
+    join = dispatch.step_signature(snapshot, RUN, "m", task=FANIN_TASK)
+    step = dispatch.step_signature(snapshot, RUN, "m")
+    assert join.options["queue"] == step.options["queue"] == "gpu"
+    plain = {"workflow": "wf", "mode": "canvas", "steps": [{"id": "m"}]}
+    assert "queue" not in dispatch.step_signature(plain, RUN, "m", task=FANIN_TASK).options

@@ -51,7 +51,9 @@ def step_signature(
     """The message for one step; named ``<workflow>.<step>`` in Flower, routed by `queue:`."""
     options: dict[str, Any] = {}
     spec = _spec_of(snapshot, step_id)
-    if task == STEP_TASK and spec.get("queue"):
+    if spec.get("queue"):
+        # the join too: the workers of that queue ran the instances, and the default queue
+        # may have none (a run whose steps all name a queue would never join)
         options["queue"] = spec["queue"]
     if spec.get("priority") is not None:
         options["priority"] = broker_priority(spec["priority"])
