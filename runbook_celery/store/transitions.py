@@ -123,9 +123,7 @@ class Transitions(StoreBase):
         ]
         for child, count in children.items():
             args += [child, count]
-        args.append("" if watch_seconds is None else watch_seconds)
-        args.append(json.dumps(dict(history)) if history else "")
-        args += [expect or "", *((decision.event, decision.by) if decision else ("", ""))]
+        args += _finish_tail(watch_seconds, history, expect, decision)
         # a run that ended here had its keys' expiry set by the same script (finalize)
         return FinishOutcome.from_reply([_s(x) for x in self._finish(keys=keys, args=args)])
 
@@ -194,3 +192,19 @@ class Transitions(StoreBase):
         k = self.keys
         keys = [k.run(run_id), k.step(run_id, step_id), k.lease(run_id, step_id)]
         return Outcome.from_reply(self._release(keys=keys, args=[token, attempt, step_id]))
+
+
+def _finish_tail(
+    watch_seconds: float | None,
+    history: Mapping[str, Any] | None,
+    expect: str | None,
+    decision: Decision | None,
+) -> list[Any]:
+    """FINISH's trailing arguments (finish.lua's header): lease_s, history, expect, the
+    decision's event and who decided."""
+    return [
+        "" if watch_seconds is None else watch_seconds,
+        json.dumps(dict(history)) if history else "",
+        expect or "",
+        *((decision.event, decision.by) if decision else ("", "")),
+    ]
