@@ -285,6 +285,9 @@ steps:
     assert second.steps["deploy"].outputs == {"deployed": "app-v7-x1"}
     assert store.run_status(child_run_id(second.id, "build")) is None
     assert store.run_status(child_run_id(first.id, "build")) == "succeeded"
+    # and it links to the child run whose outputs it reuses, as the original step did
+    assert second.steps["build"].child_run == first.steps["build"].child_run
+    assert first.steps["build"].child_run == child_run_id(first.id, "build")
 
 
 @pytest.mark.timeout(120)

@@ -117,6 +117,7 @@ def start_rerun(
         raise InvalidOperation(f"run {run_id} is still {original.status}; wait or cancel it first")
     snapshot = store.snapshot(run_id)
     snapshot.pop("reused", None)
+    snapshot.pop("reused_child_runs", None)
     full = snapshot_graph(snapshot)
     if from_step is not None and from_step not in full.needs:
         known = ", ".join(full.order_hint)
@@ -133,6 +134,10 @@ def start_rerun(
     reused = {sid: original.steps[sid].outputs for sid in full.needs if sid not in todo}
     if reused:
         snapshot["reused"] = reused
+    # a reused uses: step keeps the link to the child run whose outputs it reuses
+    children = {sid: original.steps[sid].child_run for sid in reused}
+    if any(children.values()):
+        snapshot["reused_child_runs"] = {sid: c for sid, c in children.items() if c}
     snapshot["mode"], snapshot["mode_reason"] = mode_for_snapshot(snapshot)
     extra = {"rerun_of": run_id, **({"triggered_by": by} if by else {})}
     return start_run(snapshot, settings=settings, extra=extra)

@@ -46,6 +46,7 @@ class RunRecords(StoreBase):
         now = now_iso()
         step_ids = [s["id"] for s in snapshot["steps"]]
         reused = snapshot.get("reused") or {}
+        reused_children = snapshot.get("reused_child_runs") or {}
         run_fields: dict[FieldT, EncodableT] = {
             "id": run_id,
             "workflow": snapshot["workflow"],
@@ -83,6 +84,8 @@ class RunRecords(StoreBase):
                         "reused": 1,
                         "reason": f"reused from run {extra.get('rerun_of', '?')}",
                     }
+                    if sid in reused_children:
+                        fields["child_run"] = reused_children[sid]
                 pipe.hset(k.step(run_id, sid), mapping=fields)
             pipe.zadd(k.runs_index, {run_id: _epoch()})
             pipe.zadd(k.event_runs, {run_id: math.inf})  # finalize scores its end
