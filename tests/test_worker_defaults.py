@@ -13,8 +13,7 @@ import logging
 import pytest
 from click.testing import CliRunner
 
-from runbook_celery import cli as cli_module
-from runbook_celery.cli import cli
+from runbook_celery.cli import cli, workercmd
 from runbook_celery.engine import taskevents
 
 TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
@@ -23,7 +22,7 @@ TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     argvs: list[list[str]] = []
-    monkeypatch.setattr(cli_module.app, "worker_main", lambda argv: argvs.append(list(argv)))
+    monkeypatch.setattr(workercmd.app, "worker_main", lambda argv: argvs.append(list(argv)))
     for name in TASK_LOGGERS:  # whatever an earlier test left on Celery's loggers
         logger = logging.getLogger(name)
         monkeypatch.setattr(logger, "filters", [])
