@@ -58,7 +58,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
 
 # Redis databases on the private server
-DB_RB_BROKER, DB_RB_STATE, DB_RAW_BROKER, DB_RAW_BACKEND = 0, 1, 2, 3
+# runbook-celery as shipped: broker, result backend and store in one database (the
+# broker URL defaults to the store's), which lets a chain link's FINISH send the next link
+DB_RB_BROKER = DB_RB_STATE = 1
+DB_RAW_BROKER, DB_RAW_BACKEND = 2, 3
 STATE_DBS = (DB_RB_STATE, DB_RAW_BACKEND)
 
 

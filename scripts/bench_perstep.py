@@ -47,7 +47,10 @@ from bench_infra import IDLE_COMMANDS, RedisServer, Worker, start_workers, stop_
 
 RB, RAW = "runbook-celery", "raw Celery"
 CHAIN, FAN = "chain", "fan-out"
-DB_RB_BROKER, DB_RB_STATE, DB_RAW_BROKER, DB_RAW_BACKEND = 0, 1, 2, 3
+# runbook-celery as shipped: broker, result backend and store in one database (the
+# broker URL defaults to the store's), which lets a chain link's FINISH send the next link
+DB_RB_BROKER = DB_RB_STATE = 1
+DB_RAW_BROKER, DB_RAW_BACKEND = 2, 3
 # a blocking read that returns on a timer when idle (the notifier's), and the harness's own
 # reads: left out when waiting for the workers to go quiet
 SETTLE_IGNORED = IDLE_COMMANDS | {"xreadgroup", "publish"}

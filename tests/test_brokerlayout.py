@@ -22,7 +22,12 @@ from kombu.transport.redis import Channel
 from runbook_celery.definition.queuenames import RESERVED_NAMES, queue_name_problem
 from runbook_celery.engine import recovery
 from runbook_celery.engine.app import app
-from runbook_celery.engine.brokerlayout import BrokerLayout, broker_layout, message_priority
+from runbook_celery.engine.brokerlayout import (
+    BrokerLayout,
+    broker_layout,
+    captured_publish,
+    message_priority,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -153,3 +158,59 @@ def test_recovery_restores_and_finds_kombus_messages_under_the_layout(
     steps = [layout.priority_step(sent[t]) for t, _ in got]
     assert steps == sorted(steps)
     assert all(redelivered for _, redelivered in got)
+
+
+@pytest.mark.parametrize("layout_name", sorted(LAYOUTS))
+def test_a_captured_publish_is_what_kombu_delivers_once_pushed(
+    layout_name: str, redis_client: redis.Redis
+) -> None:
+    """captured_publish (a chain link's FINISH pushes what it yields): nothing is sent
+    while capturing, and the (key, payload) pushed by hand is delivered by kombu, with the
+    same options, as the message published, in kombu's priority order."""
+    options = LAYOUTS[layout_name]()
+    layout = BrokerLayout.from_options(options)
+    name = f"rbtest-capture-{SESSION}-{uuid.uuid4().hex[:6]}"
+    exchange = Exchange(name, type="direct")
+    queue = Queue(name, exchange, routing_key=name)
+    sent = {p: uuid.uuid4().hex for p in reversed(PRIORITIES)}  # pushed highest first
+    try:
+        with Connection(TEST_REDIS_URL, transport_options=options) as conn:
+            producer = conn.Producer()
+            queued = lambda: sum(redis_client.llen(k) for k in layout.queue_keys(name))  # noqa: E731
+            for priority, task_id in sent.items():
+                before = queued()
+                with captured_publish(producer.channel) as puts:
+                    producer.publish(
+                        {"n": priority},
+                        exchange=exchange,
+                        routing_key=name,
+                        declare=[queue],
+                        headers={"id": task_id},
+                        priority=priority,
+                    )
+                assert puts is not None and len(puts) == 1
+                assert queued() == before  # captured, not sent
+                key, payload = puts[0]
+                assert key == layout.queue_key(name, priority)
+                redis_client.lpush(key, payload)
+            channel = conn.channel()
+            got = []
+            for _ in sent:
+                message = channel.basic_get(name, no_ack=True)
+                assert message is not None
+                got.append((message.headers["id"], message.decode()))
+            channel.close()
+    finally:
+        redis_client.delete(*layout.queue_keys(name))
+        prefix = layout.global_keyprefix
+        for key in redis_client.scan_iter(match=f"{prefix}_kombu.binding*{name}*"):
+            redis_client.delete(key)
+    # kombu serves the lists of lower priority steps first, each list first in, first out
+    pushed = list(sent)
+    order = sorted(pushed, key=lambda p: (layout.priority_step(p), pushed.index(p)))
+    assert got == [(sent[p], {"n": p}) for p in order]
+
+
+def test_captured_publish_leaves_a_non_redis_channel_alone() -> None:
+    with Connection("memory://") as conn, captured_publish(conn.default_channel) as puts:
+        assert puts is None

@@ -26,7 +26,7 @@ from kombu import Connection, Exchange, Queue
 from runbook_celery.client.run import Run
 from runbook_celery.core.errors import InvalidOperation
 from runbook_celery.engine import recovery
-from runbook_celery.store import Decision, RunStore, Successor
+from runbook_celery.store import ChainLink, Decision, RunStore, Successor
 from runbook_celery.store.events import StepStatus
 from runbook_celery.store.gates import Gates
 from runbook_celery.store.scripts import LIBRARIES, PARTS, read, source
@@ -487,6 +487,100 @@ def test_store_result_with_a_bad_period_stores_no_result(st: RunStore) -> None:
     with pytest.raises(redis.ResponseError):
         st._store_result(keys=[key, st.keys.leases], args=["v", 0, f"{run}|a", "soon", 0, 0])
     assert not st.r.exists(key)
+
+
+# ------------------------------------------------------------------ finish_hand_on.lua
+
+
+def _link(st: RunStore, run: str, successors: tuple[Successor, ...] = ()) -> ChainLink:
+    return ChainLink(
+        result_key=f"{PREFIX}:lua:result:{run}",
+        result_value='{"status": "SUCCESS", "result": {"step": "a"}}',
+        result_expires=60,
+        queue_key=f"{PREFIX}:lua:queue:{run}",
+        payload='{"body": "next link"}',
+        successors=successors,
+    )
+
+
+def test_finish_hand_on_records_stores_the_result_pushes_the_next_link_and_hands_on(
+    st: RunStore,
+) -> None:
+    run = _run(st, {"a": [], "b": ["a"]})
+    _claim(st, run)
+    link = _link(st, run, (Successor("b", 1),))
+    out = _finish(
+        st, run, "a", StepStatus.SUCCEEDED, children={"b": 1}, watch_seconds=30, link=link
+    )
+    assert out.recorded and out.remaining == 1
+    assert _step(st, run, "a")["status"] == "succeeded"
+    assert st.r.get(link.result_key) == link.result_value.encode()
+    assert 0 < st.r.ttl(link.result_key) <= 60
+    assert st.r.lrange(link.queue_key, 0, -1) == [link.payload.encode()]
+    assert not _watched(st, run, "a")  # handed on: the next link is watched instead
+    assert _watched(st, run, "b")
+
+
+def test_finish_hand_on_of_a_duplicate_pushes_and_stores_nothing(st: RunStore) -> None:
+    run = _run(st, {"a": [], "b": ["a"]})
+    _claim(st, run)
+    _finish(st, run, "a", StepStatus.SUCCEEDED)
+    link = _link(st, run, (Successor("b", 1),))
+    out = _finish(st, run, "a", StepStatus.SUCCEEDED, watch_seconds=30, link=link)
+    assert out.duplicate and not out.recorded
+    assert not st.r.exists(link.result_key)
+    assert not st.r.exists(link.queue_key)
+
+
+def test_finish_hand_on_of_a_superseded_delivery_pushes_and_stores_nothing(st: RunStore) -> None:
+    run = _run(st, {"a": [], "b": ["a"]})
+    _claim(st, run, token="t1")
+    st.r.delete(st.keys.lease(run, "a"))  # t1's worker died
+    _claim(st, run, token="t2")
+    link = _link(st, run, (Successor("b", 1),))
+    out = _finish(st, run, "a", StepStatus.SUCCEEDED, token="t1", watch_seconds=30, link=link)
+    assert out.superseded and not out.recorded
+    assert _step(st, run, "a")["status"] == "running"
+    assert not st.r.exists(link.result_key)
+    assert not st.r.exists(link.queue_key)
+    assert _types(st, run)[-1] == "step_result_discarded"
+
+
+def test_finish_hand_on_with_bad_extra_counts_writes_nothing(st: RunStore) -> None:
+    run = _run(st, {"a": []})
+    _claim(st, run)
+    link = _link(st, run)
+    keys, args = st._link_arguments(run, "a", link, 30)
+    finish_keys = [*st.keys.transition(run, "a")]
+    finish_args = [
+        run,
+        "a",
+        "t",
+        "now",
+        "succeeded",
+        0,
+        "",
+        "",
+        "",
+        0,
+        "wf",
+        1,
+        0,
+        0,
+        30,
+        "",
+        "",
+        "",
+        "",
+    ]
+    with pytest.raises(redis.ResponseError):  # one extra argument counted too few
+        st._finish_hand_on(
+            keys=[*finish_keys, *keys],
+            args=[*finish_args, *args, len(args) - 1, len(keys)],
+        )
+    assert _step(st, run, "a")["status"] == "running"
+    assert not st.r.exists(link.result_key)
+    assert not st.r.exists(link.queue_key)
 
 
 def test_watch_creates_entries_and_only_existing_extends_without_creating(st: RunStore) -> None:

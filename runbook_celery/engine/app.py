@@ -79,6 +79,10 @@ class ResultBackend(RedisBackend):
         successors now ready are watched (``RunStore.hand_on``). Steps in a chord header
         hand on after this (the chord counter), so they hand on in ``task_postrun``.
         """
+        if request is not None and getattr(handed_on, "finished", None) == request.id:
+            handed_on.finished = None
+            if state == states.SUCCESS:  # stored by the step's FINISH (chainlink.py)
+                return result
         handed_on.member = _lease_member(request, state, result)
         try:
             return super().store_result(
@@ -113,24 +117,37 @@ class ResultBackend(RedisBackend):
             return super()._store_result(  # type: ignore[misc]  # celery-types lacks it
                 task_id, result, state, traceback=traceback, request=request, **kwargs
             )
-        meta = self._get_result_meta(  # type: ignore[attr-defined]  # celery-types lacks it
-            result=result, state=state, traceback=traceback, request=request
-        )
-        meta["task_id"] = _s(task_id)
-        key = self.get_key_for_task(task_id)
-        value = self.encode(meta)
-        # as Celery's _set_with_state: a failure keeps its own expiry
-        expires = self.failure_expires if state == states.FAILURE else None  # type: ignore[attr-defined]
-        if len(value) > self._MAX_STR_VALUE_SIZE:  # type: ignore[attr-defined]  # as Celery's set
-            raise BackendStoreError(  # type: ignore[call-arg]  # celery-types lacks them
-                "value too large for Redis backend", state=state, task_id=task_id
-            )
+        key, value, expires = self.encoded_result(task_id, result, state, traceback, request)
         wait_while_full(
             lambda: self._set(key, value, expires),
             f"storing task state {_s(key)}",
             give_up=worker_stopping,
         )
         return result
+
+    def encoded_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Any = None,
+    ) -> tuple[str, bytes | str, int | None]:
+        """(key, value, expiry) of a task's result as Celery's backend writes it (its meta,
+        with ``result_extended`` what the request says; a failure keeps its own expiry;
+        None: the backend's); BackendStoreError when too large, as Celery's ``set``."""
+        meta = self._get_result_meta(  # type: ignore[attr-defined]  # celery-types lacks it
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = _s(task_id)
+        key = _s(self.get_key_for_task(task_id))
+        value = self.encode(meta)
+        expires = self.failure_expires if state == states.FAILURE else None  # type: ignore[attr-defined]
+        if len(value) > self._MAX_STR_VALUE_SIZE:  # type: ignore[attr-defined]  # as Celery's set
+            raise BackendStoreError(  # type: ignore[call-arg]  # celery-types lacks them
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        return key, value, expires
 
     # celery-types declares neither RedisBackend.set's expires and retry policy, nor _set,
     # nor the backend's expires, which Celery has: hence the ignores below
@@ -192,8 +209,9 @@ class ResultBackend(RedisBackend):
 quiet_ordinary_chord_failures()
 
 # Per worker thread: the lease-index member of the step whose result is being stored, the
-# last member handed on that way (so that task_postrun does not do it again), and the
-# successors the step task found for it (``note_successors``).
+# last member handed on that way (so that task_postrun does not do it again), the
+# successors the step task found for it (``note_successors``), and the task whose result
+# its FINISH stored with the next link of its chain (``finished``: chainlink.py).
 handed_on = threading.local()
 
 

@@ -27,11 +27,13 @@ tests/test_brokerlayout.py checks that the two agree for kombu's defaults.
 from __future__ import annotations
 
 from bisect import bisect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from kombu.transport.redis import Channel
+from kombu.utils.json import dumps
 
 from .app import app
 
@@ -134,3 +136,28 @@ def message_priority(payload: Mapping[str, Any]) -> int:
 def broker_layout() -> BrokerLayout:
     """The layout of our app's Redis broker (its ``broker_transport_options``)."""
     return BrokerLayout.from_options(app.conf.broker_transport_options)
+
+
+@contextmanager
+def captured_publish(channel: Any) -> Iterator[list[tuple[str, str]] | None]:
+    """Publish on ``channel`` without sending: yields the (list key, payload) of each message
+    kombu's Redis transport would have pushed (its ``_put``: the list of the message's
+    priority step, the message as kombu's JSON), for a script to push instead. Yields None
+    (and publishing sends as usual) when the channel is not kombu's Redis channel; a queue
+    kombu would also expire (``x-expires``) is not captured (the list stays empty)."""
+    if not isinstance(channel, Channel):
+        yield None
+        return
+    layout = BrokerLayout.from_channel(channel)
+    puts: list[tuple[str, str]] = []
+    expiring: dict[str, Any] = getattr(channel, "_expires", None) or {}
+
+    def put(queue: str, message: dict[str, Any], **_: Any) -> None:
+        if queue not in expiring:
+            puts.append((layout.message_queue_key(message, queue), dumps(message)))
+
+    channel._put = put  # type: ignore[method-assign]  # this instance, while held
+    try:
+        yield puts
+    finally:
+        del channel._put

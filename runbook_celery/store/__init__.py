@@ -22,7 +22,7 @@ from .codec import _describe as _describe
 from .codec import _epoch as _epoch
 from .codec import _s as _s
 from .codec import now_iso
-from .records import Decision, FinishOutcome, Outcome, StartDecision, Successor
+from .records import ChainLink, Decision, FinishOutcome, Outcome, StartDecision, Successor
 from .runstore import RunStore
 from .scripts import GLOBAL_EVENTS_MAXLEN, RUN_EVENTS_MAXLEN, prelude
 
@@ -33,6 +33,7 @@ __all__ = [
     "CANCEL_CHUNK",
     "GLOBAL_EVENTS_MAXLEN",
     "RUN_EVENTS_MAXLEN",
+    "ChainLink",
     "Decision",
     "FinishOutcome",
     "Outcome",

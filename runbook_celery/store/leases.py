@@ -70,15 +70,7 @@ class Leases(StoreBase):
         ``ended``: steps of the same run that hand on with this one (their transitions
         were made by this step's task: a fanned-out step joined by its last instance).
         """
-        k = self.keys
-        succ = list(successors)
-        also = [f"{run_id}|{s}" for s in ended]
-        keys = [k.leases]
-        args: list[Any] = [f"{run_id}|{step_id}", seconds, len(succ)]
-        for s in succ:
-            keys += [k.step(run_id, s.step), k.arrived(run_id, s.step)]
-            args += [f"{run_id}|{s.step}", s.needs]
-        args += [len(also), *also]
+        keys, args = self.hand_on_arguments(run_id, step_id, successors, seconds, ended)
         if result is None:
             self._hand_on(keys=keys, args=args)
             return

@@ -62,6 +62,11 @@ class FinishOutcome:
     unparked: tuple[dict[str, Any], ...] = ()  # parked messages a freed slot lets go
     refused: str | None = None  # the step's status, when it was not the one expected
 
+    @property
+    def recorded(self) -> bool:
+        """This transition wrote the step's end (not a duplicate, superseded or refused)."""
+        return not self.duplicate and not self.superseded and self.refused is None
+
     @classmethod
     def from_reply(cls, res: list[Any]) -> FinishOutcome:
         """Read finish.lua's reply (see its header)."""
@@ -109,3 +114,17 @@ class Successor:
     step: str
     # how many needs it joins on (its arrived set); 0: none to check
     needs: int
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """What Celery would do after a chain link's task returns, done by its FINISH instead
+    (``finish_hand_on.lua``): push the next link's message (kombu's payload, onto its
+    queue's list), store the step's result, hand on to ``successors``."""
+
+    result_key: str
+    result_value: str | bytes
+    result_expires: int  # seconds; 0: none
+    queue_key: str
+    payload: str
+    successors: tuple[Successor, ...] = ()

@@ -27,7 +27,8 @@ _HAND_ON = (*_PRELUDE, "hand_on_lib")
 PARTS: dict[str, tuple[str, ...]] = {
     "claim": _PRELUDE,
     "renew": _PRELUDE,
-    "finish": _PRELUDE,
+    "finish": (*_PRELUDE, "finish_lib"),
+    "finish_hand_on": (*_HAND_ON, "finish_lib"),
     "retry": _PRELUDE,
     "handback": _PRELUDE,
     "release": _PRELUDE,
@@ -53,7 +54,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "queued": (),
 }
 
-LIBRARIES = ("prelude", "hand_on_lib")
+LIBRARIES = ("prelude", "hand_on_lib", "finish_lib")
 
 
 @functools.cache

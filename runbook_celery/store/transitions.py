@@ -11,7 +11,7 @@ from redis.typing import EncodableT
 from ..definition.vocabulary import StepStatus
 from .base import StoreBase
 from .codec import _s, now_iso
-from .records import Decision, FinishOutcome, Outcome, StartDecision
+from .records import ChainLink, Decision, FinishOutcome, Outcome, StartDecision
 
 
 class Transitions(StoreBase):
@@ -85,6 +85,7 @@ class Transitions(StoreBase):
         watch_seconds: float | None = None,
         expect: str | None = None,
         decision: Decision | None = None,
+        link: ChainLink | None = None,
     ) -> FinishOutcome:
         """FINISH: record a terminal status; skip ``skip``; join ``children`` (dynamic mode).
 
@@ -94,7 +95,9 @@ class Transitions(StoreBase):
         comes back as ``superseded``. ``watch_seconds``: the children this makes ready are
         watched from here (recovery.py), as the caller publishes them. ``expect``: the
         step must be in this status, else nothing is written (``refused``); ``decision``:
-        its event is recorded with the step's end (an operator's decision).
+        its event is recorded with the step's end (an operator's decision). ``link``: a
+        chain link's hand-on, done in the same script when the step is recorded
+        (``finish_hand_on.lua``: the next link's message, the step's Celery result).
         """
         k = self.keys
         skip = list(skip)
@@ -125,7 +128,24 @@ class Transitions(StoreBase):
             args += [child, count]
         args += _finish_tail(watch_seconds, history, expect, decision)
         # a run that ended here had its keys' expiry set by the same script (finalize)
-        return FinishOutcome.from_reply([_s(x) for x in self._finish(keys=keys, args=args)])
+        if link is None:
+            reply = self._finish(keys=keys, args=args)
+        else:
+            more_keys, more_args = self._link_arguments(run_id, step_id, link, watch_seconds)
+            keys += more_keys
+            args += [*more_args, len(more_args), len(more_keys)]
+            reply = self._finish_hand_on(keys=keys, args=args)
+        return FinishOutcome.from_reply([_s(x) for x in reply])
+
+    def _link_arguments(
+        self, run_id: str, step_id: str, link: ChainLink, watch_seconds: float | None
+    ) -> tuple[list[Any], list[Any]]:
+        """finish_hand_on.lua's extra KEYS and ARGV: the result, the message, HAND ON."""
+        seconds = watch_seconds if watch_seconds is not None else 0
+        hand_keys, hand_args = self.hand_on_arguments(run_id, step_id, link.successors, seconds)
+        keys = [link.result_key, link.queue_key, *hand_keys]
+        args = [link.result_value, link.result_expires, link.payload, *hand_args]
+        return keys, args
 
     def retry_step(
         self,

@@ -18,9 +18,9 @@ from celery.exceptions import Ignore
 
 from ...core.errors import InvalidOperation
 from ...plan.compile import CANVAS
-from ...store import Decision, FinishOutcome, Outcome, now_iso
+from ...store import Decision, FinishOutcome, Outcome, Successor, now_iso
 from ...store.events import FailureReason, StepStatus
-from .. import dispatch
+from .. import chainlink, dispatch
 from ..app import app
 from ..fullredis import wait_while_full, worker_stopping
 from ..runner import BashResult
@@ -69,7 +69,17 @@ def finish(
         "expect": expect,
         "decision": decision,
     }
-    outcome = _finish_step(x, status, fields, skip, children)
+    retval = {
+        "run_id": x.run_id,
+        "step": x.step_id,
+        "status": status.value,
+        "reason": reason or "",
+        "exit_code": exit_code,
+        "outputs": outputs or {},
+    }
+    link = None if failed or x.inline or x.parent is not None else _chain_link(x, retval)
+    outcome = _finish_step(x, status, fields, skip, children, link)
+    chainlink.settle(x.task, link, outcome, f"{x.run_id}|{x.step_id}")
     if outcome.refused is not None and expect is not None:
         raise InvalidOperation(
             f"step {x.step_id!r} of run {x.run_id} is {outcome.refused}, "
@@ -81,14 +91,13 @@ def finish(
     x.after_finish(outcome, skip)
     if failed and x.parent is None:
         raise step_failed(status.value, x.step_id, reason, exit_code, stderr or ())
-    return {
-        "run_id": x.run_id,
-        "step": x.step_id,
-        "status": status.value,
-        "reason": reason or "",
-        "exit_code": exit_code,
-        "outputs": outputs or {},
-    }
+    return retval
+
+
+def _chain_link(x: StepExecution, retval: dict[str, Any]) -> chainlink.PreparedLink | None:
+    """A chain link's hand-on for FINISH to do (chainlink.py), when this step has one."""
+    successors = [Successor(c, n) for c, n in x.children().items()]
+    return chainlink.prepare(x.task, x.settings, retval, successors)
 
 
 def _before_finish(x: StepExecution, failed: bool) -> tuple[list[str], dict[str, int]]:
@@ -118,6 +127,7 @@ def _finish_step(
     fields: dict[str, Any],
     skip: list[str],
     children: dict[str, int],
+    link: chainlink.PreparedLink | None = None,
 ) -> FinishOutcome:
     """The FINISH transition. Redis full: keep the result and the lease, record once
     memory is freed (fullredis)."""
@@ -132,6 +142,7 @@ def _finish_step(
             skip=skip,
             children=children,
             watch_seconds=x.watch_seconds,
+            link=None if link is None else link.link,
             **fields,
         ),
         f"recording step {x.step_id} of run {x.run_id} as {status.value}",

@@ -1,0 +1,125 @@
+"""A chain link's FINISH also does what Celery does after the task returns.
+
+After a step task of a chain returns, Celery publishes the chain's next link, then stores
+the task's result, and the stored result hands the step on (app.ResultBackend): three
+round trips after FINISH, and a moment in which the step is recorded but its successor
+not yet published (the reconciler closes it, a lease later). When the broker, the result
+backend and the store share one Redis database, FINISH does all of it in one script
+(``finish_hand_on.lua``): the next link's message is built by Celery and kombu as usual,
+but captured instead of sent (brokerlayout.captured_publish), and pushed by the script
+only if FINISH records the step. The task then tells Celery that the chain went on
+(``request.chain`` emptied) and that its result is stored (``handed_on.finished``).
+
+Only a plain next link: a chord or group next (its counter is Celery's), a step in a
+chord header, links with callbacks, eager calls and failures go Celery's usual way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Task, states
+from celery.canvas import Signature, signature
+from celery.exceptions import BackendStoreError
+
+from ..core.settings import Settings
+from ..store import ChainLink, FinishOutcome, Successor
+from .app import handed_on
+from .brokerlayout import captured_publish
+
+
+@dataclass(frozen=True)
+class PreparedLink:
+    """A chain link's hand-on, ready for FINISH, and the next link's result (its trail)."""
+
+    link: ChainLink
+    trail: Any  # the AsyncResult Celery added to the request's children
+
+
+def shares_redis(settings: Settings) -> bool:
+    """The broker is the store's Redis database (the result backend always is)."""
+    url = settings.broker_url
+    return url.startswith(("redis://", "rediss://")) and url == settings.redis_url
+
+
+def prepare(
+    task: Task[..., Any] | None,
+    settings: Settings,
+    retval: dict[str, Any],
+    successors: list[Successor],
+) -> PreparedLink | None:
+    """The next link's message and this task's result, for FINISH to write; None when
+    this delivery's chain goes on Celery's usual way."""
+    request = getattr(task, "request", None)
+    if task is None or request is None or not _plain_link(request):
+        return None
+    if not shares_redis(settings):
+        return None
+    nxt = signature(request.chain[-1], app=task.app)
+    if type(nxt) is not Signature:  # a group, chord or chain next: Celery's to send
+        return None
+    # what Celery's tracer passes when it sends the next link (celery.app.trace)
+    inherit = task.app.conf.task_inherit_parent_priority
+    priority = (request.delivery_info or {}).get("priority") if inherit else None
+    with task.app.producer_or_acquire() as producer, captured_publish(producer.channel) as puts:
+        options: dict[str, Any] = {"chain": request.chain[:-1], "priority": priority}
+        trail = nxt.apply_async(
+            (retval,),
+            parent_id=request.id,
+            root_id=request.root_id or request.id,
+            producer=producer,
+            **options,
+        )
+    if puts is None or len(puts) != 1:
+        _drop_trail(request, trail)
+        return None
+    backend: Any = task.backend  # our ResultBackend (app.py)
+    try:
+        key, value, expires = backend.encoded_result(
+            request.id, retval, states.SUCCESS, None, request
+        )
+    except BackendStoreError:  # too large: Celery's own store says so, as it would have
+        _drop_trail(request, trail)
+        return None
+    queue_key, payload = puts[0]
+    ttl = int(backend.expires if expires is None else expires or 0)
+    link = ChainLink(key, value, ttl, queue_key, payload, tuple(successors))
+    return PreparedLink(link, trail)
+
+
+def settle(
+    task: Task[..., Any] | None,
+    prepared: PreparedLink | None,
+    outcome: FinishOutcome,
+    member: str,
+) -> None:
+    """After FINISH: if it recorded the step, the chain went on and the result is stored
+    (Celery must do neither again); if not, Celery goes on as usual."""
+    if prepared is None or task is None:
+        return
+    request = task.request
+    if not outcome.recorded:
+        _drop_trail(request, prepared.trail)
+        return
+    request.chain = None
+    handed_on.finished = request.id
+    handed_on.dropped = member  # task_postrun: handed on already
+
+
+def _plain_link(request: Any) -> bool:
+    return bool(
+        request.chain
+        and not request.chord
+        and not request.callbacks
+        and not request.is_eager
+        and not request.called_directly
+    )
+
+
+def _drop_trail(request: Any, trail: Any) -> None:
+    """The next link was not sent: it is not this task's child (yet; Celery adds it when
+    it sends the link)."""
+    children = getattr(request, "children", None)
+    if children and trail in children:
+        children.remove(trail)

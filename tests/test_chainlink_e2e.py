@@ -1,0 +1,99 @@
+"""A chain link's FINISH sends the next link and stores the step's Celery result, in one
+script, when broker and store share a Redis (engine/chainlink.py); Celery sees what it
+would have done itself (real worker, real Redis, Redis' MONITOR as the witness)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import redis
+from celery.result import AsyncResult
+from conftest import TEST_REDIS_URL
+
+from runbook_celery.client.api import submit_snapshot
+from runbook_celery.core.settings import get_settings
+from runbook_celery.definition.loader import load_workflow
+from runbook_celery.engine.app import app
+from runbook_celery.engine.chainlink import shares_redis
+from runbook_celery.plan.compile import CANVAS, build_snapshot
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("worker"),
+    pytest.mark.skipif(
+        not shares_redis(get_settings()),
+        reason="this session's broker is not the store's Redis (the AMQP suite)",
+    ),
+]
+
+CHAIN = """
+name: three-links
+steps:
+  - id: a
+    run: echo "n=1" >> "$RUNBOOK_OUTPUT"
+  - id: b
+    needs: [a]
+    run: echo "n=2" >> "$RUNBOOK_OUTPUT"
+  - id: c
+    needs: [b]
+    run: echo "n=3" >> "$RUNBOOK_OUTPUT"
+"""
+
+
+class Witness:
+    """Every command Redis runs while the block runs (MONITOR), in a thread."""
+
+    def __init__(self) -> None:
+        self.commands: list[dict[str, Any]] = []
+        self.stop = f"stop-{id(self)}"
+        self._client = redis.Redis.from_url(TEST_REDIS_URL)
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def _read(self) -> None:
+        with self._client.monitor() as monitor:
+            self._ready.set()
+            for command in monitor.listen():
+                if self.stop in command["command"]:
+                    return
+                self.commands.append(command)
+
+    def __enter__(self) -> Witness:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._client.echo(self.stop)  # wakes the reader: it stops at its own marker
+        self._thread.join(10)
+        self._client.close()
+
+
+def test_a_chain_links_finish_sends_the_next_link_and_stores_its_result(
+    write_workflow: Any,
+) -> None:
+    snapshot = build_snapshot(load_workflow(write_workflow(CHAIN)))
+    assert snapshot["mode"] == CANVAS
+    with Witness() as witness:
+        run = submit_snapshot(snapshot)
+        final = run.wait(timeout=60)
+    assert final.succeeded
+    pushes = [
+        c
+        for c in witness.commands
+        if c["command"].upper().startswith("LPUSH ") and run.id in c["command"]
+    ]
+    # the first link is sent by submit; b and c by the FINISH of a and b, inside the script
+    by_script = [c["client_type"] == "lua" for c in pushes]
+    assert by_script == [False, True, True], pushes
+    # Celery's result of each link, as Celery would have stored it: SUCCESS, the step's
+    # outputs, and the next link as its child
+    ids = {step: f"{run.id}.{step}" for step in "abc"}
+    for step, n in (("a", "1"), ("b", "2"), ("c", "3")):
+        result = AsyncResult(ids[step], app=app)
+        assert result.state == "SUCCESS"
+        assert result.result["outputs"] == {"n": n}
+    assert [child.id for child in AsyncResult(ids["a"], app=app).children] == [ids["b"]]
+    assert [child.id for child in AsyncResult(ids["b"], app=app).children] == [ids["c"]]
