@@ -16,6 +16,7 @@ chord header, links with callbacks, eager calls and failures go Celery's usual w
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ from ..core.settings import Settings
 from ..store import ChainLink, FinishOutcome, Successor
 from .app import handed_on
 from .brokerlayout import captured_publish
+
+log = logging.getLogger("runbook_celery.worker")
 
 
 @dataclass(frozen=True)
@@ -62,15 +65,27 @@ def prepare(
     # what Celery's tracer passes when it sends the next link (celery.app.trace)
     inherit = task.app.conf.task_inherit_parent_priority
     priority = (request.delivery_info or {}).get("priority") if inherit else None
-    with task.app.producer_or_acquire() as producer, captured_publish(producer.channel) as puts:
-        options: dict[str, Any] = {"chain": request.chain[:-1], "priority": priority}
-        trail = nxt.apply_async(
-            (retval,),
-            parent_id=request.id,
-            root_id=request.root_id or request.id,
-            producer=producer,
-            **options,
-        )
+    trail = None
+    try:
+        with (
+            task.app.producer_or_acquire() as producer,
+            captured_publish(producer.channel) as puts,
+        ):
+            options: dict[str, Any] = {"chain": request.chain[:-1], "priority": priority}
+            trail = nxt.apply_async(
+                (retval,),
+                parent_id=request.id,
+                root_id=request.root_id or request.id,
+                producer=producer,
+                **options,
+            )
+    except Exception as exc:  # e.g. declaring the queue on a full Redis
+        # building the message may talk to the broker (kombu declares a queue once per
+        # channel): whatever goes wrong there, the link goes Celery's usual way, after
+        # FINISH, which waits out a full Redis (fullredis)
+        log.info("step %s: next chain link sent the usual way (%r)", request.id, exc)
+        _drop_trail(request, trail)
+        return None
     if puts is None or len(puts) != 1:
         _drop_trail(request, trail)
         return None
