@@ -725,6 +725,21 @@ def test_instance_ended_sends_the_next_of_its_lane_then_the_fan_in(st: RunStore)
     assert st.instance_ended(run, "m[1]") == (None, True)  # a replay: same answer
 
 
+def test_instance_ended_finds_the_fan_in_due_once_when_the_parent_is_watched(
+    st: RunStore,
+) -> None:
+    """With a watch (a Redis broker) a lost join is the reconciler's to find: replays of
+    ended instances (after a cancel, a window of queued messages) do not send it again."""
+    run = _run(st, {"m": []})
+    st.add_instances(run, "m", [{"i": 0}, {"i": 1}], window=2)
+    assert st.instance_ended(run, "m[0]", watch_seconds=30) == (None, False)
+    assert st.instance_ended(run, "m[1]", watch_seconds=30) == (None, True)
+    assert _watched(st, run, "m")  # until the join hands it on
+    assert st.instance_ended(run, "m[1]", watch_seconds=30) == (None, False)
+    assert st.instance_ended(run, "m[0]", watch_seconds=30) == (None, False)
+    assert _watched(st, run, "m")
+
+
 def test_instance_ended_sends_no_next_instance_while_the_run_is_cancelling(
     st: RunStore,
 ) -> None:

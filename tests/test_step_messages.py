@@ -81,3 +81,17 @@ def test_the_join_of_a_step_that_names_a_queue_goes_to_that_queue() -> None:
     assert join.options["queue"] == step.options["queue"] == "gpu"
     plain = {"workflow": "wf", "mode": "canvas", "steps": [{"id": "m"}]}
     assert "queue" not in dispatch.step_signature(plain, RUN, "m", task=FANIN_TASK).options
+
+
+def test_a_join_goes_ahead_of_the_instances_still_queued() -> None:
+    """A join is sent at the top of our priority scale, whatever the step's own priority:
+    after a cancel it would otherwise wait behind a window of queued instance messages
+    (each only a replay), and the run's end with it."""
+    for spec in ({"id": "m"}, {"id": "m", "priority": 0}, {"id": "m", "priority": 7}):
+        snapshot = {"workflow": "wf", "mode": "canvas", "steps": [spec]}
+        join = dispatch.step_signature(snapshot, RUN, "m", task=FANIN_TASK)
+        assert join.options["priority"] == dispatch.broker_priority(dispatch.MOST_URGENT)
+    instance = dispatch.step_signature(
+        {"workflow": "wf", "mode": "canvas", "steps": [{"id": "m", "priority": 7}]}, RUN, "m[0]"
+    )
+    assert instance.options["priority"] == dispatch.broker_priority(7)

@@ -17,7 +17,7 @@ from celery.exceptions import Retry
 from runbook_celery.core.settings import get_settings
 from runbook_celery.definition.loader import load_workflow_text
 from runbook_celery.engine.runner import BashResult
-from runbook_celery.engine.step import claim, condition, environment, policy, record
+from runbook_celery.engine.step import claim, condition, environment, fanout, policy, record
 from runbook_celery.engine.step.context import RunCache
 from runbook_celery.engine.step.delivery import StepExecution
 from runbook_celery.plan.compile import build_snapshot
@@ -168,3 +168,34 @@ def test_recording_an_exit_code_listed_in_skip_on_exit_codes_skips_the_step(
     step = store.step_hashes(run_id, ["test"])["test"]
     assert step["status"] == "skipped" and step["exit_code"] == "99"
     assert x.recorded and x.task.retried == []  # type: ignore[attr-defined]
+
+
+FANNED = """\
+name: fanned
+steps:
+  - id: m
+    matrix: {i: [1, 2, 3]}
+    run: 'true'
+"""
+
+
+def test_a_duplicate_join_reads_none_of_the_instances(store: RunStore) -> None:
+    """A join of a step already recorded (another join, or a cancel) is a replay: it reads
+    the step, not its instances (thousands, for a large for_each)."""
+    run = uuid.uuid4().hex
+    snapshot = build_snapshot(load_workflow_text(FANNED), {})
+    snapshot["base_dir"] = None
+    store.create_run(run, snapshot, "sha")
+    ids = store.add_instances(run, "m", [{"matrix": {"i": i}} for i in (1, 2, 3)])
+    store.r.hset(store.keys.step(run, "m"), "status", "succeeded")
+    read: list[str] = []
+    step_hashes = store.step_hashes
+
+    def counting(run_id: str, steps: Any) -> Any:
+        read.extend(steps)
+        return step_hashes(run_id, steps)
+
+    store.step_hashes = counting  # type: ignore[method-assign]
+    result = fanout.join_instances(delivery(store, run, "m"))
+    assert result["duplicate"] is True and result["status"] == "succeeded"
+    assert read == ["m"] and not set(ids) & set(read)

@@ -24,6 +24,7 @@ from ..plan.compile import CANVAS, make_plan, snapshot_graph
 from .app import FANIN_TASK, RUN_TIMEOUT_TASK, STEP_TASK, app
 
 _STEP_TASKS = frozenset({STEP_TASK, FANIN_TASK})
+MOST_URGENT = 9  # the top of our priority scale (a step's `priority:`, 0-9)
 _spec_index: list[tuple[Mapping[str, Any], dict[str, Mapping[str, Any]]]] = []
 
 
@@ -57,6 +58,10 @@ def step_signature(
         options["queue"] = spec["queue"]
     if spec.get("priority") is not None:
         options["priority"] = broker_priority(spec["priority"])
+    if task == FANIN_TASK:
+        # a join is quick control work that ends a step: it goes ahead of the instances
+        # still queued (after a cancel, a window of them, each only a replay to drain)
+        options["priority"] = broker_priority(MOST_URGENT)
     suffix = "" if task == STEP_TASK else ".join"
     return app.signature(
         task,

@@ -17,7 +17,7 @@ from celery.exceptions import Ignore
 
 from ...definition import expressions as ex
 from ...definition import matrix
-from ...store.events import FailureReason, StepStatus
+from ...store.events import TERMINAL_RUN_STATUSES, FailureReason, StepStatus
 from .. import dispatch
 from ..canvasfanout import continuation, send_join
 from ..fullredis import wait_while_full, worker_stopping
@@ -170,6 +170,10 @@ def join_instances(execution: StepExecution) -> dict[str, Any]:
     """All instances ended: the step succeeds if they all did (or were allowed to fail)."""
     x = execution
     raw = x.store.step_hashes(x.run_id, [x.step_id])[x.step_id]
+    if raw.get("status") in TERMINAL_RUN_STATUSES:
+        # joined already (or cancelled with its instances): a duplicate join reads none
+        # of the instances, which may be thousands
+        return x.replay(raw["status"])
     ids = json.loads(raw.get("instances") or "[]")
     hashes = x.store.step_hashes(x.run_id, ids)
     outputs = [outputs_of(hashes[i]) for i in ids]

@@ -4,7 +4,11 @@
 -- parent is open. What becomes due is watched in this same transition (the next instance,
 -- still pending; the parent, whose join the caller runs): a worker lost before sending or
 -- joining leaves a watch that runs out, and the reconciler sends the instance or the
--- fan-in again. Idempotent, so a redelivered instance repeats it safely.
+-- fan-in again. Idempotent, so a redelivered instance repeats it safely; and since the
+-- watch covers a lost join, the fan-in is due only to the call that ended the last
+-- instance, not to every replay after it (after a cancel, each of a window of queued
+-- instance messages is a replay). Without a watch (lease_s '', an AMQP broker) a replay
+-- is how a lost join is found, so there every call finds it due.
 --
 -- KEYS
 --   KEYS[1]  run          P:run:<run_id> (hash; cancel_requested is read)
@@ -29,9 +33,10 @@ if i + window < n and redis.call('HGET', KEYS[1], 'cancel_requested') ~= '1'
    and redis.call('HGET', KEYS[2] .. '[' .. (i + window) .. ']', 'status') == 'pending' then
   nxt = i + window
 end
-local count = redis.call('SCARD', KEYS[3]) + (1 - redis.call('SISMEMBER', KEYS[3], ARGV[1]))
+local new = 1 - redis.call('SISMEMBER', KEYS[3], ARGV[1])
+local count = redis.call('SCARD', KEYS[3]) + new
 local join = 0
-if count >= n and not is_terminal(p[3]) then join = 1 end
+if count >= n and not is_terminal(p[3]) and (new == 1 or lease_s == '') then join = 1 end
 redis.call('SADD', KEYS[3], ARGV[1])
 if lease_s ~= '' then
   local leases, run_id = leases_key(KEYS[1]), run_id_of(KEYS[1])
