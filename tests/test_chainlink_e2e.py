@@ -1,6 +1,7 @@
-"""A chain link's FINISH sends the next link and stores the step's Celery result, in one
-script, when broker and store share a Redis (engine/chainlink.py); Celery sees what it
-would have done itself (real worker, real Redis, Redis' MONITOR as the witness)."""
+"""A step's FINISH sends what follows it, in the same script, when broker and store share a
+Redis: a chain link's next link and Celery result (engine/chainlink.py), a dynamic run's
+ready children (engine/readychildren.py); Celery sees what it would have done itself (real
+worker, real Redis, Redis' MONITOR as the witness)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from runbook_celery.core.settings import get_settings
 from runbook_celery.definition.loader import load_workflow
 from runbook_celery.engine.app import app
 from runbook_celery.engine.chainlink import shares_redis
-from runbook_celery.plan.compile import CANVAS, build_snapshot
+from runbook_celery.plan.compile import CANVAS, DYNAMIC, build_snapshot
 
 pytestmark = [
     pytest.mark.slow,
@@ -89,11 +90,53 @@ def test_a_chain_links_finish_sends_the_next_link_and_stores_its_result(
     by_script = [c["client_type"] == "lua" for c in pushes]
     assert by_script == [False, True, True], pushes
     # Celery's result of each link, as Celery would have stored it: SUCCESS, the step's
-    # outputs, and the next link as its child
+    # outputs, and the next link as its child. a's and b's were stored by their FINISH,
+    # before the run ended; c, the last, has no next link: Celery stores its result as its
+    # task ends, a moment after its FINISH ended the run (hence get(), which waits).
     ids = {step: f"{run.id}.{step}" for step in "abc"}
+    for step in "ab":
+        assert AsyncResult(ids[step], app=app).state == "SUCCESS"
     for step, n in (("a", "1"), ("b", "2"), ("c", "3")):
         result = AsyncResult(ids[step], app=app)
+        assert result.get(timeout=30, propagate=False)["outputs"] == {"n": n}
         assert result.state == "SUCCESS"
-        assert result.result["outputs"] == {"n": n}
     assert [child.id for child in AsyncResult(ids["a"], app=app).children] == [ids["b"]]
     assert [child.id for child in AsyncResult(ids["b"], app=app).children] == [ids["c"]]
+
+
+# not series-parallel: dynamic dispatch (a -> c, b -> c, b -> d, a -> d is the "N" shape)
+N_SHAPE = """
+name: n-shape
+steps:
+  - id: a
+    run: echo "n=a" >> "$RUNBOOK_OUTPUT"
+  - id: b
+    run: echo "n=b" >> "$RUNBOOK_OUTPUT"
+  - id: c
+    needs: [a, b]
+    run: echo "n=c" >> "$RUNBOOK_OUTPUT"
+  - id: d
+    needs: [b]
+    run: echo "n=d" >> "$RUNBOOK_OUTPUT"
+"""
+
+
+def test_a_dynamic_steps_finish_sends_the_children_it_makes_ready(write_workflow: Any) -> None:
+    snapshot = build_snapshot(load_workflow(write_workflow(N_SHAPE)))
+    assert snapshot["mode"] == DYNAMIC
+    with Witness() as witness:
+        run = submit_snapshot(snapshot)
+        final = run.wait(timeout=60)
+    assert final.succeeded
+    assert {s: r.outputs for s, r in final.steps.items()} == {
+        s: {"n": s} for s in ("a", "b", "c", "d")
+    }
+    pushes = [
+        c
+        for c in witness.commands
+        if c["command"].upper().startswith("LPUSH ") and run.id in c["command"]
+    ]
+    # a and b by submit; c and d each once, by the FINISH that made it ready
+    assert sorted(c["client_type"] == "lua" for c in pushes) == [False, False, True, True]
+    for step in "cd":
+        assert sum(f"{run.id}.{step}" in c["command"] for c in pushes) == 1

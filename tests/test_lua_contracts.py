@@ -583,6 +583,54 @@ def test_finish_hand_on_with_bad_extra_counts_writes_nothing(st: RunStore) -> No
     assert not st.r.exists(link.queue_key)
 
 
+# ------------------------------------------------------------------ finish_send.lua
+
+
+def _sends(run: str, children: list[str]) -> dict[str, tuple[str, str]]:
+    return {c: (f"{PREFIX}:lua:queue:{run}:{c}", f'{{"step": "{c}"}}') for c in children}
+
+
+def test_finish_send_pushes_the_messages_of_the_children_it_makes_ready(st: RunStore) -> None:
+    run = _run(st, {"a": [], "x": [], "b": ["a"], "c": ["a", "x"]})
+    _claim(st, run)
+    sends = _sends(run, ["b", "c"])
+    out = _finish(
+        st,
+        run,
+        "a",
+        StepStatus.SUCCEEDED,
+        children={"b": 1, "c": 2},
+        watch_seconds=30,
+        sends=sends,
+    )
+    assert out.recorded and out.ready == ("b",)
+    assert st.r.lrange(sends["b"][0], 0, -1) == [sends["b"][1].encode()]
+    assert not st.r.exists(sends["c"][0])  # c still waits for x: its message is not sent
+    assert _watched(st, run, "b")
+
+
+def test_finish_send_of_a_duplicate_pushes_nothing(st: RunStore) -> None:
+    run = _run(st, {"a": [], "b": ["a"]})
+    _claim(st, run)
+    _finish(st, run, "a", StepStatus.SUCCEEDED, children={"b": 1}, watch_seconds=30)
+    sends = _sends(run, ["b"])
+    out = _finish(st, run, "a", StepStatus.SUCCEEDED, children={"b": 1}, sends=sends)
+    assert out.duplicate
+    assert not st.r.exists(sends["b"][0])
+
+
+def test_finish_send_with_bad_extra_counts_writes_nothing(st: RunStore) -> None:
+    run = _run(st, {"a": [], "b": ["a"]})
+    _claim(st, run)
+    finish_args = [run, "a", "t", "now", "succeeded", 0, "", "", "", 0, "wf", 1, 0]
+    finish_args += [1, "b", 1, 30, "", "", "", ""]
+    keys = [*st.keys.transition(run, "a"), st.keys.arrived(run, "b"), f"{PREFIX}:lua:q:{run}"]
+    with pytest.raises(redis.ResponseError):  # two payloads claimed for one child
+        st._finish_send(keys=keys, args=[*finish_args, "b", "msg", 3, 1])
+    assert _step(st, run, "a")["status"] == "running"
+    assert not st.r.exists(f"{PREFIX}:lua:q:{run}")
+
+
 def test_watch_creates_entries_and_only_existing_extends_without_creating(st: RunStore) -> None:
     run = _run(st, {"a": [], "b": []})
     st.watch_steps([f"{run}|a"], 30)

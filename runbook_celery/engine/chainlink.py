@@ -84,10 +84,10 @@ def prepare(
         # channel): whatever goes wrong there, the link goes Celery's usual way, after
         # FINISH, which waits out a full Redis (fullredis)
         log.info("step %s: next chain link sent the usual way (%r)", request.id, exc)
-        _drop_trail(request, trail)
+        drop_trail(request, trail)
         return None
     if puts is None or len(puts) != 1:
-        _drop_trail(request, trail)
+        drop_trail(request, trail)
         return None
     backend: Any = task.backend  # our ResultBackend (app.py)
     try:
@@ -95,7 +95,7 @@ def prepare(
             request.id, retval, states.SUCCESS, None, request
         )
     except BackendStoreError:  # too large: Celery's own store says so, as it would have
-        _drop_trail(request, trail)
+        drop_trail(request, trail)
         return None
     queue_key, payload = puts[0]
     ttl = int(backend.expires if expires is None else expires or 0)
@@ -115,7 +115,7 @@ def settle(
         return
     request = task.request
     if not outcome.recorded:
-        _drop_trail(request, prepared.trail)
+        drop_trail(request, prepared.trail)
         return
     request.chain = None
     handed_on.finished = request.id
@@ -132,7 +132,7 @@ def _plain_link(request: Any) -> bool:
     )
 
 
-def _drop_trail(request: Any, trail: Any) -> None:
+def drop_trail(request: Any, trail: Any) -> None:
     """The next link was not sent: it is not this task's child (yet; Celery adds it when
     it sends the link)."""
     children = getattr(request, "children", None)

@@ -24,6 +24,7 @@ class StoreBase:
         self._start = register(client, "claim")
         self._finish = register(client, "finish")
         self._finish_hand_on = register(client, "finish_hand_on")
+        self._finish_send = register(client, "finish_send")
         self._retry = register(client, "retry")
         self._handback = register(client, "handback")
         self._cancel_begin = register(client, "cancel_begin")

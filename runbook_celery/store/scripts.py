@@ -29,6 +29,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "renew": _PRELUDE,
     "finish": (*_PRELUDE, "finish_lib"),
     "finish_hand_on": (*_HAND_ON, "finish_lib"),
+    "finish_send": (*_PRELUDE, "finish_lib"),
     "retry": _PRELUDE,
     "handback": _PRELUDE,
     "release": _PRELUDE,

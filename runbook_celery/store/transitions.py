@@ -86,6 +86,7 @@ class Transitions(StoreBase):
         expect: str | None = None,
         decision: Decision | None = None,
         link: ChainLink | None = None,
+        sends: Mapping[str, tuple[str, str]] | None = None,
     ) -> FinishOutcome:
         """FINISH: record a terminal status; skip ``skip``; join ``children`` (dynamic mode).
 
@@ -98,6 +99,8 @@ class Transitions(StoreBase):
         its event is recorded with the step's end (an operator's decision). ``link``: a
         chain link's hand-on, done in the same script when the step is recorded
         (``finish_hand_on.lua``: the next link's message, the step's Celery result).
+        ``sends``: child -> (list key, message), pushed for each child this FINISH makes
+        ready (``finish_send.lua``; dynamic dispatch).
         """
         k = self.keys
         skip = list(skip)
@@ -128,13 +131,15 @@ class Transitions(StoreBase):
             args += [child, count]
         args += _finish_tail(watch_seconds, history, expect, decision)
         # a run that ended here had its keys' expiry set by the same script (finalize)
-        if link is None:
-            reply = self._finish(keys=keys, args=args)
-        else:
+        if link is not None:
             more_keys, more_args = self._link_arguments(run_id, step_id, link, watch_seconds)
             keys += more_keys
             args += [*more_args, len(more_args), len(more_keys)]
             reply = self._finish_hand_on(keys=keys, args=args)
+        elif sends:
+            reply = self._finish_send(keys=keys, args=args + _send_arguments(sends, keys))
+        else:
+            reply = self._finish(keys=keys, args=args)
         return FinishOutcome.from_reply([_s(x) for x in reply])
 
     def _link_arguments(
@@ -228,3 +233,11 @@ def _finish_tail(
         expect or "",
         *((decision.event, decision.by) if decision else ("", "")),
     ]
+
+
+def _send_arguments(sends: Mapping[str, tuple[str, str]], keys: list[Any]) -> list[Any]:
+    """finish_send.lua's extra ARGV (child ids, then payloads, then the counts), its
+    extra KEYS (each child's list) appended to ``keys``."""
+    children = list(sends)
+    keys += [sends[c][0] for c in children]
+    return [*children, *(sends[c][1] for c in children), 2 * len(children), len(children)]

@@ -75,6 +75,7 @@ class StepExecution:
         self.claim_sent = 0.0  # boottime of the claim that went through (LeaseKeeper)
         self.inline = False  # run inside another step's task, which hands on for it
         self.recorded = False  # this execution's FINISH went through (not a duplicate)
+        self.sent_by_finish: frozenset[str] = frozenset()  # ready children FINISH sent
         self.joined: StepExecution | None = None  # the fan-out step this instance joined
         self.statuses: dict[str, str] = {}  # steps.ID.status, read once
         self.run_status_seen: str | None = None

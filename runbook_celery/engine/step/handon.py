@@ -31,8 +31,9 @@ def after_finish(
     x.recorded = not outcome.duplicate
     if x.attempt is not None and not outcome.duplicate:
         x.stop_keeping()  # recorded: the lease is gone with it
-    if outcome.ready:
-        dispatch.publish_steps(x.ctx.raw, x.run_id, outcome.ready)
+    unsent = [c for c in outcome.ready if c not in x.sent_by_finish]
+    if unsent:
+        dispatch.publish_steps(x.ctx.raw, x.run_id, unsent)
     if x.parent is not None:
         x._instance_ended()
     successors(x)

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from celery.exceptions import Ignore
 
 from ...core.errors import InvalidOperation
-from ...plan.compile import CANVAS
+from ...plan.compile import CANVAS, DYNAMIC
 from ...store import Decision, FinishOutcome, Outcome, Successor, now_iso
 from ...store.events import FailureReason, StepStatus
-from .. import chainlink, dispatch
+from .. import chainlink, dispatch, readychildren
 from ..app import app
 from ..fullredis import wait_while_full, worker_stopping
 from ..runner import BashResult
@@ -78,8 +78,10 @@ def finish(
         "outputs": outputs or {},
     }
     link = None if failed or x.inline or x.parent is not None else _chain_link(x, retval)
-    outcome = _finish_step(x, status, fields, skip, children, link)
+    sends = _child_messages(x, children) if link is None else None
+    outcome = _finish_step(x, status, fields, skip, children, link, sends)
     chainlink.settle(x.task, link, outcome, f"{x.run_id}|{x.step_id}")
+    x.sent_by_finish = readychildren.settle(x.task, sends, outcome)
     if outcome.refused is not None and expect is not None:
         raise InvalidOperation(
             f"step {x.step_id!r} of run {x.run_id} is {outcome.refused}, "
@@ -92,6 +94,16 @@ def finish(
     if failed and x.parent is None:
         raise step_failed(status.value, x.step_id, reason, exit_code, stderr or ())
     return retval
+
+
+def _child_messages(
+    x: StepExecution, children: dict[str, int]
+) -> readychildren.PreparedChildren | None:
+    """In dynamic dispatch, the children's messages for FINISH to send those it makes
+    ready (readychildren.py)."""
+    if not children or (x.mode or x.ctx.snapshot.mode) != DYNAMIC:
+        return None
+    return readychildren.prepare(x.task, x.settings, x.ctx.raw, x.run_id, list(children))
 
 
 def _chain_link(x: StepExecution, retval: dict[str, Any]) -> chainlink.PreparedLink | None:
@@ -128,6 +140,7 @@ def _finish_step(
     skip: list[str],
     children: dict[str, int],
     link: chainlink.PreparedLink | None = None,
+    sends: readychildren.PreparedChildren | None = None,
 ) -> FinishOutcome:
     """The FINISH transition. Redis full: keep the result and the lease, record once
     memory is freed (fullredis)."""
@@ -143,6 +156,7 @@ def _finish_step(
             children=children,
             watch_seconds=x.watch_seconds,
             link=None if link is None else link.link,
+            sends=None if sends is None else sends.messages,
             **fields,
         ),
         f"recording step {x.step_id} of run {x.run_id} as {status.value}",
