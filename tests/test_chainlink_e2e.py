@@ -140,3 +140,45 @@ def test_a_dynamic_steps_finish_sends_the_children_it_makes_ready(write_workflow
     assert sorted(c["client_type"] == "lua" for c in pushes) == [False, False, True, True]
     for step in "cd":
         assert sum(f"{run.id}.{step}" in c["command"] for c in pushes) == 1
+
+
+FAN = """
+name: fan
+steps:
+  - id: a
+    run: 'true'
+  - id: b
+    needs: [a]
+    run: echo "n=b" >> "$RUNBOOK_OUTPUT"
+  - id: c
+    needs: [a]
+    run: echo "n=c" >> "$RUNBOOK_OUTPUT"
+  - id: d
+    needs: [b, c]
+    run: 'true'
+"""
+
+
+def test_a_chord_members_result_is_stored_by_its_finish_and_the_chord_still_counts_it(
+    write_workflow: Any,
+) -> None:
+    snapshot = build_snapshot(load_workflow(write_workflow(FAN)))
+    assert snapshot["mode"] == CANVAS
+    with Witness() as witness:
+        run = submit_snapshot(snapshot)
+        final = run.wait(timeout=60)
+    assert final.succeeded  # d ran: the chord counted b and c
+    for step in "bc":
+        key = f"celery-task-meta-{run.id}.{step}"
+        touching = [
+            c
+            for c in witness.commands
+            if key in c["command"]
+            and c["command"].split()[0].upper() in ("GET", "MGET", "SET", "SETEX", "PUBLISH")
+        ]
+        # written once, inside FINISH's script; Celery neither read it first nor wrote it
+        # (the client's SUBSCRIBE to it, as Celery's chord does at submit, is left aside)
+        assert [c["command"].split()[0].upper() for c in touching] == ["SET", "PUBLISH"]
+        assert {c["client_type"] for c in touching} == {"lua"}
+        result = AsyncResult(f"{run.id}.{step}", app=app)
+        assert result.state == "SUCCESS" and result.result["outputs"] == {"n": step}

@@ -21,14 +21,15 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# runbook-celery / raw Celery, per step. Measured: commands 3.4 (chain) and 2.55 (fan-out),
-# pool round trips 1.4 and 1.6 (targets: 1.5 and 1.0, docs/benchmarks.md). The commands
+# runbook-celery / raw Celery, per step. Measured: commands 3.2 (chain) and 2.3 (fan-out),
+# pool round trips 0.86 and 1.12 (targets: 1.5 and 1.0, docs/benchmarks.md). The commands
 # ceiling leaves room for the notifier's batching, which is timed (on a machine too slow to
 # gather events it reads them one by one: 3.75), so it catches only a chain step growing by
-# about 8 commands (a second XADD per event would). One more pool round trip per step of a
-# chain fails the other ceiling.
+# about 8 commands (a second XADD per event would). One more pool round trip per step, of
+# a chain (a link's FINISH no longer sending the next link: 1.17) or of a fan-out (a chord
+# member's result read before it is written again: 1.30), fails the other ceilings.
 MAX_COMMANDS_RATIO = 3.9
-MAX_POOL_ROUNDTRIPS_RATIO = 1.7
+MAX_POOL_ROUNDTRIPS_RATIO = {"chain": 1.0, "fan-out": 1.25}
 
 
 @pytest.mark.timeout(300)
@@ -51,4 +52,5 @@ def test_per_step_commands_and_round_trips_stay_within_a_ratio_of_raw_celery(
     # ...and runbook-celery spends per step at most a fixed multiple of raw Celery
     for shape, ratio in figures["ratios_to_raw"].items():
         assert ratio["commands"] <= MAX_COMMANDS_RATIO, (shape, ratio, proc.stdout)
-        assert ratio["pool_roundtrips"] <= MAX_POOL_ROUNDTRIPS_RATIO, (shape, ratio, proc.stdout)
+        ceiling = MAX_POOL_ROUNDTRIPS_RATIO[shape]
+        assert ratio["pool_roundtrips"] <= ceiling, (shape, ratio, proc.stdout)

@@ -62,6 +62,15 @@ class ResultBackend(RedisBackend):
     def on_result_fulfilled(self, result: Any) -> None:
         return None  # nothing was subscribed, so there is nothing to unsubscribe
 
+    def _add_pending_result(self, task_id: str, result: Any, weak: bool = False) -> None:
+        """No result subscription inside a worker's task: Celery builds result sets there
+        (a chord counting its header restores its group) and subscribes to each member's
+        channel, a round trip per member, though a task never waits on a result (Celery
+        forbids ``get()`` in a task). Elsewhere (a client calling ``get()``) as Celery."""
+        if self.app.current_worker_task is not None:  # type: ignore[attr-defined]
+            return None
+        super()._add_pending_result(task_id, result, weak=weak)  # type: ignore[misc]
+
     def store_result(
         self,
         task_id: str,

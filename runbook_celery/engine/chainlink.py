@@ -10,14 +10,17 @@ but captured instead of sent (brokerlayout.captured_publish), and pushed by the 
 only if FINISH records the step. The task then tells Celery that the chain went on
 (``request.chain`` emptied) and that its result is stored (``handed_on.finished``).
 
-Only a plain next link: a chord or group next (its counter is Celery's), a step in a
-chord header, links with callbacks, eager calls and failures go Celery's usual way.
+Only a plain next link: a chord or group next (its counter is Celery's), links with
+callbacks, eager calls and failures go Celery's usual way. A step in a chord's header
+(a chord member) has its result stored by FINISH too, but nothing more: Celery counts it
+toward its chord afterwards (``on_chord_part_return``), and it hands on once counted
+(workerhooks, ``task_postrun``).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import Task, states
@@ -52,17 +55,31 @@ def prepare(
     retval: dict[str, Any],
     successors: list[Successor],
 ) -> PreparedLink | None:
-    """The next link's message and this task's result, for FINISH to write; None when
-    this delivery's chain goes on Celery's usual way."""
+    """What FINISH writes for Celery: this task's result, and for a chain link the next
+    link's message and the hand-on; None when Celery goes on its usual way."""
     request = getattr(task, "request", None)
-    if task is None or request is None or not _plain_link(request):
+    if task is None or request is None or not _eligible(request):
         return None
     if not shares_redis(settings):
         return None
+    if request.chord:  # a chord member: its result only; it hands on once counted
+        return _with_result(task, request, retval, ChainLink("", "", 0, hand_on=False), None)
     nxt = signature(request.chain[-1], app=task.app)
     if type(nxt) is not Signature:  # a group, chord or chain next: Celery's to send
         return None
-    # what Celery's tracer passes when it sends the next link (celery.app.trace)
+    captured = _capture_next(task, request, nxt, retval)
+    if captured is None:
+        return None
+    (queue_key, payload), trail = captured
+    link = ChainLink("", "", 0, queue_key, payload, successors=tuple(successors))
+    return _with_result(task, request, retval, link, trail)
+
+
+def _capture_next(
+    task: Task[..., Any], request: Any, nxt: Signature, retval: dict[str, Any]
+) -> tuple[tuple[str, str], Any] | None:
+    """The next link's message as Celery's tracer would send it, captured: ((list key,
+    payload), its AsyncResult), or None (then Celery sends it after FINISH)."""
     inherit = task.app.conf.task_inherit_parent_priority
     priority = (request.delivery_info or {}).get("priority") if inherit else None
     trail = None
@@ -89,6 +106,14 @@ def prepare(
     if puts is None or len(puts) != 1:
         drop_trail(request, trail)
         return None
+    return puts[0], trail
+
+
+def _with_result(
+    task: Task[..., Any], request: Any, retval: dict[str, Any], link: ChainLink, trail: Any
+) -> PreparedLink | None:
+    """``link`` with this task's result as Celery's backend would store it (children
+    included: the next link, once captured)."""
     backend: Any = task.backend  # our ResultBackend (app.py)
     try:
         key, value, expires = backend.encoded_result(
@@ -97,10 +122,10 @@ def prepare(
     except BackendStoreError:  # too large: Celery's own store says so, as it would have
         drop_trail(request, trail)
         return None
-    queue_key, payload = puts[0]
     ttl = int(backend.expires if expires is None else expires or 0)
-    link = ChainLink(key, value, ttl, queue_key, payload, tuple(successors))
-    return PreparedLink(link, trail)
+    return PreparedLink(
+        replace(link, result_key=key, result_value=value, result_expires=ttl), trail
+    )
 
 
 def settle(
@@ -109,7 +134,7 @@ def settle(
     outcome: FinishOutcome,
     member: str,
 ) -> None:
-    """After FINISH: if it recorded the step, the chain went on and the result is stored
+    """After FINISH: if it recorded the step, the result is stored and a chain went on
     (Celery must do neither again); if not, Celery goes on as usual."""
     if prepared is None or task is None:
         return
@@ -117,15 +142,17 @@ def settle(
     if not outcome.recorded:
         drop_trail(request, prepared.trail)
         return
-    request.chain = None
     handed_on.finished = request.id
-    handed_on.dropped = member  # task_postrun: handed on already
+    if prepared.link.payload is not None:
+        request.chain = None
+    if prepared.link.hand_on:
+        handed_on.dropped = member  # task_postrun: handed on already
 
 
-def _plain_link(request: Any) -> bool:
+def _eligible(request: Any) -> bool:
+    """A chain link (not the last of a chord's chain) or a chord member, no links."""
     return bool(
-        request.chain
-        and not request.chord
+        (bool(request.chain) != bool(request.chord))
         and not request.callbacks
         and not request.is_eager
         and not request.called_directly

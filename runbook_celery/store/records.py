@@ -118,13 +118,15 @@ class Successor:
 
 @dataclass(frozen=True)
 class ChainLink:
-    """What Celery would do after a chain link's task returns, done by its FINISH instead
-    (``finish_hand_on.lua``): push the next link's message (kombu's payload, onto its
-    queue's list), store the step's result, hand on to ``successors``."""
+    """What Celery would do after a step's task returns, done by its FINISH instead
+    (``finish_hand_on.lua``): store the step's result; for a chain link also push the next
+    link's message (kombu's payload, onto its queue's list) and hand on to ``successors``
+    (a chord member hands on after Celery counted it: ``hand_on`` False)."""
 
     result_key: str
     result_value: str | bytes
     result_expires: int  # seconds; 0: none
-    queue_key: str
-    payload: str
+    queue_key: str | None = None  # with payload: the next link to push
+    payload: str | None = None
+    hand_on: bool = True
     successors: tuple[Successor, ...] = ()

@@ -146,10 +146,20 @@ class Transitions(StoreBase):
         self, run_id: str, step_id: str, link: ChainLink, watch_seconds: float | None
     ) -> tuple[list[Any], list[Any]]:
         """finish_hand_on.lua's extra KEYS and ARGV: the result, the message, HAND ON."""
-        seconds = watch_seconds if watch_seconds is not None else 0
-        hand_keys, hand_args = self.hand_on_arguments(run_id, step_id, link.successors, seconds)
-        keys = [link.result_key, link.queue_key, *hand_keys]
-        args = [link.result_value, link.result_expires, link.payload, *hand_args]
+        keys: list[Any] = [link.result_key]
+        args: list[Any] = [link.result_value, link.result_expires]
+        if link.queue_key is not None and link.payload is not None:
+            keys.append(link.queue_key)
+            args += ["1", link.payload]
+        else:
+            args.append("")
+        if link.hand_on:
+            seconds = watch_seconds if watch_seconds is not None else 0
+            hand = self.hand_on_arguments(run_id, step_id, link.successors, seconds)
+            keys += hand[0]
+            args += ["1", *hand[1]]
+        else:
+            args.append("")
         return keys, args
 
     def retry_step(
