@@ -640,6 +640,11 @@ it started and reported, not waited on. Peers run one after the other, after the
 scenarios, on the same machine. Prefect 3.9 ends every flow run by joining its heartbeat
 thread, which sleeps in 1-second steps: most of its per-run time is that wait (a flow
 with no tasks takes as long).
+
+**Dagu** is not measured: it ships as a Go binary from its GitHub releases (and Docker
+Hub, Homebrew), none of which this machine reaches, and no registry it reaches carries
+it (PyPI has no `dagu`; npm answers 404 for `dagu` and `@dagu-org/dagu`; Debian has no
+package), checked on 2026-12-02.
 """
 
 # Written by hand from profiling sessions (py-spy, cProfile, /proc CPU times, INFO cpu);
