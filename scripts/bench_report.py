@@ -549,6 +549,9 @@ METHOD = """
   the next cell), and repetitions go round all cells, so drift hits every side alike.
   {reps} repetitions; tables show median [min–max]; ratios are taken within a repetition.
   State databases are flushed before every measurement (queues are empty by then).
+  One private redis-server: runbook-celery as shipped, its broker, results and store in
+  one database (the broker URL defaults to the store's); raw Celery's broker and
+  results in two others.
 - **Sizes.** Workers run with `-c {concurrency}` (prefork), loglevel {loglevel}. The default
   run keeps scenario 1 cells with N × M ≤ {cap} steps, so the whole run fits in 15 minutes
   on 2 cores; `--full` adds the rest (100×20, 500×5, 500×20; about 40 minutes). Growth
